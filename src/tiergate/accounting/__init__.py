@@ -1,0 +1,1 @@
+"""Accounting: token counting, pricing, spend ledger, budgets with reservations, rate limits."""

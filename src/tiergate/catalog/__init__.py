@@ -1,0 +1,1 @@
+"""Model catalogue: what each model is (prices, limits, capabilities, parameter rules, sources)."""

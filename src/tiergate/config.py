@@ -1,0 +1,344 @@
+"""The gateway's configuration: a YAML file parsed into frozen dataclasses and validated at start-up.
+
+Every error names the bad key by its path (`models[1].deployments[0].provider`) and says how to fix
+it. Secrets are referenced (`api_key: env:NAME`) and resolved here; their values never appear in
+errors, logs or reprs. The embedded default (no file) serves a few catalogue models from the `sim`
+provider, or from OpenAI when OPENAI_API_KEY is set.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tiergate.providers.base import Deployment, Secret, Timeouts
+from tiergate.providers.registry import known_providers
+
+STRATEGIES = ("weighted_random", "least_inflight", "lowest_latency", "lowest_cost")
+
+
+class ConfigError(ValueError):
+    """A problem in the config file, phrased for the person who wrote it."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 2  # extra attempts after the first, across deployments
+    backoff_base_s: float = 0.25
+    backoff_max_s: float = 8.0
+    max_retry_after_s: float = 30.0  # a Retry-After longer than this is not waited for on this deployment
+
+
+@dataclass(frozen=True)
+class CircuitPolicy:
+    failures: int = 5  # open after this many failures ...
+    window_s: float = 30.0  # ... within this window
+    cooldown_s: float = 30.0  # stay open this long, then let one probe through (half-open)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str  # the name clients send
+    catalog: str  # the catalogue entry that prices and describes it (default: name)
+    deployments: tuple[Deployment, ...]
+    strategy: str = "weighted_random"
+    fallbacks: tuple[str, ...] = ()  # other configured model names, in order
+    context_window_fallback: str | None = None  # a larger-window configured model
+    timeouts: Timeouts = Timeouts()
+    retry: RetryPolicy = RetryPolicy()
+    circuit: CircuitPolicy = CircuitPolicy()
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    candidates: tuple[str, ...] = ()  # "model" or "model@effort"
+    default_policy: str = "balanced"
+    router_dir: str | None = None  # trained router artefacts (default: the one in the package)
+    policies: dict[str, float] = field(default_factory=dict)  # policy name -> quality target override
+    escalate: bool = True
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    models: tuple[ModelConfig, ...]
+    storage: str = "sqlite:///./tiergate.db"
+    redis: str | None = None
+    routing: RoutingConfig = RoutingConfig()
+    master_key: Secret | None = None
+    source: str = "<embedded defaults>"
+    extra: dict[str, Any] = field(default_factory=dict)  # top-level sections owned by other packages
+
+    def model(self, name: str) -> ModelConfig | None:
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+
+# ---------------------------------------------------------------- parsing helpers
+
+
+def _err(path: str, msg: str) -> ConfigError:
+    return ConfigError(f"{path}: {msg}")
+
+
+def _expect(value: Any, typ: type | tuple[type, ...], path: str, what: str) -> Any:
+    if not isinstance(value, typ):
+        raise _err(path, f"expected {what}, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def _unknown_keys(d: dict, allowed: set[str], path: str) -> None:
+    extra = sorted(set(d) - allowed)
+    if extra:
+        raise _err(
+            f"{path}.{extra[0]}" if path else extra[0],
+            f"unknown key. Allowed here: {', '.join(sorted(allowed))}",
+        )
+
+
+def resolve_secret(ref: Any, path: str, env: dict[str, str]) -> Secret:
+    """`env:NAME` -> the value of $NAME. Literal keys are refused so they never sit in a file."""
+    _expect(ref, str, path, "a reference like env:OPENAI_API_KEY")
+    if not ref.startswith("env:") or len(ref) <= 4:
+        raise _err(
+            path,
+            "write secrets as a reference, e.g. `api_key: env:OPENAI_API_KEY`, and export that "
+            "variable; literal keys are not accepted in the config file",
+        )
+    name = ref[4:]
+    value = env.get(name)
+    if not value:
+        raise _err(path, f"environment variable {name} is not set (export {name}=... before starting)")
+    return Secret(ref=ref, value=value)
+
+
+def _float(d: dict, key: str, path: str, default: float | None) -> float | None:
+    if key not in d:
+        return default
+    v = d[key]
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise _err(f"{path}.{key}", f"expected a non-negative number of seconds, got {v!r}")
+    return float(v)
+
+
+def parse_timeouts(d: Any, path: str, base: Timeouts = Timeouts()) -> Timeouts:
+    if d is None:
+        return base
+    _expect(d, dict, path, "a mapping of connect / first_token / stream_idle / total seconds")
+    _unknown_keys(d, {"connect", "first_token", "stream_idle", "total"}, path)
+    return Timeouts(
+        connect=_float(d, "connect", path, base.connect),
+        first_token=_float(d, "first_token", path, base.first_token),
+        stream_idle=_float(d, "stream_idle", path, base.stream_idle),
+        total=_float(d, "total", path, base.total),
+    )
+
+
+_DEPLOYMENT_KEYS = {
+    "id", "provider", "api_base", "api_key", "model", "deployment", "api_version", "weight", "rpm",
+    "tpm", "headers", "options",
+}
+_NEEDS_BASE = {"openai_compatible", "azure"}
+
+
+def _parse_deployment(d: Any, path: str, model_name: str, index: int, env: dict[str, str]) -> Deployment:
+    _expect(d, dict, path, "a mapping with at least `provider`")
+    _unknown_keys(d, _DEPLOYMENT_KEYS, path)
+    provider = d.get("provider")
+    if provider is None:
+        raise _err(f"{path}.provider", f"missing. Choose one of: {', '.join(known_providers())}")
+    if provider not in known_providers():
+        raise _err(f"{path}.provider", f"unknown provider {provider!r}. Choose one of: {', '.join(known_providers())}")
+    api_base = d.get("api_base")
+    if api_base is not None:
+        _expect(api_base, str, f"{path}.api_base", "a URL such as https://api.openai.com/v1")
+        if "@" in api_base.split("//", 1)[-1].split("/", 1)[0]:
+            raise _err(f"{path}.api_base", "credentials in the URL are not allowed; use api_key: env:NAME")
+    if provider in _NEEDS_BASE and not api_base:
+        raise _err(f"{path}.api_base", f"required for provider {provider}")
+    if provider == "azure" and not d.get("deployment") and not api_base.rstrip("/").endswith("/openai/v1"):
+        raise _err(f"{path}.deployment", "required for provider azure (the Azure deployment name), "
+                   "unless api_base ends with /openai/v1")
+    api_key = None
+    if d.get("api_key") is not None:
+        api_key = resolve_secret(d["api_key"], f"{path}.api_key", env)
+    elif provider in ("openai", "azure", "anthropic"):
+        raise _err(f"{path}.api_key", f"required for provider {provider}, e.g. api_key: env:"
+                   f"{ {'openai': 'OPENAI_API_KEY', 'azure': 'AZURE_OPENAI_API_KEY', 'anthropic': 'ANTHROPIC_API_KEY'}[provider] }")
+    weight = d.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+        raise _err(f"{path}.weight", f"expected a positive number, got {weight!r}")
+    for k in ("rpm", "tpm"):
+        v = d.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise _err(f"{path}.{k}", f"expected a positive integer, got {v!r}")
+    headers = d.get("headers") or {}
+    _expect(headers, dict, f"{path}.headers", "a mapping of header name to value")
+    options = d.get("options") or {}
+    _expect(options, dict, f"{path}.options", "a mapping")
+    dep_id = d.get("id") or f"{model_name}/{index}"
+    _expect(dep_id, str, f"{path}.id", "a string")
+    return Deployment(
+        id=dep_id,
+        model=model_name,
+        provider=provider,
+        api_base=api_base.rstrip("/") if api_base else None,
+        api_key=api_key,
+        upstream_model=d.get("model"),
+        deployment=d.get("deployment"),
+        api_version=str(d["api_version"]) if d.get("api_version") is not None else None,
+        weight=float(weight),
+        rpm=d.get("rpm"),
+        tpm=d.get("tpm"),
+        headers=tuple((str(k), str(v)) for k, v in headers.items()),
+        options=dict(options),
+    )
+
+
+_MODEL_KEYS = {
+    "name", "catalog", "deployments", "strategy", "fallbacks", "context_window_fallback", "timeouts",
+    "retry", "circuit",
+}
+
+
+def _parse_model(d: Any, path: str, env: dict[str, str]) -> ModelConfig:
+    _expect(d, dict, path, "a mapping with `name` and `deployments`")
+    _unknown_keys(d, _MODEL_KEYS, path)
+    name = d.get("name")
+    if not name or not isinstance(name, str):
+        raise _err(f"{path}.name", "missing: the model name clients send, e.g. `name: gpt-4o-mini`")
+    if name == "auto" or name.startswith("auto:"):
+        raise _err(f"{path}.name", "`auto` and `auto:*` are reserved for the router; pick another name")
+    deps = d.get("deployments")
+    if not deps:
+        raise _err(f"{path}.deployments", "at least one deployment is needed, e.g. `- provider: sim`")
+    _expect(deps, list, f"{path}.deployments", "a list")
+    strategy = d.get("strategy", "weighted_random")
+    if strategy not in STRATEGIES:
+        raise _err(f"{path}.strategy", f"unknown strategy {strategy!r}. Choose one of: {', '.join(STRATEGIES)}")
+    fallbacks = d.get("fallbacks") or []
+    _expect(fallbacks, list, f"{path}.fallbacks", "a list of configured model names")
+    retry = d.get("retry") or {}
+    _expect(retry, dict, f"{path}.retry", "a mapping")
+    _unknown_keys(retry, {"max_retries", "backoff_base_s", "backoff_max_s", "max_retry_after_s"}, f"{path}.retry")
+    circuit = d.get("circuit") or {}
+    _expect(circuit, dict, f"{path}.circuit", "a mapping")
+    _unknown_keys(circuit, {"failures", "window_s", "cooldown_s"}, f"{path}.circuit")
+    return ModelConfig(
+        name=name,
+        catalog=str(d.get("catalog") or name),
+        deployments=tuple(
+            _parse_deployment(x, f"{path}.deployments[{i}]", name, i, env) for i, x in enumerate(deps)
+        ),
+        strategy=strategy,
+        fallbacks=tuple(str(x) for x in fallbacks),
+        context_window_fallback=d.get("context_window_fallback"),
+        timeouts=parse_timeouts(d.get("timeouts"), f"{path}.timeouts"),
+        retry=RetryPolicy(**{**RetryPolicy().__dict__, **retry}),
+        circuit=CircuitPolicy(**{**CircuitPolicy().__dict__, **circuit}),
+    )
+
+
+_TOP_KEYS = {"models", "storage", "redis", "routing", "master_key", "server", "cache", "batches", "logging"}
+
+
+def parse_config(raw: Any, *, source: str = "<config>", env: dict[str, str] | None = None) -> GatewayConfig:
+    env = dict(os.environ) if env is None else env
+    if raw is None:
+        raw = {}
+    _expect(raw, dict, "(top level)", "a mapping with a `models:` list")
+    _unknown_keys(raw, _TOP_KEYS, "")
+    models_raw = raw.get("models")
+    if not models_raw:
+        raise _err("models", "at least one model is needed (see docs/configuration.md)")
+    _expect(models_raw, list, "models", "a list")
+    models = tuple(_parse_model(m, f"models[{i}]", env) for i, m in enumerate(models_raw))
+    names = [m.name for m in models]
+    for i, n in enumerate(names):
+        if names.index(n) != i:
+            raise _err(f"models[{i}].name", f"duplicate model name {n!r}")
+    for i, m in enumerate(models):
+        for j, fb in enumerate(m.fallbacks):
+            if fb not in names:
+                raise _err(f"models[{i}].fallbacks[{j}]", f"{fb!r} is not a configured model ({', '.join(names)})")
+        if m.context_window_fallback and m.context_window_fallback not in names:
+            raise _err(f"models[{i}].context_window_fallback", f"{m.context_window_fallback!r} is not a configured model")
+    storage = raw.get("storage", "sqlite:///./tiergate.db")
+    _expect(storage, str, "storage", "a URL: sqlite:///path.db or postgresql://user@host/db")
+    if not storage.startswith(("sqlite://", "postgresql://", "postgres://")):
+        raise _err("storage", f"unsupported URL {storage.split('://')[0]!r}; use sqlite:///./tiergate.db or postgresql://…")
+    redis_url = raw.get("redis")
+    if redis_url is not None:
+        _expect(redis_url, str, "redis", "a URL such as redis://127.0.0.1:6379/0")
+    routing = _parse_routing(raw.get("routing"), names)
+    master = None
+    if raw.get("master_key") is not None:
+        master = resolve_secret(raw["master_key"], "master_key", env)
+    elif env.get("TIERGATE_MASTER_KEY"):
+        master = Secret(ref="env:TIERGATE_MASTER_KEY", value=env["TIERGATE_MASTER_KEY"])
+    extra = {k: raw[k] for k in ("server", "cache", "batches", "logging") if k in raw}
+    return GatewayConfig(models=models, storage=storage, redis=redis_url, routing=routing,
+                         master_key=master, source=source, extra=extra)
+
+
+def _parse_routing(d: Any, names: list[str]) -> RoutingConfig:
+    if d is None:
+        return RoutingConfig()
+    _expect(d, dict, "routing", "a mapping with `candidates:`")
+    _unknown_keys(d, {"candidates", "default_policy", "router_dir", "policies", "escalate"}, "routing")
+    cands = d.get("candidates") or []
+    _expect(cands, list, "routing.candidates", "a list like [o3-mini@low, gpt-4o-mini]")
+    for i, c in enumerate(cands):
+        _expect(c, str, f"routing.candidates[{i}]", "`model` or `model@effort`")
+        model, _, effort = c.partition("@")
+        if model not in names:
+            raise _err(f"routing.candidates[{i}]", f"{model!r} is not a configured model ({', '.join(names)})")
+        if effort and effort not in ("minimal", "low", "medium", "high"):
+            raise _err(f"routing.candidates[{i}]", f"unknown effort {effort!r}; use low, medium or high")
+    policies = d.get("policies") or {}
+    _expect(policies, dict, "routing.policies", "a mapping of policy name to quality target in (0, 1]")
+    return RoutingConfig(
+        candidates=tuple(cands),
+        default_policy=str(d.get("default_policy", "balanced")),
+        router_dir=d.get("router_dir"),
+        policies={str(k): float(v) for k, v in policies.items()},
+        escalate=bool(d.get("escalate", True)),
+    )
+
+
+def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> GatewayConfig:
+    """Read a YAML file, or build the embedded defaults when `path` is None."""
+    env = dict(os.environ) if env is None else env
+    if path is None:
+        return parse_config(default_config_dict(env), source="<embedded defaults>", env=env)
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {p} not found (pass --config FILE, or omit it for the embedded defaults)")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return parse_config(raw, source=str(p), env=env)
+
+
+DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "o3-mini", "o1", "o1-mini", "o4-mini", "gpt-4.1-nano")
+
+
+def default_config_dict(env: dict[str, str]) -> dict[str, Any]:
+    """Embedded defaults: the OpenAI API when OPENAI_API_KEY is set, else the labelled simulator."""
+    if env.get("OPENAI_API_KEY"):
+        dep = {"provider": "openai", "api_base": "https://api.openai.com/v1", "api_key": "env:OPENAI_API_KEY"}
+    else:
+        dep = {"provider": "sim"}
+    return {
+        "models": [{"name": m, "deployments": [dict(dep)]} for m in DEFAULT_MODELS],
+        "storage": env.get("TIERGATE_STORAGE", "sqlite:///./tiergate.db"),
+        "routing": {"candidates": ["gpt-4o-mini", "o3-mini@low", "o3-mini@medium", "o3-mini@high", "o1@high"]},
+    }

@@ -1,0 +1,1 @@
+"""Dispatch: deployments per model, load balancing, retries, fallbacks, circuit breaking, timeouts."""

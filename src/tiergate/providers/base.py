@@ -1,0 +1,142 @@
+"""The one small interface every provider implements, and the upstream error it raises.
+
+A provider speaks one wire protocol. The gateway hands it a Chat Completions body that is already
+shaped for the target model (catalog quirks applied) and gets back OpenAI Chat Completions objects:
+a `chat.completion` dict, or an async iterator of `chat.completion.chunk` dicts. Translation to and
+from other protocols (Azure URLs, Anthropic Messages, …) happens inside the provider and nowhere else.
+Providers know nothing about budgets, routing or retries (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import aiohttp
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A credential read from the environment. Its repr never shows the value."""
+
+    ref: str  # what the config said, e.g. "env:OPENAI_API_KEY" (safe to show)
+    value: str = field(repr=False)
+
+    def __str__(self) -> str:  # pragma: no cover - defensive
+        return f"<secret {self.ref}>"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. `None` means no limit for that phase."""
+
+    connect: float | None = 5.0
+    first_token: float | None = 60.0  # until response headers (non-stream) or first chunk (stream)
+    stream_idle: float | None = 60.0  # between two stream chunks
+    total: float | None = 600.0
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One place a model can be served: a provider, an endpoint and a credential."""
+
+    id: str  # stable, non-secret label used in headers, metrics and the ledger, e.g. "gpt-4o-mini/0"
+    model: str  # the client-facing model name this deployment serves
+    provider: str  # registry name: openai | openai_compatible | azure | anthropic | sim
+    api_base: str | None = None
+    api_key: Secret | None = None
+    upstream_model: str | None = None  # model name sent upstream (default: the catalog name)
+    deployment: str | None = None  # Azure deployment name
+    api_version: str | None = None  # Azure api-version
+    weight: float = 1.0
+    rpm: int | None = None
+    tpm: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # extra non-secret headers sent upstream
+    options: dict[str, Any] = field(default_factory=dict)  # provider-specific settings (sim, batch, …)
+
+
+@dataclass
+class ChatResult:
+    """A non-streaming answer in Chat Completions shape plus what the upstream said about it."""
+
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    status: int = 200
+
+
+class UpstreamError(Exception):
+    """The upstream failed. `error` is an OpenAI-shaped error object (the inner dict), already
+    scrubbed of credentials. `kind` says how it failed, for retry decisions and metrics."""
+
+    RETRYABLE_STATUS: ClassVar[frozenset[int]] = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        kind: str = "status",  # status | timeout | connect | protocol | stream_cut
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+        usage: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.type = type
+        self.code = code
+        self.param = param
+        self.retry_after = retry_after
+        self.headers = headers or {}
+        self.usage = usage  # what the upstream reported before failing, if anything
+
+    @property
+    def retryable(self) -> bool:
+        if self.kind in ("timeout", "connect", "protocol", "stream_cut"):
+            return True
+        return self.status in self.RETRYABLE_STATUS
+
+
+class Provider(abc.ABC):
+    """Base class. Subclasses register themselves with `providers.registry.register`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, deployment: Deployment, session_factory: SessionFactory) -> None:
+        self.deployment = deployment
+        self._session_factory = session_factory
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self._session_factory()
+
+    @abc.abstractmethod
+    async def chat(self, body: dict[str, Any], timeouts: Timeouts) -> ChatResult:
+        """Send a non-streaming Chat Completions request; raise UpstreamError on failure."""
+
+    @abc.abstractmethod
+    def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[dict[str, Any]]:
+        """Yield `chat.completion.chunk` dicts. `body["stream_options"]["include_usage"]` is set by the
+        caller; the final usage chunk (choices == []) must be yielded when the upstream sends one.
+        Raise UpstreamError (kind="stream_cut" after data started) on failure."""
+
+    async def responses(self, body: dict[str, Any], timeouts: Timeouts) -> ChatResult:
+        """Native Responses API, where the protocol has one. Default: not supported (the server
+        translates through `chat`)."""
+        raise NotImplementedError
+
+    def upstream_model(self, catalog_name: str) -> str:
+        return self.deployment.upstream_model or catalog_name
+
+
+class SessionFactory(abc.ABC):
+    """Gives providers the process's shared aiohttp session (created lazily inside the event loop)."""
+
+    @abc.abstractmethod
+    def __call__(self) -> aiohttp.ClientSession: ...

@@ -1,0 +1,1 @@
+"""Routing: prompt -> features -> predicted quality per (model, effort) -> policy choice."""

@@ -1,0 +1,1 @@
+"""The ASGI app: routes, auth, streaming, admin API, metrics. Wires the packages together."""

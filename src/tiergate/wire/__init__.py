@@ -1,0 +1,1 @@
+"""OpenAI wire format: error bodies, SSE framing, ids. Pure functions, no I/O."""

@@ -1,0 +1,48 @@
+"""Server-sent events as the OpenAI API frames them: `data: {json}\\n\\n`, ending with `data: [DONE]`
+(wire facts §2c). Encoding for the client side, incremental decoding for the upstream side."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+DONE = b"data: [DONE]\n\n"
+
+
+def encode(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def encode_event(event: str, obj: Any) -> bytes:
+    """A named event, as the Responses API streams them (`event: name` + `data:`)."""
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+
+async def iter_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Yield the payload of every `data:` field from a byte stream, joined across reads.
+
+    Multi-line data fields are joined with newlines, per the SSE specification. Comment lines
+    (`: keep-alive`) and `event:`/`id:` fields are skipped."""
+    buf = b""
+    data_lines: list[bytes] = []
+    async for piece in chunks:
+        buf += piece
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                break
+            line = buf[:nl].rstrip(b"\r")
+            buf = buf[nl + 1 :]
+            if not line:
+                if data_lines:
+                    yield b"\n".join(data_lines)
+                    data_lines = []
+                continue
+            if line.startswith(b"data:"):
+                data_lines.append(line[5:].lstrip(b" "))
+    if buf.strip().startswith(b"data:"):
+        data_lines.append(buf.strip()[5:].lstrip(b" "))
+    if data_lines:
+        yield b"\n".join(data_lines)
