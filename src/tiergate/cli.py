@@ -1,0 +1,86 @@
+"""The `tiergate` command: `serve`, and the subcommands that feature modules add (`route`,
+`router train|eval`, `keys`, `spend`, `batch`). Each feature module exposes `add_*_commands(sub)`;
+this file only wires them, so `tiergate --help` stays fast (heavy imports happen inside commands)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tiergate.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"tiergate: configuration error: {e}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from tiergate.server.app import build_app
+
+    _startup_banner(config, args)
+    app = build_app(config)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        timeout_keep_alive=30,
+    )
+    return 0
+
+
+def _startup_banner(config, args) -> None:
+    providers = sorted({d.provider for m in config.models for d in m.deployments})
+    print(f"tiergate: config {config.source}; {len(config.models)} models "
+          f"({', '.join(m.name for m in config.models)}); providers: {', '.join(providers)}", file=sys.stderr)
+    if "sim" in providers:
+        print("tiergate: the `sim` provider is a SIMULATOR: its answers are synthetic (set OPENAI_API_KEY or "
+              "use --config to serve real models)", file=sys.stderr)
+    if config.master_key is None:
+        print("tiergate: no TIERGATE_MASTER_KEY set: the gateway is OPEN (no API keys required). Set "
+              "TIERGATE_MASTER_KEY to require virtual keys.", file=sys.stderr)
+    print(f"tiergate: storage {config.storage.split('@')[-1] if '@' in config.storage else config.storage}; "
+          f"listening on http://{args.host}:{args.port}/v1", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tiergate", description="OpenAI-compatible LLM gateway with a learned router.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", "-c", default=os.environ.get("TIERGATE_CONFIG"),
+                   help="YAML config file (default: embedded defaults: sim models, SQLite)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=4000)
+    s.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    s.set_defaults(func=_serve)
+    for mod, fn in (
+        ("tiergate.cli_router", "add_router_commands"),
+        ("tiergate.cli_admin", "add_admin_commands"),
+        ("tiergate.cli_batch", "add_batch_commands"),
+    ):
+        with contextlib.suppress(ImportError):
+            module = __import__(mod, fromlist=[fn])
+            getattr(module, fn)(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

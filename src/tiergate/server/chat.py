@@ -1,0 +1,348 @@
+"""The Chat Completions pipeline: validate -> authenticate -> route -> shape -> admit (budget, limits)
+-> dispatch -> price -> ledger. `run_chat` is transport-free so the HTTP handler, the Responses API
+and the batch runner all use the same path; `chat_completions` is the HTTP handler.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from tiergate.accounting.pricing import cost_usd, max_cost_usd, usage_breakdown
+from tiergate.accounting.tokens import count_messages, count_text
+from tiergate.catalog.shaping import check_capabilities, shape_request
+from tiergate.providers.base import Timeouts, UpstreamError
+from tiergate.server import routing_glue
+from tiergate.wire import sse
+from tiergate.wire.errors import GatewayError, bad_request, not_found
+from tiergate.wire.ids import new_id
+
+if TYPE_CHECKING:
+    from tiergate.server.gateway import Gateway
+
+DEFAULT_MAX_OUTPUT = 4096  # output-token bound for budget reservations when the request sets none
+_TG_FIELD = "tiergate"  # per-request options, sent by the OpenAI SDK with extra_body={"tiergate": {...}}
+_TG_OPTIONS = {"quality_target", "max_cost_usd", "policy", "cache", "timeouts", "candidates"}
+
+
+class ContextWindowExceeded(GatewayError):
+    def __init__(self, model: str, prompt_tokens: int, window: int) -> None:
+        super().__init__(
+            400,
+            f"This model's maximum context length is {window} tokens; the messages resulted in "
+            f"{prompt_tokens} tokens (model '{model}'). Shorten the messages or choose a model with a "
+            "larger context window.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+
+
+@dataclass
+class CallContext:
+    """Who is calling and how the answer will be delivered."""
+
+    request_id: str
+    key: Any = None  # accounting KeyInfo or None (open gateway)
+    kind: str = "chat"  # chat | responses | batch
+    batch_id: str | None = None
+    batch_pricing: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class ChatOutcome:
+    """A finished non-streaming call (`body`) or an open stream (`chunks`), plus response headers."""
+
+    headers: dict[str, str]
+    body: dict[str, Any] | None = None
+    chunks: AsyncIterator[bytes] | None = None
+    status: int = 200
+
+
+def _validate(body: Any) -> None:
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("you must provide a model parameter", param="model", code="missing_required_parameter")
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise bad_request("'messages' must be a non-empty array of message objects.", param="messages")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool", "function"):
+            raise bad_request(
+                f"Invalid value for 'messages[{i}].role': expected one of system, developer, user, assistant, tool.",
+                param=f"messages[{i}].role",
+                code="invalid_value",
+            )
+    n = body.get("n")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128):
+        raise bad_request("'n' must be an integer between 1 and 128.", param="n", code="invalid_value")
+    so = body.get("stream_options")
+    if so is not None and not body.get("stream"):
+        raise bad_request("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                          param="stream_options", code="invalid_value")
+
+
+def _options(body: dict[str, Any]) -> dict[str, Any]:
+    opts = body.pop(_TG_FIELD, None)
+    if opts is None:
+        return {}
+    if not isinstance(opts, dict):
+        raise bad_request("'tiergate' must be an object, e.g. {\"quality_target\": 0.95}.", param="tiergate")
+    unknown = sorted(set(opts) - _TG_OPTIONS)
+    if unknown:
+        raise bad_request(f"unknown option 'tiergate.{unknown[0]}'; allowed: {', '.join(sorted(_TG_OPTIONS))}",
+                          param=f"tiergate.{unknown[0]}")
+    return opts
+
+
+def _timeouts(base: Timeouts, override: Any) -> Timeouts:
+    if not override:
+        return base
+    from tiergate.config import ConfigError, parse_timeouts
+
+    try:
+        return parse_timeouts(override, "tiergate.timeouts", base)
+    except ConfigError as e:
+        raise bad_request(str(e), param="tiergate.timeouts") from None
+
+
+def _max_output(body: dict[str, Any]) -> int:
+    v = body.get("max_completion_tokens") or body.get("max_tokens")
+    return int(v) if isinstance(v, int) and v > 0 else DEFAULT_MAX_OUTPUT
+
+
+async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext) -> ChatOutcome:
+    """The whole pipeline for one Chat Completions request. Raises GatewayError for client-visible
+    failures before any answer exists; records exactly one ledger row for the answer it returns."""
+    _validate(body)
+    opts = _options(body)
+    stream = bool(body.get("stream"))
+    requested = body["model"]
+    route_info: dict[str, Any] | None = None
+    headers: dict[str, str] = {"x-request-id": ctx.request_id}
+
+    if requested == "auto" or requested.startswith("auto:"):
+        body, route_info = routing_glue.route(gw, body, opts, requested)
+        headers["x-tiergate-route"] = route_info["header"]
+    model = body["model"]
+    mc = gw.config.model(model)
+    if mc is None:
+        raise not_found(
+            f"The model '{model}' does not exist or is not configured on this gateway. "
+            f"Configured models: {', '.join(m.name for m in gw.config.models)}.",
+            param="model",
+            code="model_not_found",
+        )
+    info = gw.infos[model]
+    check_capabilities(body, info, gw.infos, model)
+    prompt_tokens = count_messages(body["messages"], info)
+    max_out = _max_output(body)
+
+    def shape(name: str) -> tuple[dict[str, Any], list[str]]:
+        target_info = gw.infos[name]
+        if name != model:
+            check_capabilities(body, target_info, gw.infos, name)
+        if prompt_tokens > target_info.context_window:
+            raise ContextWindowExceeded(name, prompt_tokens, target_info.context_window)
+        shaped, dropped = shape_request(body, target_info)
+        shaped["model"] = target_info.name
+        if stream:
+            so = dict(shaped.get("stream_options") or {})
+            so["include_usage"] = True  # always ask for usage; the client gets it only if it asked
+            shaped["stream_options"] = so
+        return shaped, dropped
+
+    if prompt_tokens > info.context_window and not mc.context_window_fallback:
+        raise ContextWindowExceeded(model, prompt_tokens, info.context_window)
+
+    admission = await gw.accounting.admit(
+        ctx.key, model, prompt_tokens, max_cost_usd(prompt_tokens, max_out, info), prompt_tokens + max_out
+    )
+    settled = False
+    try:
+        cache = gw.accounting.cache if (not stream and _cacheable(body, opts, ctx)) else None
+        if cache is not None:
+            hit = await cache.get(body)
+            if hit is not None:
+                headers.update({"x-tiergate-cache": "hit", "x-tiergate-model": model, "x-tiergate-cost-usd": "0"})
+                _record(gw, ctx, requested, model, None, body.get("reasoning_effort"), hit.get("usage"), 0.0,
+                        "cache_hit", None, route_info, False, 0)
+                await gw.accounting.settle(admission, 0.0, 0)
+                settled = True
+                return ChatOutcome(headers=headers, body=hit)
+            headers["x-tiergate-cache"] = "miss"
+        timeouts = _timeouts(mc.timeouts, opts.get("timeouts"))
+        try:
+            d = await gw.dispatcher.dispatch(
+                model, shape, stream=stream, timeouts=timeouts, request_id=ctx.request_id,
+                prompt_tokens=prompt_tokens,
+            )
+        except GatewayError as e:
+            _record(gw, ctx, requested, model, None, body.get("reasoning_effort"), None, 0.0, "error",
+                    e.message, route_info, stream, 0)
+            raise
+        for i, a in enumerate(d.attempts):
+            a_info = gw.infos.get(a.model, info)
+            a_cost = cost_usd(a.usage, a_info, batch=ctx.batch_pricing) if a.usage else 0.0
+            _record(gw, ctx, requested, a.model, a.deployment_id, d.body.get("reasoning_effort"), a.usage, a_cost,
+                    "failed_attempt", _err_text(a.error), route_info, stream, i + 1,
+                    request_id=f"{ctx.request_id}:a{i + 1}", latency_ms=a.latency_s * 1000)
+        served_info = gw.infos[d.model]
+        headers["x-tiergate-model"] = d.model
+        headers["x-tiergate-deployment"] = d.deployment.id
+        if d.body.get("reasoning_effort"):
+            headers["x-tiergate-reasoning-effort"] = str(d.body["reasoning_effort"])
+        if d.dropped_params:
+            headers["x-tiergate-dropped-params"] = ",".join(d.dropped_params)
+        if d.fallback_from:
+            headers["x-tiergate-fallback"] = f"{d.fallback_from}->{d.model}"
+        if not stream:
+            result = d.result.body
+            usage = result.get("usage")
+            cost = cost_usd(usage, served_info, batch=ctx.batch_pricing) if usage else 0.0
+            headers["x-tiergate-cost-usd"] = f"{cost:.8f}"
+            if d.result.headers.get("x-tiergate-simulated"):
+                headers["x-tiergate-simulated"] = "true"
+            _record(gw, ctx, requested, d.model, d.deployment.id, d.body.get("reasoning_effort"), usage, cost, "ok",
+                    None, route_info, False, len(d.attempts) + 1, ttft_ms=(d.ttft_s or 0) * 1000)
+            await gw.accounting.settle(admission, cost, _total_tokens(usage))
+            settled = True
+            if cache is not None:
+                await cache.set(body, result)
+            return ChatOutcome(headers=headers, body=result)
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        settled = True  # the stream's finaliser settles
+        return ChatOutcome(
+            headers=headers,
+            chunks=_relay(gw, ctx, d, admission, served_info, requested, route_info, wants_usage),
+        )
+    finally:
+        if not settled:
+            await gw.accounting.settle(admission, 0.0, 0)
+
+
+async def _relay(gw, ctx, d, admission, info, requested, route_info, wants_usage) -> AsyncIterator[bytes]:
+    """Forward upstream chunks to the client as SSE; always finish the books, even when the client
+    goes away mid-stream (the generator is closed) or the upstream cuts the stream."""
+    usage: dict[str, Any] | None = None
+    text_parts: list[str] = []
+    status, error = "client_disconnected", None
+    try:
+        async for chunk in d.stream:
+            u = chunk.get("usage")
+            if u:
+                usage = u
+            if not chunk.get("choices") and u:
+                if wants_usage:
+                    yield sse.encode(chunk)
+                continue
+            if not wants_usage:
+                chunk.pop("usage", None)
+            for ch in chunk.get("choices") or ():
+                c = (ch.get("delta") or {}).get("content")
+                if c:
+                    text_parts.append(c)
+            yield sse.encode(chunk)
+        status = "ok"
+    except UpstreamError as e:
+        status, error = "error", _err_text(e)
+        usage = usage or e.usage
+        yield sse.encode({"error": {"message": f"The upstream stream failed after it started: {e.message}",
+                                    "type": "api_error", "param": None, "code": "upstream_stream_cut"}})
+    finally:
+        if usage is None:  # cut or abandoned before the upstream's usage chunk: estimate what was produced
+            completion = count_text("".join(text_parts), info.tokenizer)
+            prompt = count_messages(d.body["messages"], info)
+            usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+                     "total_tokens": prompt + completion, "estimated": True}
+        cost = cost_usd(usage, info, batch=ctx.batch_pricing)
+        _record(gw, ctx, requested, d.model, d.deployment.id, d.body.get("reasoning_effort"), usage, cost, status,
+                error, route_info, True, len(d.attempts) + 1, ttft_ms=(d.ttft_s or 0) * 1000)
+        await gw.accounting.settle(admission, cost, _total_tokens(usage))
+    if status == "ok":
+        yield f": x-tiergate-cost-usd={cost:.8f}\n\n".encode()
+        yield sse.DONE
+
+
+def _cacheable(body: dict[str, Any], opts: dict[str, Any], ctx: CallContext) -> bool:
+    wanted = opts.get("cache")
+    if wanted is None:
+        wanted = bool(getattr(ctx.key, "cache_enabled", False))
+    if not wanted:
+        return False
+    return body.get("temperature") == 0 or body.get("seed") is not None
+
+
+def _total_tokens(usage: dict[str, Any] | None) -> int:
+    if not usage:
+        return 0
+    return int(usage.get("total_tokens") or (usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)))
+
+
+def _err_text(e: BaseException | None) -> str | None:
+    if e is None:
+        return None
+    status = getattr(e, "status", None)
+    return f"{status} {getattr(e, 'kind', '')}: {getattr(e, 'message', str(e))}"[:500]
+
+
+def _record(gw, ctx: CallContext, requested, served, deployment, effort, usage, cost, status, error, route_info,
+            stream, attempt, *, request_id: str | None = None, latency_ms: float | None = None,
+            ttft_ms: float | None = None) -> None:
+    row = {
+        "request_id": request_id or ctx.request_id,
+        "ts": time.time(),
+        "key_id": getattr(ctx.key, "id", None),
+        "kind": ctx.kind,
+        "requested_model": requested,
+        "served_model": served,
+        "deployment": deployment,
+        "reasoning_effort": effort,
+        **usage_breakdown(usage),
+        "cost_usd": cost,
+        "latency_ms": latency_ms if latency_ms is not None else (time.perf_counter() - ctx.started) * 1000,
+        "ttft_ms": ttft_ms,
+        "status": status,
+        "error": error,
+        "route": route_info["ledger"] if route_info else None,
+        "stream": stream,
+        "attempt": attempt,
+        "batch_id": ctx.batch_id,
+    }
+    gw.accounting.record(row)
+    if gw.metrics is not None:
+        gw.metrics.observe_request(row)
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+async def chat_completions(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    ctx = CallContext(request_id=request.headers.get("x-request-id") or new_id("req_"))
+    try:
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise bad_request("We could not parse the JSON body of your request. The body must be valid JSON.") from None
+        ctx.key = await gw.accounting.authenticate(request.headers.get("authorization"))
+        out = await run_chat(gw, body, ctx)
+    except GatewayError as e:
+        return error_response(e, ctx.request_id)
+    if out.chunks is not None:
+        return StreamingResponse(out.chunks, media_type="text/event-stream", headers=out.headers)
+    return Response(orjson.dumps(out.body), media_type="application/json", headers=out.headers)
+
+
+def error_response(e: GatewayError, request_id: str) -> Response:
+    headers = {"x-request-id": request_id, **e.headers}
+    return Response(e.to_json(), status_code=e.status, media_type="application/json", headers=headers)

@@ -1,0 +1,84 @@
+"""The Gateway: every stage of the request path, built once at start-up from the config and passed to
+the handlers (no module-level singletons). Handlers hold no business logic of their own; they call
+the objects held here."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tiergate.catalog.catalog import Catalog, ModelInfo
+from tiergate.config import GatewayConfig
+
+if TYPE_CHECKING:
+    from tiergate.accounting.service import Accounting
+    from tiergate.dispatch.dispatcher import Dispatcher
+    from tiergate.routing.router import Router
+
+log = logging.getLogger("tiergate")
+
+
+@dataclass
+class Gateway:
+    config: GatewayConfig
+    catalog: Catalog
+    infos: dict[str, ModelInfo]  # configured (client-facing) model name -> its catalogue entry
+    accounting: Accounting
+    dispatcher: Dispatcher
+    session_factory: Any
+    metrics: Any = None
+    router: Router | None = None
+    unpriced: list[str] = field(default_factory=list)  # configured models without a catalogue entry
+    extras: dict[str, Any] = field(default_factory=dict)  # per-feature state (batch runner, …)
+
+    @classmethod
+    async def start(cls, config: GatewayConfig) -> Gateway:
+        from tiergate.accounting.service import Accounting
+        from tiergate.dispatch.dispatcher import Dispatcher
+        from tiergate.metrics import Metrics
+        from tiergate.providers.http import SharedSession
+
+        catalog = Catalog.load()
+        infos: dict[str, ModelInfo] = {}
+        unpriced: list[str] = []
+        for m in config.models:
+            info = catalog.get(m.catalog)
+            if info is None:
+                info = catalog.unknown(m.catalog)
+                unpriced.append(m.name)
+            infos[m.name] = info
+        accounting = await Accounting.start(config)
+        session_factory = SharedSession()
+        metrics = Metrics()
+        dispatcher = Dispatcher(
+            config,
+            session_factory,
+            shared_state=getattr(accounting, "redis", None),
+            metrics=metrics,
+            catalog=catalog,
+        )
+        router = None
+        if config.routing.candidates:
+            from tiergate.routing.router import Router
+
+            router = Router.load(config.routing.router_dir, catalog=catalog)
+        gw = cls(
+            config=config,
+            catalog=catalog,
+            infos=infos,
+            accounting=accounting,
+            dispatcher=dispatcher,
+            session_factory=session_factory,
+            metrics=metrics,
+            router=router,
+            unpriced=unpriced,
+        )
+        return gw
+
+    async def close(self) -> None:
+        for closer in (self.dispatcher.close, self.accounting.close, self.session_factory.close):
+            try:
+                await closer()
+            except Exception:  # noqa: BLE001 - shutdown must go on
+                log.exception("error during shutdown")

@@ -1,0 +1,51 @@
+"""`GET /v1/models` and `GET /v1/models/{id}`: the configured client-facing models, plus the routing
+aliases when a router is configured (SPEC `ListModelsResponse`, wire facts §7)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tiergate.wire.errors import GatewayError, not_found
+
+if TYPE_CHECKING:
+    from tiergate.server.gateway import Gateway
+
+_CREATED = 1735689600  # 2025-01-01: a fixed, documented creation time for gateway-defined models
+
+
+def model_objects(gw: Gateway) -> list[dict[str, Any]]:
+    out = []
+    for m in gw.config.models:
+        info = gw.infos[m.name]
+        out.append({"id": m.name, "object": "model", "created": _CREATED,
+                    "owned_by": getattr(info, "family", None) or "tiergate"})
+    if gw.router is not None:
+        for alias in ("auto", "auto:cost", "auto:balanced", "auto:quality"):
+            out.append({"id": alias, "object": "model", "created": _CREATED, "owned_by": "tiergate-router"})
+    return out
+
+
+async def list_models(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    try:
+        await gw.accounting.authenticate(request.headers.get("authorization"))
+    except GatewayError as e:
+        return Response(e.to_json(), status_code=e.status, media_type="application/json")
+    return Response(orjson.dumps({"object": "list", "data": model_objects(gw)}), media_type="application/json")
+
+
+async def get_model(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    model_id = request.path_params["model_id"]
+    try:
+        await gw.accounting.authenticate(request.headers.get("authorization"))
+        for m in model_objects(gw):
+            if m["id"] == model_id:
+                return Response(orjson.dumps(m), media_type="application/json")
+        raise not_found(f"The model '{model_id}' does not exist", param="model", code="model_not_found")
+    except GatewayError as e:
+        return Response(e.to_json(), status_code=e.status, media_type="application/json")
