@@ -1,0 +1,49 @@
+"""Test helpers: run a real tiergate server on a loopback port (uvicorn in a thread, with
+its own event loop) so tests can drive it with the official `openai` SDK over real HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_gateway(raw_config: dict[str, Any], env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start the gateway for `raw_config` (a dict in the YAML shape) and yield its base URL (`…/v1`)."""
+    import os
+
+    import uvicorn
+
+    from tiergate.config import parse_config
+    from tiergate.server.app import build_app
+
+    config = parse_config(raw_config, source="<test>", env={**os.environ, **(env or {})})
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(build_app(config), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on", loop="asyncio"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        if not thread.is_alive() or time.time() > deadline:
+            raise RuntimeError("the gateway did not start (see the log above)")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
