@@ -1,0 +1,191 @@
+"""The process's shared upstream HTTP session, plus small helpers every HTTP provider needs.
+
+`SharedSession` is the `SessionFactory` the server builds once at start-up and hands to every
+provider: it creates one `aiohttp.ClientSession` lazily inside the running event loop (a pooled,
+keep-alive connector, no cookie jar, no per-request JSON helpers) and closes it on shutdown.
+
+The helpers are pure: `scrub` removes credentials from any text that may reach a client or a log,
+`parse_retry_after` reads the upstream's back-off hints, `pick_headers` keeps the upstream response
+headers worth passing on (request id, rate limits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable, Mapping
+from email.utils import parsedate_to_datetime
+from time import time
+from typing import Self
+
+import aiohttp
+
+from tiergate.providers.base import SessionFactory
+
+USER_AGENT = "tiergate/0.1"
+
+
+class SharedSession(SessionFactory):
+    """One shared `aiohttp.ClientSession` per event loop, created on first use.
+
+    Usage::
+
+        sessions = SharedSession()            # at start-up, outside or inside the loop
+        provider = provider_class(dep.provider)(dep, sessions)
+        ...
+        await sessions.close()                        # on shutdown (or `async with sessions:`)
+
+    `limit` caps open connections in the pool (0 = unlimited); idle connections are kept alive for
+    `keepalive_timeout` seconds. Responses are requested uncompressed by default (`compress=False`):
+    on a LAN or loopback upstream decompression is pure CPU cost; set it to True for slow links.
+    If the running loop changes (a new loop per test), a fresh session is made for the new loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int = 4096,
+        keepalive_timeout: float = 60.0,
+        ttl_dns_cache: int = 300,
+        compress: bool = False,
+    ) -> None:
+        self._limit = limit
+        self._keepalive_timeout = keepalive_timeout
+        self._ttl_dns_cache = ttl_dns_cache
+        self._compress = compress
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __call__(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is not None and self._loop is asyncio.get_running_loop() and not session.closed:
+            return session
+        return self._create()
+
+    def _create(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()  # RuntimeError outside a loop: sessions live in one loop
+        connector = aiohttp.TCPConnector(
+            limit=self._limit,
+            limit_per_host=0,
+            ttl_dns_cache=self._ttl_dns_cache,
+            keepalive_timeout=self._keepalive_timeout,
+        )
+        skip = () if self._compress else ("Accept-Encoding",)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": USER_AGENT},
+            skip_auto_headers=skip,
+            auto_decompress=True,  # only matters when compression was asked for
+            trust_env=False,
+            raise_for_status=False,
+        )
+        self._loop = loop
+        return self._session
+
+    async def close(self) -> None:
+        session, self._session, self._loop = self._session, None, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+AiohttpSessionFactory = SharedSession  # descriptive alias
+
+
+# ---------------------------------------------------------------- scrubbing
+
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:api[-_]?key|key|token|access_token|sig|signature|code)=)[^&\s\"']+")
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+_KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_-]{3})[A-Za-z0-9_*-]{8,}")
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """Remove credentials from `text`: the given secret values, `user:pass@` in URLs, key-like query
+    parameters, bearer tokens and `sk-…` keys. Safe to call on any upstream message."""
+    for s in secrets:
+        if s and s in text:
+            text = text.replace(s, "***")
+    if "@" in text:
+        text = _URL_USERINFO.sub(r"\1***@", text)
+    if "=" in text:
+        text = _QUERY_SECRET.sub(r"\1***", text)
+    text = _BEARER.sub(r"\1***", text)
+    if "sk-" in text:
+        text = _KEYLIKE.sub(r"\1***", text)
+    return text
+
+
+# ---------------------------------------------------------------- upstream headers
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(value: str) -> float | None:
+    """OpenAI's reset durations: `6m0s`, `1.5s`, `12ms`, `1h2m3s` -> seconds; a bare number is seconds."""
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(value):
+        if m.start() != pos:
+            return None
+        total += float(m.group(1)) * _UNIT[m.group(2)]
+        pos = m.end()
+    return total if pos == len(value) and pos > 0 else None
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the upstream asks us to wait: `retry-after-ms`, then `retry-after` (seconds or an HTTP
+    date), then the `x-ratelimit-reset-*` duration of the exhausted limit (the shorter one when the
+    upstream does not say which is exhausted). None when there is no hint."""
+    v = headers.get("retry-after-ms")
+    if v:
+        try:
+            return max(0.0, float(v) / 1000.0)
+        except ValueError:
+            pass
+    v = headers.get("retry-after")
+    if v:
+        try:
+            return max(0.0, float(v))
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(v).timestamp() - time())
+            except (TypeError, ValueError, IndexError, OverflowError):
+                pass
+    resets: list[float] = []
+    for which in ("requests", "tokens"):
+        raw = headers.get(f"x-ratelimit-reset-{which}")
+        d = parse_duration(raw) if raw else None
+        if d is None:
+            continue
+        if headers.get(f"x-ratelimit-remaining-{which}") == "0":
+            return d
+        resets.append(d)
+    return min(resets) if resets else None
+
+
+_PASS_ON = frozenset({"x-request-id", "apim-request-id", "openai-processing-ms", "retry-after", "retry-after-ms",
+                      "x-ms-region", "openai-version"})
+
+
+def pick_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The upstream response headers worth keeping (request id, processing time, rate limits),
+    keys lower-cased. Never includes anything the upstream could echo a credential in."""
+    out: dict[str, str] = {}
+    for k, v in headers.items():
+        lk = k.lower()
+        if lk in _PASS_ON or lk.startswith("x-ratelimit-"):
+            out[lk] = v
+    return out
