@@ -1,0 +1,477 @@
+"""Offline evaluation of a quality model as a router, with protocols that never score a prompt the
+model was trained on.
+
+Protocols (split by prompt; nothing is fitted or tuned on the fold it is scored on):
+- `fixed`: a trained router (the one shipped in the package, or `--router DIR`) scores every row.
+- `kfold`: k folds within the evaluated rows (default 5, seed 0). Rows with the same prompt text
+  (normalised: case and whitespace) always fall in the same fold.
+- `lobo` (leave one benchmark out): train on every other dev file, except (a) files of the same
+  prompt family (`PROMPT_FAMILIES`: e.g. `routellm-gsm8k` and `zeroeval-gsm` are both GSM8K) and
+  (b) any training row that shares a 10-word passage with an evaluated prompt (catches benchmarks
+  copied into task mixes such as dcrouter). Passages found in more than 2 % of the evaluated prompts
+  are instruction templates, not content, and are ignored.
+
+The router under evaluation. For each prompt it has a predicted score per candidate (the quality
+model) and an estimated cost per candidate (the README section 4 cost model on the prompt; for a
+model the catalogue does not price, its mean recorded cost on the evaluated rows, i.e. its price
+level). The serving policy picks the cheapest candidate whose predicted score is at least
+`quality_target x` the best predicted score (`policy_choice`); sweeping the target from 0 to 1 gives
+the router's quality-cost curve. For two candidates the RouteLLM score is s(p) = predicted(strong) -
+predicted(weak); the strong candidate is the one with the higher mean score on the evaluated rows.
+Costs used for *scoring* are the rows' recorded `cost_usd`, else the same cost model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from tiergate.routing import metrics as M
+from tiergate.routing.data import (
+    OutcomeMatrix,
+    OutcomeRow,
+    PriceLookup,
+    TokenCounter,
+    common_candidates,
+    dev_files,
+    load_outcomes,
+    outcome_matrix,
+)
+
+# Files whose prompts come from the same upstream benchmark (keys: row `source`, without -dev/-heldout).
+PROMPT_FAMILIES: dict[str, tuple[str, ...]] = {
+    "gsm8k": ("routellm-gsm8k", "zeroeval-gsm"),
+    "livecodebench": ("livecodebench-o1", "livecodebench-o3o4"),
+    "mmlu": ("routellm-mmlu",),
+    "mt-bench": ("routellm-mtbench",),
+    "math": ("zeroeval-math-l5",),
+    "cruxeval": ("zeroeval-crux",),
+    "arc": ("routerbench-arc-c",),
+    "mbpp": ("routerbench-mbpp",),
+    "winogrande": ("routerbench-winogrande",),
+    "dcrouter": ("llmrouter-dcrouter",),
+}
+PROTOCOLS = ("fixed", "kfold", "lobo")
+SHINGLE_WORDS = 10
+TEMPLATE_FRACTION = 0.02
+TARGET_GRID = np.round(np.linspace(0.0, 1.0, 201), 4)
+FALLBACK_POLICY_TARGETS = {"cost": 0.90, "balanced": 0.95, "quality": 0.99}
+
+
+class QualityPredictor(Protocol):
+    def fit(self, rows: list[OutcomeRow], candidates: list[str] | None = None, progress: bool = False) -> Any: ...
+    def predict(self, prompts: list[str]) -> dict[str, np.ndarray]: ...
+    def candidates(self) -> list[str]: ...
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot run as asked; the message says what to change."""
+
+
+# ------------------------------------------------------------------------------ a reference baseline
+
+
+class MeanScoreBaseline:
+    """Baseline, not a router: predicts each candidate's mean training score for every prompt.
+
+    It knows no prompt, so its curves show what the candidates' price/quality levels alone give;
+    a learned model must beat it. Same interface as `routing.quality.QualityModel`.
+    """
+
+    def __init__(self) -> None:
+        self._means: dict[str, float] = {}
+
+    def fit(self, rows: list[OutcomeRow], candidates: list[str] | None = None, progress: bool = False):
+        cands = candidates or common_candidates(rows, 0.0)
+        for c in cands:
+            vals = [r.outcomes[c].score for r in rows if c in r.outcomes]
+            if not vals:
+                raise EvaluationError(f"no training row scores candidate {c!r}")
+            self._means[c] = float(np.mean(vals))
+        return self
+
+    def predict(self, prompts: list[str]) -> dict[str, np.ndarray]:
+        return {c: np.full(len(prompts), m) for c, m in self._means.items()}
+
+    def candidates(self) -> list[str]:
+        return list(self._means)
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "mean_baseline.json").write_bytes(orjson.dumps({"kind": "mean-baseline", "means": self._means}))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> MeanScoreBaseline:
+        m = cls()
+        m._means = orjson.loads((Path(directory) / "mean_baseline.json").read_bytes())["means"]
+        return m
+
+
+MODEL_KINDS = ("learned", "mean-baseline")
+
+
+def model_class(kind: str = "learned") -> Any:
+    """The class of quality model to train: B2's learned `QualityModel`, or the mean baseline."""
+    if kind == "mean-baseline":
+        return MeanScoreBaseline
+    if kind != "learned":
+        raise EvaluationError(f"unknown model kind {kind!r}; use one of {', '.join(MODEL_KINDS)}")
+    try:
+        from tiergate.routing.quality import QualityModel
+    except ImportError as e:  # pragma: no cover - depends on the learned model being installed
+        raise EvaluationError(f"the learned quality model is not available ({e})") from None
+    return QualityModel
+
+
+def load_model(directory: str | Path | None) -> Any:
+    """A trained quality model from `directory`, or the one shipped in the package."""
+    if directory is not None and (Path(directory) / "mean_baseline.json").exists():
+        return MeanScoreBaseline.load(directory)
+    cls = model_class("learned")
+    if directory is None:
+        directory = shipped_router_dir()
+    return cls.load(directory)
+
+
+def shipped_router_dir() -> Path:
+    """Where the package's trained router artefacts live."""
+    try:
+        from tiergate.routing import quality
+
+        default = getattr(quality, "DEFAULT_ARTIFACTS", None) or getattr(quality, "ARTIFACTS_DIR", None)
+        if default is not None:
+            return Path(default)
+    except ImportError:  # pragma: no cover
+        pass
+    return Path(__file__).resolve().parent / "artifacts"
+
+
+def policy_targets() -> dict[str, float]:
+    """Policy name -> quality target, as the serving router defines them."""
+    try:
+        from tiergate.routing import router
+
+        for name in ("POLICY_TARGETS", "DEFAULT_POLICY_TARGETS", "POLICIES"):
+            table = getattr(router, name, None)
+            if isinstance(table, dict) and all(isinstance(v, (int, float)) for v in table.values()):
+                return {str(k): float(v) for k, v in table.items()}
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(FALLBACK_POLICY_TARGETS)
+
+
+# ------------------------------------------------------------------------------------------- splits
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def family_of(source: str) -> str:
+    base = re.sub(r"-(dev|heldout|test|train)$", "", source)
+    for fam, members in PROMPT_FAMILIES.items():
+        if base in members:
+            return fam
+    return base
+
+
+def kfold_splits(rows: Sequence[OutcomeRow], k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) index arrays; rows with the same normalised prompt share a fold."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(normalise(r.prompt), []).append(i)
+    keys = list(groups)
+    if len(keys) < k:
+        raise EvaluationError(f"{len(keys)} distinct prompts cannot make {k} folds")
+    order = np.random.default_rng(seed).permutation(len(keys))
+    fold_of = np.empty(len(rows), dtype=int)
+    for pos, gi in enumerate(order):
+        fold_of[groups[keys[gi]]] = pos % k
+    all_idx = np.arange(len(rows))
+    return [(all_idx[fold_of != f], all_idx[fold_of == f]) for f in range(k)]
+
+
+def _shingles(text: str) -> set[int]:
+    words = normalise(text).split(" ")
+    if len(words) < SHINGLE_WORDS:
+        return {hash(" ".join(words))}
+    return {hash(" ".join(words[i : i + SHINGLE_WORDS])) for i in range(len(words) - SHINGLE_WORDS + 1)}
+
+
+def shared_prompt_mask(train: Sequence[OutcomeRow], test: Sequence[OutcomeRow]) -> np.ndarray:
+    """True for training rows that share a (non-template) 10-word passage with a test prompt."""
+    counts: dict[int, int] = {}
+    for r in test:
+        for h in _shingles(r.prompt):
+            counts[h] = counts.get(h, 0) + 1
+    limit = max(2, math.ceil(TEMPLATE_FRACTION * len(test)))
+    content = {h for h, c in counts.items() if c <= limit}
+    return np.array([not content.isdisjoint(_shingles(r.prompt)) for r in train], dtype=bool)
+
+
+def lobo_training_rows(
+    eval_rows: Sequence[OutcomeRow], pool: Sequence[OutcomeRow]
+) -> tuple[list[OutcomeRow], dict[str, Any]]:
+    """Training rows for leave-one-benchmark-out, and a record of what was left out and why."""
+    fams = {family_of(r.source) for r in eval_rows}
+    other = [r for r in pool if family_of(r.source) not in fams]
+    shared = shared_prompt_mask(other, eval_rows) if other else np.zeros(0, dtype=bool)
+    train = [r for r, s in zip(other, shared, strict=True) if not s]
+    excluded_sources = sorted({r.source for r in pool if family_of(r.source) in fams})
+    dropped: dict[str, int] = {}
+    for r, s in zip(other, shared, strict=True):
+        if s:
+            dropped[r.source] = dropped.get(r.source, 0) + 1
+    info = {"families": sorted(fams), "excluded_sources": excluded_sources, "dropped_shared_prompts": dropped,
+            "train_rows": len(train), "train_sources": sorted({r.source for r in train})}
+    return train, info
+
+
+# --------------------------------------------------------------------------------------- the policy
+
+
+def policy_choice(pred: np.ndarray, est_cost: np.ndarray, quality_target: float) -> np.ndarray:
+    """Per prompt: the cheapest candidate whose predicted score >= target x the best predicted score."""
+    best = pred.max(axis=1, keepdims=True)
+    ok = pred >= quality_target * best - 1e-12
+    return np.argmin(np.where(ok, est_cost, np.inf), axis=1)
+
+
+# ------------------------------------------------------------------------------------- the pipeline
+
+
+@dataclass
+class Evaluation:
+    """Everything one evaluation measured; `summary` is the JSON object the CLI prints."""
+
+    summary: dict[str, Any]
+    matrix: OutcomeMatrix
+    predictions: np.ndarray
+    router_points: list[M.Point]
+    singles: list[M.Point]
+    oracle: M.Point
+    random: M.Point
+    two_model_curves: dict[str, M.TwoModelCurve] = field(default_factory=dict)
+
+
+def select_candidates(
+    rows: Sequence[OutcomeRow], candidates: Sequence[str] | None, prices: PriceLookup | None, counter: TokenCounter | None
+) -> tuple[OutcomeMatrix, list[str]]:
+    """The outcome matrix to evaluate on, and the candidates left out (unpriced) with a reason."""
+    if candidates:
+        missing = [c for c in candidates if not any(c in r.outcomes for r in rows)]
+        if missing:
+            have = ", ".join(common_candidates(rows, 0.0))
+            raise EvaluationError(f"no row scores {', '.join(missing)}; candidates in this file: {have}")
+        mat = outcome_matrix(rows, candidates, prices, counter)
+        unpriced = [c for c in mat.candidates if c not in mat.priced()]
+        if len(mat.candidates) > 2 and unpriced:
+            raise EvaluationError(
+                f"no price for {', '.join(unpriced)} (no cost_usd in the rows, not in the catalogue): "
+                "leave them out of --candidates or add their prices to the catalogue"
+            )
+        notes: list[str] = []
+    else:
+        cands = common_candidates(rows)
+        if not cands:
+            raise EvaluationError("no candidate is scored on every row; pass --candidates")
+        mat = outcome_matrix(rows, cands, prices, counter)
+        priced = mat.priced()
+        notes = []
+        if len(cands) > 2 and len(priced) >= 2 and len(priced) < len(cands):
+            notes = [c for c in cands if c not in priced]
+            mat = OutcomeMatrix(mat.rows, priced, *(a[:, [cands.index(c) for c in priced]]
+                                                   for a in (mat.scores, mat.costs, mat.est_costs)))
+    if len(mat.candidates) < 2:
+        raise EvaluationError("routing needs at least two candidates")
+    if mat.n == 0:
+        raise EvaluationError("no row is scored for every selected candidate")
+    return mat, notes
+
+
+def _predict(model: Any, rows: Sequence[OutcomeRow], candidates: Sequence[str]) -> np.ndarray:
+    pred = model.predict([r.prompt for r in rows])
+    missing = [c for c in candidates if c not in pred]
+    if missing:
+        raise EvaluationError(
+            f"the router has no prediction for {', '.join(missing)}; it knows {', '.join(model.candidates())}. "
+            "Train one that covers them (tiergate router train) or use --protocol kfold/lobo"
+        )
+    return np.column_stack([np.asarray(pred[c], dtype=float) for c in candidates])
+
+
+def out_of_fold_predictions(
+    mat: OutcomeMatrix,
+    protocol: str,
+    *,
+    model_kind: str = "learned",
+    router_dir: str | Path | None = None,
+    k: int = 5,
+    seed: int = 0,
+    pool: Sequence[OutcomeRow] | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Predicted scores (n, k) for every evaluated row, none from a model that saw that row."""
+    cands = mat.candidates
+    if protocol == "fixed":
+        model = load_model(router_dir) if model_kind == "learned" or router_dir else None
+        if model is None:
+            raise EvaluationError("--protocol fixed needs --router DIR for the mean baseline")
+        return _predict(model, mat.rows, cands), {"router": str(router_dir or shipped_router_dir())}
+    cls = model_class(model_kind)
+    if protocol == "kfold":
+        pred = np.empty((mat.n, len(cands)))
+        folds = kfold_splits(mat.rows, k, seed)
+        it: Any = folds
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(folds, desc=f"{k}-fold", unit="fold")
+        for train_idx, test_idx in it:
+            model = cls().fit([mat.rows[i] for i in train_idx], list(cands))
+            pred[test_idx] = _predict(model, [mat.rows[i] for i in test_idx], cands)
+        return pred, {"folds": k, "seed": seed}
+    if protocol == "lobo":
+        if pool is None:
+            pool = load_outcomes(dev_files())
+        train, info = lobo_training_rows(mat.rows, pool)
+        covered = [c for c in cands if any(c in r.outcomes for r in train)]
+        if len(covered) < len(cands):
+            lacking = sorted(set(cands) - set(covered))
+            raise EvaluationError(
+                f"leave-one-benchmark-out has no training rows for {', '.join(lacking)}; "
+                "use --protocol kfold for candidates recorded on this benchmark only"
+            )
+        model = cls().fit(train, list(cands), progress=progress)
+        return _predict(model, mat.rows, cands), info
+    raise EvaluationError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _point(p: M.Point | None, name: str = "") -> dict[str, Any] | None:
+    if p is None:
+        return None
+    out: dict[str, Any] = {"score": p.score, "cost_usd": _finite(p.cost_usd)}
+    if name:
+        out = {name: p.label, **out}
+    return out
+
+
+def score_predictions(mat: OutcomeMatrix, pred: np.ndarray, policy: str = "balanced") -> Evaluation:
+    """All metrics for out-of-fold predictions `pred` on `mat`."""
+    scores, costs = mat.scores, mat.costs
+    cands = mat.candidates
+    est = mat.est_costs.copy()
+    for j in range(len(cands)):
+        if np.isnan(est[:, j]).any():
+            recorded = costs[:, j][np.isfinite(costs[:, j])]
+            # No catalogue price: the candidate's mean recorded cost (its price level, not per prompt);
+            # with no cost at all, the column order (only the two-model metrics are then meaningful).
+            fallback = float(recorded.mean()) if recorded.size else float(j)
+            est[:, j] = np.where(np.isnan(est[:, j]), fallback, est[:, j])
+    targets = policy_targets()
+    default_target = targets.get(policy, FALLBACK_POLICY_TARGETS.get(policy, 0.95))
+
+    router_pts = []
+    for t in TARGET_GRID:
+        p = M.routed_point(policy_choice(pred, est, float(t)), scores, costs, f"{t:g}")
+        router_pts.append(p)
+    default_pt = M.routed_point(policy_choice(pred, est, default_target), scores, costs, f"{default_target:g}")
+    singles = M.single_points(cands, scores, costs)
+    best = M.best_single(cands, scores, costs)
+    oracle = M.routed_point(M.oracle_choice(scores, costs), scores, costs, "oracle")
+    rnd = M.random_point(scores, costs)
+    priced = bool(np.isfinite(costs).all())
+    front = M.pareto(router_pts) if priced else []
+    cost_table = M.cost_at_quality_table(front if priced else [], best)
+
+    summary: dict[str, Any] = {
+        "n": mat.n,
+        "sources": sorted({r.source for r in mat.rows}),
+        "candidates": list(cands),
+        "best_single": {"candidate": best.label, "score": best.score, "cost_usd": _finite(best.cost_usd)},
+        "router": {"score": default_pt.score, "cost_usd": _finite(default_pt.cost_usd), "policy": policy,
+                   "quality_target": default_target},
+        "cost_at_quality": cost_table,
+        "oracle": _point(oracle),
+        "random": _point(rnd),
+        "singles": [_point(p, "candidate") for p in singles],
+        "pareto": [{"quality_target": float(p.label), "score": p.score, "cost_usd": p.cost_usd} for p in front],
+    }
+    curves: dict[str, M.TwoModelCurve] = {}
+    if len(cands) == 2:
+        means = scores.mean(axis=0)
+        si = 0 if (means[0], -np.nan_to_num(est[:, 0].mean())) >= (means[1], -np.nan_to_num(est[:, 1].mean())) else 1
+        wi = 1 - si
+        s = pred[:, si] - pred[:, wi]
+        curves["router"] = M.router_curve(s, scores[:, si], scores[:, wi])
+        curves["random"] = M.random_router_curve(scores[:, si], scores[:, wi])
+        tm = M.two_model_summary(curves["router"])
+        rm = M.two_model_summary(curves["random"])
+        summary["two_model"] = {
+            "strong": cands[si], "weak": cands[wi], "r_strong": float(means[si]), "r_weak": float(means[wi]),
+            "apgr": tm["apgr"], "auc": tm["auc"], "cpt": tm["cpt"], "points": tm["points"],
+            "random": {"apgr": rm["apgr"], "auc": rm["auc"], "cpt": rm["cpt"]},
+        }
+    return Evaluation(summary, mat, pred, router_pts, singles, oracle, rnd, curves)
+
+
+def evaluate(
+    rows: Sequence[OutcomeRow],
+    *,
+    candidates: Sequence[str] | None = None,
+    protocol: str = "fixed",
+    model_kind: str = "learned",
+    router_dir: str | Path | None = None,
+    k: int = 5,
+    seed: int = 0,
+    pool: Sequence[OutcomeRow] | None = None,
+    policy: str = "balanced",
+    include_contaminated: bool = False,
+    prices: PriceLookup | None = None,
+    counter: TokenCounter | None = None,
+    progress: bool = False,
+) -> Evaluation:
+    """Evaluate a router on `rows` under `protocol`; see the module docstring."""
+    dropped = 0
+    if not include_contaminated:
+        kept = [r for r in rows if not r.meta.get("routellm_contaminated")]
+        dropped, rows = len(rows) - len(kept), kept
+    mat, unpriced = select_candidates(rows, candidates, prices, counter)
+    pred, info = out_of_fold_predictions(
+        mat, protocol, model_kind=model_kind, router_dir=router_dir, k=k, seed=seed, pool=pool, progress=progress
+    )
+    ev = score_predictions(mat, pred, policy)
+    ev.summary.update({"protocol": protocol, "model": model_kind, "protocol_info": info,
+                       "excluded_unpriced": unpriced, "excluded_contaminated": dropped})
+    return ev
+
+
+def to_json(summary: dict[str, Any]) -> bytes:
+    def default(o: Any) -> Any:
+        if isinstance(o, np.generic):
+            return o.item()
+        raise TypeError
+
+    def clean(o: Any) -> Any:
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [clean(v) for v in o]
+        return o
+
+    return orjson.dumps(clean(summary), default=default, option=orjson.OPT_SERIALIZE_NUMPY)
+
