@@ -1,0 +1,177 @@
+"""The Anthropic Messages API behind the Chat Completions interface (wire facts §10).
+
+`POST {api_base}/v1/messages` with `x-api-key` and `anthropic-version: 2023-06-01`. The body
+translation lives in `tiergate.wire.anthropic` (pure); this module does the HTTP: timeouts, the SSE
+stream, and mapping Anthropic errors to `UpstreamError` (529 overloaded -> retryable 503, `error`
+events inside a 200 stream -> `stream_cut`). Deployment options: none required; `api_base` defaults
+to https://api.anthropic.com; extra headers (e.g. `anthropic-beta`) come from the deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from tiergate.providers.base import ChatResult, Provider, Timeouts, UpstreamError
+from tiergate.providers.http import parse_retry_after, scrub
+from tiergate.providers.registry import register
+from tiergate.wire import anthropic as wa
+from tiergate.wire.sse import iter_data
+
+DEFAULT_BASE = "https://api.anthropic.com"
+
+
+def _client_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, connect=t.connect)
+
+
+@register("anthropic")
+class AnthropicProvider(Provider):
+    name = "anthropic"
+
+    # ------------------------------------------------------------ request building
+
+    def url(self) -> str:
+        base = (self.deployment.api_base or DEFAULT_BASE).rstrip("/")
+        return f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
+
+    def headers(self) -> dict[str, str]:
+        h = {"content-type": "application/json", "anthropic-version": wa.ANTHROPIC_VERSION}
+        h.update(dict(self.deployment.headers))
+        if self.deployment.api_key is not None:
+            h["x-api-key"] = self.deployment.api_key.value
+        return h
+
+    def build(self, body: dict[str, Any], stream: bool) -> bytes:
+        try:
+            req = wa.to_messages_request({**body, "stream": stream}, self.upstream_model(str(body.get("model", ""))))
+        except wa.TranslationError as e:
+            raise UpstreamError(400, str(e), type="invalid_request_error", param=e.param,
+                                code="unsupported_value") from None
+        return orjson.dumps(req)
+
+    def _secrets(self) -> tuple[str, ...]:
+        return (self.deployment.api_key.value,) if self.deployment.api_key else ()
+
+    async def _error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
+        raw = await resp.read()
+        err_type, message = None, raw[:500].decode("utf-8", "replace") or resp.reason or "upstream error"
+        try:
+            obj = orjson.loads(raw)
+            err = obj.get("error") or {}
+            err_type, message = err.get("type"), str(err.get("message") or message)
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+        status, oa_type = wa.map_status(resp.status, err_type)
+        hdrs = {k.lower(): v for k, v in resp.headers.items()}
+        return UpstreamError(status, f"anthropic: {scrub(message, self._secrets())}", type=oa_type, code=err_type,
+                             retry_after=parse_retry_after(hdrs), headers=_pick(hdrs))
+
+    # ------------------------------------------------------------ non-streaming
+
+    async def chat(self, body: dict[str, Any], timeouts: Timeouts) -> ChatResult:
+        data = self.build(body, stream=False)
+        try:
+            async with asyncio.timeout(timeouts.total):
+                resp = await asyncio.wait_for(
+                    self.session.post(self.url(), data=data, headers=self.headers(),
+                                      timeout=_client_timeout(timeouts)),
+                    timeouts.first_token)
+                async with resp:
+                    if resp.status != 200:
+                        raise await self._error(resp)
+                    raw = await resp.read()
+                    hdrs = _pick({k.lower(): v for k, v in resp.headers.items()})
+        except UpstreamError:
+            raise
+        except TimeoutError:
+            raise UpstreamError(504, "anthropic: upstream timed out", kind="timeout") from None
+        except aiohttp.ClientError as e:
+            raise UpstreamError(502, f"anthropic: connection failed ({type(e).__name__})", kind="connect") from None
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(502, "anthropic: response is not JSON", kind="protocol") from None
+        if not isinstance(msg, dict) or msg.get("type") == "error":
+            err = msg.get("error") if isinstance(msg, dict) else None
+            status, oa_type = wa.map_status(200, (err or {}).get("type"))
+            raise UpstreamError(status, f"anthropic: {(err or {}).get('message', 'bad response')}", type=oa_type,
+                                kind="protocol" if err is None else "status")
+        return ChatResult(body=wa.from_message(msg), headers=hdrs)
+
+    # ------------------------------------------------------------ streaming
+
+    async def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[dict[str, Any]]:
+        data = self.build(body, stream=True)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage", True))
+        tr = wa.StreamTranslator(model=str(body.get("model", "")), include_usage=include_usage)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeouts.total is None else loop.time() + timeouts.total
+        try:
+            resp = await asyncio.wait_for(
+                self.session.post(self.url(), data=data, headers=self.headers(), timeout=_client_timeout(timeouts)),
+                timeouts.first_token)
+        except TimeoutError:
+            raise UpstreamError(504, "anthropic: upstream timed out", kind="timeout") from None
+        except aiohttp.ClientError as e:
+            raise UpstreamError(502, f"anthropic: connection failed ({type(e).__name__})", kind="connect") from None
+        async with resp:
+            if resp.status != 200:
+                raise await self._error(resp)
+            sent_any = False
+            reads = _timed_reads(resp, timeouts, deadline, loop)
+            try:
+                async for payload in iter_data(reads):
+                    try:
+                        ev = orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        raise UpstreamError(502, "anthropic: bad stream event", kind="protocol") from None
+                    try:
+                        chunks = tr.feed(ev)
+                    except wa.AnthropicStreamError as e:
+                        status, oa_type = wa.map_status(200, e.type)
+                        raise UpstreamError(status, f"anthropic: {scrub(e.message, self._secrets())}", type=oa_type,
+                                            code=e.type, kind="stream_cut" if sent_any else "status",
+                                            usage=tr.openai_usage() if sent_any else None) from None
+                    for c in chunks:
+                        sent_any = True
+                        yield c
+                    if ev.get("type") == "message_stop":
+                        return
+            except UpstreamError:
+                raise
+            except TimeoutError:
+                raise UpstreamError(504, "anthropic: stream stalled", kind="stream_cut" if sent_any else "timeout",
+                                    usage=tr.openai_usage() if sent_any else None) from None
+            except aiohttp.ClientError as e:
+                raise UpstreamError(502, f"anthropic: stream broke ({type(e).__name__})", kind="stream_cut",
+                                    usage=tr.openai_usage() if sent_any else None) from None
+            raise UpstreamError(502, "anthropic: stream ended before message_stop", kind="stream_cut",
+                                usage=tr.openai_usage() if sent_any else None)
+
+
+async def _timed_reads(resp: aiohttp.ClientResponse, t: Timeouts, deadline: float | None,
+                       loop: asyncio.AbstractEventLoop) -> AsyncIterator[bytes]:
+    """Raw body pieces; the first must come within `first_token`, later ones within `stream_idle`."""
+    first = True
+    while True:
+        limit = t.first_token if first else t.stream_idle
+        if deadline is not None:
+            left = deadline - loop.time()
+            limit = left if limit is None else min(limit, left)
+        piece = await asyncio.wait_for(resp.content.readany(), limit)
+        if not piece:
+            return
+        first = False
+        yield piece
+
+
+def _pick(h: dict[str, str]) -> dict[str, str]:
+    out = {k: v for k, v in h.items() if k.startswith("anthropic-ratelimit-") or k in ("retry-after",)}
+    if "request-id" in h:
+        out["x-request-id"] = h["request-id"]
+    return out

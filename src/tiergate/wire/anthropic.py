@@ -1,0 +1,473 @@
+"""Anthropic Messages <-> OpenAI Chat Completions translation (wire facts §10). Pure: no I/O.
+
+Request (`to_messages_request`): system/developer messages become the top-level `system`; content
+parts map to Messages blocks (data-URL images -> base64 source, http(s) URLs -> url source);
+assistant `tool_calls` -> `tool_use` blocks; `tool` messages -> `tool_result` blocks in one user
+turn; consecutive turns of the same role are merged; `stop` -> `stop_sequences`; `temperature` is
+clamped to Anthropic's 0..1; `max_tokens` comes from `max_completion_tokens`, `max_tokens` or
+`DEFAULT_MAX_TOKENS`. `reasoning_effort` turns on extended thinking with `THINKING_BUDGETS[effort]`
+tokens, raising `max_tokens` so the visible answer keeps its room, and dropping `temperature`,
+`top_p` and `top_k`, which the API refuses with thinking.
+
+Response (`from_message`, `StreamTranslator`): text -> `message.content`, `tool_use` ->
+`tool_calls` (input object -> JSON string arguments), thinking -> `reasoning_content` (+
+`thinking_blocks`, passed back on the next turn so tool loops with thinking keep working),
+`stop_reason` -> `finish_reason`, usage -> `prompt_tokens` (input + cache read + cache write),
+`cached_tokens` (cache read), `cache_write_tokens`, and `reasoning_tokens` (thinking; estimated from
+the thinking text when Anthropic does not report it, and always a part of `completion_tokens`,
+so it is priced as output).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; used when the client sets no limit
+THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}  # budget_tokens per effort
+MIN_THINKING_BUDGET = 1024
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+_PASSTHROUGH_IGNORED = {
+    "model", "messages", "stream", "stream_options", "n", "max_tokens", "max_completion_tokens", "stop",
+    "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort", "user",
+    "metadata", "frequency_penalty", "presence_penalty", "logit_bias", "seed", "store", "service_tier",
+    "response_format", "logprobs", "top_logprobs", "prompt_cache_key", "safety_identifier",
+}
+
+
+class TranslationError(ValueError):
+    """The Chat Completions body cannot be expressed as a Messages request (a client error, 400)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+# ---------------------------------------------------------------- request
+
+
+def _text_of(content: Any, path: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        out = []
+        for i, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") == "text":
+                out.append(str(part.get("text", "")))
+            else:
+                raise TranslationError(f"only text parts are allowed here for Anthropic models, got "
+                                       f"{part.get('type') if isinstance(part, dict) else part!r}",
+                                       f"{path}.content[{i}]")
+        return "\n".join(out)
+    raise TranslationError("content must be a string or a list of parts", f"{path}.content")
+
+
+def _image_block(part: dict[str, Any], path: str) -> dict[str, Any]:
+    iu = part.get("image_url")
+    url = iu.get("url") if isinstance(iu, dict) else iu
+    if not isinstance(url, str) or not url:
+        raise TranslationError("image_url.url is required", f"{path}.image_url.url")
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        media_type = header[5:].split(";", 1)[0] or "image/png"
+        if ";base64" not in header:
+            raise TranslationError("image data URLs must be base64-encoded (data:image/png;base64,...)",
+                                   f"{path}.image_url.url")
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    if url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise TranslationError("image_url.url must be an http(s) URL or a base64 data URL", f"{path}.image_url.url")
+
+
+def _blocks(content: Any, path: str) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if not isinstance(content, list):
+        raise TranslationError("content must be a string or a list of parts", f"{path}.content")
+    out: list[dict[str, Any]] = []
+    for i, part in enumerate(content):
+        p = f"{path}.content[{i}]"
+        t = part.get("type") if isinstance(part, dict) else None
+        if t == "text":
+            out.append({"type": "text", "text": str(part.get("text", ""))})
+        elif t == "image_url":
+            out.append(_image_block(part, p))
+        elif t == "refusal":
+            out.append({"type": "text", "text": str(part.get("refusal", ""))})
+        else:
+            raise TranslationError(f"content part type {t!r} is not supported for Anthropic models "
+                                   "(use text or image_url)", p)
+    return out
+
+
+def _tool_use_blocks(tool_calls: Any, path: str) -> list[dict[str, Any]]:
+    out = []
+    for i, tc in enumerate(tool_calls or []):
+        fn = tc.get("function") or {}
+        args = fn.get("arguments") or "{}"
+        try:
+            parsed = orjson.loads(args) if isinstance(args, str) else args
+        except orjson.JSONDecodeError:
+            raise TranslationError("tool call arguments must be a JSON object",
+                                   f"{path}.tool_calls[{i}].function.arguments") from None
+        if not isinstance(parsed, dict):
+            parsed = {"value": parsed}
+        out.append({"type": "tool_use", "id": tc.get("id") or f"toolu_{i}", "name": fn.get("name", ""),
+                    "input": parsed})
+    return out
+
+
+def _convert_messages(messages: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    if not isinstance(messages, list) or not messages:
+        raise TranslationError("messages must be a non-empty list", "messages")
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+
+    def push(role: str, blocks: list[dict[str, Any]]) -> None:
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": list(blocks)})
+
+    for i, m in enumerate(messages):
+        path = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise TranslationError("each message must be an object", path)
+        role = m.get("role")
+        if role in ("system", "developer"):
+            text = _text_of(m.get("content"), path)
+            if text:
+                system.append(text)
+        elif role == "user":
+            push("user", _blocks(m.get("content"), path))
+        elif role == "assistant":
+            blocks = [dict(b) for b in (m.get("thinking_blocks") or []) if isinstance(b, dict)]
+            blocks += _blocks(m.get("content"), path)
+            blocks += _tool_use_blocks(m.get("tool_calls"), path)
+            push("assistant", blocks)
+        elif role == "tool":
+            content = m.get("content")
+            result: Any = content if isinstance(content, str) else _blocks(content, path)
+            push("user", [{"type": "tool_result", "tool_use_id": m.get("tool_call_id", ""), "content": result}])
+        elif role == "function":
+            raise TranslationError("role 'function' is deprecated; use tool messages", f"{path}.role")
+        else:
+            raise TranslationError(f"unknown role {role!r}", f"{path}.role")
+    # Empty turns are refused by the API; drop them (e.g. an assistant turn that was only "").
+    turns = [t for t in turns if t["content"]]
+    if not turns:
+        raise TranslationError("at least one user message with content is required", "messages")
+    if turns[0]["role"] != "user":
+        turns.insert(0, {"role": "user", "content": [{"type": "text", "text": "(continue)"}]})
+    return turns, system
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    out = []
+    for i, t in enumerate(tools or []):
+        if not isinstance(t, dict) or t.get("type", "function") != "function":
+            raise TranslationError("only function tools are supported for Anthropic models", f"tools[{i}]")
+        fn = t.get("function") or {}
+        if not fn.get("name"):
+            raise TranslationError("tool function name is required", f"tools[{i}].function.name")
+        tool = {"name": fn["name"], "input_schema": fn.get("parameters") or {"type": "object", "properties": {}}}
+        if fn.get("description"):
+            tool["description"] = fn["description"]
+        out.append(tool)
+    return out
+
+
+def _tool_choice(tc: Any, parallel: Any) -> dict[str, Any] | None:
+    if tc is None:
+        choice: dict[str, Any] | None = {"type": "auto"} if parallel is False else None
+    elif tc == "auto":
+        choice = {"type": "auto"}
+    elif tc == "required":
+        choice = {"type": "any"}
+    elif tc == "none":
+        choice = {"type": "none"}
+    elif isinstance(tc, dict) and (tc.get("function") or {}).get("name"):
+        choice = {"type": "tool", "name": tc["function"]["name"]}
+    else:
+        raise TranslationError("tool_choice must be auto, required, none or {type: function, function: {name}}",
+                               "tool_choice")
+    if choice is not None and parallel is False and choice["type"] != "none":
+        choice["disable_parallel_tool_use"] = True
+    return choice
+
+
+def _needs_thinking_block(turns: list[dict[str, Any]]) -> bool:
+    """With thinking on, an assistant turn that used a tool must start with its thinking block. When the
+    client did not pass one back (a plain OpenAI client drops unknown fields), thinking must stay off."""
+    for t in turns:
+        if (t["role"] == "assistant" and any(b.get("type") == "tool_use" for b in t["content"])
+                and t["content"][0].get("type") not in ("thinking", "redacted_thinking")):
+            return True
+    return False
+
+
+def to_messages_request(body: dict[str, Any], model: str) -> dict[str, Any]:
+    """Build an Anthropic Messages request body from a Chat Completions body."""
+    turns, system = _convert_messages(body.get("messages"))
+    if body.get("n") not in (None, 1):
+        raise TranslationError("Anthropic models return one choice; n must be 1", "n")
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise TranslationError("max_completion_tokens must be a positive integer", "max_completion_tokens")
+    out: dict[str, Any] = {"model": model, "max_tokens": limit, "messages": turns}
+    if system:
+        out["system"] = "\n\n".join(system)
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else [str(s) for s in stop]
+    temp = body.get("temperature")
+    if temp is not None:
+        out["temperature"] = min(1.0, max(0.0, float(temp)))
+    if body.get("top_p") is not None:
+        out["top_p"] = body["top_p"]
+    if body.get("tools"):
+        out["tools"] = _tools(body["tools"])
+    choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+    if choice is not None and (out.get("tools") or choice["type"] == "none"):
+        out["tool_choice"] = choice
+    user = body.get("user") or body.get("safety_identifier")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user[:256]}
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort != "none":
+        if effort not in THINKING_BUDGETS:
+            raise TranslationError(f"reasoning_effort must be one of {', '.join(THINKING_BUDGETS)}",
+                                   "reasoning_effort")
+        if not _needs_thinking_block(turns):
+            budget = THINKING_BUDGETS[effort]
+            out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+            # budget_tokens < max_tokens is required; keep the client's limit as room for the answer.
+            out["max_tokens"] = limit + budget
+            for k in ("temperature", "top_p", "top_k"):
+                out.pop(k, None)
+            if out.get("tool_choice", {}).get("type") in ("any", "tool"):
+                out["tool_choice"] = {"type": "auto"}  # only auto/none are allowed with thinking
+    if body.get("stream"):
+        out["stream"] = True
+    return out
+
+
+# ---------------------------------------------------------------- response
+
+
+@lru_cache(maxsize=1)
+def _encoder() -> Any:
+    try:
+        import tiktoken
+
+        return tiktoken.get_encoding("cl100k_base")
+    except (ImportError, ValueError, OSError):  # pragma: no cover - offline without encodings
+        return None
+
+
+def estimate_tokens(text: str) -> int:
+    """Token count of thinking text, for when Anthropic reports only the output total."""
+    if not text:
+        return 0
+    enc = _encoder()
+    if enc is None:  # pragma: no cover
+        return max(1, len(text) // 4)
+    return len(enc.encode(text, disallowed_special=()))
+
+
+def usage_to_openai(u: dict[str, Any], thinking_text: str = "") -> dict[str, Any]:
+    inp = int(u.get("input_tokens") or 0)
+    read = int(u.get("cache_read_input_tokens") or 0)
+    write = int(u.get("cache_creation_input_tokens") or 0)
+    out = int(u.get("output_tokens") or 0)
+    details = u.get("output_tokens_details") or {}
+    reasoning = details.get("thinking_tokens", details.get("reasoning_tokens"))
+    if reasoning is None:
+        reasoning = min(out, estimate_tokens(thinking_text))
+    prompt = inp + read + write
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": out,
+        "total_tokens": prompt + out,
+        "prompt_tokens_details": {"cached_tokens": read, "cache_write_tokens": write, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": int(reasoning), "audio_tokens": 0,
+                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+    }
+
+
+def chat_id(anthropic_id: str | None) -> str:
+    return f"chatcmpl-{anthropic_id}" if anthropic_id else "chatcmpl-anthropic"
+
+
+def from_message(msg: dict[str, Any], model: str | None = None) -> dict[str, Any]:
+    """An Anthropic `Message` -> a `chat.completion` dict."""
+    texts: list[str] = []
+    thinking: list[str] = []
+    thinking_blocks: list[dict[str, Any]] = []
+    tool_calls: list[dict[str, Any]] = []
+    for block in msg.get("content") or []:
+        t = block.get("type")
+        if t == "text":
+            texts.append(block.get("text", ""))
+        elif t == "tool_use":
+            tool_calls.append({"id": block.get("id", ""), "type": "function",
+                               "function": {"name": block.get("name", ""),
+                                            "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+        elif t == "thinking":
+            thinking.append(block.get("thinking", ""))
+            thinking_blocks.append(block)
+        elif t == "redacted_thinking":
+            thinking_blocks.append(block)
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not tool_calls else None,
+                               "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    if thinking_blocks:
+        message["reasoning_content"] = "".join(thinking)
+        message["thinking_blocks"] = thinking_blocks
+    finish = FINISH_REASONS.get(msg.get("stop_reason") or "end_turn", "stop")
+    return {
+        "id": chat_id(msg.get("id")),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model or msg.get("model", ""),
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": usage_to_openai(msg.get("usage") or {}, "".join(thinking)),
+    }
+
+
+@dataclass
+class StreamTranslator:
+    """Turns Anthropic stream events (parsed `data:` objects) into `chat.completion.chunk` dicts.
+
+    `feed(event)` returns the chunks to send for that event (often none). The final usage chunk
+    (choices == []) is produced at `message_stop` when `include_usage` is set. An `error` event raises
+    `AnthropicStreamError`."""
+
+    model: str
+    include_usage: bool = True
+    id: str = "chatcmpl-anthropic"
+    created: int = field(default_factory=lambda: int(time.time()))
+    usage: dict[str, Any] = field(default_factory=dict)
+    finish_reason: str | None = None
+    started: bool = False
+    _tool_index: dict[int, int] = field(default_factory=dict)  # anthropic block index -> OpenAI tool index
+    _thinking: list[str] = field(default_factory=list)
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+    def feed(self, ev: dict[str, Any]) -> list[dict[str, Any]]:
+        t = ev.get("type")
+        if t == "message_start":
+            msg = ev.get("message") or {}
+            self.id = chat_id(msg.get("id"))
+            self.usage.update(msg.get("usage") or {})
+            self.started = True
+            return [self._chunk({"role": "assistant", "content": ""})]
+        if t == "content_block_start":
+            block = ev.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                idx = len(self._tool_index)
+                self._tool_index[int(ev.get("index", 0))] = idx
+                return [self._chunk({"tool_calls": [{"index": idx, "id": block.get("id", ""), "type": "function",
+                                                     "function": {"name": block.get("name", ""),
+                                                                  "arguments": ""}}]})]
+            if block.get("type") == "text" and block.get("text"):
+                return [self._chunk({"content": block["text"]})]
+            return []
+        if t == "content_block_delta":
+            d = ev.get("delta") or {}
+            dt = d.get("type")
+            if dt == "text_delta":
+                return [self._chunk({"content": d.get("text", "")})]
+            if dt == "input_json_delta":
+                idx = self._tool_index.get(int(ev.get("index", 0)), 0)
+                return [self._chunk({"tool_calls": [{"index": idx,
+                                                     "function": {"arguments": d.get("partial_json", "")}}]})]
+            if dt == "thinking_delta":
+                self._thinking.append(d.get("thinking", ""))
+                return [self._chunk({"reasoning_content": d.get("thinking", "")})]
+            return []  # signature_delta, citations_delta
+        if t == "message_delta":
+            d = ev.get("delta") or {}
+            self.usage.update({k: v for k, v in (ev.get("usage") or {}).items() if v is not None})
+            if d.get("stop_reason"):
+                self.finish_reason = FINISH_REASONS.get(d["stop_reason"], "stop")
+                return [self._chunk({}, self.finish_reason)]
+            return []
+        if t == "message_stop":
+            out = []
+            if self.finish_reason is None:
+                self.finish_reason = "stop"
+                out.append(self._chunk({}, "stop"))
+            if self.include_usage:
+                out.append({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                            "model": self.model, "choices": [], "usage": self.openai_usage()})
+            return out
+        if t == "error":
+            err = ev.get("error") or {}
+            raise AnthropicStreamError(str(err.get("type") or "api_error"), str(err.get("message") or "stream error"))
+        return []  # ping, content_block_stop, unknown future events
+
+    def openai_usage(self) -> dict[str, Any]:
+        return usage_to_openai(self.usage, "".join(self._thinking))
+
+
+class AnthropicStreamError(Exception):
+    """An `error` event inside a 200 stream (for example overloaded_error)."""
+
+    def __init__(self, type: str, message: str) -> None:
+        super().__init__(message)
+        self.type = type
+        self.message = message
+
+
+# ---------------------------------------------------------------- errors
+
+# Anthropic error type -> (status we report, OpenAI error type). 529 overloaded -> 503 (retryable).
+ERROR_STATUS = {
+    "invalid_request_error": (400, "invalid_request_error"),
+    "authentication_error": (401, "authentication_error"),
+    "billing_error": (402, "invalid_request_error"),
+    "permission_error": (403, "permission_error"),
+    "not_found_error": (404, "invalid_request_error"),
+    "request_too_large": (413, "invalid_request_error"),
+    "rate_limit_error": (429, "rate_limit_error"),
+    "api_error": (500, "api_error"),
+    "timeout_error": (504, "api_error"),
+    "overloaded_error": (503, "api_error"),
+}
+
+
+def map_status(status: int, err_type: str | None) -> tuple[int, str]:
+    """The status and OpenAI error type to report for an Anthropic error response."""
+    if status == 529 or err_type == "overloaded_error":
+        return 503, "api_error"
+    if err_type in ERROR_STATUS and status in (200, 0):
+        return ERROR_STATUS[err_type]
+    if status >= 500:
+        return status, "api_error"
+    if err_type in ERROR_STATUS:
+        return status, ERROR_STATUS[err_type][1]
+    return status, "invalid_request_error"

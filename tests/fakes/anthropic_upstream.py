@@ -1,0 +1,307 @@
+"""A loopback fake of the Anthropic Messages API that CHECKS the wire format it receives.
+
+Every request is validated the way the real API would (headers, required `max_tokens`, user/assistant
+alternation starting with user, block types per role, tool_result ids matching the previous
+tool_use, temperature range, thinking budget rules). A violation is answered with Anthropic's
+400 `invalid_request_error` body and recorded in `problems`, so tests can assert the list is empty.
+
+Answers: with tools and no tool_result in the last turn -> a `tool_use` of the first tool (input
+filled from the schema's required properties); otherwise text `echo: <last user text>`. With
+thinking enabled a thinking block comes first. Failures on demand: `fail_next` holds (status,
+error type) answers for the next requests; `stream_error_after` sends an `error` event mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import orjson
+from aiohttp import web
+
+ALLOWED_TOP = {
+    "model", "max_tokens", "messages", "system", "temperature", "top_p", "top_k", "stop_sequences",
+    "stream", "metadata", "tools", "tool_choice", "thinking", "service_tier",
+}
+IMAGE_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
+
+
+def check_request(body: Any, headers: dict[str, str], api_key: str) -> list[str]:
+    """Everything wrong with this request, as the real API would refuse it."""
+    p: list[str] = []
+    if headers.get("x-api-key") != api_key:
+        p.append("x-api-key missing or wrong")
+    if headers.get("anthropic-version") != "2023-06-01":
+        p.append(f"anthropic-version must be 2023-06-01, got {headers.get('anthropic-version')!r}")
+    if "authorization" in headers:
+        p.append("unexpected Authorization header (OpenAI style)")
+    if not isinstance(body, dict):
+        return p + ["body must be an object"]
+    for k in sorted(set(body) - ALLOWED_TOP):
+        p.append(f"{k}: Extra inputs are not permitted")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        p.append("model: field required")
+    mt = body.get("max_tokens")
+    if not isinstance(mt, int) or isinstance(mt, bool) or mt < 1:
+        p.append("max_tokens: field required (positive integer)")
+    sysm = body.get("system")
+    if sysm is not None and not isinstance(sysm, (str, list)):
+        p.append("system: must be a string or list of text blocks")
+    t = body.get("temperature")
+    if t is not None and not (isinstance(t, (int, float)) and 0 <= t <= 1):
+        p.append("temperature: must be between 0 and 1")
+    ss = body.get("stop_sequences")
+    if ss is not None and not (isinstance(ss, list) and all(isinstance(s, str) for s in ss)):
+        p.append("stop_sequences: must be a list of strings")
+    tool_names = set()
+    for i, tool in enumerate(body.get("tools") or []):
+        if not isinstance(tool, dict) or not tool.get("name") or not isinstance(tool.get("input_schema"), dict):
+            p.append(f"tools.{i}: name and input_schema are required")
+        elif set(tool) - {"name", "description", "input_schema", "cache_control"}:
+            p.append(f"tools.{i}: unexpected keys {sorted(set(tool) - {'name', 'description', 'input_schema'})}")
+        else:
+            tool_names.add(tool["name"])
+    tc = body.get("tool_choice")
+    if tc is not None:
+        if not isinstance(tc, dict) or tc.get("type") not in ("auto", "any", "tool", "none"):
+            p.append("tool_choice: invalid")
+        elif tc["type"] == "tool" and tc.get("name") not in tool_names:
+            p.append("tool_choice.name: no such tool")
+    th = body.get("thinking")
+    if th is not None:
+        if th.get("type") != "enabled" or not isinstance(th.get("budget_tokens"), int):
+            p.append("thinking: must be {type: enabled, budget_tokens}")
+        else:
+            if th["budget_tokens"] < 1024:
+                p.append("thinking.budget_tokens: must be >= 1024")
+            if isinstance(mt, int) and th["budget_tokens"] >= mt:
+                p.append("max_tokens must be greater than thinking.budget_tokens")
+        for k in ("temperature", "top_k", "top_p"):
+            if k in body:
+                p.append(f"{k} may not be set with thinking enabled")
+        if isinstance(tc, dict) and tc.get("type") in ("any", "tool"):
+            p.append("tool_choice must be auto or none with thinking")
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        return p + ["messages: at least one message is required"]
+    prev_tool_ids: set[str] = set()
+    for i, m in enumerate(msgs):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in ("user", "assistant"):
+            p.append(f"messages.{i}.role: must be user or assistant, got {role!r}")
+            continue
+        if i == 0 and role != "user":
+            p.append("messages: first message must use the user role")
+        if i > 0 and msgs[i - 1].get("role") == role:
+            p.append(f"messages.{i}: roles must alternate between user and assistant")
+        content = m.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if not isinstance(blocks, list) or not blocks:
+            p.append(f"messages.{i}.content: must be a non-empty string or list")
+            continue
+        ids_here: set[str] = set()
+        for j, b in enumerate(blocks):
+            bt = b.get("type") if isinstance(b, dict) else None
+            where = f"messages.{i}.content.{j}"
+            if bt == "text":
+                if not isinstance(b.get("text"), str):
+                    p.append(f"{where}.text: required")
+            elif bt == "image":
+                src = b.get("source") or {}
+                if src.get("type") == "base64":
+                    if src.get("media_type") not in IMAGE_TYPES or not src.get("data"):
+                        p.append(f"{where}.source: bad base64 image")
+                elif src.get("type") == "url":
+                    if not str(src.get("url", "")).startswith(("http://", "https://")):
+                        p.append(f"{where}.source.url: bad url")
+                else:
+                    p.append(f"{where}.source.type: base64 or url")
+            elif bt == "tool_use":
+                if role != "assistant":
+                    p.append(f"{where}: tool_use only in assistant turns")
+                if not isinstance(b.get("input"), dict) or not b.get("id") or not b.get("name"):
+                    p.append(f"{where}: tool_use needs id, name and an input object")
+                ids_here.add(str(b.get("id")))
+            elif bt == "tool_result":
+                if role != "user":
+                    p.append(f"{where}: tool_result only in user turns")
+                if b.get("tool_use_id") not in prev_tool_ids:
+                    p.append(f"{where}.tool_use_id: no matching tool_use in the previous assistant turn")
+            elif bt in ("thinking", "redacted_thinking"):
+                if role != "assistant":
+                    p.append(f"{where}: thinking only in assistant turns")
+                if bt == "thinking" and not b.get("signature"):
+                    p.append(f"{where}.signature: required")
+            else:
+                p.append(f"{where}.type: unknown block type {bt!r}")
+        if role == "assistant" and th is not None and ids_here and blocks[0].get("type") not in (
+                "thinking", "redacted_thinking"):
+            p.append(f"messages.{i}: with thinking, an assistant turn using tools must start with a thinking block")
+        prev_tool_ids = ids_here
+    return p
+
+
+def _last_user_text(msgs: list[dict[str, Any]]) -> str:
+    for m in reversed(msgs):
+        if m.get("role") == "user":
+            c = m["content"]
+            if isinstance(c, str):
+                return c
+            return " ".join(b.get("text", "") for b in c if b.get("type") == "text")
+    return ""
+
+
+def _fill(schema: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    props = schema.get("properties") or {}
+    for name in schema.get("required") or list(props)[:1]:
+        typ = (props.get(name) or {}).get("type")
+        out[name] = {"integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}.get(typ, "test")
+    return out
+
+
+@dataclass
+class FakeAnthropic:
+    api_key: str = "sk-ant-test-key"
+    cache_read: int = 0
+    cache_write: int = 0
+    fail_next: list[tuple[int, str]] = field(default_factory=list)
+    stream_error_after: int | None = None  # send an `error` event after this many text deltas
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> FakeAnthropic:
+        app = web.Application()
+        app.router.add_post("/v1/messages", self._messages)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------ the endpoint
+
+    @staticmethod
+    def _err(status: int, typ: str, message: str) -> web.Response:
+        body = {"type": "error", "error": {"type": typ, "message": message}, "request_id": "req_fake"}
+        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                            headers={"request-id": "req_fake"})
+
+    def answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        msgs = body["messages"]
+        content: list[dict[str, Any]] = []
+        if body.get("thinking"):
+            content.append({"type": "thinking", "thinking": "Let me think step by step about this.",
+                            "signature": "sig-fake"})
+        last = msgs[-1]
+        last_has_result = isinstance(last["content"], list) and any(
+            b.get("type") == "tool_result" for b in last["content"])
+        tools = body.get("tools") or []
+        tc = body.get("tool_choice") or {}
+        if tools and not last_has_result and tc.get("type") != "none":
+            tool = next((t for t in tools if t["name"] == tc.get("name")), tools[0])
+            content.append({"type": "tool_use", "id": f"toolu_{len(self.requests)}", "name": tool["name"],
+                            "input": _fill(tool["input_schema"])})
+            stop = "tool_use"
+        else:
+            text = "echo: " + _last_user_text(msgs)
+            words = text.split(" ")
+            if len(words) > body["max_tokens"]:
+                text, stop = " ".join(words[: body["max_tokens"]]), "max_tokens"
+            else:
+                stop = "end_turn"
+            content.append({"type": "text", "text": text})
+        n_in = sum(len(str(m["content"]).split()) for m in msgs) + len(str(body.get("system", "")).split())
+        n_out = sum(len(str(b.get("text", b.get("thinking", b.get("input", "")))).split()) for b in content)
+        return {"id": f"msg_fake{len(self.requests)}", "type": "message", "role": "assistant",
+                "model": body["model"], "content": content, "stop_reason": stop, "stop_sequence": None,
+                "usage": {"input_tokens": n_in, "output_tokens": n_out,
+                          "cache_creation_input_tokens": self.cache_write, "cache_read_input_tokens": self.cache_read}}
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            self.problems.append("body is not JSON")
+            return self._err(400, "invalid_request_error", "body is not JSON")
+        self.requests.append(body)
+        problems = check_request(body, headers, self.api_key)
+        if problems:
+            self.problems.extend(problems)
+            status, typ = (401, "authentication_error") if "x-api-key" in problems[0] else (
+                400, "invalid_request_error")
+            return self._err(status, typ, "; ".join(problems))
+        if self.fail_next:
+            status, typ = self.fail_next.pop(0)
+            return self._err(status, typ, f"fake failure {typ}")
+        msg = self.answer(body)
+        if not body.get("stream"):
+            return web.Response(body=orjson.dumps(msg), content_type="application/json",
+                                headers={"request-id": "req_fake", "anthropic-ratelimit-requests-remaining": "99"})
+        return await self._stream(request, msg)
+
+    async def _stream(self, request: web.Request, msg: dict[str, Any]) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream", "request-id": "req_fake"})
+        await resp.prepare(request)
+
+        async def send(ev: dict[str, Any]) -> None:
+            await resp.write(b"event: " + ev["type"].encode() + b"\ndata: " + orjson.dumps(ev) + b"\n\n")
+
+        start = {**msg, "content": [], "stop_reason": None,
+                 "usage": {**msg["usage"], "output_tokens": 1}}
+        await send({"type": "message_start", "message": start})
+        await send({"type": "ping"})
+        deltas = 0
+        for i, block in enumerate(msg["content"]):
+            bt = block["type"]
+            empty = {"text": {"type": "text", "text": ""}, "thinking": {"type": "thinking", "thinking": ""},
+                     "tool_use": {"type": "tool_use", "id": block.get("id"), "name": block.get("name"), "input": {}}}
+            await send({"type": "content_block_start", "index": i, "content_block": empty[bt]})
+            if bt == "text":
+                words = block["text"].split(" ")
+                for k, w in enumerate(words):
+                    if self.stream_error_after is not None and deltas >= self.stream_error_after:
+                        await send({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+                        await resp.write_eof()
+                        return resp
+                    await send({"type": "content_block_delta", "index": i,
+                                "delta": {"type": "text_delta", "text": w if k == 0 else " " + w}})
+                    deltas += 1
+                    await asyncio.sleep(0)
+            elif bt == "thinking":
+                await send({"type": "content_block_delta", "index": i,
+                            "delta": {"type": "thinking_delta", "thinking": block["thinking"]}})
+                await send({"type": "content_block_delta", "index": i,
+                            "delta": {"type": "signature_delta", "signature": block["signature"]}})
+            else:
+                js = orjson.dumps(block["input"]).decode()
+                half = len(js) // 2
+                for piece in (js[:half], js[half:]):
+                    await send({"type": "content_block_delta", "index": i,
+                                "delta": {"type": "input_json_delta", "partial_json": piece}})
+            await send({"type": "content_block_stop", "index": i})
+        await send({"type": "message_delta", "delta": {"stop_reason": msg["stop_reason"], "stop_sequence": None},
+                    "usage": {"output_tokens": msg["usage"]["output_tokens"]}})
+        await send({"type": "message_stop"})
+        await resp.write_eof()
+        return resp
