@@ -1,0 +1,54 @@
+"""Escalation rules: which answers count as unusable, and which candidate is next up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tiergate.server.escalation import next_candidate_up, unusable_reason
+
+SCHEMA_REQ = {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {
+    "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}}
+TOOL_REQ = {"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+    "type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}}}]}
+
+
+def _resp(content=None, finish="stop", tool_args=None, refusal=None):
+    msg = {"role": "assistant", "content": content, "refusal": refusal}
+    if tool_args is not None:
+        msg["tool_calls"] = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": tool_args}}]
+    return {"choices": [{"index": 0, "message": msg, "finish_reason": finish}]}
+
+
+def test_good_answers_are_usable():
+    assert unusable_reason({}, _resp("hello")) is None
+    assert unusable_reason(SCHEMA_REQ, _resp('{"n": 3}')) is None
+    assert unusable_reason(TOOL_REQ, _resp(None, "tool_calls", '{"x": "a"}')) is None
+
+
+def test_unusable_answers():
+    assert "not valid JSON" in unusable_reason(SCHEMA_REQ, _resp("{n: 3"))
+    assert "schema" in unusable_reason(SCHEMA_REQ, _resp('{"n": "three"}'))
+    assert "not valid JSON" in unusable_reason(TOOL_REQ, _resp(None, "tool_calls", "{x"))
+    assert "schema" in unusable_reason(TOOL_REQ, _resp(None, "tool_calls", '{"y": 1}'))
+    assert "length" in unusable_reason({}, _resp("", "length"))
+    assert "refused" in unusable_reason({}, _resp(None, refusal="I can't help with that"))
+
+
+@dataclass
+class A:
+    candidate: str
+    predicted_quality: float
+    est_cost_usd: float
+    eligible: bool = True
+
+
+@dataclass
+class D:
+    chosen: A
+    assessments: list
+
+
+def test_next_candidate_up():
+    cheap, mid, top, bad = A("mini", 0.6, 0.001), A("o3@low", 0.8, 0.01), A("o1@high", 0.9, 0.5), A("x", 0.99, 1, False)
+    assert next_candidate_up(D(cheap, [cheap, mid, top, bad])).candidate == "o3@low"
+    assert next_candidate_up(D(top, [cheap, mid, top, bad])) is None
