@@ -19,6 +19,7 @@ from tiergate.accounting.tokens import count_messages, count_text
 from tiergate.catalog.shaping import check_capabilities, shape_request
 from tiergate.providers.base import Timeouts, UpstreamError
 from tiergate.server import routing_glue
+from tiergate.server.escalation import next_candidate_up, unusable_reason
 from tiergate.wire import sse
 from tiergate.wire.errors import GatewayError, bad_request, not_found
 from tiergate.wire.ids import new_id
@@ -119,7 +120,8 @@ def _max_output(body: dict[str, Any]) -> int:
     return int(v) if isinstance(v, int) and v > 0 else DEFAULT_MAX_OUTPUT
 
 
-async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext) -> ChatOutcome:
+async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
+                   _escalated_from: dict[str, Any] | None = None) -> ChatOutcome:
     """The whole pipeline for one Chat Completions request. Raises GatewayError for client-visible
     failures before any answer exists; records exactly one ledger row for the answer it returns."""
     _validate(body)
@@ -128,6 +130,10 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext) -> ChatO
     requested = body["model"]
     route_info: dict[str, Any] | None = None
     headers: dict[str, str] = {"x-request-id": ctx.request_id}
+    if _escalated_from is not None:
+        requested, route_info = _escalated_from["requested"], _escalated_from["route_info"]
+        headers["x-tiergate-route"] = route_info["header"]
+        headers["x-tiergate-escalated"] = _escalated_from["header"]
 
     if requested == "auto" or requested.startswith("auto:"):
         body, route_info = routing_glue.route(gw, body, opts, requested)
@@ -211,10 +217,19 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext) -> ChatO
             headers["x-tiergate-cost-usd"] = f"{cost:.8f}"
             if d.result.headers.get("x-tiergate-simulated"):
                 headers["x-tiergate-simulated"] = "true"
-            _record(gw, ctx, requested, d.model, d.deployment.id, d.body.get("reasoning_effort"), usage, cost, "ok",
-                    None, route_info, False, len(d.attempts) + 1, ttft_ms=(d.ttft_s or 0) * 1000)
+            reason = None
+            if route_info is not None and _escalated_from is None and gw.config.routing.escalate:
+                reason = unusable_reason(body, result)
+            nxt = next_candidate_up(route_info["decision"]) if reason else None
+            status = "escalated" if nxt is not None else "ok"
+            _record(gw, ctx, requested, d.model, d.deployment.id, d.body.get("reasoning_effort"), usage, cost, status,
+                    reason if nxt is not None else None, route_info, False, len(d.attempts) + 1,
+                    ttft_ms=(d.ttft_s or 0) * 1000,
+                    request_id=f"{ctx.request_id}:escalated" if nxt is not None else None)
             await gw.accounting.settle(admission, cost, _total_tokens(usage))
             settled = True
+            if nxt is not None:
+                return await _escalate(gw, body, ctx, requested, route_info, nxt, reason, d.model, cost)
             if cache is not None:
                 await cache.set(body, result)
             return ChatOutcome(headers=headers, body=result)
@@ -270,6 +285,21 @@ async def _relay(gw, ctx, d, admission, info, requested, route_info, wants_usage
     if status == "ok":
         yield f": x-tiergate-cost-usd={cost:.8f}\n\n".encode()
         yield sse.DONE
+
+
+async def _escalate(gw: Gateway, body: dict[str, Any], ctx: CallContext, requested: str, route_info: dict,
+                    nxt: Any, reason: str, first_model: str, first_cost: float) -> ChatOutcome:
+    """Retry once on the next candidate up; the first call is already in the ledger as `escalated`."""
+    model, _, effort = nxt.candidate.partition("@")
+    body2 = {k: v for k, v in body.items() if k != "reasoning_effort"}
+    body2["model"] = model
+    if effort:
+        body2["reasoning_effort"] = effort
+    first = route_info["decision"].chosen.candidate
+    header = f"from={first}; to={nxt.candidate}; reason={reason}; first_cost_usd={first_cost:.8f}"
+    out = await run_chat(gw, body2, ctx, _escalated_from={
+        "requested": requested, "route_info": route_info, "header": header.encode("ascii", "replace").decode()})
+    return out
 
 
 def _cacheable(body: dict[str, Any], opts: dict[str, Any], ctx: CallContext) -> bool:

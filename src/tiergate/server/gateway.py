@@ -80,5 +80,5 @@ class Gateway:
         for closer in (self.dispatcher.close, self.accounting.close, self.session_factory.close):
             try:
                 await closer()
-            except Exception:  # noqa: BLE001 - shutdown must go on
+            except Exception:  # shutdown must go on
                 log.exception("error during shutdown")
