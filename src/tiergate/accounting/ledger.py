@@ -1,0 +1,247 @@
+"""The spend ledger writer: one row per request, never blocking the hot path, never losing a row.
+
+`record(row)` (synchronous, microseconds) appends the row as one JSON line to a local append-only
+journal with a single `os.write` on an `O_APPEND` descriptor — the kernel has it once the call
+returns, so it survives `kill -9` of the process (not a power cut: there is no fsync on the hot
+path) — and queues it. A background task flushes the queue to the store in batches; each batch's
+journal segment is deleted once the store has it. At start-up, journals left by dead processes (their
+lock file is no longer `flock`ed) are replayed into the store; the insert skips request_ids already
+stored, so a replay never double-counts.
+
+Journal layout in `journal_dir`: `<writer-id>.lock` (held with flock while the writer lives) and
+`<writer-id>.<seq>.jsonl` segments. Several replicas may share one directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tiergate.store.base import LEDGER_COLUMNS, Store
+
+log = logging.getLogger("tiergate.ledger")
+
+STATUSES = frozenset({"ok", "error", "failed_attempt", "client_disconnected", "cache_hit"})
+KINDS = frozenset({"chat", "responses", "batch", "embeddings", "messages"})
+_INT = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "attempt")
+_COLUMNS = frozenset(LEDGER_COLUMNS)
+_MAX_ERROR = 2000
+
+
+def normalize_row(row: dict[str, Any]) -> tuple:
+    """A ledger dict -> a tuple in LEDGER_COLUMNS order, with defaults filled and JSON fields encoded.
+    Keys that are not columns are kept, under `metadata`, rather than dropped."""
+    if not row.get("request_id"):
+        raise ValueError("ledger row needs a request_id")
+    r = dict(row)
+    extra = {k: r.pop(k) for k in list(r) if k not in _COLUMNS}
+    r.setdefault("ts", time.time())
+    r.setdefault("kind", "chat")
+    r.setdefault("status", "ok")
+    r.setdefault("cost_usd", 0.0)
+    r["cost_usd"] = float(r["cost_usd"] or 0.0)
+    for k in _INT:
+        r[k] = int(r.get(k) or 0)
+    for k in ("latency_ms", "ttft_ms"):
+        if r.get(k) is not None:
+            r[k] = float(r[k])
+    r["stream"] = bool(r.get("stream"))
+    if r.get("error") is not None:
+        r["error"] = str(r["error"])[:_MAX_ERROR]
+    meta = r.get("metadata")
+    if extra:
+        meta = {**(orjson.loads(meta) if isinstance(meta, str) else (meta or {})), **extra}
+    r["metadata"] = meta
+    for k in ("route", "metadata"):
+        v = r.get(k)
+        if v is not None and not isinstance(v, str):
+            r[k] = orjson.dumps(v, default=str).decode()
+    return tuple(r.get(c) for c in LEDGER_COLUMNS)
+
+
+class LedgerWriter:
+    """Non-blocking, crash-safe ledger writer. Create with `await LedgerWriter.start(store, dir)`."""
+
+    def __init__(self, store: Store, journal_dir: Path, *, batch_size: int = 500,
+                 flush_interval_s: float = 0.05) -> None:
+        self.store = store
+        self.dir = journal_dir
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.persisted = 0  # rows this writer has inserted (replays included)
+        self.replayed = 0  # rows recovered from dead writers' journals at start-up
+        self._pending: list[tuple] = []
+        self._sealed: list[tuple[Path, int, list[tuple]]] = []  # (segment path, fd, rows)
+        self._seq = 0
+        self._fd = -1
+        self._seg: Path | None = None
+        self._lock_fd = -1
+        self._wake = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+        self._closed = False
+
+    @classmethod
+    async def start(cls, store: Store, journal_dir: str | Path, **kw: Any) -> LedgerWriter:
+        w = cls(store, Path(journal_dir), **kw)
+        w.dir.mkdir(parents=True, exist_ok=True)
+        w._lock_fd = os.open(w.dir / f"{w.id}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(w._lock_fd, fcntl.LOCK_EX)
+        await w.recover()
+        w._open_segment()
+        w._task = asyncio.create_task(w._run(), name="tiergate-ledger-flusher")
+        return w
+
+    # ------------------------------------------------------------------ hot path
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Journal the row and queue it for the store. Never awaits; raises only on a bad row."""
+        if self._closed:
+            raise RuntimeError("ledger writer is closed")
+        tup = normalize_row(row)
+        os.write(self._fd, orjson.dumps(tup) + b"\n")
+        self._pending.append(tup)
+        if len(self._pending) >= self.batch_size:
+            self._wake.set()
+
+    # ------------------------------------------------------------------ background
+
+    def _open_segment(self) -> None:
+        self._seq += 1
+        self._seg = self.dir / f"{self.id}.{self._seq:08d}.jsonl"
+        self._fd = os.open(self._seg, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+
+    def _rotate(self) -> None:
+        """Seal the current segment with the rows it holds and start a fresh one (synchronous, so no
+        `record` can interleave)."""
+        if not self._pending:
+            return
+        self._sealed.append((self._seg, self._fd, self._pending))
+        self._pending = []
+        self._open_segment()
+
+    async def flush(self) -> None:
+        """Persist every row recorded so far; retries until the store accepts them."""
+        async with self._flush_lock:
+            self._rotate()
+            while self._sealed:
+                seg, fd, rows = self._sealed[0]
+                for i in range(0, len(rows), 5000):
+                    self.persisted += await self.store.insert_ledger(rows[i:i + 5000])
+                self._sealed.pop(0)
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(seg)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+            self._wake.clear()
+            try:
+                await self.flush()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the store is down: rows stay journaled and queued; try again
+                log.warning("ledger flush failed (%s: %s); %d rows kept in the journal, retrying in %.1fs",
+                            type(e).__name__, e, sum(len(s[2]) for s in self._sealed), backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    # ------------------------------------------------------------------ recovery
+
+    async def recover(self) -> int:
+        """Replay journals of writers that are no longer alive into the store. Returns rows replayed."""
+        total = 0
+        for lock in sorted(self.dir.glob("*.lock")):
+            wid = lock.name[: -len(".lock")]
+            if wid == self.id:
+                continue
+            try:
+                fd = os.open(lock, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its writer is alive
+                for seg in sorted(self.dir.glob(f"{wid}.*.jsonl")):
+                    rows = _read_segment(seg)
+                    for i in range(0, len(rows), 5000):
+                        n = await self.store.insert_ledger(rows[i:i + 5000])
+                        total += n
+                    seg.unlink(missing_ok=True)
+                lock.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        if total:
+            log.info("ledger: replayed %d rows from journals of stopped processes", total)
+        self.replayed += total
+        self.persisted += total
+        return total
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Flush everything, stop the background task, remove this writer's journal. If the store stays
+        unreachable for `timeout_s`, the journal is left for the next start-up to replay."""
+        if self._closed:
+            return
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        deadline = time.monotonic() + timeout_s
+        delay = 0.05
+        while True:
+            try:
+                await self.flush()
+                break
+            except Exception as e:  # noqa: BLE001 - any store failure: retry, then leave the journal
+                if time.monotonic() + delay > deadline:
+                    # Leave the journal (and release its lock): the next start-up replays it.
+                    log.error("ledger: store unreachable at shutdown (%s); %d rows stay in journal %s",
+                              type(e).__name__, self.pending, self.dir)
+                    self._closed = True
+                    for fd in [self._fd, *(s[1] for s in self._sealed), self._lock_fd]:
+                        os.close(fd)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        self._closed = True
+        os.close(self._fd)
+        if self._seg is not None:
+            self._seg.unlink(missing_ok=True)
+        (self.dir / f"{self.id}.lock").unlink(missing_ok=True)
+        os.close(self._lock_fd)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending) + sum(len(s[2]) for s in self._sealed)
+
+
+def _read_segment(path: Path) -> list[tuple]:
+    rows = []
+    for n, line in enumerate(path.read_bytes().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            vals = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            log.warning("ledger journal %s line %d is torn; skipped", path.name, n + 1)
+            continue
+        if len(vals) == len(LEDGER_COLUMNS):
+            rows.append(tuple(vals))
+    return rows

@@ -1,0 +1,140 @@
+"""The ledger writer: rows reach the store in batches, survive kill -9 through the journal, and a
+replay never double-counts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.unit.test_store_fixtures import fx_pg_available, fx_store_url  # noqa: F401 (fixtures)
+from tiergate.accounting.ledger import LedgerWriter, normalize_row
+from tiergate.store import LEDGER_COLUMNS, open_store
+
+
+def test_normalize_fills_defaults_and_keeps_unknown_keys():
+    t = dict(zip(LEDGER_COLUMNS, normalize_row({"request_id": "r", "route": {"why": "x"}, "team": "a",
+                                                  "latency_ms": 3})))
+    assert t["status"] == "ok" and t["kind"] == "chat" and t["input_tokens"] == 0 and t["stream"] is False
+    assert t["route"] == '{"why":"x"}' and t["metadata"] == '{"team":"a"}' and t["latency_ms"] == 3.0
+    with pytest.raises(ValueError):
+        normalize_row({"cost_usd": 1})
+
+
+async def test_rows_flush_in_background(store_url, tmp_path):
+    store = await open_store(store_url)
+    w = await LedgerWriter.start(store, tmp_path / "j", flush_interval_s=0.01)
+    try:
+        for i in range(1200):
+            w.record({"request_id": f"r{i}", "key_id": "k", "cost_usd": 0.001, "stream": i % 2 == 0})
+        await w.flush()
+        assert w.pending == 0
+        got = await store.fetchone("SELECT COUNT(*) AS n, SUM(cost_usd) AS s FROM ledger WHERE key_id = ?", "k")
+        assert got["n"] == 1200 and abs(got["s"] - 1.2) < 1e-9
+        assert list((tmp_path / "j").glob("*.jsonl")) == [next((tmp_path / "j").glob("*.jsonl"))]  # live one
+    finally:
+        await w.close()
+        await store.close()
+    assert list((tmp_path / "j").iterdir()) == []  # a clean close leaves no journal
+
+
+async def test_store_outage_keeps_rows_until_it_returns(tmp_path):
+    store = await open_store(f"sqlite:///{tmp_path / 'tg.db'}")
+    real = store.insert_ledger
+    calls = {"n": 0}
+
+    async def flaky(rows):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise ConnectionError("store down")
+        return await real(rows)
+
+    store.insert_ledger = flaky
+    w = await LedgerWriter.start(store, tmp_path / "j", flush_interval_s=0.01)
+    for i in range(10):
+        w.record({"request_id": f"r{i}"})
+    with pytest.raises(ConnectionError):
+        await w.flush()
+    await w.close()  # retries until the store answers
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM ledger"))["n"] == 10
+    await store.close()
+
+
+_CHILD = textwrap.dedent("""
+    import asyncio, os, signal, sys
+    from tiergate.accounting.ledger import LedgerWriter
+    from tiergate.store import open_store
+
+    async def main():
+        store = await open_store(sys.argv[1])
+        w = await LedgerWriter.start(store, sys.argv[2], flush_interval_s=3600)
+        await store.insert_ledger([])
+        for i in range(int(sys.argv[3])):
+            w.record({"request_id": f"kill-{i}", "key_id": "k", "cost_usd": 0.01})
+            if i == 99:
+                await w.flush()  # the first 100 are in the store AND (for a moment) in no journal
+        for i in range(50):  # re-record 50 ids the store already has: must not double-count
+            w.record({"request_id": f"kill-{i}", "key_id": "k", "cost_usd": 0.01})
+        sys.stdout.write("recorded\\n"); sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    asyncio.run(main())
+""")
+
+
+async def test_kill9_loses_nothing_and_replay_is_idempotent(store_url, tmp_path):
+    jdir = tmp_path / "j"
+    argv = [sys.executable, "-c", _CHILD, store_url, str(jdir), "700"]
+    # the child must finish (killed) before we look, so blocking here is the point
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)  # noqa: ASYNC221
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert "recorded" in proc.stdout
+    store = await open_store(store_url)
+    try:
+        assert (await store.fetchone("SELECT COUNT(*) AS n FROM ledger"))["n"] == 100
+        w = await LedgerWriter.start(store, jdir)
+        assert w.replayed == 600
+        got = await store.fetchone("SELECT COUNT(*) AS n, COUNT(DISTINCT request_id) AS d FROM ledger")
+        assert got["n"] == got["d"] == 700
+        await w.close()
+        w2 = await LedgerWriter.start(store, jdir)  # nothing left to replay
+        assert w2.replayed == 0
+        await w2.close()
+    finally:
+        await store.close()
+
+
+async def test_live_writer_journal_is_not_stolen(tmp_path):
+    store = await open_store(f"sqlite:///{tmp_path / 'tg.db'}")
+    a = await LedgerWriter.start(store, tmp_path / "j", flush_interval_s=3600)
+    a.record({"request_id": "live"})
+    b = await LedgerWriter.start(store, tmp_path / "j")
+    assert b.replayed == 0  # a's lock is held: its journal is not b's to replay
+    await b.close()
+    await a.close()
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM ledger"))["n"] == 1
+    await store.close()
+    assert os.listdir(tmp_path / "j") == []
+
+
+async def test_close_with_store_down_leaves_journal_for_next_start(tmp_path):
+    store = await open_store(f"sqlite:///{tmp_path / 'tg.db'}")
+    real = store.insert_ledger
+
+    async def down(rows):
+        raise ConnectionError("store down")
+
+    store.insert_ledger = down
+    w = await LedgerWriter.start(store, tmp_path / "j", flush_interval_s=3600)
+    for i in range(5):
+        w.record({"request_id": f"r{i}"})
+    await w.close(timeout_s=0.2)
+    store.insert_ledger = real
+    w2 = await LedgerWriter.start(store, tmp_path / "j")
+    assert w2.replayed == 5
+    await w2.close()
+    await store.close()
