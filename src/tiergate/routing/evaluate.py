@@ -44,6 +44,7 @@ from tiergate.routing.data import (
     load_outcomes,
     outcome_matrix,
 )
+from tiergate.routing.policy import POLICY_TARGETS, choose_batch, resolve_target, two_model_score
 
 # Files whose prompts come from the same upstream benchmark (keys: row `source`, without -dev/-heldout).
 PROMPT_FAMILIES: dict[str, tuple[str, ...]] = {
@@ -62,7 +63,6 @@ PROTOCOLS = ("fixed", "kfold", "lobo")
 SHINGLE_WORDS = 10
 TEMPLATE_FRACTION = 0.02
 TARGET_GRID = np.round(np.linspace(0.0, 1.0, 201), 4)
-FALLBACK_POLICY_TARGETS = {"cost": 0.90, "balanced": 0.95, "quality": 0.99}
 
 
 class QualityPredictor(Protocol):
@@ -155,17 +155,8 @@ def shipped_router_dir() -> Path:
 
 
 def policy_targets() -> dict[str, float]:
-    """Policy name -> quality target, as the serving router defines them."""
-    try:
-        from tiergate.routing import router
-
-        for name in ("POLICY_TARGETS", "DEFAULT_POLICY_TARGETS", "POLICIES"):
-            table = getattr(router, name, None)
-            if isinstance(table, dict) and all(isinstance(v, (int, float)) for v in table.values()):
-                return {str(k): float(v) for k, v in table.items()}
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(FALLBACK_POLICY_TARGETS)
+    """Policy name -> quality target, as the serving router defines them (`routing.policy`)."""
+    return dict(POLICY_TARGETS)
 
 
 # ------------------------------------------------------------------------------------------- splits
@@ -239,10 +230,9 @@ def lobo_training_rows(
 
 
 def policy_choice(pred: np.ndarray, est_cost: np.ndarray, quality_target: float) -> np.ndarray:
-    """Per prompt: the cheapest candidate whose predicted score >= target x the best predicted score."""
-    best = pred.max(axis=1, keepdims=True)
-    ok = pred >= quality_target * best - 1e-12
-    return np.argmin(np.where(ok, est_cost, np.inf), axis=1)
+    """Per prompt: the cheapest candidate whose predicted score >= target x the best predicted score
+    (ties: the higher predicted score)."""
+    return choose_batch(pred, est_cost, quality_target)  # the serving rule, vectorised
 
 
 # ------------------------------------------------------------------------------------- the pipeline
@@ -298,7 +288,10 @@ def select_candidates(
 
 
 def _predict(model: Any, rows: Sequence[OutcomeRow], candidates: Sequence[str]) -> np.ndarray:
-    pred = model.predict([r.prompt for r in rows])
+    return _columns(model.predict([r.prompt for r in rows]), model, candidates)
+
+
+def _columns(pred: dict[str, np.ndarray], model: Any, candidates: Sequence[str]) -> np.ndarray:
     missing = [c for c in candidates if c not in pred]
     if missing:
         raise EvaluationError(
@@ -330,14 +323,21 @@ def out_of_fold_predictions(
     if protocol == "kfold":
         pred = np.empty((mat.n, len(cands)))
         folds = kfold_splits(mat.rows, k, seed)
+        proto = cls()
+        feats = proto.features([r.prompt for r in mat.rows]) if hasattr(proto, "predict_features") else None
         it: Any = folds
         if progress:
             from tqdm import tqdm
 
             it = tqdm(folds, desc=f"{k}-fold", unit="fold")
         for train_idx, test_idx in it:
-            model = cls().fit([mat.rows[i] for i in train_idx], list(cands))
-            pred[test_idx] = _predict(model, [mat.rows[i] for i in test_idx], cands)
+            train_rows = [mat.rows[i] for i in train_idx]
+            if feats is None:
+                model = cls().fit(train_rows, list(cands))
+                pred[test_idx] = _predict(model, [mat.rows[i] for i in test_idx], cands)
+            else:  # embed every prompt once, not once per fold
+                model = cls(proto.extractor).fit(train_rows, list(cands), features=feats[train_idx])
+                pred[test_idx] = _columns(model.predict_features(feats[test_idx]), model, cands)
         return pred, {"folds": k, "seed": seed}
     if protocol == "lobo":
         if pool is None:
@@ -381,7 +381,7 @@ def score_predictions(mat: OutcomeMatrix, pred: np.ndarray, policy: str = "balan
             fallback = float(recorded.mean()) if recorded.size else float(j)
             est[:, j] = np.where(np.isnan(est[:, j]), fallback, est[:, j])
     targets = policy_targets()
-    default_target = targets.get(policy, FALLBACK_POLICY_TARGETS.get(policy, 0.95))
+    default_target = resolve_target(policy, None) or targets["balanced"]
 
     router_pts = []
     for t in TARGET_GRID:
@@ -414,7 +414,7 @@ def score_predictions(mat: OutcomeMatrix, pred: np.ndarray, policy: str = "balan
         means = scores.mean(axis=0)
         si = 0 if (means[0], -np.nan_to_num(est[:, 0].mean())) >= (means[1], -np.nan_to_num(est[:, 1].mean())) else 1
         wi = 1 - si
-        s = pred[:, si] - pred[:, wi]
+        s = two_model_score(pred[:, si], pred[:, wi])
         curves["router"] = M.router_curve(s, scores[:, si], scores[:, wi])
         curves["random"] = M.random_router_curve(scores[:, si], scores[:, wi])
         tm = M.two_model_summary(curves["router"])

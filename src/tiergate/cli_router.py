@@ -1,0 +1,315 @@
+"""`tiergate route`, `tiergate router train` and `tiergate router eval`.
+
+`tiergate/cli.py` calls `add_router_commands(subparsers)`; `python -m tiergate.cli_router ...` runs
+the same commands on their own. Heavy imports (numpy models, matplotlib) happen inside commands so
+`tiergate --help` stays fast. Human output is plain aligned text; `--json` prints one object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+POLICY_CHOICES = ("cost", "balanced", "quality", "auto:cost", "auto:balanced", "auto:quality")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool] | None = None) -> str:
+    """Plain aligned columns (numbers right-aligned by default when `right` is not given)."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    if right is None:
+        right = [i > 0 for i in range(len(headers))]
+    lines = []
+    for n, r in enumerate(cells):
+        parts = [c.rjust(w) if right[i] else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _usd(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"${x:.6f}" if x < 0.01 else f"${x:.4f}"
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _err(msg: str) -> int:
+    print(f"tiergate: {msg}", file=sys.stderr)
+    return 2
+
+
+# -------------------------------------------------------------------------------------------- route
+
+
+def _route(args: argparse.Namespace) -> int:
+    import orjson
+
+    from tiergate.routing.router import Router
+
+    candidates = _csv(args.candidates)
+    if candidates is None:
+        from tiergate.config import ConfigError, load_config
+
+        try:
+            candidates = list(load_config(args.config).routing.candidates)
+        except ConfigError as e:
+            return _err(f"configuration error: {e}")
+        if not candidates:
+            return _err("no candidates: pass --candidates a,b,... or list them under `routing.candidates` in the config")
+    try:
+        router = Router.load(args.router)
+        decision = router.decide(
+            args.prompt, candidates, policy=args.policy, quality_target=args.quality_target,
+            cost_cap_usd=args.max_cost_usd,
+        )
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        return _err(str(e).strip("'\""))
+    if args.json:
+        out = {
+            "chosen": decision.chosen,
+            "reason": decision.reason,
+            "policy": decision.policy,
+            "quality_target": decision.target,
+            "cost_cap_usd": decision.cost_cap,
+            "candidates": [
+                {
+                    "candidate": a.candidate,
+                    "predicted_quality": a.predicted_quality,
+                    "est_cost_usd": a.est_cost_usd,
+                    "prompt_tokens": a.prompt_tokens,
+                    "est_output_tokens": a.est_output_tokens,
+                    "est_reasoning_tokens": a.est_reasoning_tokens,
+                    "eligible": a.eligible,
+                    "ineligible_reason": a.ineligible_reason,
+                    "quality_source": a.quality_source,
+                    "chosen": a.candidate == decision.chosen,
+                }
+                for a in decision.assessments
+            ],
+        }
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    rows = []
+    for a in decision.assessments:
+        rows.append([
+            ("* " if a.candidate == decision.chosen else "  ") + a.candidate,
+            "n/a" if a.predicted_quality is None else f"{a.predicted_quality:.3f}",
+            _usd(a.est_cost_usd),
+            f"{a.prompt_tokens}+{a.est_output_tokens}+{a.est_reasoning_tokens}",
+            "yes" if a.eligible else f"no ({a.ineligible_reason})",
+            a.quality_source,
+        ])
+    print(table(["candidate", "pred. quality", "est. cost", "tokens in+out+reasoning", "eligible", "quality from"],
+                rows, right=[False, True, True, True, False, False]))
+    target = "none" if decision.target is None else f"{decision.target:g}"
+    cap = "none" if decision.cost_cap is None else _usd(decision.cost_cap)
+    print(f"\nchosen: {decision.chosen}  (policy {decision.policy}, quality target {target}, cost cap {cap})")
+    print(f"reason: {decision.reason}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- train
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tiergate.routing.data import OutcomeDataError, load_outcomes
+    from tiergate.routing.evaluate import EvaluationError, model_class
+
+    try:
+        rows = load_outcomes(args.outcomes)
+        cls = model_class(args.model)
+    except (OutcomeDataError, EvaluationError) as e:
+        return _err(str(e))
+    print(f"training on {len(rows)} rows from {len(args.outcomes)} file(s)", file=sys.stderr)
+    model = cls().fit(rows, _csv(args.candidates), progress=not args.quiet)
+    model.save(args.out)
+    cands = model.candidates()
+    print(f"saved a router for {len(cands)} candidates to {args.out}: {', '.join(cands)}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- eval
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tiergate.routing.data import OutcomeDataError, dev_files, load_outcomes
+    from tiergate.routing.evaluate import EvaluationError, evaluate, to_json
+
+    protocol = args.protocol or "fixed"
+    if args.router and protocol != "fixed":
+        return _err("--router evaluates a trained router as is; --protocol kfold/lobo trains its own per fold. "
+                    "Pass one of them")
+    try:
+        rows = load_outcomes(args.outcomes)
+        pool = None
+        if protocol == "lobo":
+            files = dev_files(Path(args.data_dir) if args.data_dir else None)
+            pool = load_outcomes(files)
+        ev = evaluate(
+            rows, candidates=_csv(args.candidates), protocol=protocol, model_kind=args.model,
+            router_dir=args.router, k=args.folds, seed=args.seed, pool=pool, policy=args.policy,
+            include_contaminated=args.include_contaminated, progress=not args.quiet,
+        )
+    except (OutcomeDataError, EvaluationError) as e:
+        return _err(str(e))
+    if args.plot:
+        from tiergate.routing.plot import plot_evaluation
+
+        try:
+            path = plot_evaluation(ev, args.plot)
+        except RuntimeError as e:
+            return _err(str(e))
+        print(f"plot written to {path}", file=sys.stderr)
+    if args.json:
+        sys.stdout.write(to_json(ev.summary).decode() + "\n")
+    else:
+        print(render_eval(ev.summary))
+    return 0
+
+
+def render_eval(s: dict[str, Any]) -> str:
+    """The human-readable report of `router eval`."""
+    info = s.get("protocol_info", {})
+    proto = s.get("protocol", "?")
+    if proto == "kfold":
+        proto += f" ({info.get('folds')} folds, seed {info.get('seed')})"
+    elif proto == "lobo":
+        proto += f" (trained on {info.get('train_rows')} rows of {', '.join(info.get('train_sources', []))})"
+    elif proto == "fixed":
+        proto += f" (router {info.get('router')})"
+    out = [(f"{', '.join(s['sources'])}: {s['n']} prompts, {len(s['candidates'])} candidates, protocol {proto}, "
+           f"model {s.get('model')}")]
+    if s.get("excluded_contaminated"):
+        out.append(f"left out {s['excluded_contaminated']} prompts RouteLLM marks contaminated "
+                   "(--include-contaminated keeps them)")
+    if s.get("excluded_unpriced"):
+        out.append(f"left out unpriced candidates: {', '.join(s['excluded_unpriced'])}")
+    best = s["best_single"]
+    bc = best["cost_usd"]
+
+    def rel(cost: float | None) -> str:
+        return "n/a" if cost is None or not bc else f"{100 * cost / bc:.1f}%"
+
+    r = s["router"]
+    rows = [[f"router ({r['policy']}, target {r['quality_target']:g})", f"{r['score']:.4f}", _usd(r["cost_usd"]),
+             rel(r["cost_usd"]), f"{100 * r['score'] / best['score']:.1f}%" if best["score"] else "n/a"]]
+    for name in ("oracle", "random"):
+        p = s[name]
+        rows.append([name, f"{p['score']:.4f}", _usd(p["cost_usd"]), rel(p["cost_usd"]),
+                     f"{100 * p['score'] / best['score']:.1f}%" if best["score"] else "n/a"])
+    for p in sorted(s["singles"], key=lambda p: -p["score"]):
+        mark = " (best single)" if p["candidate"] == best["candidate"] else ""
+        rows.append([f"always {p['candidate']}{mark}", f"{p['score']:.4f}", _usd(p["cost_usd"]), rel(p["cost_usd"]),
+                     f"{100 * p['score'] / best['score']:.1f}%" if best["score"] else "n/a"])
+    out += ["", table(["", "mean score", "cost/prompt", "cost vs best", "score vs best"], rows)]
+
+    out += ["", f"cost to reach a share of the best single's score ({best['candidate']} {best['score']:.4f}):"]
+    crow = []
+    for key, v in s["cost_at_quality"].items():
+        crow.append([f"{float(key):.0%}", _usd(v["cost_usd"]) if v["cost_usd"] is not None else "not reached",
+                     _pct(v["fraction_of_best_single"]), "" if v.get("score") is None else f"{v['score']:.4f}"])
+    out.append(table(["quality", "router cost/prompt", "of best single's cost", "router score"], crow))
+
+    tm = s.get("two_model")
+    if tm:
+        out += ["", (f"RouteLLM metrics (strong {tm['strong']} {tm['r_strong']:.4f}, weak {tm['weak']} "
+                    f"{tm['r_weak']:.4f}; CPT = % calls to the strong model):")]
+        trow = []
+        for name, m in (("router", tm), ("random", tm["random"])):
+            trow.append([name, f"{m['apgr']:.3f}", f"{m['auc']:.4f}",
+                         *(f"{m['cpt'][lv]:.2f}%" for lv in ("20", "50", "80"))])
+        out.append(table(["", "APGR", "AUC", "CPT(20%)", "CPT(50%)", "CPT(80%)"], trow))
+    if s.get("pareto"):
+        front = s["pareto"]
+        shown = front if len(front) <= 12 else [front[round(i * (len(front) - 1) / 11)] for i in range(12)]
+        out += ["", (f"router's quality-cost Pareto curve (quality target swept 0..1; {len(shown)} of "
+                    f"{len(front)} points, all in --json):")]
+        prow = [[f"{p['quality_target']:g}", f"{p['score']:.4f}", _usd(p["cost_usd"]), rel(p["cost_usd"])]
+                for p in shown]
+        out.append(table(["target", "mean score", "cost/prompt", "cost vs best"], prow))
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------ parsers
+
+
+def add_router_commands(sub: argparse._SubParsersAction) -> None:
+    """Add `route` and `router {train,eval}` to the `tiergate` command."""
+    r = sub.add_parser("route", help="show how the router would route one prompt (all candidates, the choice, why)")
+    r.add_argument("prompt", help="the prompt text")
+    r.add_argument("--candidates", help="comma-separated `model` or `model@effort` (default: the config's "
+                                        "routing.candidates)")
+    r.add_argument("--policy", default="balanced", choices=POLICY_CHOICES, help="named policy (default balanced)")
+    r.add_argument("--quality-target", type=float, help="own quality target in (0, 1] (overrides --policy)")
+    r.add_argument("--max-cost-usd", type=float, help="cost cap per request in USD")
+    r.add_argument("--router", help="trained router directory (default: the one shipped in the package)")
+    r.add_argument("--config", "-c", help="YAML config whose routing.candidates to use")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(func=_route)
+
+    rt = sub.add_parser("router", help="train and evaluate the learned router")
+    rsub = rt.add_subparsers(dest="router_command", metavar="{train,eval}")
+    rt.set_defaults(func=lambda _a: (rt.print_help(), 2)[1])
+
+    t = rsub.add_parser("train", help="fit a router on outcome files and save it")
+    t.add_argument("--outcomes", nargs="+", required=True, metavar="FILE", help="outcome JSONL(.gz) files")
+    t.add_argument("--out", required=True, metavar="DIR", help="directory to write the router to")
+    t.add_argument("--candidates", help="only these candidates (comma-separated; default: every one seen)")
+    t.add_argument("--model", default="learned", choices=("learned", "mean-baseline"),
+                   help="learned quality model (default) or the prompt-blind mean-score baseline")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=_train)
+
+    e = rsub.add_parser("eval", help="evaluate a router on outcome files (RouteLLM metrics, cost at quality)")
+    e.add_argument("--outcomes", nargs="+", required=True, metavar="FILE", help="outcome JSONL(.gz) files to score on")
+    e.add_argument("--router", metavar="DIR", help="trained router to evaluate (default: the one in the package)")
+    e.add_argument("--candidates", help="comma-separated candidates (default: every one scored on all rows)")
+    e.add_argument("--protocol", choices=("fixed", "kfold", "lobo"),
+                   help="fixed: the router as trained (default); kfold: k folds within the file; lobo: train "
+                        "on the other benchmarks")
+    e.add_argument("--folds", type=int, default=5, help="k for --protocol kfold (default 5)")
+    e.add_argument("--seed", type=int, default=0, help="fold assignment seed (default 0)")
+    e.add_argument("--model", default="learned", choices=("learned", "mean-baseline"),
+                   help="model trained per fold by kfold/lobo (default learned)")
+    e.add_argument("--policy", default="balanced", choices=POLICY_CHOICES,
+                   help="policy of the headline router point (default balanced)")
+    e.add_argument("--data-dir", help="dev outcome folder for --protocol lobo (default $TIERGATE_DATA_DIR or "
+                                      "../shared/data)")
+    e.add_argument("--include-contaminated", action="store_true",
+                   help="keep the prompts RouteLLM marks contaminated (left out by default)")
+    e.add_argument("--json", action="store_true", help="print one JSON object with every figure")
+    e.add_argument("--plot", metavar="PNG", help="write a plot of the curves to this PNG file")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=_eval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tiergate", description="tiergate routing commands")
+    add_router_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
