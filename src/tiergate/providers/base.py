@@ -10,8 +10,9 @@ Providers know nothing about budgets, routing or retries (DESIGN.md).
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import aiohttp
@@ -107,6 +108,8 @@ class Provider(abc.ABC):
     """Base class. Subclasses register themselves with `providers.registry.register`."""
 
     name: ClassVar[str]
+    # headers added to every response this provider serves, streams included (e.g. the sim's label)
+    response_headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     def __init__(self, deployment: Deployment, session_factory: SessionFactory) -> None:
         self.deployment = deployment
