@@ -1,0 +1,451 @@
+"""Responses API <-> Chat Completions translation (wire facts §5). Pure: no I/O.
+
+`to_chat_request(req)` turns a `POST /v1/responses` body into a Chat Completions body: `input` (a
+string, or message / function_call / function_call_output items) -> `messages`; `instructions` ->
+a leading system message; `reasoning.effort` -> `reasoning_effort`; flat function tools -> nested
+ones; `text.format` (flat) -> `response_format` (nested `json_schema`); `max_output_tokens` ->
+`max_completion_tokens`. Things that need server-side state (`previous_response_id`,
+`conversation`, `background`, item references) or a built-in tool are refused with a clear 400.
+
+`to_response(chat, req, …)` turns a `chat.completion` into a Response object (message and
+function_call output items, `status`/`incomplete_details` from `finish_reason`, usage renamed to
+input/output tokens). `StreamTranslator` turns `chat.completion.chunk` dicts into the Responses
+stream events, in the order the SDK's stream accumulator expects, each with a `sequence_number`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tiergate.wire.errors import GatewayError, bad_request
+from tiergate.wire.ids import new_id
+
+_UNSUPPORTED_STATE = {
+    "previous_response_id": "previous_response_id is not supported: this gateway does not store responses. "
+                            "Send the whole conversation in `input` (earlier output items can be passed back "
+                            "as input items).",
+    "conversation": "conversation is not supported: this gateway does not store conversations. Send the whole "
+                    "conversation in `input`.",
+    "prompt": "prompt templates are not supported; send `instructions` and `input` instead.",
+}
+_PASS = ("temperature", "top_p", "parallel_tool_calls", "user", "safety_identifier", "prompt_cache_key",
+         "service_tier", "top_logprobs", "seed", "tiergate")
+
+
+def _err(message: str, param: str, code: str = "unsupported_parameter") -> GatewayError:
+    return bad_request(message, param=param, code=code)
+
+
+# ---------------------------------------------------------------- request
+
+
+def _parts(content: Any, path: str) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _err("content must be a string or a list of content parts", f"{path}.content", "invalid_value")
+    out: list[dict[str, Any]] = []
+    for i, p in enumerate(content):
+        t = p.get("type") if isinstance(p, dict) else None
+        if t in ("input_text", "output_text", "text"):
+            out.append({"type": "text", "text": str(p.get("text", ""))})
+        elif t == "refusal":
+            out.append({"type": "text", "text": str(p.get("refusal", ""))})
+        elif t == "input_image":
+            if not p.get("image_url"):
+                raise _err("input_image needs image_url (file_id images are not supported)",
+                           f"{path}.content[{i}].image_url")
+            img: dict[str, Any] = {"url": p["image_url"]}
+            if p.get("detail"):
+                img["detail"] = p["detail"]
+            out.append({"type": "image_url", "image_url": img})
+        else:
+            raise _err(f"content part type {t!r} is not supported here (use input_text or input_image)",
+                       f"{path}.content[{i}].type")
+    if all(x["type"] == "text" for x in out):
+        return "".join(x["text"] for x in out) if len(out) <= 1 else "\n".join(x["text"] for x in out)
+    return out
+
+
+def _output_to_text(output: Any) -> str | list[dict[str, Any]]:
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list):
+        return _parts(output, "output")
+    return "" if output is None else str(output)
+
+
+def _input_messages(inp: Any) -> list[dict[str, Any]]:
+    if isinstance(inp, str):
+        return [{"role": "user", "content": inp}]
+    if not isinstance(inp, list) or not inp:
+        raise _err("input must be a string or a non-empty list of input items", "input", "invalid_value")
+    msgs: list[dict[str, Any]] = []
+    for i, item in enumerate(inp):
+        path = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise _err("each input item must be an object", path, "invalid_value")
+        t = item.get("type", "message")
+        if t == "message":
+            role = item.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise _err("role must be user, assistant, system or developer", f"{path}.role", "invalid_value")
+            content = _parts(item.get("content", ""), path)
+            if role == "assistant" and not isinstance(content, str):
+                content = "".join(p.get("text", "") for p in content if p["type"] == "text")
+            msgs.append({"role": role, "content": content})
+        elif t == "function_call":
+            call = {"id": item.get("call_id") or item.get("id") or new_id("call_"), "type": "function",
+                    "function": {"name": item.get("name", ""), "arguments": item.get("arguments") or "{}"}}
+            last = msgs[-1] if msgs else None
+            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
+                last["tool_calls"].append(call)
+            elif last is not None and last["role"] == "assistant" and isinstance(last.get("content"), str):
+                last["tool_calls"] = [call]
+            else:
+                msgs.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif t == "function_call_output":
+            if not item.get("call_id"):
+                raise _err("function_call_output needs call_id", f"{path}.call_id", "missing_required_parameter")
+            msgs.append({"role": "tool", "tool_call_id": item["call_id"], "content": _output_to_text(item.get("output"))})
+        elif t == "reasoning":
+            continue  # reasoning from an earlier turn: Chat Completions has no place for it
+        elif t == "item_reference":
+            raise _err("item_reference needs stored responses, which this gateway does not keep; pass the item "
+                       "itself", f"{path}.type")
+        else:
+            raise _err(f"input item type {t!r} is not supported here", f"{path}.type")
+    return msgs
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    out = []
+    for i, t in enumerate(tools or []):
+        if not isinstance(t, dict) or t.get("type") != "function":
+            kind = t.get("type") if isinstance(t, dict) else t
+            raise _err(f"tool type {kind!r} is not supported through this gateway; only function tools are",
+                       f"tools[{i}].type")
+        fn: dict[str, Any] = {"name": t.get("name", "")}
+        for k in ("description", "parameters", "strict"):
+            if t.get(k) is not None:
+                fn[k] = t[k]
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def _tool_choice(tc: Any) -> Any:
+    if tc is None or tc in ("auto", "none", "required"):
+        return tc
+    if isinstance(tc, dict) and tc.get("type") == "function" and tc.get("name"):
+        return {"type": "function", "function": {"name": tc["name"]}}
+    raise _err("tool_choice must be auto, none, required or {type: function, name}", "tool_choice", "invalid_value")
+
+
+def _response_format(text: Any) -> dict[str, Any] | None:
+    if not text:
+        return None
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if not fmt or fmt.get("type") == "text":
+        return None
+    if fmt.get("type") == "json_object":
+        return {"type": "json_object"}
+    if fmt.get("type") == "json_schema":
+        if not fmt.get("name") or not isinstance(fmt.get("schema"), dict):
+            raise _err("text.format json_schema needs name and schema", "text.format", "invalid_value")
+        js = {k: fmt[k] for k in ("name", "description", "schema", "strict") if fmt.get(k) is not None}
+        return {"type": "json_schema", "json_schema": js}
+    raise _err(f"text.format type {fmt.get('type')!r} is not supported", "text.format.type", "invalid_value")
+
+
+def to_chat_request(req: Any) -> dict[str, Any]:
+    """A Responses request body -> a Chat Completions body. Raises GatewayError (400) on what cannot map."""
+    if not isinstance(req, dict):
+        raise bad_request("The request body must be a JSON object.")
+    if not isinstance(req.get("model"), str) or not req["model"]:
+        raise bad_request("you must provide a model parameter", param="model", code="missing_required_parameter")
+    for k, msg in _UNSUPPORTED_STATE.items():
+        if req.get(k) is not None:
+            raise _err(msg, k)
+    if req.get("background"):
+        raise _err("background responses are not supported; use the Batch API for deferred work", "background")
+    if "input" not in req:
+        raise bad_request("input is required", param="input", code="missing_required_parameter")
+    msgs = _input_messages(req["input"])
+    if req.get("instructions"):
+        msgs.insert(0, {"role": "system", "content": str(req["instructions"])})
+    body: dict[str, Any] = {"model": req["model"], "messages": msgs}
+    for k in _PASS:
+        if req.get(k) is not None:
+            body[k] = req[k]
+    effort = (req.get("reasoning") or {}).get("effort")
+    if effort is not None:
+        body["reasoning_effort"] = effort
+    mot = req.get("max_output_tokens")
+    if mot is not None:
+        if not isinstance(mot, int) or isinstance(mot, bool) or mot < 16:
+            raise _err("max_output_tokens must be an integer >= 16", "max_output_tokens", "invalid_value")
+        body["max_completion_tokens"] = mot
+    if req.get("tools"):
+        body["tools"] = _tools(req["tools"])
+    tc = _tool_choice(req.get("tool_choice"))
+    if tc is not None:
+        body["tool_choice"] = tc
+    rf = _response_format(req.get("text"))
+    if rf is not None:
+        body["response_format"] = rf
+    verbosity = (req.get("text") or {}).get("verbosity") if isinstance(req.get("text"), dict) else None
+    if verbosity is not None:
+        body["verbosity"] = verbosity
+    if req.get("stream"):
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+# ---------------------------------------------------------------- response
+
+
+def usage_to_responses(u: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not u:
+        return None
+    pin = u.get("prompt_tokens_details") or {}
+    pout = u.get("completion_tokens_details") or {}
+    inp, out = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
+    return {"input_tokens": inp, "input_tokens_details": {"cached_tokens": int(pin.get("cached_tokens") or 0)},
+            "output_tokens": out, "output_tokens_details": {"reasoning_tokens": int(pout.get("reasoning_tokens") or 0)},
+            "total_tokens": int(u.get("total_tokens") or inp + out)}
+
+
+def _status(finish: str | None) -> tuple[str, dict[str, str] | None]:
+    if finish == "length":
+        return "incomplete", {"reason": "max_output_tokens"}
+    if finish == "content_filter":
+        return "incomplete", {"reason": "content_filter"}
+    return "completed", None
+
+
+def skeleton(req: dict[str, Any], resp_id: str, created_at: int, model: str) -> dict[str, Any]:
+    """The Response object with the request's settings echoed and no output yet (`in_progress`)."""
+    text = req.get("text") if isinstance(req.get("text"), dict) else None
+    return {
+        "id": resp_id, "object": "response", "created_at": created_at, "status": "in_progress",
+        "background": False, "error": None, "incomplete_details": None,
+        "instructions": req.get("instructions"), "max_output_tokens": req.get("max_output_tokens"),
+        "model": model, "output": [], "parallel_tool_calls": req.get("parallel_tool_calls", True),
+        "previous_response_id": None,
+        "reasoning": {"effort": (req.get("reasoning") or {}).get("effort"),
+                      "summary": (req.get("reasoning") or {}).get("summary")},
+        "service_tier": req.get("service_tier"), "store": False,
+        "temperature": req.get("temperature", 1.0), "text": text or {"format": {"type": "text"}},
+        "tool_choice": req.get("tool_choice", "auto"), "tools": req.get("tools") or [],
+        "top_p": req.get("top_p", 1.0), "truncation": req.get("truncation", "disabled"),
+        "usage": None, "user": req.get("user"), "metadata": req.get("metadata") or {},
+    }
+
+
+def _message_item(item_id: str, text: str | None, refusal: str | None, status: str) -> dict[str, Any]:
+    content: list[dict[str, Any]] = []
+    if text:
+        content.append({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+    if refusal:
+        content.append({"type": "refusal", "refusal": refusal})
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
+
+
+def _call_item(item_id: str, call_id: str, name: str, args: str, status: str = "completed") -> dict[str, Any]:
+    return {"type": "function_call", "id": item_id, "call_id": call_id, "name": name, "arguments": args,
+            "status": status}
+
+
+def to_response(chat: dict[str, Any], req: dict[str, Any], resp_id: str, created_at: int) -> dict[str, Any]:
+    """A `chat.completion` -> a Response object."""
+    resp = skeleton(req, resp_id, created_at, chat.get("model") or req.get("model", ""))
+    choice = (chat.get("choices") or [{}])[0]
+    msg = choice.get("message") or {}
+    status, incomplete = _status(choice.get("finish_reason"))
+    output: list[dict[str, Any]] = []
+    if msg.get("content") or msg.get("refusal"):
+        item_status = "incomplete" if status == "incomplete" else "completed"
+        output.append(_message_item(new_id("msg_"), msg.get("content"), msg.get("refusal"), item_status))
+    for tc in msg.get("tool_calls") or []:
+        fn = tc.get("function") or {}
+        output.append(_call_item(new_id("fc_"), tc.get("id") or new_id("call_"), fn.get("name", ""),
+                                 fn.get("arguments") or ""))
+    resp.update(status=status, incomplete_details=incomplete, output=output, usage=usage_to_responses(chat.get("usage")))
+    return resp
+
+
+# ---------------------------------------------------------------- streaming
+
+
+@dataclass
+class _Open:
+    kind: str  # message | function_call
+    output_index: int
+    item_id: str
+    text: list[str] = field(default_factory=list)
+    refusal: list[str] = field(default_factory=list)
+    call_id: str = ""
+    name: str = ""
+    part: str | None = None  # output_text | refusal (the open content part of a message)
+
+
+@dataclass
+class StreamTranslator:
+    """`chat.completion.chunk` dicts -> `(event_name, data)` Responses stream events.
+
+    Call `start()` once, `feed(chunk)` per chunk, then `finish()` (or `fail(...)` on an error). Every
+    event carries `type` and a running `sequence_number`."""
+
+    req: dict[str, Any]
+    resp_id: str
+    created_at: int
+    model: str
+    seq: int = 0
+    usage: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    _items: dict[int, dict[str, Any]] = field(default_factory=dict)  # output_index -> finished output item
+    _open_msg: _Open | None = None
+    _calls: dict[int, _Open] = field(default_factory=dict)  # chat tool index -> open call
+    _next_index: int = 0
+
+    def _ev(self, type_: str, **data: Any) -> tuple[str, dict[str, Any]]:
+        ev = {"type": type_, "sequence_number": self.seq, **data}
+        self.seq += 1
+        return type_, ev
+
+    def _snapshot(self, status: str) -> dict[str, Any]:
+        r = skeleton(self.req, self.resp_id, self.created_at, self.model)
+        r["status"] = status
+        return r
+
+    def start(self) -> list[tuple[str, dict[str, Any]]]:
+        return [self._ev("response.created", response=self._snapshot("in_progress")),
+                self._ev("response.in_progress", response=self._snapshot("in_progress"))]
+
+    # -- message item
+    def _ensure_msg(self, part: str) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        if self._open_msg is None:
+            self._open_msg = _Open("message", self._next_index, new_id("msg_"))
+            self._next_index += 1
+            out.append(self._ev("response.output_item.added", output_index=self._open_msg.output_index,
+                                item=_message_item(self._open_msg.item_id, None, None, "in_progress")))
+        m = self._open_msg
+        if m.part != part:
+            out += self._close_part()
+            m.part = part
+            content_index = (1 if m.text else 0) if part == "refusal" else 0
+            p = ({"type": "output_text", "text": "", "annotations": [], "logprobs": []} if part == "output_text"
+                 else {"type": "refusal", "refusal": ""})
+            out.append(self._ev("response.content_part.added", item_id=m.item_id, output_index=m.output_index,
+                                content_index=content_index, part=p))
+        return out
+
+    def _close_part(self) -> list[tuple[str, dict[str, Any]]]:
+        m = self._open_msg
+        if m is None or m.part is None:
+            return []
+        out = []
+        if m.part == "output_text":
+            text = "".join(m.text)
+            out.append(self._ev("response.output_text.done", item_id=m.item_id, output_index=m.output_index,
+                                content_index=0, text=text, logprobs=[]))
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            ci = 0
+        else:
+            refusal = "".join(m.refusal)
+            ci = 1 if m.text else 0
+            out.append(self._ev("response.refusal.done", item_id=m.item_id, output_index=m.output_index,
+                                content_index=ci, refusal=refusal))
+            part = {"type": "refusal", "refusal": refusal}
+        out.append(self._ev("response.content_part.done", item_id=m.item_id, output_index=m.output_index,
+                            content_index=ci, part=part))
+        m.part = None
+        return out
+
+    def _close_msg(self, status: str = "completed") -> list[tuple[str, dict[str, Any]]]:
+        m = self._open_msg
+        if m is None:
+            return []
+        out = self._close_part()
+        item = _message_item(m.item_id, "".join(m.text) or None, "".join(m.refusal) or None, status)
+        self._items[m.output_index] = item
+        out.append(self._ev("response.output_item.done", output_index=m.output_index, item=item))
+        self._open_msg = None
+        return out
+
+    def feed(self, chunk: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        if not self.model and chunk.get("model"):
+            self.model = chunk["model"]
+        out: list[tuple[str, dict[str, Any]]] = []
+        for ch in chunk.get("choices") or []:
+            if ch.get("index", 0) != 0:
+                continue
+            d = ch.get("delta") or {}
+            if d.get("content"):
+                out += self._ensure_msg("output_text")
+                m = self._open_msg
+                m.text.append(d["content"])
+                out.append(self._ev("response.output_text.delta", item_id=m.item_id, output_index=m.output_index,
+                                    content_index=0, delta=d["content"], logprobs=[]))
+            if d.get("refusal"):
+                out += self._ensure_msg("refusal")
+                m = self._open_msg
+                m.refusal.append(d["refusal"])
+                out.append(self._ev("response.refusal.delta", item_id=m.item_id, output_index=m.output_index,
+                                    content_index=1 if m.text else 0, delta=d["refusal"]))
+            for tc in d.get("tool_calls") or []:
+                idx = int(tc.get("index", 0))
+                fn = tc.get("function") or {}
+                call = self._calls.get(idx)
+                if call is None:
+                    out += self._close_msg()
+                    call = _Open("function_call", self._next_index, new_id("fc_"),
+                                 call_id=tc.get("id") or new_id("call_"), name=fn.get("name") or "")
+                    self._next_index += 1
+                    self._calls[idx] = call
+                    out.append(self._ev("response.output_item.added", output_index=call.output_index,
+                                        item=_call_item(call.item_id, call.call_id, call.name, "", "in_progress")))
+                if fn.get("arguments"):
+                    call.text.append(fn["arguments"])
+                    out.append(self._ev("response.function_call_arguments.delta", item_id=call.item_id,
+                                        output_index=call.output_index, delta=fn["arguments"]))
+            if ch.get("finish_reason"):
+                self.finish_reason = ch["finish_reason"]
+        return out
+
+    def _close_all(self, status: str) -> list[tuple[str, dict[str, Any]]]:
+        out = self._close_msg("incomplete" if status == "incomplete" else "completed")
+        for call in sorted(self._calls.values(), key=lambda c: c.output_index):
+            args = "".join(call.text)
+            out.append(self._ev("response.function_call_arguments.done", item_id=call.item_id,
+                                output_index=call.output_index, name=call.name, arguments=args))
+            item = _call_item(call.item_id, call.call_id, call.name, args)
+            self._items[call.output_index] = item
+            out.append(self._ev("response.output_item.done", output_index=call.output_index, item=item))
+        self._calls = {}
+        return out
+
+    def output(self) -> list[dict[str, Any]]:
+        return [self._items[i] for i in sorted(self._items)]
+
+    def finish(self) -> list[tuple[str, dict[str, Any]]]:
+        status, incomplete = _status(self.finish_reason)
+        out = self._close_all(status)
+        resp = self._snapshot(status)
+        resp.update(incomplete_details=incomplete, usage=usage_to_responses(self.usage),
+                    output=self.output())
+        out.append(self._ev("response.completed" if status == "completed" else "response.incomplete", response=resp))
+        return out
+
+    def fail(self, message: str, code: str = "server_error") -> list[tuple[str, dict[str, Any]]]:
+        out = self._close_all("incomplete")
+        resp = self._snapshot("failed")
+        resp.update(error={"code": code, "message": message}, usage=usage_to_responses(self.usage),
+                    output=self.output())
+        out.append(self._ev("response.failed", response=resp))
+        return out
