@@ -1,0 +1,160 @@
+"""`POST /v1/responses`: the Responses API in front of every deployment (wire facts §5).
+
+Two paths:
+- **native** — non-streaming, an explicit model whose deployments all speak the Responses API
+  (the `openai` provider): the body goes to the provider's `responses()` unchanged (model name
+  aside), with the same key check, budget reservation, failover across deployments and ledger row
+  as a chat call. The SDK gets OpenAI's own Response object.
+- **translated** — everything else (streaming, `model: "auto"`, Chat-Completions-only and Anthropic
+  deployments): `wire.responses` turns the request into a Chat Completions body, the chat pipeline
+  (`server.chat.run_chat`) routes, budgets and dispatches it, and the answer (or the chunk stream)
+  is turned back into a Response object (or the Responses stream events).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from tiergate.accounting.pricing import cost_usd, max_cost_usd
+from tiergate.accounting.tokens import count_messages
+from tiergate.providers.base import Provider, UpstreamError
+from tiergate.server.chat import CallContext, _record, error_response, run_chat
+from tiergate.wire import responses as wr
+from tiergate.wire import sse
+from tiergate.wire.errors import GatewayError, bad_request
+from tiergate.wire.ids import new_id
+
+if TYPE_CHECKING:
+    from tiergate.server.gateway import Gateway
+
+
+def routes() -> list[Route]:
+    return [Route("/v1/responses", create_response, methods=["POST"]),
+            Route("/responses", create_response, methods=["POST"])]
+
+
+async def create_response(request: Request) -> Response:
+    return await handle_responses(request.app.state.gateway, request)
+
+
+async def handle_responses(gw: Gateway, request: Request) -> Response:
+    ctx = CallContext(request_id=request.headers.get("x-request-id") or new_id("req_"), kind="responses")
+    try:
+        try:
+            req = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            raise bad_request("We could not parse the JSON body of your request. The body must be valid JSON.") from None
+        ctx.key = await gw.accounting.authenticate(request.headers.get("authorization"))
+        chat_body = wr.to_chat_request(req)  # validates; also used for token counting on the native path
+        if _native_ok(gw, req):
+            return await _native(gw, req, chat_body, ctx)
+        out = await run_chat(gw, chat_body, ctx)
+    except GatewayError as e:
+        return error_response(e, ctx.request_id)
+    resp_id = new_id("resp_")
+    created = int(time.time())
+    if out.chunks is not None:
+        tr = wr.StreamTranslator(req=req, resp_id=resp_id, created_at=created, model="")
+        return StreamingResponse(_events(out.chunks, tr), media_type="text/event-stream", headers=out.headers)
+    body = wr.to_response(out.body or {}, req, resp_id, created)
+    return Response(orjson.dumps(body), media_type="application/json", headers=out.headers)
+
+
+async def _events(chunks: AsyncIterator[bytes], tr: wr.StreamTranslator) -> AsyncIterator[bytes]:
+    """Chat SSE bytes from the pipeline -> Responses SSE events (`event:` + `data:`), no [DONE]."""
+    started = False
+    failed = False
+    try:
+        async for data in sse.iter_data(chunks):
+            if data == b"[DONE]":
+                break
+            obj = orjson.loads(data)
+            if not started:
+                tr.model = obj.get("model") or tr.model
+                started = True
+                for name, ev in tr.start():
+                    yield sse.encode_event(name, ev)
+            if obj.get("error") is not None:
+                failed = True
+                err = obj["error"]
+                for name, ev in tr.fail(str(err.get("message") or "upstream error"), "server_error"):
+                    yield sse.encode_event(name, ev)
+                break
+            for name, ev in tr.feed(obj):
+                yield sse.encode_event(name, ev)
+        if not started:
+            for name, ev in tr.start():
+                yield sse.encode_event(name, ev)
+        if not failed:
+            for name, ev in tr.finish():
+                yield sse.encode_event(name, ev)
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()  # let the pipeline finish its books if the client went away
+
+
+# ---------------------------------------------------------------- native path
+
+
+def _native_ok(gw: Gateway, req: dict[str, Any]) -> bool:
+    model = req.get("model")
+    if req.get("stream") or not isinstance(model, str) or model == "auto" or model.startswith("auto:"):
+        return False
+    mc = gw.config.model(model)
+    if mc is None or mc.fallbacks:
+        return False
+    states = gw.dispatcher.deployment_states(model)
+    return bool(states) and all(type(st.provider).responses is not Provider.responses for st in states)
+
+
+async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], ctx: CallContext) -> Response:
+    from tiergate.dispatch.errors import from_upstream, no_healthy_deployment
+    from tiergate.dispatch.retry import retryable
+
+    model = req["model"]
+    mc = gw.config.model(model)
+    info = gw.infos[model]
+    if ctx.key is not None and hasattr(ctx.key, "allows") and not ctx.key.allows(model):
+        raise GatewayError(403, f"This key may not use model '{model}'.", param="model", code="model_not_allowed")
+    prompt_tokens = count_messages(chat_body["messages"], info)
+    max_out = int(req.get("max_output_tokens") or 4096)
+    admission = await gw.accounting.admit(ctx.key, model, prompt_tokens, max_cost_usd(prompt_tokens, max_out, info),
+                                          prompt_tokens + max_out)
+    cost, tokens = 0.0, 0
+    try:
+        last: UpstreamError | None = None
+        last_dep = ""
+        effort = (req.get("reasoning") or {}).get("effort")
+        now = time.monotonic()
+        for attempt, st in enumerate(s for s in gw.dispatcher.deployment_states(model) if s.circuit.available(now)):
+            last_dep = st.id
+            try:
+                result = await st.provider.responses(dict(req), mc.timeouts)
+            except UpstreamError as e:
+                last = e
+                _record(gw, ctx, model, model, st.id, effort, e.usage, 0.0, "failed_attempt", str(e.message)[:500],
+                        None, False, attempt + 1, request_id=f"{ctx.request_id}:a{attempt + 1}")
+                if not retryable(e):
+                    break
+                continue
+            usage = result.body.get("usage")
+            cost = cost_usd(usage, info) if usage else 0.0
+            tokens = int((usage or {}).get("total_tokens") or 0)
+            _record(gw, ctx, model, model, st.id, effort, usage, cost, "ok", None, None, False, attempt + 1)
+            headers = {"x-request-id": ctx.request_id, "x-tiergate-model": model, "x-tiergate-deployment": st.id,
+                       "x-tiergate-cost-usd": f"{cost:.8f}", "x-tiergate-responses": "native"}
+            return Response(orjson.dumps(result.body), media_type="application/json", headers=headers)
+        if last is None:
+            raise no_healthy_deployment([model], None)
+        _record(gw, ctx, model, model, None, effort, None, 0.0, "error", str(last.message)[:500], None, False, 0)
+        raise from_upstream(last, model, last_dep, 1)
+    finally:
+        await gw.accounting.settle(admission, cost, tokens)
