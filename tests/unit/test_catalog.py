@@ -218,3 +218,15 @@ models:
         Catalog.load(base=base)
     with pytest.raises(CatalogError, match="not found"):
         Catalog.load(tmp_path / "absent.yaml")
+
+
+def test_unknown_model_stand_in_passes_requests_through(cat: Catalog) -> None:
+    from tiergate.catalog import shape_request
+
+    info = cat.unknown("my-local-llama")
+    assert info.name == "my-local-llama" and info.input_price == info.output_price == 0.0
+    assert info.capabilities.tools and info.capabilities.vision and "high" in info.capabilities.reasoning_efforts
+    body = {"model": "my-local-llama", "messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}],
+            "max_tokens": 5, "temperature": 0.3, "logprobs": True, "reasoning_effort": "minimal"}
+    out, dropped = shape_request(body, info)
+    assert out == body and dropped == []

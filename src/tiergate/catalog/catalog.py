@@ -26,6 +26,9 @@ CAPABILITY_FLAGS = (
     "streaming", "vision",
 )
 REQUIRED_SOURCES = ("prices", "limits", "capabilities", "params")
+# every reasoning_effort value in the current SPEC enum (wire facts §1b); used for unknown models only
+ALL_REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+UNKNOWN_CONTEXT_WINDOW = 10_000_000
 
 _TOP_KEYS = {"version", "sources", "models"}
 _MODEL_KEYS = {"family", "tokenizer", "aliases", "prices", "limits", "capabilities", "params", "sources",
@@ -145,6 +148,30 @@ class Catalog:
         if stripped != key:
             return self._index.get(stripped)
         return None
+
+    def unknown(self, name: str) -> ModelInfo:
+        """A permissive stand-in for a model the catalogue does not list: unpriced (cost 0), no
+        context or output limit enforced, every capability assumed and no parameter dropped, so
+        requests pass through unchanged. The gateway reports such models as unpriced."""
+        return ModelInfo(
+            name=name,
+            family="openai_compatible",
+            input_price=0.0,
+            cached_input_price=0.0,
+            output_price=0.0,
+            cache_write_price=None,
+            context_window=UNKNOWN_CONTEXT_WINDOW,
+            max_output_tokens=UNKNOWN_CONTEXT_WINDOW,
+            capabilities=Capabilities(*(True,) * len(CAPABILITY_FLAGS), reasoning_efforts=ALL_REASONING_EFFORTS),
+            output_limit_param="either",
+            system_role_as="system",
+            unsupported_params=frozenset(),
+            fixed_params={},
+            tokenizer="o200k_base",
+            batch_price_factor=1.0,
+            sources={group: "not in the catalogue; add an entry (docs/catalog.md)" for group in REQUIRED_SOURCES},
+            notes="Unknown model: unpriced, limits and capabilities not checked.",
+        )
 
     def __getitem__(self, name: str) -> ModelInfo:
         info = self.get(name)
