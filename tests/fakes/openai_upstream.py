@@ -32,7 +32,7 @@ What it answers (JSON, OpenAI-shaped, deterministic):
     GET  .../models, .../models/{id}   from `up.models`.
     `up.api_key = "k"` makes every call without `Authorization: Bearer k` or `api-key: k` a 401.
 
-Recording: `up.requests` is a list of `RecordedRequest(method, path, query, headers, body, raw)`
+Recording: `up.requests` is a list of `RecordedRequest(method, path, query, headers, body, raw, peer)`
 (header names lower-cased, `body` parsed JSON or None); `up.last` is the latest; `up.clear()` forgets
 requests and faults.
 
@@ -80,6 +80,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     raw: bytes
+    peer: tuple[str, int] | None = None  # the client's address: same port = same keep-alive connection
 
 
 @dataclass
@@ -224,8 +225,10 @@ class FakeOpenAI:
         except orjson.JSONDecodeError:
             body = None
         path = request.path
+        peer = request.transport.get_extra_info("peername") if request.transport else None
         self.requests.append(RecordedRequest(request.method, path, dict(request.query),
-                                             {k.lower(): v for k, v in request.headers.items()}, body, raw))
+                                             {k.lower(): v for k, v in request.headers.items()}, body, raw,
+                                             tuple(peer[:2]) if peer else None))
         if self.api_key is not None:
             auth = request.headers.get("Authorization", "")
             if auth != f"Bearer {self.api_key}" and request.headers.get("api-key") != self.api_key:
