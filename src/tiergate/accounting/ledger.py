@@ -245,3 +245,34 @@ def _read_segment(path: Path) -> list[tuple]:
         if len(vals) == len(LEDGER_COLUMNS):
             rows.append(tuple(vals))
     return rows
+
+
+GROUPS = {"key": "key_id", "model": "served_model", "deployment": "deployment", "day": None,
+          "requested_model": "requested_model", "status": "status"}
+
+
+async def spend_report(store: Store, group_by: str = "key", start: float | None = None, end: float | None = None,
+                       key_id: str | None = None) -> list[dict[str, Any]]:
+    """Spend from the ledger between `start` (inclusive) and `end` (exclusive) epoch seconds, grouped by
+    key | model (served) | deployment | day (UTC, YYYY-MM-DD) | requested_model | status; most expensive
+    first (days in order). Every row counts, failed attempts included: they are money spent too."""
+    if group_by not in GROUPS:
+        raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
+    expr = GROUPS[group_by] or store.day_expr("ts")
+    where, args = ["ts >= ?", "ts < ?"], [float(start or 0.0), float(end if end is not None else 1e12)]
+    if key_id is not None:
+        where.append("key_id = ?")
+        args.append(key_id)
+    sql = (f"SELECT {expr} AS grp, COUNT(*) AS requests, SUM(cost_usd) AS cost_usd, "
+           "SUM(input_tokens) AS input_tokens, SUM(cached_tokens) AS cached_tokens, "
+           "SUM(output_tokens) AS output_tokens, SUM(reasoning_tokens) AS reasoning_tokens "
+           f"FROM ledger WHERE {' AND '.join(where)} GROUP BY {expr}")
+    rows = await store.fetch(sql, *args)
+    out = []
+    for r in rows:
+        g = r.pop("grp")
+        if group_by == "day" and g is not None:
+            g = time.strftime("%Y-%m-%d", time.gmtime(int(g) * 86400))
+        out.append({group_by: g, **{k: (float(v) if k == "cost_usd" else int(v or 0)) for k, v in r.items()}})
+    out.sort(key=(lambda x: x["day"] or "") if group_by == "day" else (lambda x: -x["cost_usd"]))
+    return out

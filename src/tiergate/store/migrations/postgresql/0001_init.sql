@@ -44,19 +44,20 @@ CREATE TABLE api_keys (
     revoked_at    DOUBLE PRECISION
 );
 
--- Budget counters for the store-backed (no Redis) budget: spent and outstanding reservations per
--- key and period. Reservations are rows so a crashed replica's holds expire instead of leaking.
+-- Budget counters for the store-backed budget (PostgreSQL without Redis): spent money and outstanding
+-- reservations per key and period, in integer nano-dollars (exact sums). Reservations are rows with an
+-- expiry so a crashed replica's holds lapse instead of leaking.
 CREATE TABLE budget_usage (
-    key_id     TEXT NOT NULL,
-    period     TEXT NOT NULL,
-    spent_usd  DOUBLE PRECISION NOT NULL DEFAULT 0,
+    key_id      TEXT NOT NULL,
+    period      TEXT NOT NULL,
+    spent_nusd  BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, period)
 );
 CREATE TABLE budget_reservations (
-    id         TEXT PRIMARY KEY,
-    key_id     TEXT NOT NULL,
-    period     TEXT NOT NULL,
-    amount_usd DOUBLE PRECISION NOT NULL,
-    expires_at DOUBLE PRECISION NOT NULL
+    id          TEXT PRIMARY KEY,
+    key_id      TEXT NOT NULL,
+    period      TEXT NOT NULL,
+    amount_nusd BIGINT NOT NULL,
+    expires_at  DOUBLE PRECISION NOT NULL
 );
-CREATE INDEX budget_reservations_key ON budget_reservations (key_id, period);
+CREATE INDEX budget_reservations_key ON budget_reservations (key_id, period, expires_at);

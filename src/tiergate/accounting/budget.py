@@ -1,0 +1,281 @@
+"""Budgets with reservations: before dispatch reserve the most a request can cost, settle to the real
+cost afterwards. Reserve is an atomic check-and-add of `spent + reserved + amount <= budget`, so
+however many requests race, settled spend stays within the budget (as long as each request's real
+cost is at most what it reserved — the reservation is the worst case by construction).
+
+Money is counted in integer nano-dollars (1e-9 USD) so sums are exact. Three backends, one contract:
+- `InProcessBudget`: one replica (SQLite); counters in memory, seeded from the ledger.
+- `RedisBudget`: replicas sharing Redis; a Lua script per operation.
+- `StoreBudget`: replicas sharing PostgreSQL but no Redis; a row lock per key and period.
+A reservation carries an expiry (default 11 min, past the longest request), so holds left by a
+crashed replica lapse instead of blocking the budget forever. Periods: none | daily | monthly (UTC).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tiergate.wire.errors import GatewayError
+
+NANO = 1_000_000_000
+RESERVATION_TTL_S = 660.0
+
+SeedFn = Callable[[str, float], Awaitable[float]]  # (key_id, period start ts) -> USD spent so far
+
+
+def to_nano(usd: float) -> int:
+    return round(usd * NANO)
+
+
+def period_of(period: str, now: float | None = None) -> tuple[str, float, float | None]:
+    """-> (period id, start ts, end ts or None) for `none | daily | monthly` in UTC."""
+    t = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    if period == "daily":
+        start = t.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start.strftime("d%Y-%m-%d"), start.timestamp(), start.timestamp() + 86400
+    if period == "monthly":
+        start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        nxt = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+        return start.strftime("m%Y-%m"), start.timestamp(), nxt.timestamp()
+    return "all", 0.0, None
+
+
+@dataclass
+class Reservation:
+    key_id: str
+    period: str
+    id: str
+    amount_nusd: int
+
+
+def over_budget(key_name: str, budget_usd: float, spent_nusd: int, reserved_nusd: int, amount_nusd: int,
+                period: str) -> GatewayError:
+    left = max(0, to_nano(budget_usd) - spent_nusd - reserved_nusd) / NANO
+    when = {"daily": " for today (UTC)", "monthly": " for this month (UTC)"}.get(period, "")
+    return GatewayError(
+        429,
+        f"This request could cost up to ${amount_nusd / NANO:.6f}, but key '{key_name}' has ${left:.6f} left of "
+        f"its ${budget_usd:.2f} budget{when} (${spent_nusd / NANO:.6f} spent, ${reserved_nusd / NANO:.6f} held by "
+        "requests in flight). Lower max_tokens / max_completion_tokens, wait for in-flight requests, or ask an "
+        "admin to raise the key's budget_usd.",
+        type="insufficient_quota", code="insufficient_quota",
+    )
+
+
+class Budget(abc.ABC):
+    """`reserve` raises GatewayError 429 insufficient_quota when the amount does not fit."""
+
+    def __init__(self, seed: SeedFn, *, reservation_ttl_s: float = RESERVATION_TTL_S) -> None:
+        self.seed = seed
+        self.reservation_ttl_s = reservation_ttl_s
+
+    @abc.abstractmethod
+    async def reserve(self, key: Any, amount_usd: float) -> Reservation | None:
+        """Hold `amount_usd` against the key's budget (None when the key has no budget)."""
+
+    @abc.abstractmethod
+    async def settle(self, res: Reservation, cost_usd: float) -> None:
+        """Release the hold and add the real cost to the spent total of the reservation's period."""
+
+    @abc.abstractmethod
+    async def usage(self, key: Any) -> tuple[float, float]:
+        """(spent, reserved) in USD for the key's current period."""
+
+    async def close(self) -> None:
+        return None
+
+
+class InProcessBudget(Budget):
+    """Counters in this process; correct for a single replica. Check-and-add runs without an await in
+    between, so it is atomic on the event loop."""
+
+    def __init__(self, seed: SeedFn, **kw: Any) -> None:
+        super().__init__(seed, **kw)
+        self._spent: dict[tuple[str, str], int] = {}
+        self._holds: dict[tuple[str, str], dict[str, tuple[int, float]]] = {}  # res id -> (nusd, expiry)
+        self._seed_lock = asyncio.Lock()
+
+    async def _ensure(self, key_id: str, period: str, start: float) -> tuple[str, str]:
+        k = (key_id, period)
+        if k not in self._spent:
+            async with self._seed_lock:
+                if k not in self._spent:
+                    self._spent[k] = to_nano(await self.seed(key_id, start))
+                    self._holds[k] = {}
+        return k
+
+    def _reserved(self, k: tuple[str, str], now: float) -> int:
+        holds = self._holds[k]
+        for rid in [r for r, (_, exp) in holds.items() if exp <= now]:
+            del holds[rid]
+        return sum(a for a, _ in holds.values())
+
+    async def reserve(self, key: Any, amount_usd: float) -> Reservation | None:
+        if key.budget_usd is None:
+            return None
+        period, start, _ = period_of(key.budget_period)
+        k = await self._ensure(key.id, period, start)
+        now = time.time()
+        amount, spent, reserved = to_nano(amount_usd), self._spent[k], self._reserved(k, now)
+        if spent + reserved + amount > to_nano(key.budget_usd):
+            raise over_budget(key.name, key.budget_usd, spent, reserved, amount, key.budget_period)
+        rid = secrets.token_hex(8)
+        self._holds[k][rid] = (amount, now + self.reservation_ttl_s)
+        return Reservation(key.id, period, rid, amount)
+
+    async def settle(self, res: Reservation, cost_usd: float) -> None:
+        k = (res.key_id, res.period)
+        self._holds.get(k, {}).pop(res.id, None)
+        self._spent[k] = self._spent.get(k, 0) + to_nano(cost_usd)
+
+    async def usage(self, key: Any) -> tuple[float, float]:
+        period, start, _ = period_of(key.budget_period)
+        k = await self._ensure(key.id, period, start)
+        return self._spent[k] / NANO, self._reserved(k, time.time()) / NANO
+
+
+# KEYS: 1 counter hash {spent}, 2 zset res id -> expiry, 3 hash res id -> amount
+# ARGV: amount, budget, seed ('' = unknown), res id, now, hold ttl, counter ttl (0 = none)
+_RESERVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[3] == '' then return {-1, '0', '0'} end
+  redis.call('HSET', KEYS[1], 'spent', ARGV[3])
+end
+local now = tonumber(ARGV[5])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, m in ipairs(stale) do
+  redis.call('HDEL', KEYS[3], m)
+  redis.call('ZREM', KEYS[2], m)
+end
+local reserved = 0
+for _, a in ipairs(redis.call('HVALS', KEYS[3])) do reserved = reserved + tonumber(a) end
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent'))
+local amount = tonumber(ARGV[1])
+if spent + reserved + amount > tonumber(ARGV[2]) then
+  return {0, tostring(spent), tostring(reserved)}
+end
+redis.call('HSET', KEYS[3], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[4])
+local ttl = tonumber(ARGV[7])
+if ttl > 0 then
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+else
+  redis.call('EXPIRE', KEYS[2], math.ceil(tonumber(ARGV[6])) + 60)
+  redis.call('EXPIRE', KEYS[3], math.ceil(tonumber(ARGV[6])) + 60)
+end
+return {1, tostring(spent), tostring(reserved)}
+"""
+# KEYS as above; ARGV: res id, cost
+_SETTLE = """
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
+return 1
+"""
+_USAGE = """
+local spent = redis.call('HGET', KEYS[1], 'spent') or '0'
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[1]))
+local reserved = 0
+for _, m in ipairs(stale) do redis.call('HDEL', KEYS[3], m); redis.call('ZREM', KEYS[2], m) end
+for _, a in ipairs(redis.call('HVALS', KEYS[3])) do reserved = reserved + tonumber(a) end
+return {spent, tostring(reserved)}
+"""
+
+
+class RedisBudget(Budget):
+    """Counters in Redis shared by every replica; each operation is one Lua script (atomic)."""
+
+    def __init__(self, redis: Any, prefix: str, seed: SeedFn, **kw: Any) -> None:
+        super().__init__(seed, **kw)
+        self.redis = redis
+        self.prefix = prefix
+        self._reserve = redis.register_script(_RESERVE)
+        self._settle = redis.register_script(_SETTLE)
+        self._usage = redis.register_script(_USAGE)
+
+    def _keys(self, key_id: str, period: str) -> list[str]:
+        base = f"{self.prefix}budget:{{{key_id}:{period}}}"  # one hash slot per key+period (cluster-safe)
+        return [base, base + ":holds", base + ":amounts"]
+
+    async def reserve(self, key: Any, amount_usd: float) -> Reservation | None:
+        if key.budget_usd is None:
+            return None
+        period, start, end = period_of(key.budget_period)
+        keys = self._keys(key.id, period)
+        amount, rid, now = to_nano(amount_usd), secrets.token_hex(8), time.time()
+        ttl = int(end - now) + 86400 if end else 0
+        args = [amount, to_nano(key.budget_usd), "", rid, now, self.reservation_ttl_s, ttl]
+        ok, spent, reserved = await self._reserve(keys=keys, args=args)
+        if ok == -1:  # first use of this period: seed the counter from the ledger
+            args[2] = to_nano(await self.seed(key.id, start))
+            ok, spent, reserved = await self._reserve(keys=keys, args=args)
+        if ok != 1:
+            raise over_budget(key.name, key.budget_usd, int(float(spent)), int(float(reserved)), amount,
+                              key.budget_period)
+        return Reservation(key.id, period, rid, amount)
+
+    async def settle(self, res: Reservation, cost_usd: float) -> None:
+        await self._settle(keys=self._keys(res.key_id, res.period), args=[res.id, to_nano(cost_usd)])
+
+    async def usage(self, key: Any) -> tuple[float, float]:
+        period, _, _ = period_of(key.budget_period)
+        spent, reserved = await self._usage(keys=self._keys(key.id, period), args=[time.time()])
+        return int(float(spent)) / NANO, int(float(reserved)) / NANO
+
+
+class StoreBudget(Budget):
+    """Counters in PostgreSQL (`budget_usage`, `budget_reservations`) for replicas without Redis: the
+    key's period row is locked (SELECT … FOR UPDATE) for the check-and-add."""
+
+    def __init__(self, store: Any, seed: SeedFn, **kw: Any) -> None:
+        super().__init__(seed, **kw)
+        self.store = store  # a PostgresStore (uses its pool for transactions)
+
+    async def reserve(self, key: Any, amount_usd: float) -> Reservation | None:
+        if key.budget_usd is None:
+            return None
+        period, start, _ = period_of(key.budget_period)
+        amount, rid, now = to_nano(amount_usd), "res_" + secrets.token_hex(8), time.time()
+        seed = None
+        async with self.store.pool.acquire() as c:
+            if await c.fetchval("SELECT 1 FROM budget_usage WHERE key_id = $1 AND period = $2",
+                                key.id, period) is None:
+                seed = to_nano(await self.seed(key.id, start))
+            async with c.transaction():
+                if seed is not None:
+                    await c.execute("INSERT INTO budget_usage (key_id, period, spent_nusd) VALUES ($1, $2, $3) "
+                                    "ON CONFLICT DO NOTHING", key.id, period, seed)
+                spent = await c.fetchval("SELECT spent_nusd FROM budget_usage WHERE key_id = $1 AND period = $2 "
+                                         "FOR UPDATE", key.id, period)
+                await c.execute("DELETE FROM budget_reservations WHERE key_id = $1 AND period = $2 AND "
+                                "expires_at <= $3", key.id, period, now)
+                reserved = await c.fetchval("SELECT COALESCE(SUM(amount_nusd), 0) FROM budget_reservations "
+                                            "WHERE key_id = $1 AND period = $2", key.id, period)
+                if spent + reserved + amount > to_nano(key.budget_usd):
+                    raise over_budget(key.name, key.budget_usd, spent, int(reserved), amount, key.budget_period)
+                await c.execute("INSERT INTO budget_reservations (id, key_id, period, amount_nusd, expires_at) "
+                                "VALUES ($1, $2, $3, $4, $5)", rid, key.id, period, amount,
+                                now + self.reservation_ttl_s)
+        return Reservation(key.id, period, rid, amount)
+
+    async def settle(self, res: Reservation, cost_usd: float) -> None:
+        async with self.store.pool.acquire() as c, c.transaction():
+            await c.execute("UPDATE budget_usage SET spent_nusd = spent_nusd + $3 WHERE key_id = $1 AND period = $2",
+                            res.key_id, res.period, to_nano(cost_usd))
+            await c.execute("DELETE FROM budget_reservations WHERE id = $1", res.id)
+
+    async def usage(self, key: Any) -> tuple[float, float]:
+        period, _, _ = period_of(key.budget_period)
+        spent = await self.store.pool.fetchval(
+            "SELECT spent_nusd FROM budget_usage WHERE key_id = $1 AND period = $2", key.id, period)
+        reserved = await self.store.pool.fetchval(
+            "SELECT COALESCE(SUM(amount_nusd), 0) FROM budget_reservations WHERE key_id = $1 AND period = $2 "
+            "AND expires_at > $3", key.id, period, time.time())
+        return (spent or 0) / NANO, int(reserved) / NANO
