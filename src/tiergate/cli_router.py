@@ -154,19 +154,22 @@ def _eval(args: argparse.Namespace) -> int:
     from tiergate.routing.evaluate import EvaluationError, evaluate, to_json
 
     protocol = args.protocol or "fixed"
+    if args.with_other_benchmarks and protocol != "kfold":
+        return _err("--with-other-benchmarks only applies to --protocol kfold")
     if args.router and protocol != "fixed":
         return _err("--router evaluates a trained router as is; --protocol kfold/lobo trains its own per fold. "
                     "Pass one of them")
     try:
         rows = load_outcomes(args.outcomes)
         pool = None
-        if protocol == "lobo":
+        if protocol == "lobo" or args.with_other_benchmarks:
             files = dev_files(Path(args.data_dir) if args.data_dir else None)
             pool = load_outcomes(files)
         ev = evaluate(
             rows, candidates=_csv(args.candidates), protocol=protocol, model_kind=args.model,
             router_dir=args.router, k=args.folds, seed=args.seed, pool=pool, policy=args.policy,
-            include_contaminated=args.include_contaminated, progress=not args.quiet,
+            include_contaminated=args.include_contaminated, extra_benchmarks=args.with_other_benchmarks,
+            progress=not args.quiet,
         )
     except (OutcomeDataError, EvaluationError) as e:
         return _err(str(e))
@@ -190,7 +193,10 @@ def render_eval(s: dict[str, Any]) -> str:
     info = s.get("protocol_info", {})
     proto = s.get("protocol", "?")
     if proto == "kfold":
-        proto += f" ({info.get('folds')} folds, seed {info.get('seed')})"
+        proto += f" ({info.get('folds')} folds, seed {info.get('seed')}"
+        if "extra" in info:
+            proto += f"; + {info['extra']['train_rows']} rows of other benchmarks"
+        proto += ")"
     elif proto == "lobo":
         proto += f" (trained on {info.get('train_rows')} rows of {', '.join(info.get('train_sources', []))})"
     elif proto == "fixed":
@@ -291,6 +297,8 @@ def add_router_commands(sub: argparse._SubParsersAction) -> None:
                    help="model trained per fold by kfold/lobo (default learned)")
     e.add_argument("--policy", default="balanced", choices=POLICY_CHOICES,
                    help="policy of the headline router point (default balanced)")
+    e.add_argument("--with-other-benchmarks", action="store_true",
+                   help="kfold: each fold also trains on the other dev files (filtered as for lobo)")
     e.add_argument("--data-dir", help="dev outcome folder for --protocol lobo (default $TIERGATE_DATA_DIR or "
                                       "../shared/data)")
     e.add_argument("--include-contaminated", action="store_true",

@@ -270,6 +270,12 @@ class OutcomeMatrix:
         ok = ~np.isnan(self.costs).any(axis=0)
         return [c for c, good in zip(self.candidates, ok, strict=True) if good]
 
+    def select(self, candidates: Sequence[str]) -> OutcomeMatrix:
+        """The same rows, only these candidates (in this order)."""
+        cols = [self.candidates.index(c) for c in candidates]
+        return OutcomeMatrix(self.rows, list(candidates), self.scores[:, cols], self.costs[:, cols],
+                             self.est_costs[:, cols])
+
     def subset(self, idx: Sequence[int] | np.ndarray) -> OutcomeMatrix:
         idx = np.asarray(idx, dtype=int)
         return OutcomeMatrix(

@@ -4,7 +4,8 @@ model was trained on.
 Protocols (split by prompt; nothing is fitted or tuned on the fold it is scored on):
 - `fixed`: a trained router (the one shipped in the package, or `--router DIR`) scores every row.
 - `kfold`: k folds within the evaluated rows (default 5, seed 0). Rows with the same prompt text
-  (normalised: case and whitespace) always fall in the same fold.
+  (normalised: case and whitespace) always fall in the same fold. With `extra_benchmarks`, every fold
+  also trains on the other dev files, filtered exactly as for `lobo` against the whole evaluated file.
 - `lobo` (leave one benchmark out): train on every other dev file, except (a) files of the same
   prompt family (`PROMPT_FAMILIES`: e.g. `routellm-gsm8k` and `zeroeval-gsm` are both GSM8K) and
   (b) any training row that shares a 10-word passage with an evaluated prompt (catches benchmarks
@@ -278,8 +279,7 @@ def select_candidates(
         notes = []
         if len(cands) > 2 and len(priced) >= 2 and len(priced) < len(cands):
             notes = [c for c in cands if c not in priced]
-            mat = OutcomeMatrix(mat.rows, priced, *(a[:, [cands.index(c) for c in priced]]
-                                                   for a in (mat.scores, mat.costs, mat.est_costs)))
+            mat = mat.select(priced)
     if len(mat.candidates) < 2:
         raise EvaluationError("routing needs at least two candidates")
     if mat.n == 0:
@@ -310,6 +310,7 @@ def out_of_fold_predictions(
     k: int = 5,
     seed: int = 0,
     pool: Sequence[OutcomeRow] | None = None,
+    extra_benchmarks: bool = False,
     progress: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Predicted scores (n, k) for every evaluated row, none from a model that saw that row."""
@@ -323,22 +324,32 @@ def out_of_fold_predictions(
     if protocol == "kfold":
         pred = np.empty((mat.n, len(cands)))
         folds = kfold_splits(mat.rows, k, seed)
+        info: dict[str, Any] = {"folds": k, "seed": seed}
+        extra: list[OutcomeRow] = []
+        if extra_benchmarks:  # every fold also trains on the other benchmarks (LOBO-filtered)
+            extra, lobo_info = lobo_training_rows(mat.rows, pool if pool is not None else load_outcomes(dev_files()))
+            info["extra"] = lobo_info
+        fit_cands = None if extra else list(cands)  # with extra data, learn every candidate (shared encoder)
         proto = cls()
-        feats = proto.features([r.prompt for r in mat.rows]) if hasattr(proto, "predict_features") else None
+        feats = extra_feats = None
+        if hasattr(proto, "predict_features"):  # embed every prompt once, not once per fold
+            feats = proto.features([r.prompt for r in mat.rows])
+            extra_feats = proto.features([r.prompt for r in extra]) if extra else None
         it: Any = folds
         if progress:
             from tqdm import tqdm
 
             it = tqdm(folds, desc=f"{k}-fold", unit="fold")
         for train_idx, test_idx in it:
-            train_rows = [mat.rows[i] for i in train_idx]
+            train_rows = [mat.rows[i] for i in train_idx] + extra
             if feats is None:
-                model = cls().fit(train_rows, list(cands))
+                model = cls().fit(train_rows, fit_cands)
                 pred[test_idx] = _predict(model, [mat.rows[i] for i in test_idx], cands)
-            else:  # embed every prompt once, not once per fold
-                model = cls(proto.extractor).fit(train_rows, list(cands), features=feats[train_idx])
+            else:
+                X = feats[train_idx] if extra_feats is None else np.vstack([feats[train_idx], extra_feats])
+                model = cls(proto.extractor).fit(train_rows, fit_cands, features=X)
                 pred[test_idx] = _columns(model.predict_features(feats[test_idx]), model, cands)
-        return pred, {"folds": k, "seed": seed}
+        return pred, info
     if protocol == "lobo":
         if pool is None:
             pool = load_outcomes(dev_files())
@@ -439,6 +450,7 @@ def evaluate(
     pool: Sequence[OutcomeRow] | None = None,
     policy: str = "balanced",
     include_contaminated: bool = False,
+    extra_benchmarks: bool = False,
     prices: PriceLookup | None = None,
     counter: TokenCounter | None = None,
     progress: bool = False,
@@ -450,7 +462,8 @@ def evaluate(
         dropped, rows = len(rows) - len(kept), kept
     mat, unpriced = select_candidates(rows, candidates, prices, counter)
     pred, info = out_of_fold_predictions(
-        mat, protocol, model_kind=model_kind, router_dir=router_dir, k=k, seed=seed, pool=pool, progress=progress
+        mat, protocol, model_kind=model_kind, router_dir=router_dir, k=k, seed=seed, pool=pool,
+        extra_benchmarks=extra_benchmarks, progress=progress,
     )
     ev = score_predictions(mat, pred, policy)
     ev.summary.update({"protocol": protocol, "model": model_kind, "protocol_info": info,

@@ -1,0 +1,130 @@
+"""The router's accuracy targets (issue 3, item 6) measured on the dev outcome files, in one table.
+
+    python bench/router_eval.py [--quick] [--json OUT.json] [--data-dir DIR]
+
+- GSM8K (`routellm-gsm8k`, RouteLLM's 1,307 uncontaminated prompts), leave one benchmark out:
+  the learned model never sees GSM8K (nor `zeroeval-gsm`, nor the GSM8K questions copied into
+  dcrouter); RouteLLM's APGR / CPT(50%) / CPT(80%) between gpt-4-1106-preview and Mixtral.
+- MMLU (`routellm-mmlu`, 14,037 prompts), 5-fold within the file, same metrics.
+- LiveCodeBench dev files, 5-fold out of fold: the cost (as a fraction of the best single candidate's)
+  at which the router reaches 98% (and 95%) of the best single candidate's mean score, for all priced
+  candidates and for the o-series + gpt-4o-mini subset. Without `--quick` also with every fold trained
+  on the other benchmarks too (LOBO-filtered), which is how the shipped router is trained.
+The random router (RouteLLM's definition) and RouteLLM's best published router are printed alongside.
+Each row is one `tiergate router eval` invocation's figures; the equivalent commands are in docs/routing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tiergate.routing import evaluate as E
+from tiergate.routing.data import dev_files, find_data_dir, load_outcomes
+
+STRONG, WEAK = "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"
+ROUTELLM_BEST = {  # arXiv 2406.18665 v4, Tables 2-3 (shared/data/README.md section 6)
+    "gsm8k": {"router": "causal_llm (aug)", "apgr": 0.622, "cpt50": 33.64, "cpt80": 63.26},
+    "mmlu": {"router": "sw_ranking (aug)", "apgr": 0.603, "cpt50": 35.40, "cpt80": 71.55},
+}
+O_SERIES = {
+    "livecodebench-o1-dev": ["o1@low", "o1@medium", "o1@high", "o1-mini", "o1-preview", "gpt-4o-mini"],
+    "livecodebench-o3o4-dev": ["o3-mini@low", "o3-mini@medium", "o3-mini@high", "o4-mini@low",
+                               "o4-mini@medium", "o4-mini@high", "gpt-4o-mini"],
+}
+
+
+def _two_model(name: str, protocol: str, data: Path, pool, progress: bool) -> dict:
+    rows = load_outcomes(data / f"{name}.jsonl.gz")
+    t = time.perf_counter()
+    ev = E.evaluate(rows, candidates=[STRONG, WEAK], protocol=protocol, pool=pool, progress=progress)
+    tm = ev.summary["two_model"]
+    return {"n": ev.summary["n"], "apgr": tm["apgr"], "cpt50": tm["cpt"]["50"], "cpt80": tm["cpt"]["80"],
+            "random": tm["random"], "seconds": time.perf_counter() - t, "info": ev.summary["protocol_info"]}
+
+
+def _lcb(name: str, data: Path, extra: bool, pool, progress: bool) -> dict[str, dict]:
+    rows = load_outcomes(data / f"{name}.jsonl.gz")
+    mat, unpriced = E.select_candidates(rows, None, None, None)
+    t = time.perf_counter()
+    pred, info = E.out_of_fold_predictions(mat, "kfold", k=5, seed=0, pool=pool, extra_benchmarks=extra,
+                                           progress=progress)
+    out = {}
+    for subset, cands in (("all priced", mat.candidates), ("o-series + gpt-4o-mini", O_SERIES[name])):
+        cols = [mat.candidates.index(c) for c in cands]
+        s = E.score_predictions(mat.select(cands), pred[:, cols]).summary
+        out[subset] = {
+            "n": s["n"], "candidates": cands, "best_single": s["best_single"], "router": s["router"],
+            "cost_at_quality": s["cost_at_quality"], "oracle": s["oracle"], "random": s["random"],
+        }
+    out["_meta"] = {"seconds": time.perf_counter() - t, "excluded_unpriced": unpriced,
+                    "extra_train_rows": info.get("extra", {}).get("train_rows", 0)}
+    return out
+
+
+def _fmt_frac(v: float | None) -> str:
+    return "not reached" if v is None else f"{100 * v:.1f}% of cost"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--quick", action="store_true", help="skip the LiveCodeBench runs with other benchmarks")
+    ap.add_argument("--json", type=Path, help="also write every figure to this file")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    data = args.data_dir or find_data_dir()
+    progress = not args.quiet
+    pool = load_outcomes(dev_files(data))
+    results: dict = {}
+    results["gsm8k"] = _two_model("routellm-gsm8k", "lobo", data, pool, progress)
+    results["mmlu"] = _two_model("routellm-mmlu", "kfold", data, pool, progress)
+    for name in O_SERIES:
+        results[name] = {"kfold": _lcb(name, data, False, pool, progress)}
+        if not args.quick:
+            results[name]["kfold + other benchmarks"] = _lcb(name, data, True, pool, progress)
+
+    lines = [("benchmark (protocol)", "metric", "tiergate", "target", "RouteLLM best", "random")]
+    for key, label, targets in (
+        ("gsm8k", "GSM8K (leave-one-benchmark-out)", {"apgr": "> 0.622", "cpt50": "< 33.64%", "cpt80": "< 63.26%"}),
+        ("mmlu", "MMLU (5-fold)", {"apgr": ">= 0.68", "cpt50": "<= 27%", "cpt80": "-"}),
+    ):
+        r, best = results[key], ROUTELLM_BEST[key]
+        for m, nice in (("apgr", "APGR"), ("cpt50", "CPT(50%)"), ("cpt80", "CPT(80%)")):
+            unit = "" if m == "apgr" else "%"
+            rnd = r["random"]["apgr"] if m == "apgr" else r["random"]["cpt"][m[3:]]
+            fmt = "{:.3f}" if m == "apgr" else "{:.2f}"
+            lines.append((f"{label}, n={r['n']}", nice, fmt.format(r[m]) + unit, targets[m],
+                          fmt.format(best[m]) + unit + f" {best['router']}", fmt.format(rnd) + unit))
+    for name in O_SERIES:
+        for proto, res in results[name].items():
+            for subset, r in res.items():
+                if subset.startswith("_"):
+                    continue
+                b = r["best_single"]
+                label = f"{name} ({proto}), {subset}, n={r['n']}"
+                for q, target in (("0.98", "<= 60% of cost"), ("0.95", "-")):
+                    lines.append((label, f"cost at {float(q):.0%} of {b['candidate']} ({b['score']:.3f})",
+                                  _fmt_frac(r["cost_at_quality"][q]["fraction_of_best_single"]), target, "n/a",
+                                  f"{100 * r['random']['score'] / b['score']:.0f}% quality at "
+                                  f"{100 * r['random']['cost_usd'] / b['cost_usd']:.0f}% cost"))
+                rr = r["router"]
+                lines.append((label, f"router {rr['policy']} (t={rr['quality_target']:g}): score, cost",
+                              f"{rr['score']:.3f}, {100 * rr['cost_usd'] / b['cost_usd']:.1f}% of cost", "-", "n/a",
+                              ""))
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(lines[0]))]
+    for n, row in enumerate(lines):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=float) + "\n")
+        print(f"\nfigures written to {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
