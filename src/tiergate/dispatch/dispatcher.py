@@ -1,0 +1,501 @@
+"""The dispatcher: for one request, choose a deployment, call it through its provider, and retry,
+fail over or fall back until an answer exists or nothing more can be tried within the timeouts.
+
+Order of work for `dispatch(model, shape, ...)`:
+1. models in order: the requested one, then its `fallbacks`; a `ContextWindowExceeded` from
+   `shape(name)` (or an upstream 400 `context_length_exceeded`) inserts `context_window_fallback`
+   next; any other `GatewayError` from `shape` on a fallback skips that fallback;
+2. for each model up to `1 + retry.max_retries` attempts, each on an available deployment not yet tried
+   (`balancer.choose` by the model's strategy); once all were tried, the same deployment again after
+   the upstream's `Retry-After` (when at most `max_retry_after_s`) or an exponential backoff with jitter;
+   non-retryable failures (400/401/403/404/422) end the request at once;
+3. a streaming attempt is read up to its first content or tool-call chunk before it is handed back, so
+   a failure before the first token fails over invisibly; a failure after it ends the stream with
+   `UpstreamError(kind="stream_cut")` and is never retried (the client would see two answers).
+
+The happy path (one attempt that succeeds) awaits only the provider; circuit state is local (see
+shared.py for the Redis mirror) and no task is created per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tiergate.config import GatewayConfig, ModelConfig
+from tiergate.dispatch.balancer import DeploymentState, choose
+from tiergate.dispatch.circuit import CLOSED, CircuitBreaker
+from tiergate.dispatch.errors import (
+    ContextWindowExceeded,
+    from_upstream,
+    is_context_error,
+    no_healthy_deployment,
+    rate_limited,
+)
+from tiergate.dispatch.retry import backoff, counts_against_circuit, hinted_wait, retryable
+from tiergate.dispatch.watchdog import Watchdog
+from tiergate.providers.base import ChatResult, Deployment, Timeouts, UpstreamError
+from tiergate.providers.registry import provider_class
+from tiergate.wire.errors import GatewayError, not_found
+
+__all__ = ["Attempt", "ContextWindowExceeded", "Dispatched", "Dispatcher"]
+
+log = logging.getLogger("tiergate.dispatch")
+Shape = Callable[[str], tuple[dict, list[str]]]
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One failed upstream attempt (billed as `failed_attempt` with the usage the upstream reported)."""
+
+    deployment_id: str
+    model: str
+    ok: bool
+    error: UpstreamError | None
+    latency_s: float
+    ttft_s: float | None
+    usage: dict | None
+
+
+@dataclass(slots=True)
+class Dispatched:
+    model: str  # the configured model that answered (after any fallback)
+    deployment: Deployment
+    body: dict  # the body as sent upstream (shaped for that model)
+    dropped_params: list[str]
+    fallback_from: str | None  # the requested model when a fallback answered
+    attempts: list[Attempt]  # the failed attempts before the one that answered
+    result: ChatResult | None = None  # non-streaming answer
+    stream: AsyncIterator[dict] | None = None  # streaming chunks (see module docstring)
+    ttft_s: float | None = None
+
+
+@dataclass(slots=True)
+class _Run:
+    """What one dispatch() learned while trying (for the final error)."""
+
+    attempts: list[Attempt] = field(default_factory=list)
+    last: UpstreamError | None = None
+    last_model: str = ""
+    last_dep: str = ""
+    blocked_circuit: bool = False
+    blocked_caps: bool = False
+    recover_in: float = math.inf
+
+
+class _Model:
+    __slots__ = ("chain", "config", "deps", "name", "strategy")
+
+    def __init__(self, config: ModelConfig, deps: list[DeploymentState]) -> None:
+        self.config = config
+        self.name = config.name
+        self.deps = tuple(deps)
+        self.strategy = config.strategy
+        self.chain = (config.name, *config.fallbacks)
+
+
+class Dispatcher:
+    def __init__(self, config: GatewayConfig, session_factory: Any, *, shared_state: Any = None,
+                 metrics: Any = None, catalog: Any = None, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._rng = rng or random.Random()
+        self._models: dict[str, _Model] = {}
+        self.states: list[DeploymentState] = []
+        for mc in config.models:
+            deps = []
+            for d in mc.deployments:
+                on_change = None
+                if metrics is not None:
+                    on_change = _circuit_gauge(metrics, mc.name, d.id)
+                    on_change(CLOSED)
+                st = DeploymentState(d, provider_class(d.provider)(d, session_factory),
+                                     CircuitBreaker(mc.circuit, on_change), _price(d, mc, catalog))
+                deps.append(st)
+                self.states.append(st)
+            self._models[mc.name] = _Model(mc, deps)
+        self._own_redis = None
+        self.shared = None
+        redis = shared_state
+        if redis is None and config.redis:
+            import redis.asyncio as aioredis
+
+            redis = self._own_redis = aioredis.from_url(config.redis, socket_timeout=1.0,
+                                                        socket_connect_timeout=1.0)
+        if redis is not None:
+            from tiergate.dispatch.shared import SharedCircuits
+
+            self.shared = SharedCircuits(redis, self.states)
+
+    async def close(self) -> None:
+        if self.shared is not None:
+            await self.shared.stop()
+        if self._own_redis is not None:
+            await self._own_redis.aclose()
+            self._own_redis = None
+
+    def deployment_states(self, model: str) -> tuple[DeploymentState, ...]:
+        m = self._models.get(model)
+        return m.deps if m is not None else ()
+
+    # ------------------------------------------------------------------ entry point
+
+    async def dispatch(self, model: str, shape: Shape, *, stream: bool, timeouts: Timeouts | None = None,
+                       request_id: str, prompt_tokens: int = 0) -> Dispatched:
+        m = self._models.get(model)
+        if m is None:
+            raise not_found(f"The model '{model}' is not configured on this gateway.", param="model",
+                            code="model_not_found")
+        shared = self.shared
+        if shared is not None and not shared.started:
+            shared.start()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        total = (timeouts or m.config.timeouts).total
+        deadline = t0 + total if total else math.inf
+        run = _Run()
+        order: list[str] | tuple[str, ...] = m.chain
+        i = 0
+        seen: set[str] = set()
+        shape_error: GatewayError | None = None
+        tried_models: list[str] = []
+        while i < len(order):
+            name = order[i]
+            i += 1
+            if name in seen:
+                continue
+            seen.add(name)
+            cur = self._models.get(name)
+            if cur is None:
+                continue
+            try:
+                body, dropped = shape(name)
+            except GatewayError as e:
+                if is_context_error(e):
+                    cw = cur.config.context_window_fallback
+                    if cw and cw not in seen:
+                        order = [*order[:i], cw, *order[i:]]
+                    if shape_error is None:
+                        shape_error = e
+                    continue
+                if name == model:
+                    raise
+                log.info("fallback %s skipped for request %s: %s", name, request_id, e.message)
+                continue
+            tried_models.append(name)
+            t = timeouts if timeouts is not None else cur.config.timeouts
+            out = await self._serve(cur, body, stream, t, deadline, run, request_id, prompt_tokens, loop)
+            if out is not None:
+                out.dropped_params = dropped
+                out.attempts = run.attempts
+                if name != model:
+                    out.fallback_from = model
+                    if self.metrics is not None:
+                        self.metrics.fallback(model, name)
+                return out
+            err = run.last
+            if err is not None and not retryable(err):
+                if is_context_error(err):
+                    cw = cur.config.context_window_fallback
+                    if cw and cw not in seen:
+                        order = [*order[:i], cw, *order[i:]]
+                        run.last = None
+                        continue
+                raise from_upstream(err, run.last_model, run.last_dep, len(run.attempts))
+            if loop.time() >= deadline:
+                break
+        if run.last is not None:
+            raise from_upstream(run.last, run.last_model, run.last_dep, len(run.attempts))
+        if shape_error is not None and not tried_models:
+            raise shape_error
+        names = tried_models or [model]
+        hint = run.recover_in if run.recover_in != math.inf else None
+        if run.blocked_caps and not run.blocked_circuit:
+            raise rate_limited(names, hint)
+        raise no_healthy_deployment(names, hint)
+
+    # ------------------------------------------------------------------ one model
+
+    async def _serve(self, m: _Model, body: dict, stream: bool, t: Timeouts, deadline: float, run: _Run,
+                     request_id: str, tokens: int, loop: asyncio.AbstractEventLoop) -> Dispatched | None:
+        policy = m.config.retry
+        tried: list[DeploymentState] = []
+        err: UpstreamError | None = None
+        for n in range(1 + policy.max_retries):
+            now = loop.time()
+            st = self._pick(m, now, tried, tokens, run)
+            if st is None:
+                if err is None:
+                    return None
+                hint = hinted_wait(err, policy)
+                if hint == math.inf:
+                    return None
+                wait = hint if hint is not None else backoff(n - 1, policy, self._rng)
+                if now + wait >= deadline:
+                    return None
+                await asyncio.sleep(wait)
+                now = loop.time()
+                st = self._pick(m, now, (), tokens, run)
+                if st is None:
+                    return None
+            if n and self.metrics is not None:
+                self.metrics.retry(m.name, st.id)
+            if (st.circuit.state != CLOSED and self.shared is not None
+                    and not await self.shared.acquire_probe(st, min(t.total or 60.0, 60.0))):
+                st.circuit.probe_elsewhere = True
+                continue
+            out = await self._attempt(m, st, body, stream, t, deadline, run, request_id, tokens, loop)
+            if out is not None:
+                return out
+            err = run.last
+            tried.append(st)
+            if err is None or not retryable(err) or loop.time() >= deadline:
+                return None
+        return None
+
+    def _pick(self, m: _Model, now: float, tried, tokens: int, run: _Run) -> DeploymentState | None:
+        deps = m.deps
+        if len(deps) == 1:  # the common case, without allocations
+            st = deps[0]
+            if st in tried:
+                return None
+            return st if self._usable(st, now, tokens, run) else None
+        cands = [st for st in deps if st not in tried and self._usable(st, now, tokens, run)]
+        if not cands:
+            return None
+        return choose(m.strategy, cands, self._rng)
+
+    @staticmethod
+    def _usable(st: DeploymentState, now: float, tokens: int, run: _Run) -> bool:
+        if not st.circuit.available(now):
+            run.blocked_circuit = True
+            run.recover_in = min(run.recover_in, st.circuit.recovers_in(now))
+            return False
+        if st.capped and not st.under_caps(now, tokens):
+            run.blocked_caps = True
+            run.recover_in = min(run.recover_in, st.caps_free_in(now, tokens))
+            return False
+        return True
+
+    # ------------------------------------------------------------------ one attempt
+
+    async def _attempt(self, m: _Model, st: DeploymentState, body: dict, stream: bool, t: Timeouts,
+                       deadline: float, run: _Run, request_id: str, tokens: int,
+                       loop: asyncio.AbstractEventLoop) -> Dispatched | None:
+        cb = st.circuit
+        cb.begin()
+        st.inflight += 1
+        start = loop.time()
+        if st.capped:
+            st.count_request(start, tokens)
+        wd = Watchdog(loop, deadline, t.first_token, "first_token")
+        it = None
+        handed_over = False
+        try:
+            if not stream:
+                wd.wait()
+                try:
+                    result = await st.provider.chat(body, t)
+                except asyncio.CancelledError:
+                    if wd.expired():
+                        raise wd.timeout_error(st.id, t.total) from None
+                    raise
+                finally:
+                    wd.stop()
+                now = loop.time()
+                latency = now - start
+                st.observe_ttft(latency)
+                if cb.state != CLOSED:
+                    await self._closed(st)
+                usage = result.body.get("usage")
+                if st.tpm is not None and usage:
+                    st.count_tokens(now, int(usage.get("completion_tokens") or 0))
+                if self.metrics is not None:
+                    self.metrics.upstream(m.name, st.id, "ok", latency, latency)
+                return Dispatched(m.name, st.dep, body, [], None, run.attempts, result=result, ttft_s=latency)
+            it = st.provider.chat_stream(body, t).__aiter__()
+            buffered: list[dict] = []
+            exhausted = False
+            while True:
+                wd.wait()
+                try:
+                    chunk = await it.__anext__()
+                except StopAsyncIteration:
+                    exhausted = True
+                    break
+                except asyncio.CancelledError:
+                    if wd.expired():
+                        raise wd.timeout_error(st.id, t.total) from None
+                    raise
+                if not buffered:
+                    wd.set_limit(t.stream_idle, "stream_idle")
+                buffered.append(chunk)
+                if _has_content(chunk):
+                    break
+            wd.idle()
+            ttft = loop.time() - start
+            st.observe_ttft(ttft)
+            if cb.state != CLOSED:
+                await self._closed(st)
+            handed_over = True
+            relay = self._relay(m, st, None if exhausted else it, buffered, wd, t, start, ttft)
+            return Dispatched(m.name, st.dep, body, [], None, run.attempts, stream=relay, ttft_s=ttft)
+        except UpstreamError as e:
+            await self._failed(m, st, e, loop.time() - start, request_id, run)
+            return None
+        except asyncio.CancelledError:
+            cb.abandon()
+            raise
+        except Exception as e:  # a provider bug must not escape as a crash: treat it as a failed attempt
+            log.exception("provider %s raised an unexpected error (request %s)", st.dep.provider, request_id)
+            err = UpstreamError(502, f"upstream {st.id} failed: internal error in provider "
+                                f"{st.dep.provider} ({type(e).__name__})", kind="protocol", type="api_error",
+                                code="provider_error")
+            await self._failed(m, st, err, loop.time() - start, request_id, run)
+            return None
+        finally:
+            if not handed_over:
+                st.inflight -= 1
+                wd.stop()
+                if it is not None:
+                    await _aclose(it)
+
+    async def _relay(self, m: _Model, st: DeploymentState, it, buffered: list[dict], wd: Watchdog,
+                     t: Timeouts, start: float, ttft: float) -> AsyncIterator[dict]:
+        """The stream handed to the caller: the buffered chunks, then the rest under the watchdog."""
+        usage = None
+        ok = False
+        try:
+            for c in buffered:
+                if c.get("usage"):
+                    usage = c["usage"]
+                yield c
+            if it is not None:
+                while True:
+                    wd.wait()
+                    try:
+                        chunk = await it.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    except asyncio.CancelledError:
+                        if wd.expired():
+                            raise wd.timeout_error(st.id, t.total, usage) from None
+                        raise
+                    wd.idle()
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    yield chunk
+            ok = True
+        except UpstreamError as e:
+            loop = asyncio.get_running_loop()
+            await self._count_failure(st, e, loop.time())
+            if self.metrics is not None:
+                self.metrics.upstream(m.name, st.id, "stream_cut", loop.time() - start, ttft)
+            log.warning("stream from %s cut after the first token: %s", st.id, e.message)
+            raise UpstreamError(e.status if e.status >= 500 else 502, e.message, kind="stream_cut",
+                                type=e.type or "api_error", code=e.code or "upstream_stream_cut",
+                                usage=e.usage or usage) from None
+        finally:
+            wd.stop()
+            st.inflight -= 1
+            if ok:
+                loop = asyncio.get_running_loop()
+                now = loop.time()
+                if st.tpm is not None and usage:
+                    st.count_tokens(now, int(usage.get("completion_tokens") or 0))
+                if self.metrics is not None:
+                    self.metrics.upstream(m.name, st.id, "ok", now - start, ttft)
+            elif it is not None:
+                await _aclose(it)
+
+    # ------------------------------------------------------------------ health bookkeeping
+
+    async def _closed(self, st: DeploymentState) -> None:
+        if st.circuit.success() and self.shared is not None:
+            await self.shared.success(st)
+        log.info("circuit for %s closed after a successful probe", st.id)
+
+    async def _count_failure(self, st: DeploymentState, e: UpstreamError, now: float) -> None:
+        cb = st.circuit
+        if not counts_against_circuit(e):
+            cb.abandon()
+            return
+        if e.status == 429 and e.retry_after:
+            cb.trip(now, min(e.retry_after, 3600.0))
+            if self.shared is not None:
+                await self.shared.trip(st, min(e.retry_after, 3600.0))
+            return
+        if (self.shared is None or not await self.shared.failure(st, now)) and cb.failure(now):
+            log.warning("circuit for %s opened for %ss", st.id, cb.policy.cooldown_s)
+
+    async def _failed(self, m: _Model, st: DeploymentState, e: UpstreamError, latency: float, request_id: str,
+                      run: _Run) -> None:
+        loop = asyncio.get_running_loop()
+        await self._count_failure(st, e, loop.time())
+        run.attempts.append(Attempt(st.id, m.name, False, e, latency, None, e.usage))
+        run.last, run.last_model, run.last_dep = e, m.name, st.id
+        if self.metrics is not None:
+            self.metrics.upstream(m.name, st.id, _outcome(e), latency, None)
+        log.warning("request %s: attempt on %s failed (%s %s): %s", request_id, st.id, e.status, e.kind, e.message)
+
+
+def _outcome(e: UpstreamError) -> str:
+    if e.kind == "status":
+        return f"http_{e.status}"
+    return e.kind
+
+
+def _has_content(chunk: dict) -> bool:
+    """A chunk the client would see as the answer starting: text, a tool call, a refusal, a finish
+    reason or the usage chunk (the role-only first delta does not count)."""
+    if chunk.get("usage"):
+        return True
+    for c in chunk.get("choices") or ():
+        if c.get("finish_reason"):
+            return True
+        d = c.get("delta")
+        if d:
+            for k, v in d.items():
+                if v and k != "role":
+                    return True
+    return False
+
+
+async def _aclose(it: Any) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception as e:  # noqa: BLE001 - a broken upstream generator must not mask the real error
+            log.debug("closing an upstream stream failed: %r", e)
+
+
+def _circuit_gauge(metrics: Any, model: str, dep_id: str) -> Callable[[int], None]:
+    def on_change(state: int) -> None:
+        metrics.circuit_state(model, dep_id, state)
+
+    return on_change
+
+
+def _price(d: Deployment, mc: ModelConfig, catalog: Any) -> float | None:
+    """Blended catalogue price (input + output, USD per 1M tokens) for `lowest_cost`; a deployment's
+    `options: {input_price, output_price}` overrides it (same unit)."""
+    o = d.options
+    if "input_price" in o or "output_price" in o:
+        return float(o.get("input_price", 0)) + float(o.get("output_price", 0))
+    if catalog is None:
+        return None
+    info = None
+    for name in (d.upstream_model, mc.catalog):
+        if name:
+            info = catalog.get(name)
+            if info is not None:
+                break
+    if info is None:
+        return None
+    return float(info.input_price) + float(info.output_price)

@@ -1,0 +1,199 @@
+"""Circuit state shared by all replicas through Redis, without a Redis round trip per request.
+
+Each replica keeps its local `CircuitBreaker`s as a cache and refreshes them from Redis in one
+background task (`MGET` of every deployment's state key every `refresh_s`). Redis is touched on the
+request path only when something is already wrong: a failure (one Lua call that adds it to a sliding
+window and opens the circuit when the window is full), a 429 with `Retry-After` (a trip), a half-open
+probe (`SET NX`, so exactly one replica probes) and the probe's success (delete the keys).
+
+Keys, per deployment id: `{prefix}{id}:state` = epoch ms until which the circuit is open (present and in
+the past = half-open; absent = closed), `{prefix}{id}:fails` = sorted set of failure times,
+`{prefix}{id}:probe` = the probe lock. When Redis is unreachable every call falls back to the local
+breaker and a warning is logged at most once a minute: requests are never failed because of Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tiergate.dispatch.balancer import DeploymentState
+from tiergate.dispatch.circuit import CLOSED, HALF_OPEN, OPEN
+
+log = logging.getLogger("tiergate.dispatch")
+
+# KEYS: fails, state, probe. ARGV: now_ms, window_ms, threshold, cooldown_ms, ttl_ms, member
+_FAILURE = """
+local st = redis.call('GET', KEYS[2])
+local now = tonumber(ARGV[1])
+if st then
+  local u = tonumber(st)
+  if u > now then return u end
+  u = now + tonumber(ARGV[4])
+  redis.call('SET', KEYS[2], u, 'PX', ARGV[5])
+  redis.call('DEL', KEYS[3])
+  return u
+end
+redis.call('ZADD', KEYS[1], now, ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  local u = now + tonumber(ARGV[4])
+  redis.call('SET', KEYS[2], u, 'PX', ARGV[5])
+  redis.call('DEL', KEYS[1], KEYS[3])
+  return u
+end
+return 0
+"""
+
+# KEYS: state, probe. ARGV: until_ms, ttl_ms
+_TRIP = """
+local st = redis.call('GET', KEYS[1])
+if st and tonumber(st) >= tonumber(ARGV[1]) then return tonumber(st) end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2])
+return tonumber(ARGV[1])
+"""
+
+_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError, ConnectionError)
+try:  # redis is a declared dependency, but keep this module importable without it
+    import redis.exceptions as _rexc
+
+    _ERRORS = (*_ERRORS, _rexc.RedisError)
+except ImportError:  # pragma: no cover
+    pass
+
+
+class SharedCircuits:
+    def __init__(self, redis: Any, states: Sequence[DeploymentState], *, prefix: str = "tiergate:cb:",
+                 refresh_s: float = 0.5, call_timeout_s: float = 0.5) -> None:
+        self.redis = redis
+        self.states = list(states)
+        self.prefix = prefix
+        self.refresh_s = refresh_s
+        self.call_timeout_s = call_timeout_s
+        self._state_keys = [f"{prefix}{s.id}:state" for s in self.states]
+        self._task: asyncio.Task | None = None
+        self._failure = redis.register_script(_FAILURE)
+        self._trip = redis.register_script(_TRIP)
+        self._last_warn = 0.0
+        self.healthy = True
+
+    # ------------------------------------------------------------ background refresh
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="tiergate-circuit-refresh")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception) as e:  # noqa: BLE001 - shutting down
+                log.debug("circuit refresh task ended: %r", e)
+
+    async def _run(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.refresh_s)
+
+    async def refresh(self) -> None:
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                values = await self.redis.mget(self._state_keys)
+        except _ERRORS as e:
+            self._warn(e)
+            return
+        self.healthy = True
+        loop = asyncio.get_running_loop()
+        mono, wall_ms = loop.time(), time.time() * 1000
+        for st, v in zip(self.states, values):
+            self._apply(st, None if v is None else float(v), mono, wall_ms, from_refresh=True)
+
+    def _apply(self, st: DeploymentState, until_ms: float | None, mono: float, wall_ms: float,
+               *, from_refresh: bool = False) -> None:
+        cb = st.circuit
+        if not until_ms:
+            if cb.state != CLOSED and not cb.probing:
+                cb.close()
+            return
+        if until_ms > wall_ms:
+            until = mono + (until_ms - wall_ms) / 1000
+            if cb.state != OPEN or abs(cb.open_until - until) > 0.05:
+                cb.open(until)
+            return
+        # the remote circuit is half-open
+        if cb.state == OPEN:
+            cb.open_until = mono
+            cb.available(mono)  # moves it to half-open
+        elif cb.state == CLOSED:
+            cb.open(mono)
+            cb.available(mono)
+        elif from_refresh and cb.state == HALF_OPEN:
+            cb.probe_elsewhere = False  # let this replica race for the probe lock again
+
+    # ------------------------------------------------------------ request-path calls (failure paths only)
+
+    async def failure(self, st: DeploymentState, now: float) -> bool:
+        """Record a failure in the shared window; returns False when Redis could not be used (the caller
+        then counts it locally)."""
+        p = st.circuit.policy
+        wall_ms = time.time() * 1000
+        keys = [f"{self.prefix}{st.id}:fails", f"{self.prefix}{st.id}:state", f"{self.prefix}{st.id}:probe"]
+        args = [int(wall_ms), int(p.window_s * 1000), p.failures, int(p.cooldown_s * 1000),
+                int(max(p.cooldown_s * 20, 60) * 1000), f"{wall_ms:.3f}-{os.urandom(4).hex()}"]
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                until = await self._failure(keys=keys, args=args)
+        except _ERRORS as e:
+            self._warn(e)
+            return False
+        if until:
+            self._apply(st, float(until), now, wall_ms)
+        return True
+
+    async def trip(self, st: DeploymentState, seconds: float) -> None:
+        wall_ms = time.time() * 1000
+        until = int(wall_ms + seconds * 1000)
+        ttl = int(max(seconds * 2, st.circuit.policy.cooldown_s * 20, 60) * 1000)
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                await self._trip(keys=[f"{self.prefix}{st.id}:state", f"{self.prefix}{st.id}:probe"],
+                                 args=[until, ttl])
+        except _ERRORS as e:
+            self._warn(e)
+
+    async def acquire_probe(self, st: DeploymentState, ttl_s: float) -> bool:
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                got = await self.redis.set(f"{self.prefix}{st.id}:probe", "1", nx=True,
+                                           px=max(1, int(ttl_s * 1000)))
+        except _ERRORS as e:
+            self._warn(e)
+            return True  # Redis down: the local breaker alone decides
+        return bool(got)
+
+    async def success(self, st: DeploymentState) -> None:
+        p = f"{self.prefix}{st.id}"
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                await self.redis.delete(f"{p}:state", f"{p}:fails", f"{p}:probe")
+        except _ERRORS as e:
+            self._warn(e)
+
+    def _warn(self, e: BaseException) -> None:
+        self.healthy = False
+        now = time.monotonic()
+        if now - self._last_warn > 60:
+            self._last_warn = now
+            log.warning("redis unavailable for shared circuit state (%s); using local state", type(e).__name__)

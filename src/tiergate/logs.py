@@ -1,0 +1,101 @@
+"""Structured JSON logs: one line per log record and one `request` line per request, never a secret.
+
+`configure_logging(level)` installs a JSON formatter on the `tiergate` logger (idempotent). Every string
+that reaches the output (message, fields, traceback) is scrubbed: values under secret-looking keys
+(`api_key`, `authorization`, `password`, `secret`, `token`, …) become `***`, and `sk-…` keys, bearer
+tokens, `user:pass@` in URLs and `key=`/`token=` query parameters are masked wherever they appear.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from typing import Any, TextIO
+
+import orjson
+
+LOGGER = "tiergate"
+_REQUEST_LOGGER = "tiergate.request"
+
+_SECRET_KEY = re.compile(r"(?i)(api[-_]?key|authorization|password|passwd|secret|token|credential|cookie)")
+_PATTERNS = (
+    (re.compile(r"\b(sk-[A-Za-z0-9_-]{0,8})[A-Za-z0-9_\-]{8,}"), r"\1***"),
+    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{6,}"), r"\1***"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@:]+:[^/\s@]+@"), r"\1***@"),
+    (re.compile(r"(?i)([?&](?:api[-_]?key|key|token|access_token|sig|signature)=)[^&\s\"']+"), r"\1***"),
+    (re.compile(r"(?i)((?:api[-_]?key|x-api-key|password|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{4,}"), r"\1***"),
+)
+_TOKEN_KEYS = {"prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens",
+               "max_tokens", "max_completion_tokens", "tokens"}
+
+
+def scrub_text(text: str) -> str:
+    for pat, repl in _PATTERNS:
+        text = pat.sub(repl, text)
+    return text
+
+
+def scrub(value: Any, key: str = "") -> Any:
+    """A copy of `value` safe to log."""
+    if key and key not in _TOKEN_KEYS and not key.endswith("_tokens") and _SECRET_KEY.search(key):
+        return "***" if value not in (None, "") else value
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, dict):
+        return {str(k): scrub(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return scrub_text(str(value))
+
+
+_STD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": scrub_text(record.getMessage()),
+        }
+        for k, v in record.__dict__.items():
+            if k not in _STD and not k.startswith("_"):
+                out[k] = scrub(v, k)
+        if record.exc_info:
+            out["exc"] = scrub_text(self.formatException(record.exc_info))
+        return orjson.dumps(out, default=str).decode()
+
+
+def configure_logging(level: str | int = "INFO", stream: TextIO | None = None) -> logging.Logger:
+    """JSON lines on `stream` (stderr) for the `tiergate` logger and its children. Calling it again
+    replaces the handler instead of adding a second one."""
+    logger = logging.getLogger(LOGGER)
+    for h in list(logger.handlers):
+        if getattr(h, "_tiergate", False):
+            logger.removeHandler(h)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler._tiergate = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level.upper() if isinstance(level, str) else level)
+    logger.propagate = False
+    return logger
+
+
+def log_request(request_id: str, *, status: int | str, logger: logging.Logger | None = None, **fields: Any) -> None:
+    """One `request` line: the request id, the outcome and any fields (model, deployment, latency_ms,
+    tokens, cost_usd, route, error, …). Secrets in the fields are masked."""
+    lg = logger or logging.getLogger(_REQUEST_LOGGER)
+    if not lg.isEnabledFor(logging.INFO):
+        return
+    extra = {"event": "request", "request_id": request_id, "status": status}
+    for k, v in fields.items():
+        if k in _STD:
+            k = f"f_{k}"
+        extra[k] = v
+    lg.info("request %s %s", request_id, status, extra=extra)
