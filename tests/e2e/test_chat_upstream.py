@@ -26,7 +26,8 @@ def env(tmp_path_factory):
                 {"name": "o3-mini", "deployments": [dep]},
                 {"name": "gpt-4o-mini", "deployments": [dep]},
                 {"name": "local-llama", "deployments": [{"provider": "openai_compatible", "api_base": up.url,
-                                                         "model": "llama3.1:8b"}]},
+                                                         "model": "llama3.1:8b",
+                                                         "api_key": "env:TG_TEST_UPSTREAM_KEY"}]},
                 {"name": "team-default", "catalog": "gpt-4o", "deployments": [{
                     "provider": "azure", "api_base": up.base_url, "deployment": "gpt4o-prod",
                     "api_version": "2024-10-21", "api_key": "env:TG_TEST_UPSTREAM_KEY"}]},
