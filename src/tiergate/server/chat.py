@@ -17,6 +17,7 @@ from starlette.responses import Response, StreamingResponse
 from tiergate.accounting.pricing import cost_usd, max_cost_usd, usage_breakdown
 from tiergate.accounting.tokens import count_messages, count_text
 from tiergate.catalog.shaping import check_capabilities, shape_request
+from tiergate.dispatch.errors import ContextWindowExceeded
 from tiergate.providers.base import Timeouts, UpstreamError
 from tiergate.server import routing_glue
 from tiergate.server.escalation import next_candidate_up, unusable_reason
@@ -30,18 +31,6 @@ if TYPE_CHECKING:
 DEFAULT_MAX_OUTPUT = 4096  # output-token bound for budget reservations when the request sets none
 _TG_FIELD = "tiergate"  # per-request options, sent by the OpenAI SDK with extra_body={"tiergate": {...}}
 _TG_OPTIONS = {"quality_target", "max_cost_usd", "policy", "cache", "timeouts", "candidates"}
-
-
-class ContextWindowExceeded(GatewayError):
-    def __init__(self, model: str, prompt_tokens: int, window: int) -> None:
-        super().__init__(
-            400,
-            f"This model's maximum context length is {window} tokens; the messages resulted in "
-            f"{prompt_tokens} tokens (model '{model}'). Shorten the messages or choose a model with a "
-            "larger context window.",
-            param="messages",
-            code="context_length_exceeded",
-        )
 
 
 @dataclass
