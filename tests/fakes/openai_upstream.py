@@ -51,6 +51,8 @@ n-th such request fail until `up.clear_faults()`. Kinds and their params:
     "cut"            streams: `after` chunks (default 2), then RST; non-stream: half the body, then RST
     "stall"          streams: `after` chunks (default 2), then silence for `seconds` (default 3600),
                      then the rest; non-stream: headers, then silence, then the body
+    "truncate"       streams: `after` chunks, then a clean end of the body (no finish_reason, no [DONE])
+    "no_done"        streams: everything but the final `data: [DONE]` (hosts that omit it)
     "error_event"    streams: `after` chunks, then `data: {"error": {...}}` (type `error_type`,
                      default server_error) and the end of the stream
 Faults are checked in order: queued `fail_next` faults first, then `fail_every` rules.
@@ -321,8 +323,11 @@ class FakeOpenAI:
         resp = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache", "x-request-id": "req_fakestream"})
         resp.content_type = "text/event-stream"
         await resp.prepare(request)
+        chunks = self._chunks(body, model)
         after = int(f.params.get("after", 2)) if f is not None else -1
-        for i, chunk in enumerate(self._chunks(body, model)):
+        if f is not None and f.kind == "no_done":
+            after = len(chunks) - 1
+        for i, chunk in enumerate(chunks):
             if i == after:
                 assert f is not None
                 if f.kind == "cut":
@@ -333,6 +338,9 @@ class FakeOpenAI:
                     await asyncio.sleep(float(f.params.get("seconds", 3600)))
                 elif f.kind == "malformed":
                     await resp.write(b'data: {"id": "chatcmpl-x", "choices": [{"ind\n\n')
+                elif f.kind == "truncate" or (f.kind == "no_done" and chunk == b"data: [DONE]\n\n"):
+                    await resp.write_eof()
+                    return resp
                 elif f.kind == "error_event":
                     err = {"error": {"message": "The server had an error while processing your request.",
                                      "type": f.params.get("error_type", "server_error"), "param": None,

@@ -65,6 +65,7 @@ async def test_chat_sends_bearer_and_upstream_model(up, sessions):
     assert sent.body["model"] == "gpt-4o-mini-2024-07-18"
     assert sent.body["some_future_field"] == {"x": 1} and sent.body["temperature"] == 0.2
     assert "stream" not in sent.body
+    assert "accept-encoding" not in sent.headers and sent.headers["user-agent"].startswith("tiergate/")
     assert body["model"] == "gpt-4o-mini"  # the caller's body is not mutated
     assert r.headers["x-request-id"].startswith("req_")
     assert r.headers["x-ratelimit-remaining-requests"] == "499"
@@ -313,3 +314,14 @@ async def test_responses_api(up, sessions):
 async def test_reasoning_usage_passes_through(up, sessions):
     r = await make(up, sessions).chat({**BODY, "reasoning_effort": "medium"}, FAST)
     assert r.body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 128
+
+
+async def test_clean_end_without_done(up, sessions):
+    p = make(up, sessions)
+    up.fail_next("no_done")
+    chunks = await collect(p, BODY)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"  # accepted: the answer was complete
+    up.fail_next("truncate", after=2)
+    with pytest.raises(UpstreamError) as ei:
+        await collect(p, BODY)
+    assert ei.value.kind == "stream_cut" and "before it was complete" in ei.value.message
