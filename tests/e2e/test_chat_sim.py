@@ -20,7 +20,9 @@ def gateway(tmp_path_factory):
     cfg = {
         "models": [{"name": m, "deployments": [{"provider": "sim"}]} for m in MODELS]
         + [{"name": "broken", "catalog": "gpt-4o-mini", "retry": {"max_retries": 0},
-            "deployments": [{"provider": "sim", "options": {"failure_rate": 1.0, "fail_status": 500}}]}],
+            "deployments": [{"provider": "sim", "options": {"failure_rate": 1.0, "fail_status": 500}}]},
+           {"name": "slow-stream", "catalog": "gpt-4o-mini",
+            "deployments": [{"provider": "sim", "options": {"tokens_per_s": 40, "completion_tokens": 400}}]}],
         "storage": f"sqlite:///{db}",
     }
     with running_gateway(cfg) as url:
@@ -175,3 +177,55 @@ async def test_async_client_plain_and_stream(gateway):
     got = [c async for c in stream]
     assert got[-1].usage is not None
     await ac.close()
+
+
+def _ledger_rows(db, request_id, timeout=5.0):
+    import sqlite3
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        con = sqlite3.connect(db)
+        try:
+            rows = con.execute("SELECT status, served_model, cost_usd, input_tokens, output_tokens, stream "
+                               "FROM ledger WHERE request_id = ?", (request_id,)).fetchall()
+        except sqlite3.OperationalError:
+            rows = []
+        finally:
+            con.close()
+        if rows or time.time() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
+def test_each_answer_has_exactly_one_ledger_row(gateway, client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "ledger me"}])
+    rows = _ledger_rows(gateway[1], raw.headers["x-request-id"])
+    assert len(rows) == 1
+    status, served, cost, inp, out, stream = rows[0]
+    assert (status, served, stream) == ("ok", "gpt-4o-mini", 0)
+    assert cost == pytest.approx(float(raw.headers["x-tiergate-cost-usd"]), rel=1e-6)
+    assert inp == raw.parse().usage.prompt_tokens and out == raw.parse().usage.completion_tokens
+
+    with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "stream me"}]) as resp:
+        rid = resp.headers["x-request-id"]
+        list(resp.iter_lines())
+    rows = _ledger_rows(gateway[1], rid)
+    assert len(rows) == 1 and rows[0][0] == "ok" and rows[0][4] > 0 and rows[0][5] == 1
+
+
+def test_client_disconnect_mid_stream_is_recorded(gateway):
+    import httpx
+
+    with httpx.Client(timeout=10) as h, h.stream("POST", gateway[0] + "/chat/completions", json={
+            "model": "slow-stream", "stream": True, "messages": [{"role": "user", "content": "long story"}]}) as r:
+        rid = r.headers["x-request-id"]
+        for line in r.iter_lines():
+            if line.startswith("data: {") and '"content":"' in line.replace(" ", ""):
+                break  # got a content token; hang up
+    rows = _ledger_rows(gateway[1], rid, timeout=10)
+    assert len(rows) == 1
+    assert rows[0][0] == "client_disconnected"
+    assert rows[0][3] > 0  # prompt tokens recorded even though the upstream's usage never arrived
