@@ -59,6 +59,15 @@ def split_redis_url(url: str) -> tuple[str, str]:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, "")), prefix
 
 
+def connect_redis(url: str, max_connections: int = 64) -> Any:
+    """A redis.asyncio client whose pool waits for a free connection instead of failing under bursts."""
+    import redis.asyncio as aioredis
+
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=10,
+                                                    socket_connect_timeout=5, health_check_interval=30)
+    return aioredis.Redis(connection_pool=pool)
+
+
 def default_journal_dir(store: Store) -> Path:
     env = os.environ.get("TIERGATE_JOURNAL_DIR")
     if env:
@@ -93,7 +102,7 @@ class Accounting:
             import redis.asyncio as aioredis
 
             url, prefix = split_redis_url(config.redis)
-            redis = aioredis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+            redis = connect_redis(url)
             try:
                 await redis.ping()
             except (OSError, aioredis.RedisError) as e:
