@@ -9,7 +9,8 @@
 - LiveCodeBench dev files, 5-fold out of fold: the cost (as a fraction of the best single candidate's)
   at which the router reaches 98% (and 95%) of the best single candidate's mean score, for all priced
   candidates and for the o-series + gpt-4o-mini subset. Without `--quick` also with every fold trained
-  on the other benchmarks too (LOBO-filtered), which is how the shipped router is trained.
+  on all other dev rows too (minus any sharing a passage with the fold's test prompts), which is how
+  the shipped router is trained.
 The random router (RouteLLM's definition) and RouteLLM's best published router are printed alongside.
 Each row is one `tiergate router eval` invocation's figures; the equivalent commands are in docs/routing.md.
 """
@@ -61,7 +62,7 @@ def _lcb(name: str, data: Path, extra: bool, pool, progress: bool) -> dict[str, 
             "cost_at_quality": s["cost_at_quality"], "oracle": s["oracle"], "random": s["random"],
         }
     out["_meta"] = {"seconds": time.perf_counter() - t, "excluded_unpriced": unpriced,
-                    "extra_train_rows": info.get("extra", {}).get("train_rows", 0)}
+                    "extra_rows_per_fold": info.get("extra_rows_per_fold", [])}
     return out
 
 
@@ -109,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 for q, target in (("0.98", "<= 60% of cost"), ("0.95", "-")):
                     lines.append((label, f"cost at {float(q):.0%} of {b['candidate']} ({b['score']:.3f})",
                                   _fmt_frac(r["cost_at_quality"][q]["fraction_of_best_single"]), target, "n/a",
-                                  f"{100 * r['random']['score'] / b['score']:.0f}% quality at "
-                                  f"{100 * r['random']['cost_usd'] / b['cost_usd']:.0f}% cost"))
+                                  (f"{100 * r['random']['score'] / b['score']:.0f}% quality at "
+                                  f"{100 * r['random']['cost_usd'] / b['cost_usd']:.0f}% cost")))
                 rr = r["router"]
                 lines.append((label, f"router {rr['policy']} (t={rr['quality_target']:g}): score, cost",
                               f"{rr['score']:.3f}, {100 * rr['cost_usd'] / b['cost_usd']:.1f}% of cost", "-", "n/a",

@@ -194,8 +194,8 @@ def render_eval(s: dict[str, Any]) -> str:
     proto = s.get("protocol", "?")
     if proto == "kfold":
         proto += f" ({info.get('folds')} folds, seed {info.get('seed')}"
-        if "extra" in info:
-            proto += f"; + {info['extra']['train_rows']} rows of other benchmarks"
+        if info.get("extra_rows_per_fold"):
+            proto += f"; + ~{min(info['extra_rows_per_fold'])} rows of other files per fold"
         proto += ")"
     elif proto == "lobo":
         proto += f" (trained on {info.get('train_rows')} rows of {', '.join(info.get('train_sources', []))})"
@@ -298,7 +298,7 @@ def add_router_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--policy", default="balanced", choices=POLICY_CHOICES,
                    help="policy of the headline router point (default balanced)")
     e.add_argument("--with-other-benchmarks", action="store_true",
-                   help="kfold: each fold also trains on the other dev files (filtered as for lobo)")
+                   help="kfold: each fold also trains on the other dev files, minus rows sharing its prompts")
     e.add_argument("--data-dir", help="dev outcome folder for --protocol lobo (default $TIERGATE_DATA_DIR or "
                                       "../shared/data)")
     e.add_argument("--include-contaminated", action="store_true",

@@ -5,7 +5,9 @@ Protocols (split by prompt; nothing is fitted or tuned on the fold it is scored 
 - `fixed`: a trained router (the one shipped in the package, or `--router DIR`) scores every row.
 - `kfold`: k folds within the evaluated rows (default 5, seed 0). Rows with the same prompt text
   (normalised: case and whitespace) always fall in the same fold. With `extra_benchmarks`, every fold
-  also trains on the other dev files, filtered exactly as for `lobo` against the whole evaluated file.
+  also trains on all other dev rows (other benchmarks, and other files of the same prompt family such
+  as the second LiveCodeBench snapshot) except those sharing a 10-word passage with that fold's test
+  prompts, so a test prompt is never in training under any file's name.
 - `lobo` (leave one benchmark out): train on every other dev file, except (a) files of the same
   prompt family (`PROMPT_FAMILIES`: e.g. `routellm-gsm8k` and `zeroeval-gsm` are both GSM8K) and
   (b) any training row that shares a 10-word passage with an evaluated prompt (catches benchmarks
@@ -326,9 +328,11 @@ def out_of_fold_predictions(
         folds = kfold_splits(mat.rows, k, seed)
         info: dict[str, Any] = {"folds": k, "seed": seed}
         extra: list[OutcomeRow] = []
-        if extra_benchmarks:  # every fold also trains on the other benchmarks (LOBO-filtered)
-            extra, lobo_info = lobo_training_rows(mat.rows, pool if pool is not None else load_outcomes(dev_files()))
-            info["extra"] = lobo_info
+        if extra_benchmarks:  # every fold also trains on the other files, minus rows sharing its prompts
+            own = {r.id for r in mat.rows}
+            extra = [r for r in (pool if pool is not None else load_outcomes(dev_files())) if r.id not in own]
+            info["extra_sources"] = sorted({r.source for r in extra})
+            info["extra_rows_per_fold"] = []
         fit_cands = None if extra else list(cands)  # with extra data, learn every candidate (shared encoder)
         proto = cls()
         feats = extra_feats = None
@@ -341,12 +345,16 @@ def out_of_fold_predictions(
 
             it = tqdm(folds, desc=f"{k}-fold", unit="fold")
         for train_idx, test_idx in it:
-            train_rows = [mat.rows[i] for i in train_idx] + extra
+            test_rows = [mat.rows[i] for i in test_idx]
+            keep = ~shared_prompt_mask(extra, test_rows) if extra else np.zeros(0, dtype=bool)
+            if extra:
+                info["extra_rows_per_fold"].append(int(keep.sum()))
+            train_rows = [mat.rows[i] for i in train_idx] + [r for r, ok in zip(extra, keep, strict=True) if ok]
             if feats is None:
                 model = cls().fit(train_rows, fit_cands)
-                pred[test_idx] = _predict(model, [mat.rows[i] for i in test_idx], cands)
+                pred[test_idx] = _predict(model, test_rows, cands)
             else:
-                X = feats[train_idx] if extra_feats is None else np.vstack([feats[train_idx], extra_feats])
+                X = feats[train_idx] if extra_feats is None else np.vstack([feats[train_idx], extra_feats[keep]])
                 model = cls(proto.extractor).fit(train_rows, fit_cands, features=X)
                 pred[test_idx] = _columns(model.predict_features(feats[test_idx]), model, cands)
         return pred, info
