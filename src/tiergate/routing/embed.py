@@ -1,0 +1,69 @@
+"""Static prompt embedding for the router: MiniLM distilled into a per-token table (model2vec-style).
+
+The table (vocabulary x dims, int8 with one scale per token) and MiniLM's WordPiece `tokenizer.json`
+ship in `routing/artifacts/`; `scripts/router_model_distill.py` builds them from the int8 ONNX
+all-MiniLM-L6-v2. Embedding a prompt is one tokenizer call and one mean over table rows, so it costs
+well under a millisecond for a 1,000-token prompt and needs neither torch nor an ONNX session.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+#: Prompts longer than this many WordPiece tokens are embedded from their head and tail only.
+MAX_TOKENS = 2048
+
+
+class StaticEmbedder:
+    """Maps texts to L2-normalised mean token vectors."""
+
+    def __init__(self, table: np.ndarray, tokenizer_path: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self.table = np.ascontiguousarray(table, dtype=np.float32)
+        self.dims = int(self.table.shape[1])
+        self._tok = Tokenizer.from_file(str(tokenizer_path))
+        self._tok.no_truncation()
+        self._tok.no_padding()
+
+    @classmethod
+    def load(cls, directory: str | Path) -> StaticEmbedder:
+        """Load `static_embedding.npz` and `tokenizer.json` from an artefact directory."""
+        directory = Path(directory)
+        with np.load(directory / "static_embedding.npz") as z:
+            if "q" in z:
+                table = z["q"].astype(np.float32) * z["scale"].astype(np.float32)[:, None]
+            else:
+                table = z["table"].astype(np.float32)
+        return cls(table, directory / "tokenizer.json")
+
+    def _vector(self, ids: list[int]) -> np.ndarray:
+        if not ids:
+            return np.zeros(self.dims, dtype=np.float32)
+        if len(ids) > MAX_TOKENS:
+            half = MAX_TOKENS // 2
+            ids = ids[:half] + ids[-half:]
+        v = self.table[ids].mean(axis=0)
+        n = float(np.linalg.norm(v))
+        return v / n if n > 0 else v
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dims) float32."""
+        if len(texts) == 1:
+            encs = [self._tok.encode(texts[0], add_special_tokens=False)]
+        else:
+            encs = self._tok.encode_batch(texts, add_special_tokens=False)
+        out = np.empty((len(texts), self.dims), dtype=np.float32)
+        for i, enc in enumerate(encs):
+            out[i] = self._vector(enc.ids)
+        return out
+
+
+def quantise_table(table: np.ndarray) -> dict[str, np.ndarray]:
+    """int8 rows with one float16 scale per row (what the artefact stores)."""
+    scale = np.abs(table).max(axis=1) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.round(table / scale[:, None]).astype(np.int8)
+    return {"q": q, "scale": scale.astype(np.float16)}

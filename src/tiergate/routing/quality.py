@@ -1,0 +1,297 @@
+"""Predicted answer quality per (model, effort) candidate for a prompt, learned from recorded outcomes.
+
+The model is a low-rank multi-task logistic regression ("matrix factorisation with a prompt encoder"):
+
+    logit q(m, p) = b_m + u_m . (V x_p) + w_m . x_p
+
+- x_p: the prompt's features (`features.py`: structural counts + static MiniLM embedding),
+  standardised with the training mean and deviation;
+- V (features x rank): one prompt encoder shared by every candidate of every outcome file. It is what
+  lets a candidate with a few hundred rows (LiveCodeBench's o1@high) borrow from others with tens of
+  thousands, and what carries "this prompt is hard" across benchmarks;
+- u_m, b_m: the candidate's loadings and bias; w_m: a small, strongly regularised per-candidate
+  correction on the raw features.
+
+Trained by full-batch Adam on soft binary cross-entropy over the observed (prompt, candidate) cells,
+each outcome file weighted by 1/sqrt(rows) so that MMLU's 14k rows do not drown LiveCodeBench's 601.
+Everything is numpy: training takes about a minute on two cores and serving is a few small matrix
+products. Scores in the data are in [0, 1] (correctness, pass@1, graded), so predictions are too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tiergate.routing.embed import StaticEmbedder
+from tiergate.routing.features import STRUCT_NAMES, FeatureExtractor
+
+if TYPE_CHECKING:
+    from tiergate.routing.data import OutcomeRow
+
+ARTIFACTS_DIR = Path(__file__).parent / "artifacts"
+FORMAT_VERSION = 1
+#: Mixed into the benchmark-resemblance probabilities so no file is ever ruled out entirely.
+SOURCE_SMOOTHING = 0.05
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    rank: int = 16
+    steps: int = 400
+    lr: float = 0.03
+    l2_encoder: float = 1e-3  # on V
+    l2_loadings: float = 1e-3  # on u
+    l2_direct: float = 3e-2  # on w (per-candidate direct weights): strong, it only corrects
+    within_embed_dims: int = 16  # leading embedding dims used for within-benchmark variation
+    seed: int = 0
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class _Adam:
+    """Adam over a dict of float32 arrays."""
+
+    def __init__(self, lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> None:
+        self.lr, self.b1, self.b2, self.eps = lr, b1, b2, eps
+        self.t = 0
+        self.m: dict[str, np.ndarray] = {}
+        self.v: dict[str, np.ndarray] = {}
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.t += 1
+        out = {}
+        for k, p in params.items():
+            g = grads[k]
+            self.m[k] = self.b1 * self.m.get(k, 0.0) + (1 - self.b1) * g
+            self.v[k] = self.b2 * self.v.get(k, 0.0) + (1 - self.b2) * g * g
+            mh = self.m[k] / (1 - self.b1**self.t)
+            vh = self.v[k] / (1 - self.b2**self.t)
+            out[k] = (p - self.lr * mh / (np.sqrt(vh) + self.eps)).astype(np.float32)
+        return out
+
+
+class QualityModel:
+    """Predicts each candidate's score in [0, 1] on a prompt."""
+
+    def __init__(self, extractor: FeatureExtractor | None = None, config: FitConfig | None = None) -> None:
+        self.config = config or FitConfig()
+        self._extractor = extractor
+        self._keys: list[str] = []
+        self.mean: np.ndarray | None = None
+        self.std: np.ndarray | None = None
+        self.V: np.ndarray | None = None
+        self.U: np.ndarray | None = None
+        self.W: np.ndarray | None = None
+        self.b: np.ndarray | None = None
+        self.n_rows: dict[str, int] = {}
+
+    # ------------------------------------------------------------------------------------- features
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            self._extractor = FeatureExtractor(StaticEmbedder.load(ARTIFACTS_DIR))
+        return self._extractor
+
+    def features(self, prompts: Sequence[str]) -> np.ndarray:
+        return self.extractor.transform(list(prompts))
+
+    # ------------------------------------------------------------------------------------- training
+
+    def fit(
+        self,
+        rows: Sequence[OutcomeRow],
+        candidates: Sequence[str] | None = None,
+        progress: bool = False,
+        features: np.ndarray | None = None,
+    ) -> QualityModel:
+        """Fit on every scored cell of `rows` (all candidates seen, or only `candidates`).
+
+        `features` may pass precomputed `self.features([r.prompt for r in rows])` (evaluation reuses
+        them across folds).
+        """
+        if not rows:
+            raise ValueError("no outcome rows to fit on")
+        keys = sorted({k for r in rows for k in r.outcomes} if candidates is None else set(candidates))
+        col = {k: j for j, k in enumerate(keys)}
+        n, m = len(rows), len(keys)
+        X = self.features([r.prompt for r in rows]) if features is None else np.asarray(features, np.float32)
+        Y = np.zeros((n, m), dtype=np.float32)
+        M = np.zeros((n, m), dtype=np.float32)
+        per_source: dict[str, int] = {}
+        for r in rows:
+            per_source[r.source] = per_source.get(r.source, 0) + 1
+        row_w = np.array([1.0 / np.sqrt(per_source[r.source]) for r in rows], dtype=np.float32)
+        counts = dict.fromkeys(keys, 0)
+        for i, r in enumerate(rows):
+            for k, o in r.outcomes.items():
+                j = col.get(k)
+                if j is not None:
+                    Y[i, j] = o.score
+                    M[i, j] = row_w[i]
+                    counts[k] += 1
+        keep = [j for j, k in enumerate(keys) if counts[k] > 0]
+        if len(keep) < m:
+            keys = [keys[j] for j in keep]
+            Y, M = Y[:, keep], M[:, keep]
+            m = len(keys)
+        M /= M.sum()
+        sources = sorted(per_source)
+        src_col = {name: k for k, name in enumerate(sources)}
+        S = np.zeros((n, len(sources)), dtype=np.float32)
+        S[np.arange(n), [src_col[r.source] for r in rows]] = 1.0
+        self.mean = X.mean(axis=0)
+        self.std = X.std(axis=0) + 1e-6
+        Xs = (X - self.mean) / self.std
+        self.sources = sources
+        self.src_mean = (S.T @ Xs) / S.sum(axis=0)[:, None]
+        resid = Xs - S @ self.src_mean
+        self.within_std = resid.std(axis=0) + 1e-3
+        self._fit_source_classifier(Xs, S, progress)
+        self._train((resid / self.within_std)[:, self._within_cols()], S, Y, M, progress)
+        self._keys = keys
+        self.n_rows = {k: counts[k] for k in keys}
+        return self
+
+    def _fit_source_classifier(self, Xs: np.ndarray, S: np.ndarray, progress: bool) -> None:
+        """Softmax regression prompt features -> which outcome file (benchmark) it resembles."""
+        d, k = Xs.shape[1], S.shape[1]
+        rw = 1.0 / S.sum(axis=0)  # balance the files
+        w = (S * rw).sum(axis=1, keepdims=True)
+        w = w / w.sum()
+        A = np.zeros((d, k), dtype=np.float32)
+        c = np.zeros(k, dtype=np.float32)
+        opt = _Adam(0.05)
+        for _ in range(200):
+            P = _softmax(Xs @ A + c)
+            G = w * (P - S)
+            gA, gc = Xs.T @ G + 2e-3 * A, G.sum(axis=0)
+            A, c = opt.step({"A": A, "c": c}, {"A": gA, "c": gc}).values()
+        self.src_A, self.src_c = A, c
+
+    def source_probs(self, Xs: np.ndarray) -> np.ndarray:
+        """How much each prompt resembles each training file's prompts (rows sum to 1)."""
+        P = _softmax(Xs @ self.src_A + self.src_c)
+        return (1 - SOURCE_SMOOTHING) * P + SOURCE_SMOOTHING / P.shape[1]
+
+    def _train(self, X: np.ndarray, S: np.ndarray, Y: np.ndarray, M: np.ndarray, progress: bool) -> None:
+        cfg = self.config
+        rng = np.random.default_rng(cfg.seed)
+        d, m, k = X.shape[1], Y.shape[1], S.shape[1]
+        mean_y = np.clip((Y * M).sum(0) / np.maximum(M.sum(0), 1e-12), 0.02, 0.98)
+        params = {
+            "V": (rng.standard_normal((d, cfg.rank)) * 0.01).astype(np.float32),
+            "C": (rng.standard_normal((k, cfg.rank)) * 0.01).astype(np.float32),
+            "U": (rng.standard_normal((m, cfg.rank)) * 0.01).astype(np.float32),
+            "W": np.zeros((m, d), dtype=np.float32),
+            "b": np.log(mean_y / (1 - mean_y)).astype(np.float32),
+        }
+        l2 = {"V": cfg.l2_encoder, "C": cfg.l2_loadings, "U": cfg.l2_loadings, "W": cfg.l2_direct, "b": 0.0}
+        opt = _Adam(cfg.lr)
+        steps = range(cfg.steps)
+        if progress:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc="fit quality model", leave=False)
+        for _ in steps:
+            V, C, U, W, b = (params[n] for n in ("V", "C", "U", "W", "b"))
+            Z = X @ V + S @ C
+            P = _sigmoid(Z @ U.T + X @ W.T + b)
+            G = M * (P - Y)  # d(loss)/d(logit), loss = weighted mean BCE
+            GU = G @ U
+            grads = {"V": X.T @ GU, "C": S.T @ GU, "U": G.T @ Z, "W": G.T @ X, "b": G.sum(axis=0)}
+            grads = {n: g + 2 * l2[n] * params[n] for n, g in grads.items()}
+            params = opt.step(params, grads)
+        self.V, self.C, self.U, self.W, self.b = (params[n] for n in ("V", "C", "U", "W", "b"))
+
+    # ------------------------------------------------------------------------------------ prediction
+
+    def candidates(self) -> list[str]:
+        """Candidate keys with learned predictions (e.g. "o1@high", "gpt-4o-mini")."""
+        return list(self._keys)
+
+    def _inputs(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(within-benchmark features, benchmark resemblance) for raw features."""
+        if self.V is None or self.mean is None:
+            raise RuntimeError("QualityModel is not fitted: call fit() or QualityModel.load()")
+        Xs = (np.asarray(X, np.float32) - self.mean) / self.std
+        pi = self.source_probs(Xs)
+        return ((Xs - pi @ self.src_mean) / self.within_std)[:, self._within_cols()], pi
+
+    def _within_cols(self) -> np.ndarray:
+        """Columns of the within-benchmark input: all structural features + the leading embedding dims."""
+        n_struct = len(STRUCT_NAMES)
+        return np.arange(n_struct + min(self.config.within_embed_dims, len(self.mean) - n_struct))
+
+    def logits_features(self, X: np.ndarray) -> np.ndarray:
+        Xr, pi = self._inputs(X)
+        return (Xr @ self.V + pi @ self.C) @ self.U.T + Xr @ self.W.T + self.b
+
+    def predict_features(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Predictions from a precomputed feature matrix."""
+        P = _sigmoid(self.logits_features(X))
+        return {k: P[:, j].astype(np.float64) for j, k in enumerate(self._keys)}
+
+    def predict(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+        """candidate key -> predicted score in [0, 1] for each prompt."""
+        return self.predict_features(self.features(prompts))
+
+    def difficulty(self, X: np.ndarray) -> np.ndarray:
+        """How much harder than the average prompt of its kind each prompt is predicted to be: minus the
+        mean over learned candidates of the within-benchmark part of the logit (0 = typical)."""
+        Xr, _ = self._inputs(X)
+        within = (Xr @ self.V) @ self.U.T + Xr @ self.W.T
+        return -within.mean(axis=1)
+
+    # ------------------------------------------------------------------------------------ persistence
+
+    def save(self, directory: str | Path) -> None:
+        """Write `quality.npz` + `quality.json` (the embedding artefacts are shared, not copied here
+        unless the directory is a fresh one: then they are copied so the directory is self-contained)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            directory / "quality.npz",
+            mean=self.mean, std=self.std, V=self.V, U=self.U, W=self.W.astype(np.float16), b=self.b,
+        )
+        meta: dict[str, Any] = {
+            "format": FORMAT_VERSION,
+            "candidates": self._keys,
+            "n_rows": self.n_rows,
+            "config": self.config.__dict__,
+            "features": self.extractor.names[: len(self.mean)] if self._extractor else None,
+        }
+        (directory / "quality.json").write_text(json.dumps(meta, indent=1) + "\n")
+        for name in ("static_embedding.npz", "tokenizer.json"):
+            if not (directory / name).exists():
+                (directory / name).write_bytes((ARTIFACTS_DIR / name).read_bytes())
+
+    @classmethod
+    def load(cls, directory: str | Path | None = None) -> QualityModel:
+        directory = Path(directory) if directory is not None else ARTIFACTS_DIR
+        meta = json.loads((directory / "quality.json").read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{directory}: quality model format {meta.get('format')} is not {FORMAT_VERSION}")
+        emb_dir = directory if (directory / "static_embedding.npz").exists() else ARTIFACTS_DIR
+        model = cls(FeatureExtractor(StaticEmbedder.load(emb_dir)), FitConfig(**meta["config"]))
+        with np.load(directory / "quality.npz") as z:
+            model.mean, model.std = z["mean"], z["std"]
+            model.V, model.U, model.b = z["V"], z["U"], z["b"]
+            model.W = z["W"].astype(np.float32)
+        model._keys = list(meta["candidates"])
+        model.n_rows = dict(meta.get("n_rows", {}))
+        return model
