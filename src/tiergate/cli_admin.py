@@ -1,0 +1,193 @@
+"""`tiergate keys create|list|update|revoke` and `tiergate spend`.
+
+Two ways to reach the data, same output:
+- over HTTP to a running gateway's admin API (default): `--url` (env TIERGATE_URL, default
+  http://127.0.0.1:4000) and `--master-key` (env TIERGATE_MASTER_KEY);
+- straight to the database with `--storage URL` (sqlite:///… or postgresql://…), e.g. before the
+  gateway is started. With `--storage` and a budget key using Redis counters, the usage column shows
+  what the ledger says, not live reservations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+
+def add_admin_commands(sub: argparse._SubParsersAction) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", default=os.environ.get("TIERGATE_URL", "http://127.0.0.1:4000"),
+                       help="gateway base URL (env TIERGATE_URL)")
+        p.add_argument("--master-key", default=os.environ.get("TIERGATE_MASTER_KEY"),
+                       help="the gateway's master key (env TIERGATE_MASTER_KEY)")
+        p.add_argument("--storage", help="talk to this database directly instead of a running gateway")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    keys = sub.add_parser("keys", help="create, list, change and revoke virtual API keys")
+    ks = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+
+    def key_fields(p: argparse.ArgumentParser, create: bool) -> None:
+        p.add_argument("--budget-usd", type=float, help="spend cap in USD")
+        p.add_argument("--budget-period", choices=["none", "daily", "monthly"], default="none" if create else None)
+        p.add_argument("--rpm", type=int, help="requests per minute")
+        p.add_argument("--tpm", type=int, help="tokens per minute")
+        p.add_argument("--models", help="comma-separated models the key may use (default: all)")
+        p.add_argument("--metadata", help="JSON object stored with the key")
+        p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=False if create else None,
+                       help="serve deterministic requests of this key from the response cache")
+
+    c = ks.add_parser("create", help="create a key (the secret is printed once)")
+    c.add_argument("name")
+    key_fields(c, True)
+    common(c)
+    c.set_defaults(func=_run, op="create")
+    ls = ks.add_parser("list", help="list keys")
+    ls.add_argument("--active", action="store_true", help="hide revoked keys")
+    common(ls)
+    ls.set_defaults(func=_run, op="list")
+    u = ks.add_parser("update", help="change a key's name, budget, limits, models or cache flag")
+    u.add_argument("id")
+    u.add_argument("--name")
+    key_fields(u, False)
+    common(u)
+    u.set_defaults(func=_run, op="update")
+    r = ks.add_parser("revoke", help="revoke a key (refused by every replica within 1 s)")
+    r.add_argument("id")
+    common(r)
+    r.set_defaults(func=_run, op="revoke")
+
+    sp = sub.add_parser("spend", help="spend report from the ledger")
+    sp.add_argument("--group-by", default="key",
+                    choices=["key", "model", "deployment", "day", "requested_model", "status"])
+    sp.add_argument("--start", help="YYYY-MM-DD, ISO datetime or epoch seconds (default: 30 days ago)")
+    sp.add_argument("--end", help="exclusive (default: now)")
+    sp.add_argument("--key-id")
+    common(sp)
+    sp.set_defaults(func=_run, op="spend")
+
+
+def _fields(a: argparse.Namespace) -> dict[str, Any]:
+    f: dict[str, Any] = {}
+    for name in ("name", "budget_usd", "budget_period", "rpm", "tpm", "cache"):
+        v = getattr(a, name, None)
+        if v is not None:
+            f[name] = v
+    if a.models is not None:
+        f["models"] = [m.strip() for m in a.models.split(",") if m.strip()] or None
+    if a.metadata is not None:
+        f["metadata"] = json.loads(a.metadata)
+    return f
+
+
+# ---------------------------------------------------------------------------- transports
+
+
+def _http(a: argparse.Namespace, method: str, path: str, body: dict | None = None,
+          query: dict | None = None) -> Any:
+    url = a.url.rstrip("/") + "/admin" + path
+    if query:
+        url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+    req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None)
+    req.add_header("content-type", "application/json")
+    if a.master_key:
+        req.add_header("authorization", f"Bearer {a.master_key}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        try:
+            msg = json.loads(e.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            msg = e.reason
+        raise SystemExit(f"tiergate: {method} {path} failed ({e.code}): {msg}") from None
+    except urllib.error.URLError as e:
+        raise SystemExit(f"tiergate: cannot reach the gateway at {a.url} ({e.reason}); start it with "
+                         "`tiergate serve`, pass --url, or use --storage URL to read the database directly") from None
+
+
+async def _direct(a: argparse.Namespace, op: str) -> Any:
+    """The same operations against the store, through the same Accounting code the server runs."""
+    from tiergate.accounting.service import Accounting
+    from tiergate.config import parse_config
+    from tiergate.server.admin import parse_time
+    from tiergate.wire.errors import GatewayError
+
+    raw = {"models": [{"name": "_", "deployments": [{"provider": "sim"}]}], "storage": a.storage}
+    acc = await Accounting.start(parse_config(raw, env={}))
+    try:
+        if op == "create":
+            f = _fields(a)
+            info, secret = await acc.keys.create(f.pop("name"), **f)
+            return {**info.public(), "key": secret}
+        if op == "list":
+            return {"data": [k.public() for k in await acc.keys.list(include_revoked=not a.active)]}
+        if op in ("update", "revoke"):
+            info = await (acc.keys.update(a.id, **_fields(a)) if op == "update" else acc.keys.revoke(a.id))
+            if info is None:
+                raise SystemExit(f"tiergate: no key with id {a.id!r}")
+            return info.public()
+        import time
+
+        end = parse_time(a.end, time.time() + 1)
+        start = parse_time(a.start, end - 30 * 86400)
+        rows = await acc.spend(a.group_by, start, end, a.key_id)
+        return {"group_by": a.group_by, "start": start, "end": end, "total_usd": sum(r["cost_usd"] for r in rows),
+                "data": rows}
+    except GatewayError as e:
+        raise SystemExit(f"tiergate: {e.message}") from None
+    finally:
+        await acc.close()
+
+
+def _run(a: argparse.Namespace) -> int:
+    op = a.op
+    if a.storage:
+        out = asyncio.run(_direct(a, op))
+    elif op == "create":
+        out = _http(a, "POST", "/keys", {**_fields(a)})
+    elif op == "list":
+        out = _http(a, "GET", "/keys", query={"include_revoked": str(not a.active).lower()})
+    elif op == "update":
+        out = _http(a, "PATCH", f"/keys/{a.id}", _fields(a))
+    elif op == "revoke":
+        out = _http(a, "DELETE", f"/keys/{a.id}")
+    else:
+        out = _http(a, "GET", "/spend", query={"group_by": a.group_by, "start": a.start, "end": a.end,
+                                               "key_id": a.key_id})
+    if a.json:
+        print(json.dumps(out, indent=2))
+    else:
+        _print(op, out)
+    return 0
+
+
+def _print(op: str, out: dict[str, Any]) -> None:
+    if op == "create":
+        print(f"created key {out['id']} ({out['name']})")
+        print(f"  key: {out['key']}")
+        print("  store it now: it is not shown again")
+        return
+    if op in ("update", "revoke"):
+        state = "revoked" if out.get("revoked_at") else "active"
+        print(f"{out['id']} {out['prefix']}… {out['name']}: {state}")
+        return
+    if op == "list":
+        rows = out["data"]
+        print(f"{'id':<21} {'prefix':<12} {'name':<20} {'budget':>12} {'period':<8} {'rpm':>6} {'tpm':>8} state")
+        for k in rows:
+            budget = f"${k['budget_usd']:.2f}" if k.get("budget_usd") is not None else "-"
+            print(f"{k['id']:<21} {k['prefix']:<12} {k['name'][:20]:<20} {budget:>12} {k['budget_period']:<8} "
+                  f"{k['rpm'] or '-':>6} {k['tpm'] or '-':>8} {'revoked' if k.get('revoked_at') else 'active'}")
+        return
+    g = out["group_by"]
+    print(f"{g:<24} {'requests':>9} {'cost USD':>12} {'input':>10} {'cached':>9} {'output':>10} {'reasoning':>10}")
+    for r in out["data"]:
+        print(f"{str(r[g])[:24]:<24} {r['requests']:>9} {r['cost_usd']:>12.6f} {r['input_tokens']:>10} "
+              f"{r['cached_tokens']:>9} {r['output_tokens']:>10} {r['reasoning_tokens']:>10}")
+    print(f"{'total':<24} {sum(r['requests'] for r in out['data']):>9} {out['total_usd']:>12.6f}")

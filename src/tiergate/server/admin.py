@@ -1,0 +1,210 @@
+"""The admin API (FastAPI, mounted at /admin, schema at /admin/openapi.json): virtual keys and spend.
+
+Every route needs the master key as `Authorization: Bearer …` (when the gateway has no master key it
+is open, and so is this API — bind it to loopback). Errors are OpenAI-shaped.
+
+    POST   /admin/keys              create a key; the secret `key` is in this response only
+    GET    /admin/keys              list keys (with budget usage)
+    GET    /admin/keys/{id}         one key
+    PATCH  /admin/keys/{id}         change name, budget, limits, models, metadata, cache
+    DELETE /admin/keys/{id}         revoke (every replica refuses it within 1 s)
+    GET    /admin/spend?group_by=key|model|deployment|day|requested_model|status&start&end&key_id
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tiergate.accounting.keys import KeyInfo
+from tiergate.accounting.service import Accounting
+from tiergate.wire.errors import GatewayError
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200, description="who the key is for")
+    budget_usd: float | None = Field(None, ge=0, description="spend cap; null = no budget")
+    budget_period: Literal["none", "daily", "monthly"] = Field("none", description="when the budget resets (UTC)")
+    rpm: int | None = Field(None, gt=0, description="requests per minute; null = unlimited")
+    tpm: int | None = Field(None, gt=0, description="tokens per minute (prompt + output limit); null = unlimited")
+    models: list[str] | None = Field(None, description="models the key may use; null = all")
+    metadata: dict[str, Any] | None = None
+    cache: bool = Field(False, description="serve this key's deterministic requests from the response cache")
+
+
+class KeyUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, min_length=1, max_length=200)
+    budget_usd: float | None = Field(None, ge=0)
+    budget_period: Literal["none", "daily", "monthly"] | None = None
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+    models: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+    cache: bool | None = None
+
+
+class KeyOut(BaseModel):
+    object: Literal["api_key"] = "api_key"
+    id: str
+    prefix: str
+    name: str
+    budget_usd: float | None
+    budget_period: str
+    rpm: int | None
+    tpm: int | None
+    models: list[str] | None
+    metadata: dict[str, Any]
+    cache: bool
+    created_at: float
+    revoked_at: float | None
+    usage: dict[str, float] | None = Field(None, description="spent / reserved / remaining this period")
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the secret; shown in this response only")
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyOut]
+
+
+class SpendRow(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    requests: int
+    cost_usd: float
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+
+
+class SpendReport(BaseModel):
+    object: Literal["spend_report"] = "spend_report"
+    group_by: str
+    start: float
+    end: float
+    key_id: str | None
+    total_usd: float
+    data: list[SpendRow]
+
+
+def parse_time(value: str | None, default: float) -> float:
+    """Epoch seconds, `YYYY-MM-DD` (UTC midnight) or an ISO-8601 datetime (UTC when no zone)."""
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        if len(value) == 10:
+            return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC).timestamp()
+        dt = datetime.fromisoformat(value)
+        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+    except ValueError:
+        raise GatewayError(400, f"Could not read the time {value!r}: use YYYY-MM-DD, an ISO-8601 datetime or "
+                           "epoch seconds.") from None
+
+
+def build_admin_app(accounting: Accounting) -> FastAPI:
+    app = FastAPI(
+        title="tiergate admin API",
+        description="Virtual keys, budgets, rate limits and spend. Authenticate with the master key as Bearer.",
+        version="1",
+    )
+    master = accounting.config.master_key.value if accounting.config.master_key else None
+
+    async def require_master(request: Request) -> None:
+        if master is None:
+            return
+        header = request.headers.get("authorization") or ""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), master.encode()):
+            raise GatewayError(401, "The admin API needs the gateway's master key: Authorization: Bearer "
+                               "$TIERGATE_MASTER_KEY.", type="invalid_request_error", code="invalid_api_key")
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(_: Request, e: GatewayError) -> JSONResponse:
+        return JSONResponse(e.to_dict(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0] if e.errors() else {}
+        loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path")]
+        param = ".".join(loc) or None
+        msg = f"Invalid value for '{param}': {first.get('msg', 'invalid')}." if param else str(first.get("msg"))
+        return JSONResponse(GatewayError(400, msg, param=param).to_dict(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(GatewayError(e.status_code, str(e.detail)).to_dict(), status_code=e.status_code)
+
+    async def _out(k: KeyInfo) -> dict[str, Any]:
+        d = k.public()
+        d["usage"] = await accounting.key_usage(k) if k.revoked_at is None else None
+        return d
+
+    async def _get(key_id: str) -> KeyInfo:
+        k = await accounting.keys.get(key_id)
+        if k is None:
+            raise GatewayError(404, f"No key with id '{key_id}'. List keys with GET /admin/keys.", param="id",
+                               code="key_not_found")
+        return k
+
+    deps = [Depends(require_master)]
+
+    @app.post("/keys", response_model=KeyCreated, dependencies=deps, summary="Create a virtual key")
+    async def create_key(body: KeyCreate) -> dict[str, Any]:
+        f = body.model_dump()
+        info, secret = await accounting.keys.create(f.pop("name"), **f)
+        return {**await _out(info), "key": secret}
+
+    @app.get("/keys", response_model=KeyList, dependencies=deps, summary="List virtual keys")
+    async def list_keys(include_revoked: bool = True) -> dict[str, Any]:
+        return {"data": [await _out(k) for k in await accounting.keys.list(include_revoked=include_revoked)]}
+
+    @app.get("/keys/{key_id}", response_model=KeyOut, dependencies=deps, summary="Get one key")
+    async def get_key(key_id: str) -> dict[str, Any]:
+        return await _out(await _get(key_id))
+
+    @app.patch("/keys/{key_id}", response_model=KeyOut, dependencies=deps, summary="Change a key")
+    async def update_key(key_id: str, body: KeyUpdate) -> dict[str, Any]:
+        fields = body.model_dump(exclude_unset=True)
+        for k in ("name", "budget_period", "cache"):
+            if k in fields and fields[k] is None:
+                raise GatewayError(400, f"'{k}' cannot be null.", param=k)
+        await _get(key_id)
+        info = await accounting.keys.update(key_id, **fields)
+        return await _out(info)
+
+    @app.delete("/keys/{key_id}", response_model=KeyOut, dependencies=deps, summary="Revoke a key")
+    async def revoke_key(key_id: str) -> dict[str, Any]:
+        await _get(key_id)
+        return await _out(await accounting.keys.revoke(key_id))
+
+    @app.get("/spend", response_model=SpendReport, dependencies=deps, summary="Spend report from the ledger")
+    async def spend(
+        group_by: Literal["key", "model", "deployment", "day", "requested_model", "status"] = "key",
+        start: str | None = Query(None, description="YYYY-MM-DD, ISO datetime or epoch s (default: 30 days ago)"),
+        end: str | None = Query(None, description="exclusive (default: now)"),
+        key_id: str | None = None,
+    ) -> dict[str, Any]:
+        now = time.time()
+        t_end = parse_time(end, now + 1)
+        t_start = parse_time(start, t_end - 30 * 86400)
+        rows = await accounting.spend(group_by, t_start, t_end, key_id)
+        return {"group_by": group_by, "start": t_start, "end": t_end, "key_id": key_id,
+                "total_usd": sum(r["cost_usd"] for r in rows), "data": rows}
+
+    return app

@@ -1,0 +1,165 @@
+"""Admin API and CLI against a real gateway on a loopback port: keys are created (shown once),
+listed, edited and revoked; /v1 enforces them (401/403/429 with OpenAI's shapes and headers); spend
+reports read the ledger; the response cache marks hits; the CLI does the same over HTTP or the DB."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.helpers import running_gateway
+
+MASTER = "sk-admin-e2e-master-0123456789"
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    cfg = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]},
+                      {"name": "o3-mini", "deployments": [{"provider": "sim"}]}],
+           "storage": f"sqlite:///{tmp_path / 'tg.db'}"}
+    with running_gateway(cfg, env={"TIERGATE_MASTER_KEY": MASTER}) as base:
+        root = base.removesuffix("/v1")
+        admin = httpx.Client(base_url=root + "/admin", headers={"authorization": f"Bearer {MASTER}"}, timeout=10)
+        yield base, root, admin, tmp_path / "tg.db"
+        admin.close()
+
+
+def _client(base: str, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base, api_key=key, max_retries=0, timeout=10)
+
+
+MSG = [{"role": "user", "content": "Say hi"}]
+
+
+def test_keys_lifecycle_and_enforcement(gateway):
+    base, root, admin, _ = gateway
+    r = admin.post("/keys", json={"name": "team-a", "models": ["gpt-4o-mini"], "metadata": {"team": "a"}})
+    assert r.status_code == 200, r.text
+    created = r.json()
+    secret = created["key"]
+    assert secret.startswith("tg-") and created["prefix"] == secret[:11] and created["models"] == ["gpt-4o-mini"]
+
+    listed = admin.get("/keys").json()
+    assert listed["object"] == "list" and [k["id"] for k in listed["data"]] == [created["id"]]
+    assert secret not in json.dumps(listed) and "key" not in listed["data"][0]
+
+    client = _client(base, secret)
+    out = client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert out.choices[0].message.content
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        client.chat.completions.create(model="o3-mini", messages=MSG)
+    assert e.value.code == "model_not_allowed"
+    with pytest.raises(openai.AuthenticationError):
+        _client(base, "tg-not-a-real-key-aaaaaaaaaaaaaaaaaaaaaa").chat.completions.create(
+            model="gpt-4o-mini", messages=MSG)
+    with pytest.raises(openai.AuthenticationError):
+        _client(base, "wrong").models.list()
+
+    # rate limit: 1 request per minute, refused with OpenAI's headers
+    assert admin.patch(f"/keys/{created['id']}", json={"rpm": 1}).json()["rpm"] == 1
+    time.sleep(0.6)  # auth cache lifetime
+    h = {"authorization": f"Bearer {secret}"}
+    first = httpx.post(base + "/chat/completions", json={"model": "gpt-4o-mini", "messages": MSG}, headers=h)
+    second = httpx.post(base + "/chat/completions", json={"model": "gpt-4o-mini", "messages": MSG}, headers=h)
+    assert first.status_code == 200 and second.status_code == 429
+    err = second.json()["error"]
+    assert err["code"] == "rate_limit_exceeded" and err["type"] == "requests"
+    assert second.headers["x-ratelimit-limit-requests"] == "1"
+    assert second.headers["x-ratelimit-remaining-requests"] == "0"
+    assert second.headers["x-ratelimit-reset-requests"].endswith("s") and int(second.headers["retry-after"]) >= 1
+
+    # revocation: refused within 1 s
+    revoked = admin.delete(f"/keys/{created['id']}").json()
+    assert revoked["revoked_at"] is not None
+    time.sleep(1.0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert "revoked" in str(e.value)
+    assert admin.get("/keys", params={"include_revoked": "false"}).json()["data"] == []
+
+
+def test_budget_spend_and_cache(gateway):
+    base, _, admin, _ = gateway
+    tiny = admin.post("/keys", json={"name": "tiny", "budget_usd": 1e-7}).json()
+    with pytest.raises(openai.RateLimitError) as e:
+        _client(base, tiny["key"]).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert e.value.code == "insufficient_quota" and "budget" in e.value.message
+
+    k = admin.post("/keys", json={"name": "cached", "budget_usd": 5, "budget_period": "monthly",
+                                  "cache": True}).json()
+    client = _client(base, k["key"])
+    r1 = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG, temperature=0)
+    r2 = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG, temperature=0)
+    assert r1.headers["x-tiergate-cache"] == "miss" and r2.headers["x-tiergate-cache"] == "hit"
+    assert r1.parse().choices[0].message.content == r2.parse().choices[0].message.content
+    client.chat.completions.create(model="o3-mini", messages=MSG)  # not deterministic: no cache
+
+    time.sleep(0.2)
+    by_status = {r["status"]: r for r in admin.get("/spend", params={"group_by": "status",
+                                                                     "key_id": k["id"]}).json()["data"]}
+    assert by_status["cache_hit"]["cost_usd"] == 0 and by_status["cache_hit"]["requests"] == 1
+    assert by_status["ok"]["requests"] == 2 and by_status["ok"]["cost_usd"] > 0
+    by_model = admin.get("/spend", params={"group_by": "model"}).json()
+    assert {r["model"] for r in by_model["data"]} == {"gpt-4o-mini", "o3-mini"}
+    assert by_model["total_usd"] == pytest.approx(by_status["ok"]["cost_usd"])
+    by_day = admin.get("/spend", params={"group_by": "day", "start": time.strftime("%Y-%m-%d", time.gmtime())}).json()
+    assert by_day["data"][0]["day"] == time.strftime("%Y-%m-%d", time.gmtime())
+    usage = admin.get(f"/keys/{k['id']}").json()["usage"]
+    assert usage["spent_usd"] == pytest.approx(by_status["ok"]["cost_usd"]) and usage["reserved_usd"] == 0
+
+
+def test_admin_auth_errors_and_schema(gateway):
+    _, root, admin, _ = gateway
+    r = httpx.get(root + "/admin/keys")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    r = httpx.get(root + "/admin/keys", headers={"authorization": "Bearer tg-nope"})
+    assert r.status_code == 401
+    r = admin.post("/keys", json={"name": "x", "budget_period": "weekly"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "budget_period"
+    r = admin.post("/keys", json={"name": "x", "rpm": -1})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = admin.patch("/keys/key_missing", json={"rpm": 3})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "key_not_found"
+    r = admin.get("/spend", params={"start": "last tuesday"})
+    assert r.status_code == 400 and "YYYY-MM-DD" in r.json()["error"]["message"]
+    schema = httpx.get(root + "/admin/openapi.json").json()
+    assert {"/keys", "/keys/{key_id}", "/spend"} <= set(schema["paths"])
+    assert "post" in schema["paths"]["/keys"] and "delete" in schema["paths"]["/keys/{key_id}"]
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tiergate.cli", *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})}, check=False)
+
+
+def test_cli_over_http_and_direct(gateway):
+    base, root, _, db = gateway
+    env = {"TIERGATE_MASTER_KEY": MASTER}
+    p = _cli("keys", "create", "cli-team", "--budget-usd", "2", "--rpm", "30", "--models", "gpt-4o-mini",
+             "--url", root, env=env)
+    assert p.returncode == 0, p.stderr
+    secret = next(line.split()[-1] for line in p.stdout.splitlines() if line.strip().startswith("key:"))
+    assert secret.startswith("tg-")
+    _client(base, secret).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    p = _cli("keys", "list", "--url", root, "--json", env=env)
+    keys = json.loads(p.stdout)["data"]
+    assert [k["name"] for k in keys] == ["cli-team"] and secret not in p.stdout
+    p = _cli("spend", "--group-by", "key", "--url", root, env=env)
+    assert p.returncode == 0 and keys[0]["id"] in p.stdout and "total" in p.stdout
+    p = _cli("keys", "list", "--url", root, env={"TIERGATE_MASTER_KEY": "wrong"})
+    assert p.returncode != 0 and "master key" in p.stderr
+    # direct to the database: same data, no gateway needed
+    p = _cli("keys", "revoke", keys[0]["id"], "--storage", f"sqlite:///{db}")
+    assert p.returncode == 0 and "revoked" in p.stdout, p.stderr
+    p = _cli("spend", "--storage", f"sqlite:///{db}", "--json", "--group-by", "model")
+    assert json.loads(p.stdout)["data"][0]["model"] == "gpt-4o-mini"
+    time.sleep(1.0)
+    with pytest.raises(openai.AuthenticationError):
+        _client(base, secret).chat.completions.create(model="gpt-4o-mini", messages=MSG)
