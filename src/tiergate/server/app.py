@@ -77,11 +77,17 @@ def build_app(config: GatewayConfig) -> Starlette:
     async def lifespan(app: Starlette):
         gw = await Gateway.start(config)
         app.state.gateway = gw
+        with contextlib.suppress(ImportError):
+            from tiergate.server.batches import install_runner
+
+            install_runner(gw)
         for hook in gw.extras.get("startup_hooks", []):
             await hook(gw)
         try:
             yield
         finally:
+            for hook in gw.extras.get("shutdown_hooks", []):
+                await hook(gw)
             await gw.close()
 
     routes = [

@@ -1,0 +1,283 @@
+"""The batch runner: works through batch lines in the background of every `tiergate serve` replica.
+
+Each line is one Chat Completions (or Responses) request sent through the same pipeline as live
+traffic (`server.chat.run_chat`: routing incl. `model: "auto"`, key budget, dispatch, ledger), with
+the line's stable request id so a re-run after a crash cannot be billed twice. Live traffic keeps
+priority: a batch runs at most `concurrency` lines at once and all batches together at most
+`max_concurrency`; rate-limited lines back off instead of failing.
+
+Durability: lines are claimed from the store with a lease that a heartbeat renews; a replica that
+dies leaves its lines to lapse and be claimed again (by a restart or another replica). Finishing a
+batch (writing the output/error files) is guarded by a batch-level lease and is idempotent (the file
+ids are derived from the batch id), so a crash while finalizing is repaired by the next replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from tiergate.accounting.pricing import usage_breakdown
+from tiergate.batches.store import BatchStore, Claimed, line_request_id
+from tiergate.wire.errors import GatewayError
+from tiergate.wire.ids import new_id
+
+if TYPE_CHECKING:
+    from tiergate.server.gateway import Gateway
+
+log = logging.getLogger("tiergate.batches")
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    concurrency: int = 4  # lines of one batch in flight at once
+    max_concurrency: int = 8  # lines of all batches in flight at once, per replica
+    max_batches: int = 4  # batches worked on at once, per replica
+    lease_s: float = 30.0  # a claimed line returns to the pool this long after its replica stops heart-beating
+    poll_s: float = 1.0  # how often idle replicas look for work
+    max_attempts: int = 3  # claims of one line (crashes while running it) before it is failed
+    rate_limit_retries: int = 6  # 429/503 from the gateway itself: back off and retry the line this often
+    window_s: float = 24 * 3600.0  # completion_window "24h"
+    forward_upstream: bool = False  # send batches for OpenAI-only models to OpenAI's Batch API
+    run_workers: bool = True  # False: this replica serves the API but runs no batch lines
+
+    @classmethod
+    def from_config(cls, raw: Any) -> BatchSettings:
+        if not raw:
+            return cls()
+        if not isinstance(raw, dict):
+            raise TypeError("batches: expected a mapping, e.g. {concurrency: 4}")
+        allowed = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise ValueError(f"batches.{unknown[0]}: unknown key. Allowed here: {', '.join(sorted(allowed))}")
+        return cls(**raw)
+
+
+async def execute_line(gw: Gateway, endpoint: str, body: dict[str, Any], request_id: str, key: Any,
+                       batch_id: str) -> tuple[int, dict[str, Any]]:
+    """Run one batch request through the live pipeline -> (status code, response body)."""
+    from tiergate.server.chat import CallContext, run_chat
+    from tiergate.wire import responses as wr
+
+    if body.get("stream"):
+        raise GatewayError(400, "stream is not supported in batch requests; remove it from the line body.",
+                           param="stream", code="invalid_value")
+    ctx = CallContext(request_id=request_id, key=key, kind="batch", batch_id=batch_id)
+    if endpoint == "/v1/responses":
+        chat_body = wr.to_chat_request(body)
+        out = await run_chat(gw, chat_body, ctx)
+        return 200, wr.to_response(out.body or {}, body, new_id("resp_"), int(time.time()))
+    out = await run_chat(gw, dict(body), ctx)
+    return out.status, out.body or {}
+
+
+class BatchRunner:
+    def __init__(self, gw: Gateway, store: BatchStore, settings: BatchSettings) -> None:
+        self.gw = gw
+        self.store = store
+        self.settings = settings
+        self.owner = new_id("rep_", 6)
+        self._global = asyncio.Semaphore(settings.max_concurrency)
+        self._workers: dict[str, asyncio.Task] = {}
+        self._inflight: dict[str, Claimed] = {}  # claim+line -> line
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._main(), name="tiergate-batch-runner"),
+                       asyncio.create_task(self._heartbeat(), name="tiergate-batch-heartbeat")]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop claiming, cancel lines in flight and hand them back to the pool at once."""
+        self._stopping = True
+        self._wake.set()
+        workers = list(self._workers.values())
+        for t in [*self._tasks, *workers]:
+            t.cancel()
+        for t in [*self._tasks, *workers]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        claims = sorted({c.claim for c in self._inflight.values()})
+        if claims:
+            with contextlib.suppress(Exception):
+                await self.store.release(claims)
+
+    async def _heartbeat(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(max(0.2, self.settings.lease_s / 3))
+            try:
+                await self.store.heartbeat(self.owner, self.settings.lease_s)
+            except Exception:
+                log.exception("batch heartbeat failed")
+
+    async def _main(self) -> None:
+        while not self._stopping:
+            try:
+                await self._tick()
+            except Exception:
+                log.exception("batch runner tick failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
+
+    async def _tick(self) -> None:
+        for b in await self.store.active_batches():
+            bid = b["id"]
+            if bid in self._workers or len(self._workers) >= self.settings.max_batches:
+                continue
+            if b["mode"] == "upstream":
+                from tiergate.batches.upstream import work_upstream
+
+                coro = work_upstream(self, b)
+            else:
+                coro = self._work(b)
+            task = asyncio.create_task(coro, name=f"tiergate-batch-{bid}")
+            self._workers[bid] = task
+            task.add_done_callback(lambda _t, bid=bid: self._workers.pop(bid, None))
+
+    # ------------------------------------------------------------ one batch
+
+    async def _work(self, b: dict[str, Any]) -> None:
+        bid = b["id"]
+        key = await self._key(b.get("key_id"))
+        running: set[asyncio.Task] = set()
+        s = self.settings
+        try:
+            while not self._stopping:
+                cur = await self.store.get_batch(bid, owner_check=False)
+                if cur is None:
+                    return
+                status = cur["status"]
+                if status == "in_progress" and cur["expires_at"] and time.time() > cur["expires_at"]:
+                    await self.store.cancel_pending(bid, "expired")
+                    status = "expiring"
+                if status in ("in_progress",):
+                    free = s.concurrency - len(running)
+                    claimed = await self.store.claim(bid, self.owner, free, s.lease_s, s.max_attempts)
+                    for line in claimed:
+                        running.add(asyncio.create_task(self._run_line(cur, key, line)))
+                if running:
+                    _done, running_set = await asyncio.wait(running, timeout=s.poll_s,
+                                                           return_when=asyncio.FIRST_COMPLETED)
+                    running = set(running_set)
+                    continue
+                if status == "cancelling":
+                    await self.store.cancel_pending(bid)
+                await self.store.give_up_stuck(bid, s.max_attempts)
+                counts = await self.store.counts(bid)
+                if counts.get("pending", 0) or counts.get("running", 0):
+                    await asyncio.sleep(s.poll_s)  # other replicas hold lines of this batch
+                    continue
+                await self._finalize(cur, status)
+                return
+        finally:
+            for t in running:
+                t.cancel()
+
+    async def _key(self, key_id: str | None) -> Any:
+        if key_id is None:
+            return None
+        from tiergate.accounting.keys import MASTER
+
+        if key_id == MASTER.id:
+            return MASTER
+        return await self.gw.accounting.keys.get(key_id)
+
+    async def _run_line(self, batch: dict[str, Any], key: Any, line: Claimed) -> None:
+        ident = f"{line.claim}:{line.line_no}"
+        self._inflight[ident] = line
+        rid = line_request_id(line.batch_id, line.line_no)
+        try:
+            async with self._global:
+                status, body, err = await self._attempt_line(batch, key, line, rid)
+            ok = err is None and 200 <= status < 300
+            out = {"id": f"batch_req_{rid.removeprefix('breq_')}", "custom_id": line.custom_id,
+                   "response": None if err else {"status_code": status, "request_id": rid, "body": body},
+                   "error": err}
+            usage = usage_breakdown(body.get("usage")) if ok and isinstance(body, dict) else None
+            await self.store.finish_line(line, ok=ok, status_code=status, result=out, usage=usage)
+        finally:
+            self._inflight.pop(ident, None)
+
+    async def _attempt_line(self, batch: dict[str, Any], key: Any, line: Claimed, rid: str
+                            ) -> tuple[int, dict[str, Any], dict[str, Any] | None]:
+        try:
+            body = orjson.loads(line.body)
+        except orjson.JSONDecodeError:
+            return 400, {}, {"code": "invalid_json", "message": "the line's body is not valid JSON"}
+        delay = 1.0
+        for attempt in range(self.settings.rate_limit_retries + 1):
+            try:
+                status, resp = await execute_line(self.gw, batch["endpoint"], body, rid, key, batch["id"])
+                return status, resp, None
+            except GatewayError as e:
+                transient = (e.status == 429 and e.code != "insufficient_quota") or e.status == 503
+                if transient and attempt < self.settings.rate_limit_retries and not self._stopping:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+                return e.status, e.to_dict(), None
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.exception("batch %s line %s failed", batch["id"], line.line_no)
+                return 500, {}, {"code": "internal_error", "message": f"the gateway failed on this line ({type(e).__name__})"}
+        return 500, {}, {"code": "internal_error", "message": "unreachable"}
+
+    # ------------------------------------------------------------ finishing
+
+    async def _finalize(self, b: dict[str, Any], status: str) -> None:
+        bid = b["id"]
+        if not await self.store.take_batch_lease(bid, self.owner, 2 * self.settings.lease_s):
+            return
+        final = {"cancelling": "cancelled", "expiring": "expired"}.get(status, "completed")
+        if status == "in_progress":
+            await self.store.set_status(bid, "finalizing", only_from=("in_progress",))
+        await finalize_files(self.store, bid, b.get("key_id"))
+        fresh = await self.store.get_batch(bid, owner_check=False) or {}
+        await self.store.set_status(bid, final, only_from=("in_progress", "finalizing", "cancelling"),
+                                    output_file_id=fresh.get("output_file_id"),
+                                    error_file_id=fresh.get("error_file_id"))
+        log.info("batch %s %s", bid, final)
+
+
+async def finalize_files(store: BatchStore, batch_id: str, key_id: str | None) -> None:
+    """Write the output file (successful lines) and the error file (failed lines) for a batch, in input
+    order. Idempotent: the file ids are derived from the batch id."""
+    out_lines: list[bytes] = []
+    err_lines: list[bytes] = []
+    rid_base = batch_id.removeprefix("batch_")
+    for r in await store.results(batch_id):
+        if r["state"] == "done":
+            out_lines.append(r["result"].encode())
+        elif r["state"] == "failed":
+            res = r["result"] or orjson.dumps({
+                "id": f"batch_req_{rid_base}_{r['line_no']}", "custom_id": r["custom_id"], "response": None,
+                "error": {"code": "line_failed", "message": "the gateway stopped while running this line "
+                          "too many times; it was not retried again"}}).decode()
+            err_lines.append(res.encode())
+    fields: dict[str, Any] = {}
+    if out_lines:
+        f = await store.create_file(key_id, f"{batch_id}_output.jsonl", "batch_output",
+                                    b"\n".join(out_lines) + b"\n", file_id=f"file-out-{rid_base}")
+        fields["output_file_id"] = f["id"]
+    if err_lines:
+        f = await store.create_file(key_id, f"{batch_id}_error.jsonl", "batch_output",
+                                    b"\n".join(err_lines) + b"\n", file_id=f"file-err-{rid_base}")
+        fields["error_file_id"] = f["id"]
+    if fields:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        await store.db.execute(f"UPDATE batches SET {sets} WHERE id = ?", *fields.values(), batch_id)

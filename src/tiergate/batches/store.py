@@ -1,0 +1,237 @@
+"""Durable state for Files and Batches, on top of the shared `Store` (tables from migration 0100).
+
+Lines are the unit of work. A replica *claims* pending lines with one atomic UPDATE (PostgreSQL adds
+`FOR UPDATE SKIP LOCKED`, SQLite serialises writers), stamping its owner id, a claim token and a lease.
+It renews the lease of everything it holds with one heartbeat UPDATE; a crashed replica's lines come
+back to the pool when their lease lapses. A result is written only by the claim that holds the line
+(`claim = ?` in the WHERE), so a line is finished once. Ledger rows use the line's stable request id,
+so a line re-run after a crash is never billed twice (the ledger ignores a repeated request id).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tiergate.store.base import Store
+from tiergate.wire.ids import new_id
+
+ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+_TS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
+       "cancelled_at")
+
+
+def line_request_id(batch_id: str, line_no: int) -> str:
+    """The stable request id of one batch line (ledger key and `response.request_id`)."""
+    return f"breq_{batch_id.removeprefix('batch_')}_{line_no}"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    batch_id: str
+    line_no: int
+    custom_id: str
+    body: str
+    claim: str
+    attempts: int
+
+
+class BatchStore:
+    def __init__(self, store: Store) -> None:
+        self.db = store
+
+    # ------------------------------------------------------------ files
+
+    async def create_file(self, key_id: str | None, filename: str, purpose: str, content: bytes,
+                          file_id: str | None = None) -> dict[str, Any]:
+        fid = file_id or new_id("file-", 12)
+        now = time.time()
+        await self.db.execute(
+            "INSERT INTO files (id, key_id, filename, purpose, bytes, created_at, expires_at, content) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            fid, key_id, filename, purpose, len(content), now, None, content)
+        return await self.get_file(fid, None, owner_check=False)  # type: ignore[return-value]
+
+    async def get_file(self, file_id: str, key_id: str | None, *, owner_check: bool = True) -> dict[str, Any] | None:
+        row = await self.db.fetchone(
+            "SELECT id, key_id, filename, purpose, bytes, created_at, expires_at FROM files WHERE id = ?", file_id)
+        if row is None or (owner_check and not _visible(row, key_id)):
+            return None
+        return row
+
+    async def file_content(self, file_id: str) -> bytes:
+        row = await self.db.fetchone("SELECT content FROM files WHERE id = ?", file_id)
+        return bytes(row["content"]) if row else b""
+
+    async def list_files(self, key_id: str | None, purpose: str | None = None) -> list[dict[str, Any]]:
+        rows = await self.db.fetch("SELECT id, key_id, filename, purpose, bytes, created_at, expires_at FROM files "
+                                   "ORDER BY created_at DESC")
+        return [r for r in rows if _visible(r, key_id) and (purpose is None or r["purpose"] == purpose)]
+
+    async def delete_file(self, file_id: str) -> bool:
+        return await self.db.execute("DELETE FROM files WHERE id = ?", file_id) > 0
+
+    # ------------------------------------------------------------ batches
+
+    async def create_batch(self, *, key_id: str | None, endpoint: str, input_file_id: str, window_s: float,
+                           metadata: dict[str, Any] | None, lines: list[tuple[str, str]],
+                           errors: list[dict[str, Any]] | None = None, mode: str = "local",
+                           upstream: dict[str, Any] | None = None) -> str:
+        """Store a new batch and its lines. With `errors` the batch is born `failed` (validation)."""
+        bid = new_id("batch_", 12)
+        now = time.time()
+        if not errors and lines:
+            await self.db.executemany(
+                "INSERT INTO batch_lines (batch_id, line_no, custom_id, body) VALUES (?, ?, ?, ?)",
+                [(bid, i, cid, body) for i, (cid, body) in enumerate(lines)])
+        status = "failed" if errors else "in_progress"
+        await self.db.execute(
+            "INSERT INTO batches (id, key_id, endpoint, input_file_id, completion_window, status, mode, upstream, "
+            "metadata, errors, total, created_at, in_progress_at, expires_at, failed_at) "
+            "VALUES (?, ?, ?, ?, '24h', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            bid, key_id, endpoint, input_file_id, status, mode, _dumps(upstream), _dumps(metadata),
+            _dumps({"object": "list", "data": errors}) if errors else None, 0 if errors else len(lines), now,
+            None if errors else now, now + window_s, now if errors else None)
+        return bid
+
+    async def get_batch(self, batch_id: str, key_id: str | None = None, *, owner_check: bool = True
+                        ) -> dict[str, Any] | None:
+        row = await self.db.fetchone("SELECT * FROM batches WHERE id = ?", batch_id)
+        if row is None or (owner_check and not _visible(row, key_id)):
+            return None
+        return row
+
+    async def list_batches(self, key_id: str | None, after: str | None, limit: int) -> tuple[list[dict], bool]:
+        rows = await self.db.fetch("SELECT * FROM batches ORDER BY created_at DESC, id DESC")
+        rows = [r for r in rows if _visible(r, key_id)]
+        if after:
+            ids = [r["id"] for r in rows]
+            rows = rows[ids.index(after) + 1:] if after in ids else []
+        return rows[:limit], len(rows) > limit
+
+    async def active_batches(self) -> list[dict[str, Any]]:
+        return await self.db.fetch(
+            "SELECT * FROM batches WHERE status IN ('in_progress', 'finalizing', 'cancelling') ORDER BY created_at")
+
+    async def set_status(self, batch_id: str, to: str, *, only_from: tuple[str, ...], **fields: Any) -> bool:
+        """Move a batch to `to` if it is in one of `only_from` (an atomic compare-and-set)."""
+        sets = ["status = ?"]
+        args: list[Any] = [to]
+        ts = f"{to}_at" if f"{to}_at" in _TS else None
+        if ts:
+            sets.append(f"{ts} = ?")
+            args.append(time.time())
+        for k, v in fields.items():
+            sets.append(f"{k} = ?")
+            args.append(v)
+        marks = ", ".join("?" * len(only_from))
+        n = await self.db.execute(f"UPDATE batches SET {', '.join(sets)} WHERE id = ? AND status IN ({marks})",
+                                  *args, batch_id, *only_from)
+        return n > 0
+
+    async def take_batch_lease(self, batch_id: str, owner: str, lease_s: float) -> bool:
+        """Batch-level lease (finalizing, upstream polling): one replica at a time."""
+        now = time.time()
+        n = await self.db.execute(
+            "UPDATE batches SET lease_owner = ?, lease_until = ? WHERE id = ? AND "
+            "(lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)", owner, now + lease_s, batch_id, owner, now)
+        return n > 0
+
+    async def update_upstream(self, batch_id: str, upstream: dict[str, Any]) -> None:
+        await self.db.execute("UPDATE batches SET upstream = ? WHERE id = ?", _dumps(upstream), batch_id)
+
+    # ------------------------------------------------------------ lines
+
+    async def claim(self, batch_id: str, owner: str, n: int, lease_s: float, max_attempts: int) -> list[Claimed]:
+        if n <= 0:
+            return []
+        now = time.time()
+        token = new_id("clm_", 8)
+        lock = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
+        await self.db.execute(
+            "UPDATE batch_lines SET state = 'running', owner = ?, claim = ?, lease_until = ?, attempts = attempts + 1, "
+            "updated_at = ? WHERE batch_id = ? AND line_no IN (SELECT line_no FROM batch_lines WHERE batch_id = ? AND "
+            "(state = 'pending' OR (state = 'running' AND lease_until < ?)) AND attempts < ? "
+            f"ORDER BY line_no LIMIT ?{lock})",
+            owner, token, now + lease_s, now, batch_id, batch_id, now, max_attempts, n)
+        rows = await self.db.fetch(
+            "SELECT batch_id, line_no, custom_id, body, claim, attempts FROM batch_lines WHERE claim = ? "
+            "AND state = 'running' ORDER BY line_no", token)
+        return [Claimed(**r) for r in rows]
+
+    async def give_up_stuck(self, batch_id: str, max_attempts: int) -> int:
+        """Lines whose lease lapsed `max_attempts` times (they keep killing replicas): fail them."""
+        return await self.db.execute(
+            "UPDATE batch_lines SET state = 'failed', status_code = 500, updated_at = ? WHERE batch_id = ? AND "
+            "state = 'running' AND lease_until < ? AND attempts >= ?", time.time(), batch_id, time.time(),
+            max_attempts)
+
+    async def heartbeat(self, owner: str, lease_s: float) -> int:
+        return await self.db.execute("UPDATE batch_lines SET lease_until = ? WHERE owner = ? AND state = 'running'",
+                                     time.time() + lease_s, owner)
+
+    async def release(self, claims: list[str]) -> None:
+        """Give claimed-but-unfinished lines back (graceful shutdown), without counting an attempt."""
+        for c in claims:
+            await self.db.execute(
+                "UPDATE batch_lines SET state = 'pending', owner = NULL, claim = NULL, lease_until = NULL, "
+                "attempts = attempts - 1 WHERE claim = ? AND state = 'running'", c)
+
+    async def finish_line(self, line: Claimed, *, ok: bool, status_code: int | None, result: dict[str, Any],
+                          usage: dict[str, int] | None) -> bool:
+        u = usage or {}
+        n = await self.db.execute(
+            "UPDATE batch_lines SET state = ?, status_code = ?, result = ?, input_tokens = ?, cached_tokens = ?, "
+            "output_tokens = ?, reasoning_tokens = ?, updated_at = ?, lease_until = NULL "
+            "WHERE batch_id = ? AND line_no = ? AND claim = ? AND state = 'running'",
+            "done" if ok else "failed", status_code, orjson.dumps(result).decode(), u.get("input_tokens", 0),
+            u.get("cached_tokens", 0), u.get("output_tokens", 0), u.get("reasoning_tokens", 0), time.time(),
+            line.batch_id, line.line_no, line.claim)
+        return n > 0
+
+    async def cancel_pending(self, batch_id: str, state: str = "cancelled") -> int:
+        return await self.db.execute("UPDATE batch_lines SET state = ?, updated_at = ? WHERE batch_id = ? AND "
+                                     "state = 'pending'", state, time.time(), batch_id)
+
+    async def counts(self, batch_id: str) -> dict[str, int]:
+        rows = await self.db.fetch("SELECT state, COUNT(*) AS n FROM batch_lines WHERE batch_id = ? GROUP BY state",
+                                   batch_id)
+        return {r["state"]: int(r["n"]) for r in rows}
+
+    async def usage(self, batch_id: str) -> dict[str, int]:
+        row = await self.db.fetchone(
+            "SELECT SUM(input_tokens) AS i, SUM(cached_tokens) AS c, SUM(output_tokens) AS o, "
+            "SUM(reasoning_tokens) AS r FROM batch_lines WHERE batch_id = ?", batch_id) or {}
+        return {k: int(row.get(k) or 0) for k in ("i", "c", "o", "r")}
+
+    async def results(self, batch_id: str) -> list[dict[str, Any]]:
+        return await self.db.fetch("SELECT line_no, custom_id, state, status_code, result FROM batch_lines "
+                                   "WHERE batch_id = ? ORDER BY line_no", batch_id)
+
+    async def lines_needing_upstream_results(self, batch_id: str) -> list[dict[str, Any]]:
+        return await self.db.fetch("SELECT line_no, custom_id, body FROM batch_lines WHERE batch_id = ? "
+                                   "ORDER BY line_no", batch_id)
+
+    async def set_line_result(self, batch_id: str, line_no: int, *, ok: bool, status_code: int | None,
+                              result: dict[str, Any], usage: dict[str, int] | None) -> None:
+        u = usage or {}
+        await self.db.execute(
+            "UPDATE batch_lines SET state = ?, status_code = ?, result = ?, input_tokens = ?, cached_tokens = ?, "
+            "output_tokens = ?, reasoning_tokens = ?, updated_at = ? WHERE batch_id = ? AND line_no = ? "
+            "AND state IN ('pending', 'running')",
+            "done" if ok else "failed", status_code, orjson.dumps(result).decode(), u.get("input_tokens", 0),
+            u.get("cached_tokens", 0), u.get("output_tokens", 0), u.get("reasoning_tokens", 0), time.time(),
+            batch_id, line_no)
+
+
+def _visible(row: dict[str, Any], key_id: str | None) -> bool:
+    """A key sees its own objects; the open gateway (no key) and the master key see everything."""
+    return key_id is None or row.get("key_id") in (None, key_id)
+
+
+def _dumps(v: Any) -> str | None:
+    return None if v is None else orjson.dumps(v).decode()
