@@ -39,7 +39,7 @@ MSG = [{"role": "user", "content": "Say hi"}]
 
 
 def test_keys_lifecycle_and_enforcement(gateway):
-    base, root, admin, _ = gateway
+    base, _, admin, _ = gateway
     r = admin.post("/keys", json={"name": "team-a", "models": ["gpt-4o-mini"], "metadata": {"team": "a"}})
     assert r.status_code == 200, r.text
     created = r.json()
