@@ -186,3 +186,36 @@ def test_error_status_mapping():
     assert wa.map_status(429, "rate_limit_error") == (429, "rate_limit_error")
     assert wa.map_status(500, "api_error") == (500, "api_error")
     assert orjson.loads(orjson.dumps(wa.THINKING_BUDGETS))["high"] == 16384
+
+
+def test_json_schema_becomes_forced_tool_and_comes_back_as_content():
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    body = {"model": "c", "messages": [{"role": "user", "content": "where?"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}}
+    req = wa.to_messages_request(body, "c")
+    name = wa.structured_tool(body)
+    assert req["tools"][-1] == {"name": name, "description": "Give the final answer as this JSON object.",
+                                "input_schema": schema}
+    assert req["tool_choice"] == {"type": "tool", "name": name}
+    _ok(req)
+    msg = {"id": "m", "content": [{"type": "tool_use", "id": "t", "name": name, "input": {"city": "Oslo"}}],
+           "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 2}}
+    out = wa.from_message(msg, structured=name)
+    assert out["choices"][0]["message"]["content"] == '{"city":"Oslo"}'
+    assert out["choices"][0]["finish_reason"] == "stop" and "tool_calls" not in out["choices"][0]["message"]
+    tr = wa.StreamTranslator(model="c", structured=name)
+    evs = [{"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 1}}},
+           {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": name}},
+           {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": '{"ci'}},
+           {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": 'ty":"Oslo"}'}},
+           {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 5}},
+           {"type": "message_stop"}]
+    chunks = [c for e in evs for c in tr.feed(e)]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == '{"city":"Oslo"}'
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    # with thinking the tool cannot be forced: auto + an instruction
+    req = wa.to_messages_request({**body, "reasoning_effort": "low"}, "c")
+    assert req["tool_choice"] == {"type": "auto"} and name in req["system"]
+    _ok(req)
+    req = wa.to_messages_request({**body, "response_format": {"type": "json_object"}}, "c")
+    assert "JSON object" in req["system"] and "tools" not in req

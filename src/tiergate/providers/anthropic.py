@@ -101,14 +101,15 @@ class AnthropicProvider(Provider):
             status, oa_type = wa.map_status(200, (err or {}).get("type"))
             raise UpstreamError(status, f"anthropic: {(err or {}).get('message', 'bad response')}", type=oa_type,
                                 kind="protocol" if err is None else "status")
-        return ChatResult(body=wa.from_message(msg), headers=hdrs)
+        return ChatResult(body=wa.from_message(msg, structured=wa.structured_tool(body)), headers=hdrs)
 
     # ------------------------------------------------------------ streaming
 
     async def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[dict[str, Any]]:
         data = self.build(body, stream=True)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage", True))
-        tr = wa.StreamTranslator(model=str(body.get("model", "")), include_usage=include_usage)
+        tr = wa.StreamTranslator(model=str(body.get("model", "")), include_usage=include_usage,
+                                 structured=wa.structured_tool(body))
         loop = asyncio.get_running_loop()
         deadline = None if timeouts.total is None else loop.time() + timeouts.total
         try:

@@ -42,12 +42,7 @@ FINISH_REASONS = {
     "refusal": "content_filter",
 }
 
-_PASSTHROUGH_IGNORED = {
-    "model", "messages", "stream", "stream_options", "n", "max_tokens", "max_completion_tokens", "stop",
-    "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort", "user",
-    "metadata", "frequency_penalty", "presence_penalty", "logit_bias", "seed", "store", "service_tier",
-    "response_format", "logprobs", "top_logprobs", "prompt_cache_key", "safety_identifier",
-}
+STRUCTURED_TOOL_PREFIX = "json_output_"  # the forced tool that carries a json_schema answer
 
 
 class TranslationError(ValueError):
@@ -225,6 +220,17 @@ def _needs_thinking_block(turns: list[dict[str, Any]]) -> bool:
     return False
 
 
+def structured_tool(body: dict[str, Any]) -> str | None:
+    """The forced tool's name when the body asks for `response_format: json_schema` (Anthropic has no
+    schema-constrained text output, so the schema becomes a tool the model must call; its input is
+    handed back as the message content)."""
+    rf = body.get("response_format")
+    if isinstance(rf, dict) and rf.get("type") == "json_schema":
+        name = str((rf.get("json_schema") or {}).get("name") or "answer")
+        return (STRUCTURED_TOOL_PREFIX + name)[:64]
+    return None
+
+
 def to_messages_request(body: dict[str, Any], model: str) -> dict[str, Any]:
     """Build an Anthropic Messages request body from a Chat Completions body."""
     turns, system = _convert_messages(body.get("messages"))
@@ -249,6 +255,16 @@ def to_messages_request(body: dict[str, Any], model: str) -> dict[str, Any]:
     choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
     if choice is not None and (out.get("tools") or choice["type"] == "none"):
         out["tool_choice"] = choice
+    structured = structured_tool(body)
+    if structured is not None:
+        rf = body["response_format"]["json_schema"]
+        tool = {"name": structured, "description": rf.get("description") or "Give the final answer as this JSON object.",
+                "input_schema": rf.get("schema") or {"type": "object"}}
+        out["tools"] = [*out.get("tools", []), tool]
+        out["tool_choice"] = {"type": "tool", "name": structured}
+    elif (body.get("response_format") or {}).get("type") == "json_object":
+        system.append("Respond with a single JSON object and nothing else.")
+        out["system"] = "\n\n".join(system)
     user = body.get("user") or body.get("safety_identifier")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user[:256]}
@@ -266,6 +282,8 @@ def to_messages_request(body: dict[str, Any], model: str) -> dict[str, Any]:
                 out.pop(k, None)
             if out.get("tool_choice", {}).get("type") in ("any", "tool"):
                 out["tool_choice"] = {"type": "auto"}  # only auto/none are allowed with thinking
+                if structured is not None:
+                    out["system"] = "\n\n".join([*system, f"Give your final answer by calling the {structured} tool."])
     if body.get("stream"):
         out["stream"] = True
     return out
@@ -318,8 +336,9 @@ def chat_id(anthropic_id: str | None) -> str:
     return f"chatcmpl-{anthropic_id}" if anthropic_id else "chatcmpl-anthropic"
 
 
-def from_message(msg: dict[str, Any], model: str | None = None) -> dict[str, Any]:
-    """An Anthropic `Message` -> a `chat.completion` dict."""
+def from_message(msg: dict[str, Any], model: str | None = None, structured: str | None = None) -> dict[str, Any]:
+    """An Anthropic `Message` -> a `chat.completion` dict. `structured`: the forced json_schema tool,
+    whose input becomes the message content."""
     texts: list[str] = []
     thinking: list[str] = []
     thinking_blocks: list[dict[str, Any]] = []
@@ -328,6 +347,8 @@ def from_message(msg: dict[str, Any], model: str | None = None) -> dict[str, Any
         t = block.get("type")
         if t == "text":
             texts.append(block.get("text", ""))
+        elif t == "tool_use" and structured and block.get("name") == structured:
+            texts.append(orjson.dumps(block.get("input") or {}).decode())
         elif t == "tool_use":
             tool_calls.append({"id": block.get("id", ""), "type": "function",
                                "function": {"name": block.get("name", ""),
@@ -345,6 +366,8 @@ def from_message(msg: dict[str, Any], model: str | None = None) -> dict[str, Any
         message["reasoning_content"] = "".join(thinking)
         message["thinking_blocks"] = thinking_blocks
     finish = FINISH_REASONS.get(msg.get("stop_reason") or "end_turn", "stop")
+    if finish == "tool_calls" and not tool_calls:
+        finish = "stop"  # the structured-output tool was the only call
     return {
         "id": chat_id(msg.get("id")),
         "object": "chat.completion",
@@ -365,6 +388,7 @@ class StreamTranslator:
 
     model: str
     include_usage: bool = True
+    structured: str | None = None  # the forced json_schema tool: its input streams as content
     id: str = "chatcmpl-anthropic"
     created: int = field(default_factory=lambda: int(time.time()))
     usage: dict[str, Any] = field(default_factory=dict)
@@ -372,6 +396,7 @@ class StreamTranslator:
     started: bool = False
     _tool_index: dict[int, int] = field(default_factory=dict)  # anthropic block index -> OpenAI tool index
     _thinking: list[str] = field(default_factory=list)
+    _content_blocks: set[int] = field(default_factory=set)  # structured-output tool blocks
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
@@ -387,6 +412,9 @@ class StreamTranslator:
             return [self._chunk({"role": "assistant", "content": ""})]
         if t == "content_block_start":
             block = ev.get("content_block") or {}
+            if block.get("type") == "tool_use" and self.structured and block.get("name") == self.structured:
+                self._content_blocks.add(int(ev.get("index", 0)))
+                return []
             if block.get("type") == "tool_use":
                 idx = len(self._tool_index)
                 self._tool_index[int(ev.get("index", 0))] = idx
@@ -401,6 +429,8 @@ class StreamTranslator:
             dt = d.get("type")
             if dt == "text_delta":
                 return [self._chunk({"content": d.get("text", "")})]
+            if dt == "input_json_delta" and int(ev.get("index", 0)) in self._content_blocks:
+                return [self._chunk({"content": d.get("partial_json", "")})]
             if dt == "input_json_delta":
                 idx = self._tool_index.get(int(ev.get("index", 0)), 0)
                 return [self._chunk({"tool_calls": [{"index": idx,
@@ -414,6 +444,8 @@ class StreamTranslator:
             self.usage.update({k: v for k, v in (ev.get("usage") or {}).items() if v is not None})
             if d.get("stop_reason"):
                 self.finish_reason = FINISH_REASONS.get(d["stop_reason"], "stop")
+                if self.finish_reason == "tool_calls" and not self._tool_index:
+                    self.finish_reason = "stop"
                 return [self._chunk({}, self.finish_reason)]
             return []
         if t == "message_stop":

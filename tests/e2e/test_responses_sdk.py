@@ -1,0 +1,151 @@
+"""`POST /v1/responses` end to end with the official SDK: native for OpenAI deployments (the fake OpenAI
+upstream receives the Responses body unchanged), translated through the chat pipeline for Anthropic
+deployments (the wire-checking fake Anthropic upstream) and for streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import openai
+import pytest
+from pydantic import BaseModel
+
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.helpers import running_gateway
+
+
+class _AnthropicThread:
+    """The fake Anthropic upstream on its own event loop in a thread (the SDK tests are synchronous)."""
+
+    def __init__(self) -> None:
+        self.fake = FakeAnthropic(api_key="sk-ant-e2e")
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> FakeAnthropic:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.fake.start(), self.loop).result(10)
+        return self.fake
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.fake.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    db = tmp_path_factory.mktemp("responses") / "tiergate.db"
+    with FakeOpenAI(api_key="sk-oai-e2e") as up, _AnthropicThread() as ant:
+        cfg = {
+            "models": [
+                {"name": "gpt-4o-mini", "deployments": [{"provider": "openai", "api_base": up.url,
+                                                         "api_key": "env:TG_E2E_OAI"}]},
+                {"name": "o3-mini", "deployments": [{"provider": "openai", "api_base": up.url,
+                                                     "api_key": "env:TG_E2E_OAI"}]},
+                {"name": "claude-3-7-sonnet", "deployments": [{"provider": "anthropic", "api_base": ant.base_url,
+                                                               "api_key": "env:TG_E2E_ANT",
+                                                               "model": "claude-3-7-sonnet-20250219"}]},
+            ],
+            "storage": f"sqlite:///{db}",
+        }
+        with running_gateway(cfg, env={"TG_E2E_OAI": "sk-oai-e2e", "TG_E2E_ANT": "sk-ant-e2e"}) as url:
+            yield openai.OpenAI(base_url=url, api_key="unused", max_retries=0), up, ant
+
+
+def test_native_openai_responses(env):
+    client, up, _ = env
+    up.clear()
+    r = client.responses.create(model="o3-mini", input="hello native", instructions="be brief",
+                                reasoning={"effort": "low"}, max_output_tokens=200)
+    sent = up.last
+    assert sent.path.endswith("/responses")
+    assert sent.body["input"] == "hello native" and sent.body["instructions"] == "be brief"
+    assert sent.body["reasoning"] == {"effort": "low"} and sent.headers["authorization"] == "Bearer sk-oai-e2e"
+    assert r.object == "response" and r.output_text
+    raw = client.responses.with_raw_response.create(model="o3-mini", input="x")
+    assert raw.headers["x-tiergate-responses"] == "native" and float(raw.headers["x-tiergate-cost-usd"]) > 0
+
+
+def test_translated_stream_from_openai_chat(env):
+    client, up, _ = env
+    up.clear()
+    events = list(client.responses.create(model="gpt-4o-mini", input="one two three", stream=True))
+    types = [e.type for e in events]
+    assert types[0] == "response.created" and types[1] == "response.in_progress"
+    assert types[-1] == "response.completed"
+    assert "response.output_text.delta" in types and "response.output_text.done" in types
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    final = events[-1].response
+    assert final.output_text == "echo: one two three" and final.usage.output_tokens > 0
+    assert up.last.path.endswith("/chat/completions") and up.last.body["stream"] is True
+    with client.responses.stream(model="gpt-4o-mini", input="stream helper") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        got = stream.get_final_response()
+    assert "".join(deltas) == "echo: stream helper" == got.output_text
+
+
+def test_anthropic_through_responses_with_tools_and_reasoning(env):
+    client, _, ant = env
+    ant.problems.clear()
+    tools = [{"type": "function", "name": "lookup", "description": "find things",
+              "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}]
+    r = client.responses.create(model="claude-3-7-sonnet", input="find the answer", tools=tools,
+                                reasoning={"effort": "medium"}, instructions="use tools")
+    assert ant.problems == []
+    sent = ant.requests[-1]
+    assert sent["model"] == "claude-3-7-sonnet-20250219" and sent["system"] == "use tools"
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 4096}
+    call = next(o for o in r.output if o.type == "function_call")
+    assert call.name == "lookup" and call.arguments == '{"q":"test"}'
+    assert r.usage.output_tokens_details.reasoning_tokens > 0
+    r2 = client.responses.create(model="claude-3-7-sonnet", tools=tools, input=[
+        {"role": "user", "content": "find the answer"},
+        {"type": "function_call", "call_id": call.call_id, "name": "lookup", "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "42"}])
+    assert ant.problems == [] and r2.status == "completed" and r2.output_text.startswith("echo:")
+
+
+def test_anthropic_stream_and_structured_output(env):
+    client, _, ant = env
+    ant.problems.clear()
+
+    class Place(BaseModel):
+        city: str
+
+    parsed = client.responses.parse(model="claude-3-7-sonnet", input="where?", text_format=Place)
+    assert parsed.output_parsed == Place(city="test")
+    with client.responses.stream(model="claude-3-7-sonnet", input="alpha beta") as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text == "echo: alpha beta" == final.output_text
+    assert ant.problems == []
+
+
+def test_anthropic_chat_completions_via_sdk(env):
+    client, _, ant = env
+    ant.problems.clear()
+    c = client.chat.completions.create(model="claude-3-7-sonnet", messages=[
+        {"role": "system", "content": "s"}, {"role": "user", "content": "hi there"}], temperature=1.5)
+    assert c.choices[0].message.content == "echo: hi there" and ant.requests[-1]["temperature"] == 1.0
+    chunks = list(client.chat.completions.create(model="claude-3-7-sonnet", stream=True,
+                                                 stream_options={"include_usage": True},
+                                                 messages=[{"role": "user", "content": "a b"}]))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "echo: a b"
+    assert chunks[-1].usage.completion_tokens > 0
+    ant.fail_next = [(529, "overloaded_error")]  # overloaded is retryable: the dispatcher tries again
+    before = len(ant.requests)
+    c = client.chat.completions.create(model="claude-3-7-sonnet", messages=[{"role": "user", "content": "retry"}])
+    assert c.choices[0].message.content == "echo: retry" and len(ant.requests) == before + 2
+    ant.fail_next = [(400, "invalid_request_error")]  # a client error is not retried and keeps its status
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="claude-3-7-sonnet", messages=[{"role": "user", "content": "x"}])
+
+
+def test_previous_response_id_refused(env):
+    client, _, _ = env
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="gpt-4o-mini", input="x", previous_response_id="resp_123")
+    assert "previous_response_id" in str(e.value)
