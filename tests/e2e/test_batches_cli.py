@@ -1,0 +1,48 @@
+"""`tiergate batch submit --wait | status | results | list | cancel` against a real gateway (sim models)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import running_gateway
+from tiergate.cli import main
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory):
+    db = tmp_path_factory.mktemp("cli") / "tiergate.db"
+    cfg = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]}], "storage": f"sqlite:///{db}",
+           "batches": {"poll_s": 0.1}}
+    with running_gateway(cfg) as url:
+        yield url.removesuffix("/v1")
+
+
+def test_submit_wait_status_results(base_url, tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps({"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+                                         "body": {"model": "gpt-4o-mini",
+                                                  "messages": [{"role": "user", "content": f"hi {i}"}]}})
+                             for i in range(4)))
+    assert main(["batch", "submit", str(src), "--url", base_url, "--wait", "--metadata", "team=ml"]) == 0
+    out, err = capsys.readouterr()
+    bid = out.strip()
+    assert bid.startswith("batch_") and "completed" in err and "4/4 done" in err and "req" in err  # progress bar
+    assert main(["batch", "status", bid, "--url", base_url]) == 0
+    assert "completed  4/4 done, 0 failed" in capsys.readouterr().out
+    dest = tmp_path / "out.jsonl"
+    assert main(["batch", "results", bid, "--url", base_url, "-o", str(dest)]) == 0
+    got = sorted(json.loads(x)["custom_id"] for x in dest.read_text().splitlines())
+    assert got == ["q0", "q1", "q2", "q3"]
+    assert main(["batch", "list", "--url", base_url]) == 0
+    assert bid in capsys.readouterr().out
+    assert main(["batch", "cancel", bid, "--url", base_url]) == 2  # finished batches cannot be cancelled
+    assert "Cannot cancel" in capsys.readouterr().err
+
+
+def test_bad_input_reports_line_errors(base_url, tmp_path, capsys):
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"custom_id": "a", "method": "GET", "url": "/v1/chat/completions", "body": {"model": "m"}}\n')
+    assert main(["batch", "submit", str(src), "--url", base_url]) == 1
+    assert "line 1: invalid_method" in capsys.readouterr().err
