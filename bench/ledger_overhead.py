@@ -1,8 +1,10 @@
-"""How much time `LedgerWriter.record()` adds to a request (the hot path), per storage backend.
+"""How much time accounting adds to a request (the hot path), per backend.
 
-Records N realistic ledger rows, timing each `record()` call (the journal append + enqueue), while the
-background flusher writes batches to the store on the same event loop, as in the server. Prints a
-table of per-call latency and the end-to-end rate at which rows reach the store.
+1. `LedgerWriter.record()`: records N realistic ledger rows, timing each call (journal append +
+   enqueue) while the background flusher writes batches to the store on the same event loop, as in
+   the server. Reports per-call latency and the rate at which rows reach the store.
+2. `authenticate + admit + settle` for a virtual key with a budget, RPM and TPM, sequentially (one
+   request at a time), for each counter backend: in-process, PostgreSQL row locks, Redis Lua.
 
     python bench/ledger_overhead.py [--rows 20000] [--pg postgresql://postgres@127.0.0.1/test]
 """
@@ -58,11 +60,45 @@ async def bench(url: str, rows: int, jdir: Path) -> dict:
     }
 
 
+async def bench_admission(storage: str, redis: str | None, n: int, jdir: Path) -> dict:
+    from tiergate.accounting.service import Accounting
+    from tiergate.config import parse_config
+
+    raw = {"models": [{"name": "m", "deployments": [{"provider": "sim"}]}], "storage": storage}
+    if redis:
+        raw["redis"] = redis
+    acc = await Accounting.start(parse_config(raw, env={"TIERGATE_MASTER_KEY": "mk-bench"}), journal_dir=jdir)
+    try:
+        _, secret = await acc.keys.create("bench", budget_usd=1e6, rpm=10**9, tpm=10**12)
+        header = f"Bearer {secret}"
+        lat = []
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            key = await acc.authenticate(header)
+            adm = await acc.admit(key, "m", 800, 0.01, 1800)
+            await acc.settle(adm, 0.002, 1000)
+            lat.append(time.perf_counter_ns() - t0)
+        lat.sort()
+        name = type(acc.budget).__name__.replace("Budget", "").replace("Store", "PostgreSQL")
+        return {"counters": name.lower() or "?", "n": n, "p50_us": lat[n // 2] / 1000,
+                "p99_us": lat[int(n * 0.99)] / 1000}
+    finally:
+        if acc.store.dialect == "postgresql":
+            await acc.store.execute("DROP SCHEMA IF EXISTS " + storage.rsplit("schema=", 1)[1] + " CASCADE")
+        if acc.redis is not None:
+            keys = [k async for k in acc.redis.scan_iter(redis.rsplit("prefix=", 1)[1] + "*")]
+            if keys:
+                await acc.redis.delete(*keys)
+        await acc.close()
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=20000)
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test",
                     help="PostgreSQL URL ('' to skip)")
+    ap.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL ('' to skip)")
+    ap.add_argument("--admissions", type=int, default=2000)
     a = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,6 +110,20 @@ async def main() -> None:
     for r in results:
         print(f"{r['backend']:<11} {r['rows']:>7} {r['p50_us']:>14.1f} {r['p99_us']:>8.1f} {r['mean_us']:>8.1f}"
               f" {r['rows_per_s_to_store']:>16,.0f}")
+    adm = []
+    with tempfile.TemporaryDirectory() as tmp:
+        adm.append(await bench_admission(f"sqlite:///{tmp}/a.db", None, a.admissions, Path(tmp) / "j1"))
+        if a.pg:
+            adm.append(await bench_admission(f"{a.pg}?schema=tg_bench_{secrets.token_hex(4)}", None, a.admissions,
+                                             Path(tmp) / "j2"))
+            if a.redis:
+                adm.append(await bench_admission(f"{a.pg}?schema=tg_bench_{secrets.token_hex(4)}",
+                                                 f"{a.redis}?prefix=tgbench{secrets.token_hex(4)}:", a.admissions,
+                                                 Path(tmp) / "j3"))
+    print()
+    print(f"{'counters':<11} {'requests':>8} {'auth+admit+settle p50 µs':>25} {'p99 µs':>8}")
+    for r in adm:
+        print(f"{r['counters']:<11} {r['n']:>8} {r['p50_us']:>25.1f} {r['p99_us']:>8.1f}")
 
 
 if __name__ == "__main__":

@@ -230,6 +230,12 @@ class RedisBudget(Budget):
         return int(float(spent)) / NANO, int(float(reserved)) / NANO
 
 
+# Counter transactions skip the commit fsync: atomicity and isolation are unchanged; a crash of the
+# PostgreSQL server itself could forget the last few hundred ms of counter updates (the ledger, written
+# with full durability, still has every row). Halves the time a reservation takes.
+_NO_SYNC = "SET LOCAL synchronous_commit = off"
+
+
 class StoreBudget(Budget):
     """Counters in PostgreSQL (`budget_usage`, `budget_reservations`) for replicas without Redis: the
     key's period row is locked (SELECT … FOR UPDATE) for the check-and-add."""
@@ -249,6 +255,7 @@ class StoreBudget(Budget):
                                 key.id, period) is None:
                 seed = to_nano(await self.seed(key.id, start))
             async with c.transaction():
+                await c.execute(_NO_SYNC)
                 if seed is not None:
                     await c.execute("INSERT INTO budget_usage (key_id, period, spent_nusd) VALUES ($1, $2, $3) "
                                     "ON CONFLICT DO NOTHING", key.id, period, seed)
@@ -267,6 +274,7 @@ class StoreBudget(Budget):
 
     async def settle(self, res: Reservation, cost_usd: float) -> None:
         async with self.store.pool.acquire() as c, c.transaction():
+            await c.execute(_NO_SYNC)
             await c.execute("UPDATE budget_usage SET spent_nusd = spent_nusd + $3 WHERE key_id = $1 AND period = $2",
                             res.key_id, res.period, to_nano(cost_usd))
             await c.execute("DELETE FROM budget_reservations WHERE id = $1", res.id)

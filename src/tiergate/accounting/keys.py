@@ -88,7 +88,7 @@ def validate_fields(fields: dict[str, Any]) -> dict[str, Any]:
             if v not in PERIODS:
                 raise GatewayError(400, f"`budget_period` must be one of {', '.join(PERIODS)}.", param=k)
         elif k in ("rpm", "tpm"):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**53):
                 raise GatewayError(400, f"`{k}` must be a positive integer or null (no limit).", param=k)
         elif k == "models":
             if v is not None and (not isinstance(v, list) or not all(isinstance(m, str) for m in v)):

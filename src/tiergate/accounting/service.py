@@ -129,7 +129,7 @@ class Accounting:
             limiter = InProcessRateLimiter()
             cache = MemoryCache(ttl, int(cache_cfg.get("max_entries", 10_000)))
             if store.dialect == "postgresql":
-                log.warning("storage is PostgreSQL but no redis: is configured: budgets are shared through "
+                log.warning("storage is PostgreSQL but no `redis:` is configured: budgets are shared through "
                             "PostgreSQL, rate limits and the cache are per replica")
         if cache_cfg.get("enabled") is False:
             cache = None
