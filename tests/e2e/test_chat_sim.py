@@ -48,6 +48,7 @@ def test_plain_completion_with_headers(client):
     assert raw.headers["x-tiergate-deployment"] == "gpt-4o-mini/0"
     assert float(raw.headers["x-tiergate-cost-usd"]) > 0
     assert raw.headers["x-request-id"]
+    assert raw.headers["x-tiergate-simulated"] == "true"
 
 
 def test_stream_without_usage_sends_no_usage_chunk(client):

@@ -19,6 +19,7 @@ from tiergate.accounting.tokens import count_messages, count_text
 from tiergate.catalog.shaping import check_capabilities, shape_request
 from tiergate.dispatch.errors import ContextWindowExceeded
 from tiergate.providers.base import Timeouts, UpstreamError
+from tiergate.providers.registry import provider_class
 from tiergate.server import routing_glue
 from tiergate.server.escalation import next_candidate_up, unusable_reason
 from tiergate.wire import sse
@@ -199,13 +200,12 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
             headers["x-tiergate-dropped-params"] = ",".join(d.dropped_params)
         if d.fallback_from:
             headers["x-tiergate-fallback"] = f"{d.fallback_from}->{d.model}"
+        headers.update(provider_class(d.deployment.provider).response_headers)  # e.g. the simulator's label
         if not stream:
             result = d.result.body
             usage = result.get("usage")
             cost = cost_usd(usage, served_info, batch=ctx.batch_pricing) if usage else 0.0
             headers["x-tiergate-cost-usd"] = f"{cost:.8f}"
-            if d.result.headers.get("x-tiergate-simulated"):
-                headers["x-tiergate-simulated"] = "true"
             reason = None
             if route_info is not None and _escalated_from is None and gw.config.routing.escalate:
                 reason = unusable_reason(body, result)
