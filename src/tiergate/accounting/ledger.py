@@ -31,8 +31,6 @@ from tiergate.store.base import LEDGER_COLUMNS, Store
 
 log = logging.getLogger("tiergate.ledger")
 
-STATUSES = frozenset({"ok", "error", "failed_attempt", "client_disconnected", "cache_hit"})
-KINDS = frozenset({"chat", "responses", "batch", "embeddings", "messages"})
 _INT = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "attempt")
 _COLUMNS = frozenset(LEDGER_COLUMNS)
 _MAX_ERROR = 2000
