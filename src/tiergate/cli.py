@@ -45,9 +45,6 @@ def _startup_banner(config, args) -> None:
     if "sim" in providers:
         print("tiergate: the `sim` provider is a SIMULATOR: its answers are synthetic (set OPENAI_API_KEY or "
               "use --config to serve real models)", file=sys.stderr)
-    if config.master_key is None:
-        print("tiergate: no TIERGATE_MASTER_KEY set: the gateway is OPEN (no API keys required). Set "
-              "TIERGATE_MASTER_KEY to require virtual keys.", file=sys.stderr)
     print(f"tiergate: storage {config.storage.split('@')[-1] if '@' in config.storage else config.storage}; "
           f"listening on http://{args.host}:{args.port}/v1", file=sys.stderr)
 

@@ -48,6 +48,10 @@ class Gateway:
                 info = catalog.unknown(m.catalog)
                 unpriced.append(m.name)
             infos[m.name] = info
+        from tiergate.accounting.tokens import get_encoding
+
+        for tokenizer in {i.tokenizer for i in infos.values()}:
+            get_encoding(tokenizer)  # build vocabularies now, not on the first request (~0.2 s each)
         accounting = await Accounting.start(config)
         session_factory = SharedSession()
         metrics = Metrics()
