@@ -144,9 +144,18 @@ class BatchRunner:
                 coro = work_upstream(self, b)
             else:
                 coro = self._work(b)
-            task = asyncio.create_task(coro, name=f"tiergate-batch-{bid}")
+            task = asyncio.create_task(self._logged(coro, bid), name=f"tiergate-batch-{bid}")
             self._workers[bid] = task
             task.add_done_callback(lambda _t, bid=bid: self._workers.pop(bid, None))
+
+    @staticmethod
+    async def _logged(coro: Any, bid: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch %s: worker failed; it is picked up again on the next poll", bid)
 
     # ------------------------------------------------------------ one batch
 

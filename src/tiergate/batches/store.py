@@ -151,13 +151,22 @@ class BatchStore:
             return []
         now = time.time()
         token = new_id("clm_", 8)
-        lock = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
-        await self.db.execute(
-            "UPDATE batch_lines SET state = 'running', owner = ?, claim = ?, lease_until = ?, attempts = attempts + 1, "
-            "updated_at = ? WHERE batch_id = ? AND line_no IN (SELECT line_no FROM batch_lines WHERE batch_id = ? AND "
-            "(state = 'pending' OR (state = 'running' AND lease_until < ?)) AND attempts < ? "
-            f"ORDER BY line_no LIMIT ?{lock})",
-            owner, token, now + lease_s, now, batch_id, batch_id, now, max_attempts, n)
+        if self.db.dialect == "postgresql":
+            # A materialised CTE: an IN (subquery ... LIMIT n FOR UPDATE SKIP LOCKED) may be re-run by the
+            # planner and then claims more than n rows.
+            sql = ("WITH c AS MATERIALIZED (SELECT line_no FROM batch_lines WHERE batch_id = ? AND "
+                   "(state = 'pending' OR (state = 'running' AND lease_until < ?)) AND attempts < ? "
+                   "ORDER BY line_no LIMIT ? FOR UPDATE SKIP LOCKED) "
+                   "UPDATE batch_lines AS b SET state = 'running', owner = ?, claim = ?, lease_until = ?, "
+                   "attempts = b.attempts + 1, updated_at = ? FROM c WHERE b.batch_id = ? AND b.line_no = c.line_no")
+            await self.db.execute(sql, batch_id, now, max_attempts, n, owner, token, now + lease_s, now, batch_id)
+        else:  # SQLite runs one writer at a time: the statement is atomic as it stands
+            await self.db.execute(
+                "UPDATE batch_lines SET state = 'running', owner = ?, claim = ?, lease_until = ?, "
+                "attempts = attempts + 1, updated_at = ? WHERE batch_id = ? AND line_no IN (SELECT line_no FROM "
+                "batch_lines WHERE batch_id = ? AND (state = 'pending' OR (state = 'running' AND lease_until < ?)) "
+                "AND attempts < ? ORDER BY line_no LIMIT ?)",
+                owner, token, now + lease_s, now, batch_id, batch_id, now, max_attempts, n)
         rows = await self.db.fetch(
             "SELECT batch_id, line_no, custom_id, body, claim, attempts FROM batch_lines WHERE claim = ? "
             "AND state = 'running' ORDER BY line_no", token)
