@@ -379,7 +379,8 @@ def start_target(
             f"storage: sqlite:///{workdir / 'tiergate.db'}\n"
         )
         template = args.tiergate_cmd or "tiergate serve --config {config} --host {host} --port {port}"
-        cmd = shlex.split(template.format(config=config, host=HOST, port=port, workers=args.workers))
+        cmd = shlex.split(template.format(config=config, host=HOST, port=port, workers=args.workers,
+                                          upstream=upstream_base))
         if cmd[0] == "tiergate" and shutil.which("tiergate") is None:
             cmd = [sys.executable, "-m", "tiergate.cli", *cmd[1:]]
         env = {"BENCH_UPSTREAM_KEY": "sk-upstream-bench"}
@@ -461,7 +462,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gateway-cpus", default="", help="taskset CPU list for gateways, e.g. 1")
     p.add_argument("--client-cpus", default="", help="taskset CPU list for wrk and the upstream, e.g. 0")
     p.add_argument("--tiergate-cmd", default="",
-                   help="command template; {config} {host} {port} {workers} are filled in")
+                   help="command template; {config} {host} {port} {workers} {upstream} are filled in")
     p.add_argument("--litellm-venv", default=str(HERE / ".litellm-venv"))
     p.add_argument("--ready-timeout", type=float, default=120.0)
     p.add_argument("--json-out", default="", help="also write the cells as JSON here")
