@@ -46,6 +46,7 @@ class BatchSettings:
     window_s: float = 24 * 3600.0  # completion_window "24h"
     forward_upstream: bool = False  # send batches for OpenAI-only models to OpenAI's Batch API
     run_workers: bool = True  # False: this replica serves the API but runs no batch lines
+    upstream_poll_s: float = 30.0  # how often a forwarded batch is polled upstream
 
     @classmethod
     def from_config(cls, raw: Any) -> BatchSettings:
@@ -275,8 +276,8 @@ async def finalize_files(store: BatchStore, batch_id: str, key_id: str | None) -
         elif r["state"] == "failed":
             res = r["result"] or orjson.dumps({
                 "id": f"batch_req_{rid_base}_{r['line_no']}", "custom_id": r["custom_id"], "response": None,
-                "error": {"code": "line_failed", "message": "the gateway stopped while running this line "
-                          "too many times; it was not retried again"}}).decode()
+                "error": {"code": "line_failed", "message": "no result was produced for this line (the gateway "
+                          "stopped while running it too many times, or the upstream batch returned none)"}}).decode()
             err_lines.append(res.encode())
     fields: dict[str, Any] = {}
     if out_lines:

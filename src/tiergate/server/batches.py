@@ -78,12 +78,22 @@ async def batch_object(gw: Gateway, row: dict[str, Any]) -> dict[str, Any]:
         **{k: _ts(row.get(k)) for k in ("in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
                                          "expired_at", "cancelling_at", "cancelled_at")},
         "request_counts": {"total": total, "completed": counts.get("done", 0), "failed": counts.get("failed", 0)},
+        **_upstream_view(row),
         "metadata": orjson.loads(row["metadata"]) if row.get("metadata") else None,
         "usage": {"input_tokens": u["i"], "input_tokens_details": {"cached_tokens": u["c"]},
                   "output_tokens": u["o"], "output_tokens_details": {"reasoning_tokens": u["r"]},
                   "total_tokens": u["i"] + u["o"]},
     }
     return obj
+
+
+def _upstream_view(row: dict[str, Any]) -> dict[str, Any]:
+    """While a forwarded batch runs upstream, its progress is the upstream's."""
+    if row.get("mode") != "upstream" or not row.get("upstream") or row["status"] in ("completed", "cancelled",
+                                                                                        "expired", "failed"):
+        return {}
+    rc = orjson.loads(row["upstream"]).get("request_counts")
+    return {"request_counts": rc} if rc else {}
 
 
 def parse_input(content: bytes, endpoint: str) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
@@ -225,7 +235,8 @@ async def cancel_batch(request: Request) -> Response:
         if row["status"] in ("completed", "failed", "expired"):
             raise GatewayError(400, f"Cannot cancel a batch with status '{row['status']}'.", code="batch_not_cancellable")
         if await bs.set_status(row["id"], "cancelling", only_from=("validating", "in_progress")):
-            await bs.cancel_pending(row["id"])
+            if row["mode"] != "upstream":  # forwarded batches keep their lines until the upstream answers
+                await bs.cancel_pending(row["id"])
             runner = gw.extras.get("batch_runner")
             if runner is not None:
                 runner.wake()
