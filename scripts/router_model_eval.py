@@ -107,7 +107,6 @@ def lcb(cfg, rows, X, targets):
 
     lcb_idx = np.array([i for i, r in enumerate(rows) if r.source.startswith("livecodebench")])
     f_all = folds_by_prompt(rows, lcb_idx)
-    fold = {int(i): int(k) for i, k in zip(lcb_idx, f_all, strict=True)}
     other = np.array([i for i, r in enumerate(rows) if not r.source.startswith("livecodebench")])
     preds: dict[int, dict[str, float]] = {}
     for k in range(5):

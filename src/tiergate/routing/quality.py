@@ -38,6 +38,8 @@ ARTIFACTS_DIR = Path(__file__).parent / "artifacts"
 FORMAT_VERSION = 1
 #: Mixed into the benchmark-resemblance probabilities so no file is ever ruled out entirely.
 SOURCE_SMOOTHING = 0.05
+#: Rows per outcome file used to fit the benchmark-resemblance classifier (a balanced sample).
+SOURCE_CLASSIFIER_ROWS = 1500
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,12 @@ class QualityModel:
         self.W: np.ndarray | None = None
         self.b: np.ndarray | None = None
         self.n_rows: dict[str, int] = {}
+        self.sources: list[str] = []
+        self.C: np.ndarray | None = None
+        self.src_mean: np.ndarray | None = None
+        self.within_std: np.ndarray | None = None
+        self.src_A: np.ndarray | None = None
+        self.src_c: np.ndarray | None = None
 
     # ------------------------------------------------------------------------------------- features
 
@@ -169,6 +177,10 @@ class QualityModel:
 
     def _fit_source_classifier(self, Xs: np.ndarray, S: np.ndarray, progress: bool) -> None:
         """Softmax regression prompt features -> which outcome file (benchmark) it resembles."""
+        rng = np.random.default_rng(self.config.seed)
+        keep = np.concatenate([rng.permutation(np.flatnonzero(S[:, j]))[:SOURCE_CLASSIFIER_ROWS]
+                               for j in range(S.shape[1])])
+        Xs, S = Xs[keep], S[keep]
         d, k = Xs.shape[1], S.shape[1]
         rw = 1.0 / S.sum(axis=0)  # balance the files
         w = (S * rw).sum(axis=1, keepdims=True)
@@ -189,10 +201,18 @@ class QualityModel:
         return (1 - SOURCE_SMOOTHING) * P + SOURCE_SMOOTHING / P.shape[1]
 
     def _train(self, X: np.ndarray, S: np.ndarray, Y: np.ndarray, M: np.ndarray, progress: bool) -> None:
+        """Adam on the observed cells only, grouped by candidate (a few ms per step)."""
         cfg = self.config
         rng = np.random.default_rng(cfg.seed)
         d, m, k = X.shape[1], Y.shape[1], S.shape[1]
-        mean_y = np.clip((Y * M).sum(0) / np.maximum(M.sum(0), 1e-12), 0.02, 0.98)
+        cell_j, cell_i = np.nonzero(M.T)  # sorted by candidate
+        Xc = np.ascontiguousarray(X[cell_i], dtype=np.float32)
+        yc, wc = Y[cell_i, cell_j], M[cell_i, cell_j]
+        src = S.argmax(axis=1)[cell_i]
+        bounds = np.searchsorted(cell_j, np.arange(m + 1))
+        segs = [slice(bounds[j], bounds[j + 1]) for j in range(m)]
+        flat = src * m + cell_j
+        mean_y = np.clip(np.bincount(cell_j, yc * wc, m) / np.maximum(np.bincount(cell_j, wc, m), 1e-12), 0.02, 0.98)
         params = {
             "V": (rng.standard_normal((d, cfg.rank)) * 0.01).astype(np.float32),
             "C": (rng.standard_normal((k, cfg.rank)) * 0.01).astype(np.float32),
@@ -207,14 +227,22 @@ class QualityModel:
             from tqdm import tqdm
 
             steps = tqdm(steps, desc="fit quality model", leave=False)
+        logit = np.empty(len(yc), dtype=np.float32)
         for _ in steps:
             V, C, U, W, b = (params[n] for n in ("V", "C", "U", "W", "b"))
-            Z = X @ V + S @ C
-            P = _sigmoid(Z @ U.T + X @ W.T + b)
-            G = M * (P - Y)  # d(loss)/d(logit), loss = weighted mean BCE
-            GU = G @ U
-            grads = {"V": X.T @ GU, "C": S.T @ GU, "U": G.T @ Z, "W": G.T @ X, "b": G.sum(axis=0)}
-            grads = {n: g + 2 * l2[n] * params[n] for n, g in grads.items()}
+            E = V @ U.T + W.T  # (d, m): each candidate's effective weights on the features
+            CS = C @ U.T  # (k, m): benchmark term
+            for j, sl in enumerate(segs):
+                logit[sl] = Xc[sl] @ E[:, j]
+            logit += CS.ravel()[flat] + b[cell_j]
+            g = (wc * (_sigmoid(logit) - yc)).astype(np.float32)
+            gE = np.empty((d, m), dtype=np.float32)
+            for j, sl in enumerate(segs):
+                gE[:, j] = g[sl] @ Xc[sl]
+            gCS = np.bincount(flat, g, k * m).reshape(k, m).astype(np.float32)
+            grads = {"V": gE @ U, "C": gCS @ U, "U": gE.T @ V + gCS.T @ C, "W": gE.T,
+                     "b": np.bincount(cell_j, g, m).astype(np.float32)}
+            grads = {n: gr + 2 * l2[n] * params[n] for n, gr in grads.items()}
             params = opt.step(params, grads)
         self.V, self.C, self.U, self.W, self.b = (params[n] for n in ("V", "C", "U", "W", "b"))
 
@@ -266,11 +294,13 @@ class QualityModel:
         directory.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(
             directory / "quality.npz",
-            mean=self.mean, std=self.std, V=self.V, U=self.U, W=self.W.astype(np.float16), b=self.b,
+            mean=self.mean, std=self.std, V=self.V, C=self.C, U=self.U, W=self.W.astype(np.float16), b=self.b,
+            src_mean=self.src_mean, within_std=self.within_std, src_A=self.src_A, src_c=self.src_c,
         )
         meta: dict[str, Any] = {
             "format": FORMAT_VERSION,
             "candidates": self._keys,
+            "sources": self.sources,
             "n_rows": self.n_rows,
             "config": self.config.__dict__,
             "features": self.extractor.names[: len(self.mean)] if self._extractor else None,
@@ -290,8 +320,32 @@ class QualityModel:
         model = cls(FeatureExtractor(StaticEmbedder.load(emb_dir)), FitConfig(**meta["config"]))
         with np.load(directory / "quality.npz") as z:
             model.mean, model.std = z["mean"], z["std"]
-            model.V, model.U, model.b = z["V"], z["U"], z["b"]
+            model.V, model.C, model.U, model.b = z["V"], z["C"], z["U"], z["b"]
             model.W = z["W"].astype(np.float32)
+            model.src_mean, model.within_std = z["src_mean"], z["within_std"]
+            model.src_A, model.src_c = z["src_A"], z["src_c"]
+        model.sources = list(meta["sources"])
         model._keys = list(meta["candidates"])
         model.n_rows = dict(meta.get("n_rows", {}))
         return model
+
+
+def train_default(
+    out_dir: str | Path,
+    progress: bool = True,
+    paths: Sequence[str | Path] | None = None,
+    config: FitConfig | None = None,
+) -> QualityModel:
+    """Fit the quality model on outcome files (default: every dev file in shared/data) and save it,
+    with the embedding artefacts, to `out_dir` (what `tiergate router train` runs)."""
+    from tiergate.routing.data import dev_files, load_outcomes
+
+    files = list(paths) if paths else dev_files()
+    rows = load_outcomes(files)
+    model = QualityModel(config=config)
+    if progress:
+        print(f"features for {len(rows)} prompts ...", flush=True)
+    X = model.features([r.prompt for r in rows])
+    model.fit(rows, progress=progress, features=X)
+    model.save(out_dir)
+    return model
