@@ -153,3 +153,22 @@ def test_responses_endpoint_batch(env):
     out = json.loads(client.files.content(b.output_file_id).text)
     body = out["response"]["body"]
     assert body["object"] == "response" and body["output"][0]["content"][0]["text"] == "echo: hello batch"
+
+
+def test_files_list_delete_and_expiry(tmp_path):
+    cfg = {"models": [{"name": "slow", "catalog": "gpt-4o-mini", "deployments": [
+        {"provider": "sim", "options": {"latency_ms": 200}}]}],
+        "storage": f"sqlite:///{tmp_path / 'tg.db'}",
+        "batches": {"concurrency": 1, "poll_s": 0.05, "window_s": 0.6}}
+    with running_gateway(cfg) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        lines = [_line(f"e{i}", "slow", f"q {i}") for i in range(20)]
+        f = client.files.create(file=("e.jsonl", _jsonl(lines)), purpose="batch")
+        assert f.id in [x.id for x in client.files.list(purpose="batch").data]
+        b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        b = _wait(client, b.id, ("expired",), timeout=20)
+        assert 0 < b.request_counts.completed < 20 and b.expired_at
+        assert len(client.files.content(b.output_file_id).text.splitlines()) == b.request_counts.completed
+        assert client.files.delete(f.id).deleted
+        with pytest.raises(openai.NotFoundError):
+            client.files.retrieve(f.id)

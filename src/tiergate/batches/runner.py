@@ -228,6 +228,12 @@ class BatchRunner:
             body = orjson.loads(line.body)
         except orjson.JSONDecodeError:
             return 400, {}, {"code": "invalid_json", "message": "the line's body is not valid JSON"}
+        if key is not None and getattr(key, "revoked_at", None) is not None:
+            e = GatewayError(401, "The API key that created this batch has been revoked.", code="invalid_api_key")
+            return e.status, e.to_dict(), None
+        if batch.get("key_id") and key is None:
+            e = GatewayError(401, "The API key that created this batch no longer exists.", code="invalid_api_key")
+            return e.status, e.to_dict(), None
         delay = 1.0
         for attempt in range(self.settings.rate_limit_retries + 1):
             try:
