@@ -8,6 +8,7 @@ the same commands on their own. Heavy imports (numpy models, matplotlib) happen 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -40,7 +41,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence
 
 
 def _usd(x: float | None) -> str:
-    if x is None:
+    if x is None or math.isnan(x):  # no price
         return "n/a"
     return f"${x:.6f}" if x < 0.01 else f"${x:.4f}"
 
@@ -78,11 +79,15 @@ def _route(args: argparse.Namespace) -> int:
             args.prompt, candidates, policy=args.policy, quality_target=args.quality_target,
             cost_cap_usd=args.max_cost_usd,
         )
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except FileNotFoundError as e:
+        return _err(f"no trained router at {args.router or 'the package artefacts'} ({e.filename} is missing): "
+                    "train one with `tiergate router train --outcomes FILE... --out DIR` and pass --router DIR")
+    except (ValueError, KeyError) as e:
         return _err(str(e).strip("'\""))
+    chosen = getattr(decision.chosen, "candidate", decision.chosen)  # an Assessment (or its key)
     if args.json:
         out = {
-            "chosen": decision.chosen,
+            "chosen": chosen,
             "reason": decision.reason,
             "policy": decision.policy,
             "quality_target": decision.target,
@@ -98,7 +103,7 @@ def _route(args: argparse.Namespace) -> int:
                     "eligible": a.eligible,
                     "ineligible_reason": a.ineligible_reason,
                     "quality_source": a.quality_source,
-                    "chosen": a.candidate == decision.chosen,
+                    "chosen": a.candidate == chosen,
                 }
                 for a in decision.assessments
             ],
@@ -108,7 +113,7 @@ def _route(args: argparse.Namespace) -> int:
     rows = []
     for a in decision.assessments:
         rows.append([
-            ("* " if a.candidate == decision.chosen else "  ") + a.candidate,
+            ("* " if a.candidate == chosen else "  ") + a.candidate,
             "n/a" if a.predicted_quality is None else f"{a.predicted_quality:.3f}",
             _usd(a.est_cost_usd),
             f"{a.prompt_tokens}+{a.est_output_tokens}+{a.est_reasoning_tokens}",
@@ -119,7 +124,7 @@ def _route(args: argparse.Namespace) -> int:
                 rows, right=[False, True, True, True, False, False]))
     target = "none" if decision.target is None else f"{decision.target:g}"
     cap = "none" if decision.cost_cap is None else _usd(decision.cost_cap)
-    print(f"\nchosen: {decision.chosen}  (policy {decision.policy}, quality target {target}, cost cap {cap})")
+    print(f"\nchosen: {chosen}  (policy {decision.policy}, quality target {target}, cost cap {cap})")
     print(f"reason: {decision.reason}")
     return 0
 

@@ -118,21 +118,36 @@ def test_learned_router_kfold_on_real_gsm8k():
     assert tm["apgr"] > tm["random"]["apgr"]
 
 
-def test_route_prints_every_candidate_and_the_choice():
+def test_route_prints_every_candidate_and_the_choice(tmp_path):
     pytest.importorskip("tiergate.routing.router")
     cands = "gpt-4o-mini,o3-mini@low,o3-mini@high"
+    rows = []
+    for i in range(60):
+        hard = i % 2 == 0
+        rows.append(json.dumps({
+            "id": f"r-{i}", "source": "syn", "prompt": ("Prove the theorem " if hard else "Greet ") + f"number {i}",
+            "outcomes": {"gpt-4o-mini": {"score": 0.0 if hard else 1.0}, "o3-mini@low": {"score": float(not hard)},
+                         "o3-mini@high": {"score": 1.0}},
+        }))
+    f = tmp_path / "o.jsonl"
+    f.write_text("\n".join(rows) + "\n")
+    router = tmp_path / "router"
+    t = _cli("router", "train", "--outcomes", str(f), "--out", str(router), "--quiet", timeout=300)
+    assert t.returncode == 0, t.stderr
     r = _cli("route", "Write a Python function that returns the n-th prime number.", "--candidates", cands,
-             "--json")
+             "--router", str(router), "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert {c["candidate"] for c in s["candidates"]} == set(cands.split(","))
     assert s["chosen"] in cands.split(",") and s["reason"]
     assert sum(c["chosen"] for c in s["candidates"]) == 1
     for c in s["candidates"]:
-        assert c["est_cost_usd"] > 0 and c["prompt_tokens"] > 0
-    human = _cli("route", "What is 2+2?", "--candidates", cands, "--policy", "auto:cost")
+        assert c["est_cost_usd"] > 0 and c["prompt_tokens"] > 0 and c["quality_source"] == "learned"
+    human = _cli("route", "What is 2+2?", "--candidates", cands, "--policy", "auto:cost", "--router", str(router))
     assert human.returncode == 0, human.stderr
     assert "chosen:" in human.stdout and "* " in human.stdout and "o3-mini@high" in human.stdout
+    missing = _cli("route", "hi", "--candidates", cands, "--router", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "tiergate router train" in missing.stderr
 
 
 def test_the_tiergate_command_exposes_the_router_commands():
