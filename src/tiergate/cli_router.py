@@ -208,6 +208,9 @@ def render_eval(s: dict[str, Any]) -> str:
         proto += f" (router {info.get('router')})"
     out = [(f"{', '.join(s['sources'])}: {s['n']} prompts, {len(s['candidates'])} candidates, protocol {proto}, "
            f"model {s.get('model')}")]
+    if s.get("protocol") == "fixed":
+        out.append("note: a router scored on rows it was trained on looks better than it is; the packaged router "
+                   "was trained on the dev files, so use --protocol kfold or lobo for out-of-sample figures on them")
     if s.get("excluded_contaminated"):
         out.append(f"left out {s['excluded_contaminated']} prompts RouteLLM marks contaminated "
                    "(--include-contaminated keeps them)")
