@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from tiergate.accounting.pricing import cost_usd, max_cost_usd, usage_breakdown
 from tiergate.accounting.tokens import count_messages, count_text
@@ -22,6 +22,7 @@ from tiergate.providers.base import Timeouts, UpstreamError
 from tiergate.providers.registry import provider_class
 from tiergate.server import routing_glue
 from tiergate.server.escalation import next_candidate_up, unusable_reason
+from tiergate.server.streaming import BurstStreamingResponse
 from tiergate.wire import sse
 from tiergate.wire.errors import GatewayError, bad_request, not_found
 from tiergate.wire.ids import new_id
@@ -358,7 +359,7 @@ async def chat_completions(request: Request) -> Response:
     except GatewayError as e:
         return error_response(e, ctx.request_id)
     if out.chunks is not None:
-        return StreamingResponse(out.chunks, media_type="text/event-stream", headers=out.headers)
+        return BurstStreamingResponse(out.chunks, media_type="text/event-stream", headers=out.headers)
     return Response(orjson.dumps(out.body), media_type="application/json", headers=out.headers)
 
 
