@@ -199,6 +199,7 @@ class RedisBudget(Budget):
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
         self._usage = redis.register_script(_USAGE)
+        self._seeding: dict[tuple[str, str], asyncio.Lock] = {}
 
     def _keys(self, key_id: str, period: str) -> list[str]:
         base = f"{self.prefix}budget:{{{key_id}:{period}}}"  # one hash slot per key+period (cluster-safe)
@@ -213,9 +214,14 @@ class RedisBudget(Budget):
         ttl = int(end - now) + 86400 if end else 0
         args = [amount, to_nano(key.budget_usd), "", rid, now, self.reservation_ttl_s, ttl]
         ok, spent, reserved = await self._reserve(keys=keys, args=args)
-        if ok == -1:  # first use of this period: seed the counter from the ledger
-            args[2] = to_nano(await self.seed(key.id, start))
-            ok, spent, reserved = await self._reserve(keys=keys, args=args)
+        if ok == -1:  # first use of this period: seed the counter from the ledger (one query per replica)
+            lock = self._seeding.setdefault((key.id, period), asyncio.Lock())
+            async with lock:
+                ok, spent, reserved = await self._reserve(keys=keys, args=args)  # seeded meanwhile?
+                if ok == -1:
+                    args[2] = to_nano(await self.seed(key.id, start))
+                    ok, spent, reserved = await self._reserve(keys=keys, args=args)
+            self._seeding.pop((key.id, period), None)
         if ok != 1:
             raise over_budget(key.name, key.budget_usd, int(float(spent)), int(float(reserved)), amount,
                               key.budget_period)
