@@ -75,7 +75,7 @@ def default_journal_dir(store: Store) -> Path:
         return Path(env)
     path = getattr(store, "path", None)
     if path and path != ":memory:":
-        return Path(f"{path}.ledger-journal")
+        return Path(f"{path}-ledger-journal")
     return Path("tiergate-ledger-journal")
 
 
