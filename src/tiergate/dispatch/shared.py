@@ -81,6 +81,7 @@ class SharedCircuits:
         self._failure = redis.register_script(_FAILURE)
         self._trip = redis.register_script(_TRIP)
         self._last_warn = 0.0
+        self._stopping = False
         self.healthy = True
 
     # ------------------------------------------------------------ background refresh
@@ -95,15 +96,15 @@ class SharedCircuits:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
+        self._stopping = True
         if task is not None:
             task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception) as e:  # noqa: BLE001 - shutting down
-                log.debug("circuit refresh task ended: %r", e)
+            await asyncio.wait([task], timeout=2 * self.call_timeout_s + self.refresh_s)
 
     async def _run(self) -> None:
-        while True:
+        task = asyncio.current_task()
+        # redis-py can swallow a cancellation that lands mid-command: check for it explicitly
+        while not self._stopping and not (task is not None and task.cancelling()):
             await self.refresh()
             await asyncio.sleep(self.refresh_s)
 
@@ -192,6 +193,9 @@ class SharedCircuits:
             self._warn(e)
 
     def _warn(self, e: BaseException) -> None:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError  # a cancellation redis-py turned into an error: let it through
         self.healthy = False
         now = time.monotonic()
         if now - self._last_warn > 60:
