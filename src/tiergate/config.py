@@ -48,9 +48,9 @@ class ModelConfig:
     strategy: str = "weighted_random"
     fallbacks: tuple[str, ...] = ()  # other configured model names, in order
     context_window_fallback: str | None = None  # a larger-window configured model
-    timeouts: Timeouts = Timeouts()
-    retry: RetryPolicy = RetryPolicy()
-    circuit: CircuitPolicy = CircuitPolicy()
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    circuit: CircuitPolicy = field(default_factory=CircuitPolicy)
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class GatewayConfig:
     models: tuple[ModelConfig, ...]
     storage: str = "sqlite:///./tiergate.db"
     redis: str | None = None
-    routing: RoutingConfig = RoutingConfig()
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     master_key: Secret | None = None
     source: str = "<embedded defaults>"
     extra: dict[str, Any] = field(default_factory=dict)  # top-level sections owned by other packages
@@ -128,7 +128,8 @@ def _float(d: dict, key: str, path: str, default: float | None) -> float | None:
     return float(v)
 
 
-def parse_timeouts(d: Any, path: str, base: Timeouts = Timeouts()) -> Timeouts:
+def parse_timeouts(d: Any, path: str, base: Timeouts | None = None) -> Timeouts:
+    base = base or Timeouts()
     if d is None:
         return base
     _expect(d, dict, path, "a mapping of connect / first_token / stream_idle / total seconds")

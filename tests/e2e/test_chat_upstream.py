@@ -64,7 +64,7 @@ def test_o3_mini_gets_max_completion_tokens_and_developer_role(env):
 
 
 def test_reasoning_tokens_are_priced(env):
-    up, client = env
+    _, client = env
     raw = client.chat.completions.with_raw_response.create(
         model="o3-mini", reasoning_effort="high", messages=[{"role": "user", "content": "think"}])
     r = raw.parse()

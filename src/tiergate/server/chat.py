@@ -30,7 +30,10 @@ from tiergate.wire.ids import new_id
 if TYPE_CHECKING:
     from tiergate.server.gateway import Gateway
 
-DEFAULT_MAX_OUTPUT = 4096  # output-token bound for budget reservations when the request sets none
+# Output-token bound used when a request sets none: the reservation covers it and, for keys with a
+# budget, it is also sent upstream so the real cost can never exceed the reservation (docs/accounting.md).
+DEFAULT_MAX_OUTPUT = 4096
+DEFAULT_MAX_OUTPUT_REASONING = 16384  # reasoning tokens count toward the limit
 _TG_FIELD = "tiergate"  # per-request options, sent by the OpenAI SDK with extra_body={"tiergate": {...}}
 _TG_OPTIONS = {"quality_target", "max_cost_usd", "policy", "cache", "timeouts", "candidates"}
 
@@ -106,9 +109,14 @@ def _timeouts(base: Timeouts, override: Any) -> Timeouts:
         raise bad_request(str(e), param="tiergate.timeouts") from None
 
 
-def _max_output(body: dict[str, Any]) -> int:
+def _max_output(body: dict[str, Any]) -> int | None:
     v = body.get("max_completion_tokens") or body.get("max_tokens")
-    return int(v) if isinstance(v, int) and v > 0 else DEFAULT_MAX_OUTPUT
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+def default_output_limit(info: Any) -> int:
+    bound = DEFAULT_MAX_OUTPUT_REASONING if info.capabilities.reasoning_efforts else DEFAULT_MAX_OUTPUT
+    return min(bound, info.max_output_tokens) if info.max_output_tokens else bound
 
 
 async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
@@ -142,6 +150,10 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
     check_capabilities(body, info, gw.infos, model)
     prompt_tokens = count_messages(body["messages"], info)
     max_out = _max_output(body)
+    if max_out is None:
+        max_out = default_output_limit(info)
+        if getattr(ctx.key, "budget_usd", None) is not None:
+            body = {**body, "max_completion_tokens": max_out}  # a budgeted key's cost stays under its reservation
 
     def shape(name: str) -> tuple[dict[str, Any], list[str]]:
         target_info = gw.infos[name]
@@ -163,6 +175,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
     admission = await gw.accounting.admit(
         ctx.key, model, prompt_tokens, max_cost_usd(prompt_tokens, max_out, info), prompt_tokens + max_out
     )
+    headers.update(getattr(admission, "headers", None) or {})
     settled = False
     try:
         cache = gw.accounting.cache if (not stream and _cacheable(body, opts, ctx)) else None
