@@ -102,12 +102,38 @@ def build_app(config: GatewayConfig) -> Starlette:
     admin = _admin_mount()
     if admin is not None:
         routes.append(admin)
-    app = Starlette(
+    app = GatewayApp(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={404: _not_found, 405: _method_not_allowed, 500: _server_error},
     )
     return app
+
+
+_CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+
+
+class GatewayApp(Starlette):
+    """Starlette, except that `POST /v1/chat/completions` goes straight to its handler.
+
+    Starlette's middleware stack and router cost ~50 µs of CPU per request, a fifth of a non-streamed
+    request's total (bench/overhead.py, docs/benchmarks.md). The shortcut is taken only while no user
+    middleware is installed; an unexpected error before the response starts still becomes the
+    OpenAI-shaped 500 from `_server_error`, and one after it started ends the connection, as with
+    Starlette."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in _CHAT_PATHS
+                and not self.user_middleware):
+            scope["app"] = self
+            request = Request(scope, receive)
+            try:
+                response = await chat_completions(request)
+            except Exception as exc:  # noqa: BLE001 - any bug becomes the OpenAI-shaped 500, as in Starlette
+                response = await _server_error(request, exc)
+            await response(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def _admin_mount() -> Mount | None:

@@ -28,20 +28,22 @@ async def iter_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     buf = b""
     data_lines: list[bytes] = []
     async for piece in chunks:
-        buf += piece
+        buf = buf + piece if buf else bytes(piece)
+        pos = 0  # scan by index: slicing the rest of the buffer per line copied it once per line
         while True:
-            nl = buf.find(b"\n")
+            nl = buf.find(b"\n", pos)
             if nl < 0:
                 break
-            line = buf[:nl].rstrip(b"\r")
-            buf = buf[nl + 1 :]
+            line = buf[pos:nl].rstrip(b"\r")
+            pos = nl + 1
             if not line:
                 if data_lines:
-                    yield b"\n".join(data_lines)
+                    yield data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines)
                     data_lines = []
                 continue
             if line.startswith(b"data:"):
                 data_lines.append(line[5:].lstrip(b" "))
+        buf = buf[pos:] if pos else buf
     if buf.strip().startswith(b"data:"):
         data_lines.append(buf.strip()[5:].lstrip(b" "))
     if data_lines:
