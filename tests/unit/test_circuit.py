@@ -143,6 +143,9 @@ async def test_retry_after_trip_is_shared():
         await b.shared.refresh()
         assert b.deployment_states("m")[0].circuit.state == OPEN
         assert b.deployment_states("m")[0].circuit.recovers_in(asyncio.get_running_loop().time()) > 25
+        with pytest.raises(GatewayError) as ei:  # every replica answers 429 while the upstream's wait lasts
+            await b.dispatch("m", shaper(), stream=False, request_id="r2")
+        assert ei.value.status == 429 and ei.value.code == "deployment_rate_limited"
     finally:
         await a.close()
         await b.close()

@@ -237,7 +237,8 @@ async def test_retry_after_too_long_fails_fast_with_429_and_header():
     # the deployment now cools down for the upstream's Retry-After: the next request is refused at once
     with pytest.raises(GatewayError) as ei2:
         await d.dispatch("m", shaper(), stream=False, request_id="r2")
-    assert ei2.value.status == 503 and ei2.value.code == "no_healthy_deployment"
+    assert ei2.value.status == 429 and ei2.value.code == "deployment_rate_limited"
+    assert 18 <= int(ei2.value.headers["retry-after"]) <= 20
     assert len(CALLS) == 1
 
 

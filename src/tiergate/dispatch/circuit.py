@@ -18,7 +18,8 @@ STATE_NAMES = {CLOSED: "closed", HALF_OPEN: "half_open", OPEN: "open"}
 
 
 class CircuitBreaker:
-    __slots__ = ("_failures", "on_change", "open_until", "policy", "probe_elsewhere", "probing", "state")
+    __slots__ = ("_failures", "on_change", "open_until", "policy", "probe_elsewhere", "probing", "rate_limited",
+                 "state")
 
     def __init__(self, policy: CircuitPolicy, on_change=None) -> None:
         self.policy = policy
@@ -26,6 +27,7 @@ class CircuitBreaker:
         self.open_until = 0.0
         self.probing = False  # this process holds the half-open probe
         self.probe_elsewhere = False  # another replica holds it (shared mode)
+        self.rate_limited = False  # opened by an upstream's Retry-After rather than by failures
         self._failures: deque[float] = deque()
         self.on_change = on_change  # callable(state) for the metrics gauge
 
@@ -91,9 +93,11 @@ class CircuitBreaker:
         if self.state == OPEN and self.open_until >= until:
             return
         self.open(until)
+        self.rate_limited = True
 
     def open(self, until: float) -> None:
         self.open_until = until
+        self.rate_limited = False
         self.probing = self.probe_elsewhere = False
         self._failures.clear()
         self._set(OPEN)

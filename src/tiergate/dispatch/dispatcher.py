@@ -29,7 +29,7 @@ from typing import Any
 
 from tiergate.config import GatewayConfig, ModelConfig
 from tiergate.dispatch.balancer import DeploymentState, choose
-from tiergate.dispatch.circuit import CLOSED, CircuitBreaker
+from tiergate.dispatch.circuit import CLOSED, OPEN, CircuitBreaker
 from tiergate.dispatch.errors import (
     ContextWindowExceeded,
     from_upstream,
@@ -83,8 +83,8 @@ class _Run:
     last: UpstreamError | None = None
     last_model: str = ""
     last_dep: str = ""
-    blocked_circuit: bool = False
-    blocked_caps: bool = False
+    blocked_circuit: bool = False  # a deployment was skipped: circuit open after failures
+    blocked_caps: bool = False  # skipped: at its rpm/tpm cap, or cooling down after an upstream 429
     recover_in: float = math.inf
 
 
@@ -272,9 +272,13 @@ class Dispatcher:
 
     @staticmethod
     def _usable(st: DeploymentState, now: float, tokens: int, run: _Run) -> bool:
-        if not st.circuit.available(now):
-            run.blocked_circuit = True
-            run.recover_in = min(run.recover_in, st.circuit.recovers_in(now))
+        cb = st.circuit
+        if not cb.available(now):
+            if cb.rate_limited and cb.state == OPEN:
+                run.blocked_caps = True
+            else:
+                run.blocked_circuit = True
+            run.recover_in = min(run.recover_in, cb.recovers_in(now))
             return False
         if st.capped and not st.under_caps(now, tokens):
             run.blocked_caps = True

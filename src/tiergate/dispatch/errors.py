@@ -82,13 +82,15 @@ def no_healthy_deployment(models: list[str], retry_after_s: float | None) -> Gat
 
 
 def rate_limited(models: list[str], retry_after_s: float | None) -> GatewayError:
-    """Every usable deployment is at its configured rpm/tpm cap."""
+    """Every usable deployment is at its configured rpm/tpm cap or was told by its upstream (429 with
+    Retry-After) to back off."""
     headers = {"retry-after": str(max(1, math.ceil(retry_after_s)))} if retry_after_s else {}
     names = ", ".join(f"'{m}'" for m in models)
     return GatewayError(
         429,
-        f"Every deployment of {names} is at its configured requests- or tokens-per-minute limit. "
-        "Retry later or raise `rpm`/`tpm` for a deployment in the gateway config.",
+        f"Every deployment of {names} is rate limited (its upstream asked to back off, or it is at its "
+        "configured requests- or tokens-per-minute limit). Retry after the time in the Retry-After header, "
+        "or add deployments / raise `rpm`/`tpm` in the gateway config.",
         type="rate_limit_error",
         code="deployment_rate_limited",
         headers=headers,

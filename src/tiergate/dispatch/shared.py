@@ -7,7 +7,8 @@ window and opens the circuit when the window is full), a 429 with `Retry-After` 
 probe (`SET NX`, so exactly one replica probes) and the probe's success (delete the keys).
 
 Keys, per deployment id: `{prefix}{id}:state` = epoch ms until which the circuit is open (present and in
-the past = half-open; absent = closed), `{prefix}{id}:fails` = sorted set of failure times,
+the past = half-open; absent = closed; a value ending in `.5` marks a rate-limit trip, so every replica
+answers 429 rather than 503 while it lasts), `{prefix}{id}:fails` = sorted set of failure times,
 `{prefix}{id}:probe` = the probe lock. When Redis is unreachable every call falls back to the local
 breaker and a warning is logged at most once a minute: requests are never failed because of Redis.
 """
@@ -132,6 +133,7 @@ class SharedCircuits:
             until = mono + (until_ms - wall_ms) / 1000
             if cb.state != OPEN or abs(cb.open_until - until) > 0.05:
                 cb.open(until)
+                cb.rate_limited = until_ms % 1 == 0.5
             return
         # the remote circuit is half-open
         if cb.state == OPEN:
@@ -165,7 +167,7 @@ class SharedCircuits:
 
     async def trip(self, st: DeploymentState, seconds: float) -> None:
         wall_ms = time.time() * 1000
-        until = int(wall_ms + seconds * 1000)
+        until = int(wall_ms + seconds * 1000) + 0.5  # .5: a rate-limit trip (see the module docstring)
         ttl = int(max(seconds * 2, st.circuit.policy.cooldown_s * 20, 60) * 1000)
         try:
             async with asyncio.timeout(self.call_timeout_s):
