@@ -118,6 +118,7 @@ def _follow(args: argparse.Namespace, batch_id: str, interval: float = 1.0) -> d
 
     b = _json(args, "GET", f"/v1/batches/{batch_id}")
     total = (b.get("request_counts") or {}).get("total", 0)
+    tqdm.monitor_interval = 0  # no monitor thread: the bar is refreshed by this loop
     with tqdm(total=total, unit="req", desc=batch_id[:18], file=sys.stderr, dynamic_ncols=True) as bar:
         while True:
             rc = b.get("request_counts") or {}

@@ -122,8 +122,6 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
     model = req["model"]
     mc = gw.config.model(model)
     info = gw.infos[model]
-    if ctx.key is not None and hasattr(ctx.key, "allows") and not ctx.key.allows(model):
-        raise GatewayError(403, f"This key may not use model '{model}'.", param="model", code="model_not_allowed")
     prompt_tokens = count_messages(chat_body["messages"], info)
     max_out = int(req.get("max_output_tokens") or 4096)
     admission = await gw.accounting.admit(ctx.key, model, prompt_tokens, max_cost_usd(prompt_tokens, max_out, info),
@@ -133,11 +131,12 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
         last: UpstreamError | None = None
         last_dep = ""
         effort = (req.get("reasoning") or {}).get("effort")
+        upstream_body = {k: v for k, v in req.items() if k != "tiergate"}  # our own options stay here
         now = time.monotonic()
         for attempt, st in enumerate(s for s in gw.dispatcher.deployment_states(model) if s.circuit.available(now)):
             last_dep = st.id
             try:
-                result = await st.provider.responses(dict(req), mc.timeouts)
+                result = await st.provider.responses(upstream_body, mc.timeouts)
             except UpstreamError as e:
                 last = e
                 _record(gw, ctx, model, model, st.id, effort, e.usage, 0.0, "failed_attempt", str(e.message)[:500],
