@@ -75,3 +75,18 @@ async def test_attempt_limit_and_status_cas(bs):
     assert b["status"] == "cancelling" and b["cancelling_at"] > 0
     assert await bs.get_batch(bid, "other-key") is None
     assert line_request_id(bid, 4).endswith("_4")
+
+
+async def test_listing_is_scoped_and_paginated(bs):
+    mine = [await _batch(bs, 1) for _ in range(5)]
+    f = await bs.create_file("k2", "other.jsonl", "batch", b"y")
+    other = await bs.create_batch(key_id="k2", endpoint="/v1/chat/completions", input_file_id=f["id"], window_s=60,
+                                  metadata=None, lines=[("a", "{}")])
+    page, more = await bs.list_batches("k1", None, 3)
+    assert more and len(page) == 3 and other not in [r["id"] for r in page]
+    rest, more = await bs.list_batches("k1", page[-1]["id"], 10)
+    assert not more and {r["id"] for r in page + rest} == set(mine)
+    everything, _ = await bs.list_batches(None, None, 100)
+    assert other in [r["id"] for r in everything]
+    assert [r["id"] for r in await bs.list_files("k2")] == [f["id"]]
+    assert len(await bs.list_files(None, "batch")) == 6

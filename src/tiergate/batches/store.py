@@ -68,9 +68,13 @@ class BatchStore:
         return bytes(row["content"]) if row else b""
 
     async def list_files(self, key_id: str | None, purpose: str | None = None) -> list[dict[str, Any]]:
-        rows = await self.db.fetch("SELECT id, key_id, filename, purpose, bytes, created_at, expires_at FROM files "
-                                   "ORDER BY created_at DESC")
-        return [r for r in rows if _visible(r, key_id) and (purpose is None or r["purpose"] == purpose)]
+        where, args = _owner_filter(key_id)
+        if purpose is not None:
+            where.append("purpose = ?")
+            args.append(purpose)
+        cond = f"WHERE {' AND '.join(where)} " if where else ""
+        return await self.db.fetch("SELECT id, key_id, filename, purpose, bytes, created_at, expires_at FROM files "
+                                   f"{cond}ORDER BY created_at DESC LIMIT 10000", *args)
 
     async def delete_file(self, file_id: str) -> bool:
         return await self.db.execute("DELETE FROM files WHERE id = ?", file_id) > 0
@@ -106,11 +110,15 @@ class BatchStore:
         return row
 
     async def list_batches(self, key_id: str | None, after: str | None, limit: int) -> tuple[list[dict], bool]:
-        rows = await self.db.fetch("SELECT * FROM batches ORDER BY created_at DESC, id DESC")
-        rows = [r for r in rows if _visible(r, key_id)]
+        """Newest first, `limit` at most, starting after the batch `after` (OpenAI's cursor)."""
+        where, args = _owner_filter(key_id)
         if after:
-            ids = [r["id"] for r in rows]
-            rows = rows[ids.index(after) + 1:] if after in ids else []
+            where.append("(created_at < (SELECT created_at FROM batches WHERE id = ?) OR (created_at = "
+                         "(SELECT created_at FROM batches WHERE id = ?) AND id < ?))")
+            args += [after, after, after]
+        cond = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = await self.db.fetch(f"SELECT * FROM batches {cond}ORDER BY created_at DESC, id DESC LIMIT ?",
+                                   *args, limit + 1)
         return rows[:limit], len(rows) > limit
 
     async def active_batches(self) -> list[dict[str, Any]]:
@@ -235,6 +243,13 @@ class BatchStore:
             "done" if ok else "failed", status_code, orjson.dumps(result).decode(), u.get("input_tokens", 0),
             u.get("cached_tokens", 0), u.get("output_tokens", 0), u.get("reasoning_tokens", 0), time.time(),
             batch_id, line_no)
+
+
+def _owner_filter(key_id: str | None) -> tuple[list[str], list[Any]]:
+    """SQL conditions for `_visible`."""
+    if key_id is None:
+        return [], []
+    return ["(key_id IS NULL OR key_id = ?)"], [key_id]
 
 
 def _visible(row: dict[str, Any], key_id: str | None) -> bool:
