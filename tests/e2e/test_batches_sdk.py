@@ -172,3 +172,29 @@ def test_files_list_delete_and_expiry(tmp_path):
         assert client.files.delete(f.id).deleted
         with pytest.raises(openai.NotFoundError):
             client.files.retrieve(f.id)
+
+
+def test_graceful_stop_hands_lines_back(tmp_path):
+    db = tmp_path / "tg.db"
+    cfg = {"models": [{"name": "slow", "catalog": "gpt-4o-mini", "deployments": [
+        {"provider": "sim", "options": {"latency_ms": 2000}}]}],
+        "storage": f"sqlite:///{db}", "batches": {"concurrency": 3, "poll_s": 0.05, "lease_s": 600}}
+    with running_gateway(cfg) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        f = client.files.create(file=("g.jsonl", _jsonl([_line(f"g{i}", "slow", "q") for i in range(6)])),
+                                purpose="batch")
+        b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        deadline = time.time() + 10
+        while True:
+            with sqlite3.connect(db) as conn:
+                running = conn.execute("SELECT COUNT(*) FROM batch_lines WHERE state = 'running'").fetchone()[0]
+            if running == 3:
+                break
+            assert time.time() < deadline
+            time.sleep(0.05)
+    # stopped mid-line: with a 10-minute lease, only an explicit hand-back lets another replica go on now
+    with sqlite3.connect(db) as conn:
+        states = dict(conn.execute("SELECT state, COUNT(*) FROM batch_lines WHERE batch_id = ? GROUP BY state",
+                                   (b.id,)).fetchall())
+        attempts = {r[0] for r in conn.execute("SELECT attempts FROM batch_lines").fetchall()}
+    assert states == {"pending": 6} and attempts == {0}

@@ -105,13 +105,13 @@ class BatchRunner:
         """Stop claiming, cancel lines in flight and hand them back to the pool at once."""
         self._stopping = True
         self._wake.set()
+        claims = sorted({c.claim for c in self._inflight.values()})  # before cancelling: tasks forget theirs
         workers = list(self._workers.values())
         for t in [*self._tasks, *workers]:
             t.cancel()
         for t in [*self._tasks, *workers]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        claims = sorted({c.claim for c in self._inflight.values()})
         if claims:
             with contextlib.suppress(Exception):
                 await self.store.release(claims)
