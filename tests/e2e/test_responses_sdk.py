@@ -5,6 +5,7 @@ deployments (the wire-checking fake Anthropic upstream) and for streaming."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import openai
@@ -149,3 +150,19 @@ def test_previous_response_id_refused(env):
     with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model="gpt-4o-mini", input="x", previous_response_id="resp_123")
     assert "previous_response_id" in str(e.value)
+
+
+def test_translated_stream_with_function_calls(env):
+    client, _, _ = env
+    tools = [{"type": "function", "name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    with client.responses.stream(model="gpt-4o-mini", input="weather in Paris?", tools=tools) as stream:
+        names = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert "response.function_call_arguments.delta" in names and "response.function_call_arguments.done" in names
+    call = next(o for o in final.output if o.type == "function_call")
+    assert call.name == "get_weather" and json.loads(call.arguments)["city"]
+    ev = client.responses.create(model="claude-3-7-sonnet", input="weather?", tools=tools, stream=True)
+    final = [e for e in ev][-1].response
+    call = next(o for o in final.output if o.type == "function_call")
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "test"}
