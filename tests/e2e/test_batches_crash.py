@@ -107,3 +107,65 @@ def test_kill_mid_batch_and_resume(tmp_path):
                                 "AND status = 'ok'", (b.id,)).fetchall()
         assert len(rows) == N_LINES and len({r[0] for r in rows}) == N_LINES
         assert all(r[2] > 0 for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_kill_one_of_two_replicas_postgres(tmp_path):
+    """Two `tiergate serve` replicas on PostgreSQL; one is SIGKILLed mid-batch and never comes back: the
+    other finishes the batch (the dead replica's lines return when their lease lapses)."""
+    import asyncio
+    import secrets
+
+    from tests.unit.test_store_fixtures import PG_BASE, _pg_up, drop_schema
+
+    if not _pg_up():
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    schema = f"tg_b_{secrets.token_hex(5)}"
+    env = {**os.environ, "TG_CRASH_UPSTREAM_KEY": "sk-crash-test"}
+    env.pop("TIERGATE_MASTER_KEY", None)
+    procs: list[subprocess.Popen] = []
+    try:
+        with FakeOpenAI(api_key="sk-crash-test") as up:
+            up.fail_every("slow", 1, path="/chat/completions", seconds=0.25)
+            cfg = tmp_path / "tiergate.yaml"
+            cfg.write_text(yaml.safe_dump({
+                "models": [{"name": "gpt-4o-mini", "deployments": [
+                    {"provider": "openai", "api_base": up.url, "api_key": "env:TG_CRASH_UPSTREAM_KEY"}]}],
+                "storage": f"{PG_BASE}?schema={schema}",
+                "batches": {"concurrency": 3, "lease_s": 1.5, "poll_s": 0.1},
+            }))
+            ports = [free_port(), free_port()]
+            for i, port in enumerate(ports):
+                procs.append(_start(cfg, port, tmp_path / f"serve{i}.log",
+                                    {**env, "TIERGATE_JOURNAL_DIR": str(tmp_path / f"journal{i}")}))
+            victim, survivor = (openai.OpenAI(base_url=f"http://127.0.0.1:{p}/v1", api_key="u", max_retries=0)
+                                for p in ports)
+            lines = [{"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions",
+                      "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"item {i}"}]}}
+                     for i in range(N_LINES)]
+            f = victim.files.create(file=("in.jsonl", "\n".join(json.dumps(x) for x in lines).encode()),
+                                    purpose="batch")
+            b = victim.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+            deadline = time.time() + 30
+            while survivor.batches.retrieve(b.id).request_counts.completed < 6:
+                assert time.time() < deadline
+                time.sleep(0.05)
+            procs[0].send_signal(signal.SIGKILL)
+            procs[0].wait(timeout=10)
+            deadline = time.time() + 60
+            while (b := survivor.batches.retrieve(b.id)).status != "completed":
+                assert time.time() < deadline, b
+                time.sleep(0.1)
+            assert b.request_counts.completed == N_LINES
+            out = [json.loads(x)["custom_id"] for x in survivor.files.content(b.output_file_id).text.splitlines()]
+            assert sorted(out) == sorted(f"line-{i}" for i in range(N_LINES))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        asyncio.run(drop_schema(schema))
