@@ -567,3 +567,27 @@ async def test_tpm_cap_counts_prompt_tokens():
         await d.dispatch("m", shaper(), stream=False, request_id=f"r{i}", prompt_tokens=300)
     # m/0 may take at most 3 requests of 300 prompt (+2 completion) tokens in the minute
     assert CALLS.count("m/0") <= 3 and CALLS.count("m/1") >= 17
+
+
+async def test_total_timeout_also_bounds_a_stalled_stream_body():
+    d = Dispatcher(make_config([{"name": "m", "deployments": [{}],
+                                 "timeouts": {"first_token": 1, "stream_idle": None, "total": 0.4}}]), None)
+    SCRIPTS["m/0"] = ["stall"]
+    t = time.perf_counter()
+    out = await d.dispatch("m", shaper(), stream=True, request_id="r")
+    with pytest.raises(UpstreamError) as ei:
+        await collect(out.stream)
+    assert 0.35 < time.perf_counter() - t < 0.8
+    assert ei.value.kind == "stream_cut" and "total timeout" in ei.value.message
+
+
+async def test_stream_dropped_before_it_is_read_releases_the_deployment():
+    import gc
+
+    d = Dispatcher(make_config([{"name": "m", "deployments": [{}]}]), None)
+    out = await d.dispatch("m", shaper(), stream=True, request_id="r")
+    assert d.deployment_states("m")[0].inflight == 1
+    del out
+    gc.collect()
+    await asyncio.sleep(0)
+    assert d.deployment_states("m")[0].inflight == 0

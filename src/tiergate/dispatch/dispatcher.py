@@ -347,7 +347,7 @@ class Dispatcher:
             if cb.state != CLOSED:
                 await self._closed(st)
             handed_over = True
-            relay = self._relay(m, st, None if exhausted else it, buffered, wd, t, start, ttft)
+            relay = self._relay(m, st, None if exhausted else it, buffered, wd, t, start, ttft, _Lease(st))
             return Dispatched(m.name, st.dep, body, [], None, run.attempts, stream=relay, ttft_s=ttft)
         except UpstreamError as e:
             await self._failed(m, st, e, loop.time() - start, request_id, run)
@@ -370,8 +370,9 @@ class Dispatcher:
                     await _aclose(it)
 
     async def _relay(self, m: _Model, st: DeploymentState, it, buffered: list[dict], wd: Watchdog,
-                     t: Timeouts, start: float, ttft: float) -> AsyncIterator[dict]:
-        """The stream handed to the caller: the buffered chunks, then the rest under the watchdog."""
+                     t: Timeouts, start: float, ttft: float, lease: _Lease) -> AsyncIterator[dict]:
+        """The stream handed to the caller: the buffered chunks, then the rest under the watchdog.
+        `lease` gives the in-flight slot back even if the caller drops the stream without starting it."""
         usage = None
         ok = False
         try:
@@ -380,17 +381,20 @@ class Dispatcher:
                     usage = c["usage"]
                 yield c
             if it is not None:
+                wd.relay(asyncio.current_task())
+                anext = it.__anext__
                 while True:
-                    wd.wait()
+                    wd.waiting = True  # lazy watchdog (watchdog.py): two attribute writes per chunk
                     try:
-                        chunk = await it.__anext__()
+                        chunk = await anext()
                     except StopAsyncIteration:
                         break
                     except asyncio.CancelledError:
                         if wd.expired():
                             raise wd.timeout_error(st.id, t.total, usage) from None
                         raise
-                    wd.idle()
+                    wd.waiting = False
+                    wd.n += 1
                     if chunk.get("usage"):
                         usage = chunk["usage"]
                     yield chunk
@@ -406,7 +410,7 @@ class Dispatcher:
                                 usage=e.usage or usage) from None
         finally:
             wd.stop()
-            st.inflight -= 1
+            lease.release()
             if ok:
                 loop = asyncio.get_running_loop()
                 now = loop.time()
@@ -446,6 +450,24 @@ class Dispatcher:
         if self.metrics is not None:
             self.metrics.upstream(m.name, st.id, _outcome(e), latency, None)
         log.warning("request %s: attempt on %s failed (%s %s): %s", request_id, st.id, e.status, e.kind, e.message)
+
+
+class _Lease:
+    """One in-flight slot on a deployment, released exactly once: by the stream's `finally`, or when the
+    stream object is garbage-collected without ever being started (its arguments die with it)."""
+
+    __slots__ = ("st",)
+
+    def __init__(self, st: DeploymentState) -> None:
+        self.st: DeploymentState | None = st
+
+    def release(self) -> None:
+        st = self.st
+        if st is not None:
+            self.st = None
+            st.inflight -= 1
+
+    __del__ = release
 
 
 def _outcome(e: UpstreamError) -> str:
