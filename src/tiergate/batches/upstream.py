@@ -149,7 +149,7 @@ async def _input(store: Any, bid: str, dep: Deployment, model: str) -> bytes:
 async def _collect(gw: Gateway, store: Any, client: OpenAIBatchClient, cur: dict[str, Any], ub: dict[str, Any],
                    up: dict[str, Any]) -> None:
     from tiergate.batches.runner import finalize_files
-    from tiergate.server.chat import CallContext, _record
+    from tiergate.server.chat import CallContext, record_call
 
     bid = cur["id"]
     by_cid = {r["custom_id"]: r["line_no"] for r in await store.lines_needing_upstream_results(bid)}
@@ -179,7 +179,7 @@ async def _collect(gw: Gateway, store: Any, client: OpenAIBatchClient, cur: dict
             if usage:
                 cost = cost_usd(usage, info, batch=True)
                 ctx = CallContext(request_id=rid, key=key, kind="batch", batch_id=bid, batch_pricing=True)
-                _record(gw, ctx, up["model"], up["model"], up["deployment"], body.get("reasoning_effort"), usage,
+                record_call(gw, ctx, up["model"], up["model"], up["deployment"], body.get("reasoning_effort"), usage,
                         cost, "ok" if good else "error", None, None, False, 1)
                 await _charge(gw, key, cost)
     leftover = {"expired": "expired", "cancelled": "cancelled"}.get(ub.get("status"), "failed")

@@ -183,7 +183,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
             hit = await cache.get(body)
             if hit is not None:
                 headers.update({"x-tiergate-cache": "hit", "x-tiergate-model": model, "x-tiergate-cost-usd": "0"})
-                _record(gw, ctx, requested, model, None, body.get("reasoning_effort"), hit.get("usage"), 0.0,
+                record_call(gw, ctx, requested, model, None, body.get("reasoning_effort"), hit.get("usage"), 0.0,
                         "cache_hit", None, route_info, False, 0)
                 await gw.accounting.settle(admission, 0.0, 0)
                 settled = True
@@ -196,13 +196,13 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
                 prompt_tokens=prompt_tokens,
             )
         except GatewayError as e:
-            _record(gw, ctx, requested, model, None, body.get("reasoning_effort"), None, 0.0, "error",
+            record_call(gw, ctx, requested, model, None, body.get("reasoning_effort"), None, 0.0, "error",
                     e.message, route_info, stream, 0)
             raise
         for i, a in enumerate(d.attempts):
             a_info = gw.infos.get(a.model, info)
             a_cost = cost_usd(a.usage, a_info, batch=ctx.batch_pricing) if a.usage else 0.0
-            _record(gw, ctx, requested, a.model, a.deployment_id, d.body.get("reasoning_effort"), a.usage, a_cost,
+            record_call(gw, ctx, requested, a.model, a.deployment_id, d.body.get("reasoning_effort"), a.usage, a_cost,
                     "failed_attempt", _err_text(a.error), route_info, stream, i + 1,
                     request_id=f"{ctx.request_id}:a{i + 1}", latency_ms=a.latency_s * 1000)
         served_info = gw.infos[d.model]
@@ -225,7 +225,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
                 reason = unusable_reason(body, result)
             nxt = next_candidate_up(route_info["decision"]) if reason else None
             status = "escalated" if nxt is not None else "ok"
-            _record(gw, ctx, requested, d.model, d.deployment.id, d.body.get("reasoning_effort"), usage, cost, status,
+            record_call(gw, ctx, requested, d.model, d.deployment.id, d.body.get("reasoning_effort"), usage, cost, status,
                     reason if nxt is not None else None, route_info, False, len(d.attempts) + 1,
                     ttft_ms=(d.ttft_s or 0) * 1000,
                     request_id=f"{ctx.request_id}:escalated" if nxt is not None else None)
@@ -282,7 +282,7 @@ async def _relay(gw, ctx, d, admission, info, requested, route_info, wants_usage
             usage = {"prompt_tokens": prompt, "completion_tokens": completion,
                      "total_tokens": prompt + completion, "estimated": True}
         cost = cost_usd(usage, info, batch=ctx.batch_pricing)
-        _record(gw, ctx, requested, d.model, d.deployment.id, d.body.get("reasoning_effort"), usage, cost, status,
+        record_call(gw, ctx, requested, d.model, d.deployment.id, d.body.get("reasoning_effort"), usage, cost, status,
                 error, route_info, True, len(d.attempts) + 1, ttft_ms=(d.ttft_s or 0) * 1000)
         await gw.accounting.settle(admission, cost, _total_tokens(usage))
     if status == "ok":
@@ -327,7 +327,7 @@ def _err_text(e: BaseException | None) -> str | None:
     return f"{status} {getattr(e, 'kind', '')}: {getattr(e, 'message', str(e))}"[:500]
 
 
-def _record(gw, ctx: CallContext, requested, served, deployment, effort, usage, cost, status, error, route_info,
+def record_call(gw, ctx: CallContext, requested, served, deployment, effort, usage, cost, status, error, route_info,
             stream, attempt, *, request_id: str | None = None, latency_ms: float | None = None,
             ttft_ms: float | None = None) -> None:
     row = {

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from tiergate.accounting.pricing import cost_usd, max_cost_usd
 from tiergate.accounting.tokens import count_messages
 from tiergate.providers.base import Provider, UpstreamError
-from tiergate.server.chat import CallContext, _record, error_response, run_chat
+from tiergate.server.chat import CallContext, error_response, record_call, run_chat
 from tiergate.wire import responses as wr
 from tiergate.wire import sse
 from tiergate.wire.errors import GatewayError, bad_request
@@ -139,7 +139,7 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
                 result = await st.provider.responses(upstream_body, mc.timeouts)
             except UpstreamError as e:
                 last = e
-                _record(gw, ctx, model, model, st.id, effort, e.usage, 0.0, "failed_attempt", str(e.message)[:500],
+                record_call(gw, ctx, model, model, st.id, effort, e.usage, 0.0, "failed_attempt", str(e.message)[:500],
                         None, False, attempt + 1, request_id=f"{ctx.request_id}:a{attempt + 1}")
                 if not retryable(e):
                     break
@@ -147,13 +147,13 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
             usage = result.body.get("usage")
             cost = cost_usd(usage, info) if usage else 0.0
             tokens = int((usage or {}).get("total_tokens") or 0)
-            _record(gw, ctx, model, model, st.id, effort, usage, cost, "ok", None, None, False, attempt + 1)
+            record_call(gw, ctx, model, model, st.id, effort, usage, cost, "ok", None, None, False, attempt + 1)
             headers = {"x-request-id": ctx.request_id, "x-tiergate-model": model, "x-tiergate-deployment": st.id,
                        "x-tiergate-cost-usd": f"{cost:.8f}", "x-tiergate-responses": "native"}
             return Response(orjson.dumps(result.body), media_type="application/json", headers=headers)
         if last is None:
             raise no_healthy_deployment([model], None)
-        _record(gw, ctx, model, model, None, effort, None, 0.0, "error", str(last.message)[:500], None, False, 0)
+        record_call(gw, ctx, model, model, None, effort, None, 0.0, "error", str(last.message)[:500], None, False, 0)
         raise from_upstream(last, model, last_dep, 1)
     finally:
         await gw.accounting.settle(admission, cost, tokens)
