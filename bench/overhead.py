@@ -61,6 +61,20 @@ end
 """
 
 
+# `tiergate serve` runs one process. For --workers N > 1 the same app runs under uvicorn's own
+# multi-process mode with the settings `tiergate serve` uses (uvloop, httptools, no access log).
+_FACTORY = (
+    '"""Written by bench/overhead.py: the tiergate app for uvicorn --factory (several workers)."""\n'
+    "import os\n\nfrom tiergate.config import load_config\nfrom tiergate.server.app import build_app\n\n\n"
+    "def app():\n    return build_app(load_config(os.environ['TIERGATE_CONFIG']))\n"
+)
+_MULTI_WORKER = (
+    "{python} -m uvicorn --factory --app-dir {appdir} tiergate_bench_app:app --host {host} --port {port} "
+    "--workers {workers} --loop uvloop --http httptools --no-access-log --log-level warning "
+    "--timeout-keep-alive 30"
+)
+
+
 def request_body(stream: bool) -> bytes:
     """A small, realistic chat request (~30 prompt tokens). Same bytes for every target."""
     body: dict[str, object] = {
@@ -300,10 +314,10 @@ class Cell:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def run_wrk(url: str, concurrency: int, seconds: float, env: dict[str, str], cpus: str) -> tuple[dict, float]:
+def run_wrk(url: str, concurrency: int, seconds: int, env: dict[str, str], cpus: str) -> tuple[dict, float]:
     """Run wrk; (its BENCH_RESULT dict, its CPU seconds)."""
     cmd = taskset(cpus, [
-        "wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "60s",
+        "wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "60s",
         "-s", env["BENCH_LUA"], url,
     ])
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -378,12 +392,16 @@ def start_target(
             "        api_key: env:BENCH_UPSTREAM_KEY\n"
             f"storage: sqlite:///{workdir / 'tiergate.db'}\n"
         )
-        template = args.tiergate_cmd or "tiergate serve --config {config} --host {host} --port {port}"
+        template = args.tiergate_cmd or (
+            "tiergate serve --config {config} --host {host} --port {port}" if args.workers == 1 else _MULTI_WORKER
+        )
+        if "{appdir}" in template:
+            (workdir / "tiergate_bench_app.py").write_text(_FACTORY)
         cmd = shlex.split(template.format(config=config, host=HOST, port=port, workers=args.workers,
-                                          upstream=upstream_base))
+                                          upstream=upstream_base, appdir=workdir, python=sys.executable))
         if cmd[0] == "tiergate" and shutil.which("tiergate") is None:
             cmd = [sys.executable, "-m", "tiergate.cli", *cmd[1:]]
-        env = {"BENCH_UPSTREAM_KEY": "sk-upstream-bench"}
+        env = {"BENCH_UPSTREAM_KEY": "sk-upstream-bench", "TIERGATE_CONFIG": str(config)}
         return spawn(name, taskset(args.gateway_cpus, cmd), port, workdir, env)
     raise ValueError(name)
 
@@ -454,15 +472,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--targets", default=",".join(TARGETS), help="comma list of direct,tiergate,litellm")
     p.add_argument("--concurrency", default="1,16,64", help="comma list")
     p.add_argument("--modes", default="json,stream", help="comma list of json,stream")
-    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per cell")
-    p.add_argument("--warmup", type=float, default=1.5, help="warm-up seconds per cell (not measured)")
+    p.add_argument("--duration", type=int, default=5, help="measured seconds per cell (whole seconds: wrk)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up seconds per cell, not measured (0: none)")
     p.add_argument("--probe", type=float, default=1.5, help="seconds of the c=1 TTFB probe (0: off)")
     p.add_argument("--workers", type=int, default=1, help="gateway worker processes (LiteLLM and tiergate)")
     p.add_argument("--chunks", type=int, default=32, help="content chunks per upstream stream")
     p.add_argument("--gateway-cpus", default="", help="taskset CPU list for gateways, e.g. 1")
     p.add_argument("--client-cpus", default="", help="taskset CPU list for wrk and the upstream, e.g. 0")
     p.add_argument("--tiergate-cmd", default="",
-                   help="command template; {config} {host} {port} {workers} {upstream} are filled in")
+                   help="command template; {config} {host} {port} {workers} {upstream} {python} {appdir} are filled in")
     p.add_argument("--litellm-venv", default=str(HERE / ".litellm-venv"))
     p.add_argument("--ready-timeout", type=float, default=120.0)
     p.add_argument("--json-out", default="", help="also write the cells as JSON here")

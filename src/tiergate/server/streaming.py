@@ -100,10 +100,12 @@ class BurstStreamingResponse(StreamingResponse):
                 pipe.wake.clear()
                 if pipe.gone:
                     break
+                if pipe.done and not (pump.done() and not pump.cancelled() and pump.exception()):
+                    break  # the rest goes out with the end of the body: one write fewer
                 if pipe.parts:
                     await send({"type": "http.response.body", "body": pipe.take(), "more_body": True})
                     pipe.drained.set()
-                if pipe.done and not pipe.parts:
+                if pipe.done:
                     break
         finally:
             if not pump.done():
@@ -117,6 +119,6 @@ class BurstStreamingResponse(StreamingResponse):
                 if not pipe.gone:
                     listener.cancel()
         if not pipe.gone:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": pipe.take(), "more_body": False})
         if self.background is not None:
             await self.background()
