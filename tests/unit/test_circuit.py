@@ -174,3 +174,42 @@ async def test_unreachable_redis_falls_back_to_local_state():
     finally:
         await d.close()
         await dead.aclose()
+
+
+@pytest.mark.redis
+async def test_rpm_cap_is_shared_by_replicas():
+    from tests.unit.test_dispatch import CALLS, SCRIPTS, make_config, shaper
+    from tiergate.dispatch.dispatcher import Dispatcher
+    from tiergate.wire.errors import GatewayError
+
+    SCRIPTS.clear()
+    CALLS.clear()
+    r = await _redis_or_skip()
+    dep_id = f"shared-{os.urandom(4).hex()}"
+    cfg = make_config([{"name": "m", "deployments": [{"id": dep_id, "rpm": 6, "tpm": 100000}]}])
+    a = Dispatcher(cfg, None, shared_state=r)
+    b = Dispatcher(cfg, None, shared_state=r)
+    try:
+        for i in range(4):
+            await a.dispatch("m", shaper(), stream=False, request_id=f"a{i}", prompt_tokens=10)
+        await a.shared.refresh()  # push a's 4 requests
+        await b.shared.refresh()  # b learns them
+        for i in range(2):
+            await b.dispatch("m", shaper(), stream=False, request_id=f"b{i}", prompt_tokens=10)
+        with pytest.raises(GatewayError) as ei:  # 6 used across the two replicas
+            await b.dispatch("m", shaper(), stream=False, request_id="b3", prompt_tokens=10)
+        assert ei.value.status == 429 and ei.value.code == "deployment_rate_limited"
+        await b.shared.refresh()
+        await a.shared.refresh()
+        with pytest.raises(GatewayError):
+            await a.dispatch("m", shaper(), stream=False, request_id="a5", prompt_tokens=10)
+        assert len(CALLS) == 6
+        tpm = a.deployment_states("m")[0].tpm
+        assert tpm is not None and tpm.level(asyncio.get_running_loop().time()) >= 6 * 10
+    finally:
+        await a.close()
+        await b.close()
+        keys = [k async for k in r.scan_iter(f"tiergate:cb:{dep_id}:*")]
+        if keys:
+            await r.delete(*keys)
+        await r.aclose()

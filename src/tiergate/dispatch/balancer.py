@@ -27,15 +27,22 @@ _WINDOW = 60.0
 
 class RateWindow:
     """Requests or tokens in the last minute, as a sliding window over two fixed one-minute buckets
-    (the previous bucket counts in proportion to how much of it is still inside the window)."""
+    (the previous bucket counts in proportion to how much of it is still inside the window).
 
-    __slots__ = ("cur", "limit", "prev", "start")
+    With Redis, `remote` is what the other replicas used in the window at the last sync and `unsynced`
+    what this replica added since (pushed by `SharedCircuits.refresh`), so a cap holds across replicas,
+    give or take one refresh interval of traffic."""
+
+    __slots__ = ("cur", "limit", "own", "prev", "remote", "start", "unsynced")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.start = 0.0
         self.cur = 0.0
         self.prev = 0.0
+        self.remote = 0.0
+        self.unsynced = 0.0
+        self.own: dict[int, float] = {}  # wall-clock minute -> what this replica pushed (shared mode)
 
     def _roll(self, now: float) -> None:
         age = now - self.start
@@ -46,14 +53,16 @@ class RateWindow:
 
     def level(self, now: float) -> float:
         self._roll(now)
-        return self.prev * (1.0 - (now - self.start) / _WINDOW) + self.cur
+        return self.prev * (1.0 - (now - self.start) / _WINDOW) + self.cur + self.remote
 
     def fits(self, now: float, n: float) -> bool:
-        return self.level(now) + n <= self.limit or (self.cur == 0 and self.prev == 0)
+        lvl = self.level(now)
+        return lvl + n <= self.limit or lvl == 0
 
     def add(self, now: float, n: float) -> None:
         self._roll(now)
         self.cur += n
+        self.unsynced += n
 
     def free_in(self, now: float, n: float) -> float:
         """Rough seconds until `n` more fits (for a Retry-After hint)."""

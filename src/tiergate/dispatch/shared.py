@@ -11,6 +11,10 @@ the past = half-open; absent = closed; a value ending in `.5` marks a rate-limit
 answers 429 rather than 503 while it lasts), `{prefix}{id}:fails` = sorted set of failure times,
 `{prefix}{id}:probe` = the probe lock. When Redis is unreachable every call falls back to the local
 breaker and a warning is logged at most once a minute: requests are never failed because of Redis.
+
+The same refresh also shares the deployments' `rpm`/`tpm` windows: each replica adds what it used since
+the last refresh to `{prefix}{id}:{rpm|tpm}:{epoch minute}` (`INCRBYFLOAT`, expiring after 3 minutes)
+and reads the current and previous minute back, so every replica's window counts everyone's traffic.
 """
 
 from __future__ import annotations
@@ -78,6 +82,8 @@ class SharedCircuits:
         self.refresh_s = refresh_s
         self.call_timeout_s = call_timeout_s
         self._state_keys = [f"{prefix}{s.id}:state" for s in self.states]
+        self._windows = [(f"{prefix}{s.id}:{kind}", w) for s in self.states
+                         for kind, w in (("rpm", s.rpm), ("tpm", s.tpm)) if w is not None]
         self._task: asyncio.Task | None = None
         self._failure = redis.register_script(_FAILURE)
         self._trip = redis.register_script(_TRIP)
@@ -121,6 +127,39 @@ class SharedCircuits:
         mono, wall_ms = loop.time(), time.time() * 1000
         for st, v in zip(self.states, values):
             self._apply(st, None if v is None else float(v), mono, wall_ms, from_refresh=True)
+        if self._windows:
+            await self.sync_rates()
+
+    async def sync_rates(self) -> None:
+        wall = time.time()
+        minute, frac = int(wall // 60), (wall % 60) / 60
+        pushed = []
+        pipe = self.redis.pipeline(transaction=False)
+        for base, w in self._windows:
+            delta, w.unsynced = w.unsynced, 0.0
+            pushed.append(delta)
+            cur = f"{base}:{minute}"
+            if delta:
+                pipe.incrbyfloat(cur, delta)
+                pipe.expire(cur, 180)
+            pipe.mget(cur, f"{base}:{minute - 1}")
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                results = await pipe.execute()
+        except _ERRORS as e:
+            for (_, w), delta in zip(self._windows, pushed):
+                w.unsynced += delta  # push it next time
+            self._warn(e)
+            return
+        totals = [r for r in results if isinstance(r, list)]
+        for (_, w), delta, (cur, prev) in zip(self._windows, pushed, totals):
+            own = w.own
+            own[minute] = own.get(minute, 0.0) + delta
+            for k in [k for k in own if k < minute - 1]:
+                del own[k]
+            everyone = float(prev or 0) * (1 - frac) + float(cur or 0)
+            mine = own.get(minute - 1, 0.0) * (1 - frac) + own.get(minute, 0.0)
+            w.remote = max(0.0, everyone - mine)
 
     def _apply(self, st: DeploymentState, until_ms: float | None, mono: float, wall_ms: float,
                *, from_refresh: bool = False) -> None:
