@@ -25,6 +25,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 _INF = 'le="+Inf"'
+# token kind -> ledger row fields (accounting.pricing.usage_breakdown names first, Chat Completions names second)
+_TOKEN_FIELDS = (("prompt", ("input_tokens", "prompt_tokens")), ("completion", ("output_tokens", "completion_tokens")),
+                 ("cached", ("cached_tokens", "")), ("reasoning", ("reasoning_tokens", "")))
 
 
 def _esc(v: str) -> str:
@@ -114,7 +117,8 @@ class Metrics:
         self.request_duration = Histogram("tiergate_request_duration_seconds",
                                           "End-to-end request latency seen by the gateway.", md)
         self.ttft = Histogram("tiergate_ttft_seconds", "Time to first token of answered requests.", md)
-        self.tokens = Counter("tiergate_tokens_total", "Tokens billed, by kind (prompt, completion).",
+        self.tokens = Counter("tiergate_tokens_total", "Tokens billed, by kind (prompt, completion; cached and "
+                              "reasoning are parts of prompt and completion).",
                               (*md, "kind"))
         self.cost = Counter("tiergate_cost_usd_total", "Cost billed in USD.", md)
         self.attempts = Counter("tiergate_upstream_attempts_total", "Upstream attempts by outcome (ok, http_<status>, "
@@ -170,8 +174,8 @@ class Metrics:
         ttft = row.get("ttft_ms")
         if ttft and status == "ok":
             self.ttft.observe(k, ttft / 1000.0)
-        for kind in ("prompt", "completion"):
-            n = row.get(f"{kind}_tokens")
+        for kind, keys in _TOKEN_FIELDS:
+            n = row.get(keys[0]) or row.get(keys[1])
             if n:
                 self.tokens.inc((model, dep, kind), float(n))
         cost = row.get("cost_usd")

@@ -116,7 +116,10 @@ def test_fault_with_a_healthy_second_deployment(env, fault, stream):
     assert len(bad.requests) == 1 and len(good.requests) == 1
     assert elapsed < TIMEOUTS["total"]
     metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
-    assert f'deployment="bad-{slug(fault)}-{mode}"' in metrics
+    model, s = f"dual-{slug(fault)}-{mode}", slug(fault)
+    assert f'tiergate_upstream_attempts_total{{model="{model}",deployment="bad-{s}-{mode}",outcome=' in metrics
+    assert f'tiergate_requests_total{{model="{model}",deployment="good-{s}-{mode}",status="ok"}} 1' in metrics
+    assert f'tiergate_tokens_total{{model="{model}",deployment="good-{s}-{mode}",kind="completion"}}' in metrics
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])

@@ -23,7 +23,8 @@ def test_render_is_valid_exposition_text():
     m.fallback("gpt-4o", "gpt-4o-mini")
     m.circuit_state("gpt-4o", "gpt-4o/1", 2)
     m.observe_request({"served_model": 'we"ird\nname', "deployment": "d/0", "status": "ok", "latency_ms": 250.0,
-                       "ttft_ms": 40.0, "prompt_tokens": 10, "completion_tokens": 5, "cost_usd": 0.0012})
+                       "ttft_ms": 40.0, "input_tokens": 10, "output_tokens": 5, "reasoning_tokens": 3,
+                       "cached_tokens": 0, "cost_usd": 0.0012})
     text = m.render().decode()
     for line in text.strip().splitlines():
         assert _LINE.match(line), line
@@ -34,6 +35,7 @@ def test_render_is_valid_exposition_text():
     assert 'name="we\\"ird\\nname"' not in text  # label is `model`
     assert 'model="we\\"ird\\nname"' in text
     assert 'tiergate_tokens_total{model="we\\"ird\\nname",deployment="d/0",kind="completion"} 5' in text
+    assert 'kind="reasoning"} 3' in text and 'kind="cached"' not in text
     assert "tiergate_cost_usd_total" in text and "0.0012" in text
 
 
