@@ -20,7 +20,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     import uvicorn
 
+    from tiergate.logs import configure_logging
     from tiergate.server.app import build_app
+
+    configure_logging(args.log_level)
 
     _startup_banner(config, args)
     app = build_app(config)
@@ -57,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML config file (default: embedded defaults: sim models, SQLite)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=4000)
-    s.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                   help="JSON log lines on stderr; `info` adds one line per request (default: warning)")
     s.set_defaults(func=_serve)
     for mod, fn in (
         ("tiergate.cli_router", "add_router_commands"),

@@ -18,6 +18,7 @@ from tiergate.accounting.pricing import cost_usd, max_cost_usd, usage_breakdown
 from tiergate.accounting.tokens import count_messages, count_text
 from tiergate.catalog.shaping import check_capabilities, shape_request
 from tiergate.dispatch.errors import ContextWindowExceeded
+from tiergate.logs import log_request
 from tiergate.providers.base import Timeouts, UpstreamError
 from tiergate.providers.registry import provider_class
 from tiergate.server import routing_glue
@@ -353,6 +354,8 @@ def record_call(gw, ctx: CallContext, requested, served, deployment, effort, usa
     gw.accounting.record(row)
     if gw.metrics is not None:
         gw.metrics.observe_request(row)
+    log_request(row["request_id"], status=status, model=served, requested_model=requested, deployment=deployment,
+                latency_ms=round(row["latency_ms"], 2), cost_usd=cost, key_id=row["key_id"], error=error)
 
 
 # ----------------------------------------------------------------------------- HTTP
