@@ -146,7 +146,11 @@ class Dispatcher:
     # ------------------------------------------------------------------ entry point
 
     async def dispatch(self, model: str, shape: Shape, *, stream: bool, timeouts: Timeouts | None = None,
-                       request_id: str, prompt_tokens: int = 0) -> Dispatched:
+                       request_id: str, prompt_tokens: int = 0, operation: str = "chat") -> Dispatched:
+        """`operation` is "chat" (Chat Completions, streaming or not) or "responses" (a provider's
+        native Responses API, non-streaming): the same balancing, retries, circuits and fallbacks."""
+        if operation not in ("chat", "responses") or (operation == "responses" and stream):
+            raise ValueError(f"unsupported dispatch operation {operation!r} (stream={stream})")
         m = self._models.get(model)
         if m is None:
             raise not_found(f"The model '{model}' is not configured on this gateway.", param="model",
@@ -189,7 +193,7 @@ class Dispatcher:
                 continue
             tried_models.append(name)
             t = timeouts if timeouts is not None else cur.config.timeouts
-            out = await self._serve(cur, body, stream, t, deadline, run, request_id, prompt_tokens, loop)
+            out = await self._serve(cur, body, stream, t, deadline, run, request_id, prompt_tokens, loop, operation)
             if out is not None:
                 out.dropped_params = dropped
                 out.attempts = run.attempts
@@ -222,7 +226,8 @@ class Dispatcher:
     # ------------------------------------------------------------------ one model
 
     async def _serve(self, m: _Model, body: dict, stream: bool, t: Timeouts, deadline: float, run: _Run,
-                     request_id: str, tokens: int, loop: asyncio.AbstractEventLoop) -> Dispatched | None:
+                     request_id: str, tokens: int, loop: asyncio.AbstractEventLoop,
+                     operation: str = "chat") -> Dispatched | None:
         policy = m.config.retry
         tried: list[DeploymentState] = []
         err: UpstreamError | None = None
@@ -249,7 +254,7 @@ class Dispatcher:
                     and not await self.shared.acquire_probe(st, min(t.total or 60.0, 60.0))):
                 st.circuit.probe_elsewhere = True
                 continue
-            out = await self._attempt(m, st, body, stream, t, deadline, run, request_id, tokens, loop)
+            out = await self._attempt(m, st, body, stream, t, deadline, run, request_id, tokens, loop, operation)
             if out is not None:
                 return out
             err = run.last
@@ -290,7 +295,7 @@ class Dispatcher:
 
     async def _attempt(self, m: _Model, st: DeploymentState, body: dict, stream: bool, t: Timeouts,
                        deadline: float, run: _Run, request_id: str, tokens: int,
-                       loop: asyncio.AbstractEventLoop) -> Dispatched | None:
+                       loop: asyncio.AbstractEventLoop, operation: str = "chat") -> Dispatched | None:
         cb = st.circuit
         cb.begin()
         st.inflight += 1
@@ -304,7 +309,8 @@ class Dispatcher:
             if not stream:
                 wd.wait()
                 try:
-                    result = await st.provider.chat(body, t)
+                    call = st.provider.chat if operation == "chat" else st.provider.responses
+                    result = await call(body, t)
                 except asyncio.CancelledError:
                     if wd.expired():
                         raise wd.timeout_error(st.id, t.total) from None
@@ -318,7 +324,7 @@ class Dispatcher:
                     await self._closed(st)
                 usage = result.body.get("usage")
                 if st.tpm is not None and usage:
-                    st.count_tokens(now, int(usage.get("completion_tokens") or 0))
+                    st.count_tokens(now, int(usage.get("completion_tokens") or usage.get("output_tokens") or 0))
                 if self.metrics is not None:
                     self.metrics.upstream(m.name, st.id, "ok", latency, latency)
                 return Dispatched(m.name, st.dep, body, [], None, run.attempts, result=result, ttft_s=latency)
@@ -415,7 +421,7 @@ class Dispatcher:
                 loop = asyncio.get_running_loop()
                 now = loop.time()
                 if st.tpm is not None and usage:
-                    st.count_tokens(now, int(usage.get("completion_tokens") or 0))
+                    st.count_tokens(now, int(usage.get("completion_tokens") or usage.get("output_tokens") or 0))
                 if self.metrics is not None:
                     self.metrics.upstream(m.name, st.id, "ok", now - start, ttft)
             elif it is not None:

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from tiergate.accounting.pricing import cost_usd, max_cost_usd
 from tiergate.accounting.tokens import count_messages
-from tiergate.providers.base import Provider, UpstreamError
+from tiergate.providers.base import Provider
 from tiergate.server.chat import CallContext, error_response, record_call, run_chat
 from tiergate.wire import responses as wr
 from tiergate.wire import sse
@@ -116,44 +116,38 @@ def _native_ok(gw: Gateway, req: dict[str, Any]) -> bool:
 
 
 async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], ctx: CallContext) -> Response:
-    from tiergate.dispatch.errors import from_upstream, no_healthy_deployment
-    from tiergate.dispatch.retry import retryable
-
+    """Send the Responses request unchanged to the deployments' native endpoint, through the
+    dispatcher (balancing, retries, circuits as for chat), budgeted and recorded like chat."""
     model = req["model"]
-    mc = gw.config.model(model)
     info = gw.infos[model]
     prompt_tokens = count_messages(chat_body["messages"], info)
     max_out = int(req.get("max_output_tokens") or 4096)
     admission = await gw.accounting.admit(ctx.key, model, prompt_tokens, max_cost_usd(prompt_tokens, max_out, info),
                                           prompt_tokens + max_out)
+    effort = (req.get("reasoning") or {}).get("effort")
+    upstream_body = {k: v for k, v in req.items() if k != "tiergate"}  # our own options stay here
+    upstream_body["model"] = info.name
     cost, tokens = 0.0, 0
     try:
-        last: UpstreamError | None = None
-        last_dep = ""
-        effort = (req.get("reasoning") or {}).get("effort")
-        upstream_body = {k: v for k, v in req.items() if k != "tiergate"}  # our own options stay here
-        now = time.monotonic()
-        for attempt, st in enumerate(s for s in gw.dispatcher.deployment_states(model) if s.circuit.available(now)):
-            last_dep = st.id
-            try:
-                result = await st.provider.responses(upstream_body, mc.timeouts)
-            except UpstreamError as e:
-                last = e
-                record_call(gw, ctx, model, model, st.id, effort, e.usage, 0.0, "failed_attempt", str(e.message)[:500],
-                        None, False, attempt + 1, request_id=f"{ctx.request_id}:a{attempt + 1}")
-                if not retryable(e):
-                    break
-                continue
-            usage = result.body.get("usage")
-            cost = cost_usd(usage, info) if usage else 0.0
-            tokens = int((usage or {}).get("total_tokens") or 0)
-            record_call(gw, ctx, model, model, st.id, effort, usage, cost, "ok", None, None, False, attempt + 1)
-            headers = {"x-request-id": ctx.request_id, "x-tiergate-model": model, "x-tiergate-deployment": st.id,
-                       "x-tiergate-cost-usd": f"{cost:.8f}", "x-tiergate-responses": "native"}
-            return Response(orjson.dumps(result.body), media_type="application/json", headers=headers)
-        if last is None:
-            raise no_healthy_deployment([model], None)
-        record_call(gw, ctx, model, model, None, effort, None, 0.0, "error", str(last.message)[:500], None, False, 0)
-        raise from_upstream(last, model, last_dep, 1)
+        try:
+            d = await gw.dispatcher.dispatch(model, lambda _name: (upstream_body, []), stream=False,
+                                             request_id=ctx.request_id, prompt_tokens=prompt_tokens,
+                                             operation="responses")
+        except GatewayError as e:
+            record_call(gw, ctx, model, model, None, effort, None, 0.0, "error", e.message[:500], None, False, 0)
+            raise
+        for i, a in enumerate(d.attempts):
+            record_call(gw, ctx, model, a.model, a.deployment_id, effort, a.usage,
+                        cost_usd(a.usage, info) if a.usage else 0.0, "failed_attempt",
+                        str(a.error.message if a.error else "")[:500], None, False, i + 1,
+                        request_id=f"{ctx.request_id}:a{i + 1}", latency_ms=a.latency_s * 1000)
+        usage = d.result.body.get("usage")
+        cost = cost_usd(usage, info) if usage else 0.0
+        tokens = int((usage or {}).get("total_tokens") or 0)
+        record_call(gw, ctx, model, model, d.deployment.id, effort, usage, cost, "ok", None, None, False,
+                    len(d.attempts) + 1, ttft_ms=(d.ttft_s or 0) * 1000)
+        headers = {"x-request-id": ctx.request_id, "x-tiergate-model": model, "x-tiergate-deployment": d.deployment.id,
+                   "x-tiergate-cost-usd": f"{cost:.8f}", "x-tiergate-responses": "native"}
+        return Response(orjson.dumps(d.result.body), media_type="application/json", headers=headers)
     finally:
         await gw.accounting.settle(admission, cost, tokens)
