@@ -477,6 +477,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--probe", type=float, default=1.5, help="seconds of the c=1 TTFB probe (0: off)")
     p.add_argument("--workers", type=int, default=1, help="gateway worker processes (LiteLLM and tiergate)")
     p.add_argument("--chunks", type=int, default=32, help="content chunks per upstream stream")
+    p.add_argument("--upstream-ttft-ms", type=float, default=0.0,
+                   help="upstream pause between a stream's first event and the rest (shows relaying)")
     p.add_argument("--gateway-cpus", default="", help="taskset CPU list for gateways, e.g. 1")
     p.add_argument("--client-cpus", default="", help="taskset CPU list for wrk and the upstream, e.g. 0")
     p.add_argument("--tiergate-cmd", default="",
@@ -507,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         upstream = spawn(
             "upstream",
             taskset(args.client_cpus, [sys.executable, str(HERE / "upstream.py"), "--host", HOST,
-                                       "--port", str(up_port), "--chunks", str(args.chunks)]),
+                                       "--port", str(up_port), "--chunks", str(args.chunks),
+                                       "--ttft-ms", str(args.upstream_ttft_ms)]),
             up_port, workdir, {},
         )
         servers = [upstream]
@@ -539,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}")
     print(f"settings: duration {args.duration:g}s + warm-up {args.warmup:g}s per cell, workers={args.workers}, "
           f"gateway cpus={args.gateway_cpus or 'any'}, client cpus={args.client_cpus or 'any'}, "
-          f"stream chunks={args.chunks}")
+          f"stream chunks={args.chunks}, upstream ttft={args.upstream_ttft_ms:g} ms")
     print(table(cells))
     print()
     print(verdict(cells))

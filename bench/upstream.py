@@ -114,7 +114,8 @@ class Responses:
         self._cache: dict[tuple[str, bool, bool], tuple[bytes, bytes]] = {}
 
     def chat(self, model: str, stream: bool, include_usage: bool) -> tuple[bytes, bytes]:
-        """(head, rest): `head` is what a streaming client sees first (headers + first event)."""
+        """(head, rest): `head` is what a streaming client sees first (headers, the role chunk and the
+        first content chunk); `--ttft-ms` pauses between the two."""
         key = (model, stream, include_usage)
         hit = self._cache.get(key)
         if hit is not None:
@@ -124,8 +125,8 @@ class Responses:
             head = (
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
                 b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
-            ) + _http_chunk(events[0])
-            rest = b"".join(_http_chunk(e) for e in events[1:]) + b"0\r\n\r\n"
+            ) + b"".join(_http_chunk(e) for e in events[:2])
+            rest = b"".join(_http_chunk(e) for e in events[2:]) + b"0\r\n\r\n"
             hit = (head, rest)
         else:
             body = _completion_body(model, self._chunks)
@@ -293,7 +294,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--chunks", type=int, default=32, help="content chunks per stream (= completion tokens)")
-    parser.add_argument("--ttft-ms", type=float, default=0.0, help="delay before the rest of a stream")
+    parser.add_argument("--ttft-ms", type=float, default=0.0, help="pause after a stream's first content chunk")
     args = parser.parse_args()
     coro = serve(args.host, args.port, args.chunks, args.ttft_ms)
     try:
