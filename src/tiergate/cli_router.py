@@ -318,13 +318,10 @@ def add_router_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tiergate", description="tiergate routing commands")
-    add_router_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
+    """`python -m tiergate.cli_router …` is the same as `tiergate …`."""
+    from tiergate.cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
