@@ -26,7 +26,7 @@ from yarl import URL
 from tiergate.providers.base import ChatResult, Deployment, Provider, SessionFactory, Timeouts, UpstreamError
 from tiergate.providers.http import parse_retry_after, pick_headers, scrub
 from tiergate.providers.registry import register
-from tiergate.wire.sse import iter_data
+from tiergate.wire.sse import iter_data_batches
 
 DEFAULT_API_BASE = "https://api.openai.com/v1"
 _JSON = "application/json"
@@ -156,34 +156,38 @@ class OpenAIProvider(Provider):
                     raise self._status_error(502, raw, resp.headers)
                 raise self._protocol_error(f"a stream with content-type {ctype or 'none'!r}", pick_headers(resp.headers))
             protocol = resp.connection.protocol if resp.connection is not None else None
-            async for data in iter_data(resp.content.iter_any()):
-                if data == _DONE:
-                    finished = complete = True
+            # one generator step per socket read, not per event: a read often holds dozens of events
+            async for batch in iter_data_batches(resp.content.iter_any()):
+                for data in batch:
+                    if data == _DONE:
+                        finished = complete = True
+                        break
+                    try:
+                        chunk = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        raise UpstreamError(502, f"upstream {self.deployment.id} sent a malformed stream chunk",
+                                            kind="protocol", type="api_error", code="upstream_protocol_error",
+                                            usage=usage) from None
+                    if not isinstance(chunk, dict):
+                        raise UpstreamError(502, f"upstream {self.deployment.id} sent a stream chunk that is "
+                                            "not an object", kind="protocol", type="api_error",
+                                            code="upstream_protocol_error", usage=usage)
+                    if chunk.get("error") is not None:
+                        raise self._stream_error_event(chunk["error"], usage)
+                    if phase == "first_token":
+                        phase = "stream_idle"
+                        if protocol is not None:
+                            protocol.read_timeout = timeouts.stream_idle
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    for c in chunk.get("choices") or ():
+                        if c.get("finish_reason"):
+                            finished = True
+                    out = self._normalize_chunk(chunk)
+                    if out is not None:
+                        yield out
+                if complete:
                     break
-                try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    raise UpstreamError(502, f"upstream {self.deployment.id} sent a malformed stream chunk",
-                                        kind="protocol", type="api_error", code="upstream_protocol_error",
-                                        usage=usage) from None
-                if not isinstance(chunk, dict):
-                    raise UpstreamError(502, f"upstream {self.deployment.id} sent a stream chunk that is not "
-                                        "an object", kind="protocol", type="api_error",
-                                        code="upstream_protocol_error", usage=usage)
-                if chunk.get("error") is not None:
-                    raise self._stream_error_event(chunk["error"], usage)
-                if phase == "first_token":
-                    phase = "stream_idle"
-                    if protocol is not None:
-                        protocol.read_timeout = timeouts.stream_idle
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                for c in chunk.get("choices") or ():
-                    if c.get("finish_reason"):
-                        finished = True
-                out = self._normalize_chunk(chunk)
-                if out is not None:
-                    yield out
             else:
                 complete = True
                 if not finished:

@@ -20,16 +20,23 @@ def encode_event(event: str, obj: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
 
 
-async def iter_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Yield the payload of every `data:` field from a byte stream, joined across reads.
+class DataDecoder:
+    """Incremental decoder of `data:` fields, synchronous so that a reader parses a whole socket read
+    at once: `feed(piece)` returns the payloads completed by that read (multi-line fields joined with
+    newlines; comment lines and `event:`/`id:` fields skipped); `close()` returns a last field cut off
+    without its blank line."""
 
-    Multi-line data fields are joined with newlines, per the SSE specification. Comment lines
-    (`: keep-alive`) and `event:`/`id:` fields are skipped."""
-    buf = b""
-    data_lines: list[bytes] = []
-    async for piece in chunks:
-        buf = buf + piece if buf else bytes(piece)
-        pos = 0  # scan by index: slicing the rest of the buffer per line copied it once per line
+    __slots__ = ("_buf", "_lines")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._lines: list[bytes] = []
+
+    def feed(self, piece: bytes) -> list[bytes]:
+        buf = self._buf + piece if self._buf else bytes(piece)
+        out: list[bytes] = []
+        lines = self._lines
+        pos = 0  # scan by index: slicing the rest of the buffer per line would copy it once per line
         while True:
             nl = buf.find(b"\n", pos)
             if nl < 0:
@@ -37,14 +44,42 @@ async def iter_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             line = buf[pos:nl].rstrip(b"\r")
             pos = nl + 1
             if not line:
-                if data_lines:
-                    yield data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines)
-                    data_lines = []
+                if lines:
+                    out.append(lines[0] if len(lines) == 1 else b"\n".join(lines))
+                    lines = []
                 continue
             if line.startswith(b"data:"):
-                data_lines.append(line[5:].lstrip(b" "))
-        buf = buf[pos:] if pos else buf
-    if buf.strip().startswith(b"data:"):
-        data_lines.append(buf.strip()[5:].lstrip(b" "))
-    if data_lines:
-        yield b"\n".join(data_lines)
+                lines.append(line[5:].lstrip(b" "))
+        self._lines = lines
+        self._buf = buf[pos:] if pos else buf
+        return out
+
+    def close(self) -> list[bytes]:
+        rest, lines = self._buf.strip(), self._lines
+        self._buf, self._lines = b"", []
+        if rest.startswith(b"data:"):
+            lines.append(rest[5:].lstrip(b" "))
+        return [b"\n".join(lines)] if lines else []
+
+
+async def iter_data_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+    """The payloads of `iter_data`, one non-empty list per read: one generator step per read rather
+    than per event (an upstream read often holds dozens of events)."""
+    decoder = DataDecoder()
+    async for piece in chunks:
+        batch = decoder.feed(piece)
+        if batch:
+            yield batch
+    tail = decoder.close()
+    if tail:
+        yield tail
+
+
+async def iter_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Yield the payload of every `data:` field from a byte stream, joined across reads.
+
+    Multi-line data fields are joined with newlines, per the SSE specification. Comment lines
+    (`: keep-alive`) and `event:`/`id:` fields are skipped."""
+    async for batch in iter_data_batches(chunks):
+        for data in batch:
+            yield data
