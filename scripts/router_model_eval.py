@@ -24,7 +24,7 @@ import numpy as np
 
 from tiergate.routing import metrics
 from tiergate.routing.data import dev_files, load_outcomes, outcome_matrix
-from tiergate.routing.policy import two_model_score
+from tiergate.routing.policy import POLICY_TARGETS, two_model_score
 from tiergate.routing.quality import FitConfig, QualityModel
 
 CACHE = Path.home() / ".cache" / "tiergate"
@@ -61,6 +61,13 @@ def norm(text: str) -> str:
 
 
 def fit_predict(cfg, rows, X, train_idx, test_idx):
+    if isinstance(cfg, list):  # an ensemble: average the members' probabilities
+        preds = [fit_predict(c, rows, X, train_idx, test_idx) for c in cfg]
+        return {k: np.mean([p[k] for p in preds], axis=0) for k in preds[0]}
+    return _fit_predict(cfg, rows, X, train_idx, test_idx)
+
+
+def _fit_predict(cfg, rows, X, train_idx, test_idx):
     """Fit on train_idx minus every row whose prompt also occurs in the test rows (dcrouter holds 300
     GSM8K test questions verbatim, for instance), predict test_idx."""
     test_prompts = {norm(rows[i].prompt) for i in test_idx}
@@ -115,7 +122,7 @@ def lcb(cfg, rows, X, targets):
         P = fit_predict(cfg, rows, X, tr, te)
         for pos, i in enumerate(te):
             preds[int(i)] = {c: float(v[pos]) for c, v in P.items()}
-    for src in ("livecodebench-o1-dev", "livecodebench-o3o4-dev"):
+    for src in ("livecodebench-o1", "livecodebench-o3o4"):
         srows = [i for i in lcb_idx if rows[i].source == src]
         allc = sorted(rows[srows[0]].outcomes)
         om = outcome_matrix([rows[i] for i in srows], allc)
@@ -134,6 +141,12 @@ def lcb(cfg, rows, X, targets):
                 pts.append(metrics.routed_point(ch, scores, costs, f"{tgt:.3f}"))
             tab = metrics.cost_at_quality_table(pts, best)
             orc = metrics.routed_point(metrics.oracle_choice(scores, costs), scores, costs)
+            named = []
+            for pol in ("cost", "balanced", "quality"):
+                t = POLICY_TARGETS[pol]
+                pt = metrics.routed_point(choose_batch(pq, est, t), scores, costs)
+                named.append(f"auto:{pol}({t}) {pt.score / best.score:.1%} of quality at {pt.cost_usd / best.cost_usd:.1%}")
+            print(f"{src} [{name}] named policies: " + "; ".join(named), flush=True)
             def fmt(d):
                 return "n/a" if d["cost_usd"] is None else f"${d['cost_usd']:.4f} ({d['fraction_of_best_single']:.1%})"
             print(f"{src} [{name}] best {best.label} {best.score:.3f} ${best.cost_usd:.4f}; oracle {orc.score:.3f}; "
@@ -150,8 +163,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=FitConfig.steps)
     ap.add_argument("--l2-direct", type=float, default=FitConfig.l2_direct)
     ap.add_argument("--l2-encoder", type=float, default=FitConfig.l2_encoder)
+    ap.add_argument("--within-embed-dims", type=int, default=FitConfig.within_embed_dims)
+    ap.add_argument("--no-lexical", action="store_true")
+    ap.add_argument("--l2-lexical", type=float, default=FitConfig.l2_lexical)
+    ap.add_argument("--ensemble", action="store_true", help="average E=16 and E=128 members")
     args = ap.parse_args()
-    cfg = FitConfig(rank=args.rank, steps=args.steps, l2_direct=args.l2_direct, l2_encoder=args.l2_encoder)
+    cfg = FitConfig(rank=args.rank, steps=args.steps, l2_direct=args.l2_direct, l2_encoder=args.l2_encoder,
+                    within_embed_dims=args.within_embed_dims, lexical=not args.no_lexical,
+                    l2_lexical=args.l2_lexical)
+    if args.ensemble:
+        from dataclasses import replace
+        cfg = [replace(cfg, within_embed_dims=16, seed=0), replace(cfg, within_embed_dims=128, seed=1)]
     rows = load_outcomes(dev_files())
     X = cached_features(base, rows)
     t = time.time()

@@ -14,6 +14,8 @@ import numpy as np
 
 #: Prompts longer than this many WordPiece tokens are embedded from their head and tail only.
 MAX_TOKENS = 2048
+#: Words whose WordPiece split is remembered per embedder (bounds its memory: ~100 bytes a word).
+WORD_CACHE_SIZE = 200_000
 
 
 class StaticEmbedder:
@@ -27,6 +29,7 @@ class StaticEmbedder:
         self._tok = Tokenizer.from_file(str(tokenizer_path))
         self._tok.no_truncation()
         self._tok.no_padding()
+        self._words: dict[str, tuple[int, ...]] = {}
 
     @classmethod
     def load(cls, directory: str | Path) -> StaticEmbedder:
@@ -39,7 +42,28 @@ class StaticEmbedder:
                 table = z["table"].astype(np.float32)
         return cls(table, directory / "tokenizer.json")
 
-    def _vector(self, ids: list[int]) -> np.ndarray:
+    def token_ids(self, text: str) -> list[int]:
+        """MiniLM WordPiece ids of a text (lower-cased, no special tokens).
+
+        Same ids as the tokenizer on the whole text (BERT splits on whitespace first, then on
+        punctuation, then WordPiece), but each distinct whitespace-separated chunk is tokenised once
+        and remembered: a 1,000-token prompt costs a `str.split` and dictionary lookups instead of a
+        full tokenizer call."""
+        out: list[int] = []
+        words = self._words
+        for w in text.lower().split():
+            ids = words.get(w)
+            if ids is None:
+                ids = tuple(self._tok.encode(w, add_special_tokens=False).ids)
+                if len(words) < WORD_CACHE_SIZE:
+                    words[w] = ids
+            out.extend(ids)
+            if len(out) > 4 * MAX_TOKENS:
+                break
+        return out
+
+    def vector(self, ids: list[int]) -> np.ndarray:
+        """The embedding of a token-id sequence."""
         if not ids:
             return np.zeros(self.dims, dtype=np.float32)
         if len(ids) > MAX_TOKENS:
@@ -51,13 +75,9 @@ class StaticEmbedder:
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dims) float32."""
-        if len(texts) == 1:
-            encs = [self._tok.encode(texts[0], add_special_tokens=False)]
-        else:
-            encs = self._tok.encode_batch(texts, add_special_tokens=False)
         out = np.empty((len(texts), self.dims), dtype=np.float32)
-        for i, enc in enumerate(encs):
-            out[i] = self._vector(enc.ids)
+        for i, text in enumerate(texts):
+            out[i] = self.vector(self.token_ids(text))
         return out
 
 

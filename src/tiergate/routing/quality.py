@@ -1,21 +1,21 @@
 """Predicted answer quality per (model, effort) candidate for a prompt, learned from recorded outcomes.
 
-The model is a low-rank multi-task logistic regression ("matrix factorisation with a prompt encoder"):
+A low-rank multi-task logistic regression ("matrix factorisation with a prompt encoder"):
 
-    logit q(m, p) = b_m + u_m . (V x_p) + w_m . x_p
+    logit q(m, p) = b_m + u_m . z_p + w_m . x~_p        z_p = V x~_p + C pi_p + T' tfidf_p
 
-- x_p: the prompt's features (`features.py`: structural counts + static MiniLM embedding),
-  standardised with the training mean and deviation;
-- V (features x rank): one prompt encoder shared by every candidate of every outcome file. It is what
-  lets a candidate with a few hundred rows (LiveCodeBench's o1@high) borrow from others with tens of
-  thousands, and what carries "this prompt is hard" across benchmarks;
-- u_m, b_m: the candidate's loadings and bias; w_m: a small, strongly regularised per-candidate
-  correction on the raw features.
+- pi_p: how much the prompt resembles each training file's prompts (a softmax classifier on the
+  standardised features); C pi_p carries what a benchmark is like for each candidate;
+- x~_p: the structural features and leading embedding dims *relative to the benchmark the prompt
+  resembles* (minus the pi-weighted per-file mean, over the within-file deviation), so that V learns
+  within-benchmark difficulty that carries over to benchmarks it has not seen;
+- tfidf_p: the prompt's WordPiece bag (features.TOKEN_SLOTS), projected by T (vocabulary x rank);
+- V, C, T are shared by every candidate of every outcome file: a candidate with a few hundred rows
+  borrows from those with thousands; u_m, b_m and a strongly regularised w_m are per candidate.
 
 Trained by full-batch Adam on soft binary cross-entropy over the observed (prompt, candidate) cells,
-each outcome file weighted by 1/sqrt(rows) so that MMLU's 14k rows do not drown LiveCodeBench's 601.
-Everything is numpy: training takes about a minute on two cores and serving is a few small matrix
-products. Scores in the data are in [0, 1] (correctness, pass@1, graded), so predictions are too.
+each file weighted by 1/sqrt(rows). numpy at serve time (a few small products per prompt); scipy.sparse
+for the token bag when training. Scores in the data are in [0, 1] and so are predictions.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tiergate.routing.embed import StaticEmbedder
-from tiergate.routing.features import STRUCT_NAMES, FeatureExtractor
+from tiergate.routing.features import STRUCT_NAMES, TOKEN_SLOTS, FeatureExtractor
 
 if TYPE_CHECKING:
     from tiergate.routing.data import OutcomeRow
@@ -51,6 +51,8 @@ class FitConfig:
     l2_loadings: float = 1e-3  # on u
     l2_direct: float = 3e-2  # on w (per-candidate direct weights): strong, it only corrects
     within_embed_dims: int = 16  # leading embedding dims used for within-benchmark variation
+    l2_lexical: float = 1e-5  # on the token projection T (weak: the bag is sparse and L2-normalised)
+    lexical: bool = True  # learn a low-rank projection of the prompt's tf-idf WordPiece bag
     seed: int = 0
 
 
@@ -106,6 +108,9 @@ class QualityModel:
         self.within_std: np.ndarray | None = None
         self.src_A: np.ndarray | None = None
         self.src_c: np.ndarray | None = None
+        self.n_dense = 0
+        self.idf: np.ndarray | None = None
+        self.T: np.ndarray | None = None  # (vocabulary, rank) token projection
 
     # ------------------------------------------------------------------------------------- features
 
@@ -138,6 +143,8 @@ class QualityModel:
         col = {k: j for j, k in enumerate(keys)}
         n, m = len(rows), len(keys)
         X = self.features([r.prompt for r in rows]) if features is None else np.asarray(features, np.float32)
+        self.n_dense = X.shape[1] - 2 * TOKEN_SLOTS
+        X, slots = X[:, : self.n_dense], X[:, self.n_dense:]
         Y = np.zeros((n, m), dtype=np.float32)
         M = np.zeros((n, m), dtype=np.float32)
         per_source: dict[str, int] = {}
@@ -170,7 +177,12 @@ class QualityModel:
         resid = Xs - S @ self.src_mean
         self.within_std = resid.std(axis=0) + 1e-3
         self._fit_source_classifier(Xs, S, progress)
-        self._train((resid / self.within_std)[:, self._within_cols()], S, Y, M, progress)
+        ids, tok_counts = slots[:, :TOKEN_SLOTS].astype(np.int64), slots[:, TOKEN_SLOTS:]
+        vocab = self.extractor.embedder.table.shape[0]
+        df = np.bincount(ids[ids >= 0], minlength=vocab).astype(np.float64)
+        self.idf = (np.log((1 + n) / (1 + df)) + 1.0).astype(np.float32)
+        L = self._lexical_matrix(ids, tok_counts) if self.config.lexical else None
+        self._train((resid / self.within_std)[:, self._within_cols()], S, Y, M, L, progress)
         self._keys = keys
         self.n_rows = {k: counts[k] for k in keys}
         return self
@@ -195,16 +207,47 @@ class QualityModel:
             A, c = opt.step({"A": A, "c": c}, {"A": gA, "c": gc}).values()
         self.src_A, self.src_c = A, c
 
+    def resemblance(self, X: np.ndarray) -> np.ndarray:
+        """For raw features: how much each prompt resembles each training file (`self.sources`)."""
+        return self.source_probs((np.asarray(X[:, : self.n_dense], np.float32) - self.mean) / self.std)
+
     def source_probs(self, Xs: np.ndarray) -> np.ndarray:
         """How much each prompt resembles each training file's prompts (rows sum to 1)."""
         P = _softmax(Xs @ self.src_A + self.src_c)
         return (1 - SOURCE_SMOOTHING) * P + SOURCE_SMOOTHING / P.shape[1]
 
-    def _train(self, X: np.ndarray, S: np.ndarray, Y: np.ndarray, M: np.ndarray, progress: bool) -> None:
+    def _lexical_weights(self, ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """tf-idf weights of the token slots (0 for empty slots), each row L2-normalised."""
+        w = np.where(ids >= 0, np.log1p(counts) * self.idf[np.maximum(ids, 0)], 0.0).astype(np.float32)
+        return w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-6)
+
+    def _lexical_matrix(self, ids: np.ndarray, counts: np.ndarray) -> Any:
+        """The (rows x vocabulary) sparse tf-idf matrix, for training (scipy)."""
+        from scipy import sparse
+
+        w = self._lexical_weights(ids, counts)
+        r, c = np.nonzero(ids >= 0)
+        return sparse.csr_matrix((w[r, c], (r, ids[r, c])), shape=(len(ids), len(self.idf)), dtype=np.float32)
+
+    def _lexical(self, slots: np.ndarray) -> np.ndarray:
+        """The lexical part of the prompt representation, (n, rank), from the token slots."""
+        if self.T is None:
+            return np.zeros((len(slots), self.config.rank), np.float32)
+        ids, counts = slots[:, :TOKEN_SLOTS].astype(np.int64), slots[:, TOKEN_SLOTS:]
+        out = np.empty((len(slots), self.T.shape[1]), np.float32)
+        for start in range(0, len(slots), 1024):
+            sl = slice(start, start + 1024)
+            w = self._lexical_weights(ids[sl], counts[sl])
+            out[sl] = np.einsum("nk,nkr->nr", w, self.T[np.maximum(ids[sl], 0)])
+        return out
+
+    def _train(
+        self, X: np.ndarray, S: np.ndarray, Y: np.ndarray, M: np.ndarray, L: Any, progress: bool
+    ) -> None:
         """Adam on the observed cells only, grouped by candidate (a few ms per step)."""
         cfg = self.config
         rng = np.random.default_rng(cfg.seed)
-        d, m, k = X.shape[1], Y.shape[1], S.shape[1]
+        n, d, m, k = X.shape[0], X.shape[1], Y.shape[1], S.shape[1]
         cell_j, cell_i = np.nonzero(M.T)  # sorted by candidate
         Xc = np.ascontiguousarray(X[cell_i], dtype=np.float32)
         yc, wc = Y[cell_i, cell_j], M[cell_i, cell_j]
@@ -220,7 +263,11 @@ class QualityModel:
             "W": np.zeros((m, d), dtype=np.float32),
             "b": np.log(mean_y / (1 - mean_y)).astype(np.float32),
         }
-        l2 = {"V": cfg.l2_encoder, "C": cfg.l2_loadings, "U": cfg.l2_loadings, "W": cfg.l2_direct, "b": 0.0}
+        l2 = {"V": cfg.l2_encoder, "C": cfg.l2_loadings, "U": cfg.l2_loadings, "W": cfg.l2_direct, "b": 0.0,
+              "T": cfg.l2_lexical}
+        if L is not None:
+            params["T"] = np.zeros((L.shape[1], cfg.rank), dtype=np.float32)
+            LT = L.T.tocsr()
         opt = _Adam(cfg.lr)
         steps = range(cfg.steps)
         if progress:
@@ -235,6 +282,10 @@ class QualityModel:
             for j, sl in enumerate(segs):
                 logit[sl] = Xc[sl] @ E[:, j]
             logit += CS.ravel()[flat] + b[cell_j]
+            if L is not None:
+                ZL = np.asarray(L @ params["T"], dtype=np.float32)  # (n, rank) lexical representation
+                ZLc = ZL[cell_i]
+                logit += np.einsum("nr,nr->n", ZLc, U[cell_j])
             g = (wc * (_sigmoid(logit) - yc)).astype(np.float32)
             gE = np.empty((d, m), dtype=np.float32)
             for j, sl in enumerate(segs):
@@ -242,9 +293,16 @@ class QualityModel:
             gCS = np.bincount(flat, g, k * m).reshape(k, m).astype(np.float32)
             grads = {"V": gE @ U, "C": gCS @ U, "U": gE.T @ V + gCS.T @ C, "W": gE.T,
                      "b": np.bincount(cell_j, g, m).astype(np.float32)}
+            if L is not None:
+                gZ = g[:, None] * U[cell_j]  # d(loss)/d(ZL) per cell
+                gZrow = np.stack([np.bincount(cell_i, gZ[:, r], n) for r in range(U.shape[1])], axis=1)
+                grads["T"] = np.asarray(LT @ gZrow.astype(np.float32), dtype=np.float32)
+                for j, sl in enumerate(segs):
+                    grads["U"][j] += g[sl] @ ZLc[sl]
             grads = {n: gr + 2 * l2[n] * params[n] for n, gr in grads.items()}
             params = opt.step(params, grads)
         self.V, self.C, self.U, self.W, self.b = (params[n] for n in ("V", "C", "U", "W", "b"))
+        self.T = params.get("T")
 
     # ------------------------------------------------------------------------------------ prediction
 
@@ -256,7 +314,7 @@ class QualityModel:
         """(within-benchmark features, benchmark resemblance) for raw features."""
         if self.V is None or self.mean is None:
             raise RuntimeError("QualityModel is not fitted: call fit() or QualityModel.load()")
-        Xs = (np.asarray(X, np.float32) - self.mean) / self.std
+        Xs = (np.asarray(X[:, : self.n_dense], np.float32) - self.mean) / self.std
         pi = self.source_probs(Xs)
         return ((Xs - pi @ self.src_mean) / self.within_std)[:, self._within_cols()], pi
 
@@ -267,7 +325,8 @@ class QualityModel:
 
     def logits_features(self, X: np.ndarray) -> np.ndarray:
         Xr, pi = self._inputs(X)
-        return (Xr @ self.V + pi @ self.C) @ self.U.T + Xr @ self.W.T + self.b
+        Z = Xr @ self.V + pi @ self.C + self._lexical(np.asarray(X[:, self.n_dense:]))
+        return Z @ self.U.T + Xr @ self.W.T + self.b
 
     def predict_features(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """Predictions from a precomputed feature matrix."""
@@ -282,7 +341,7 @@ class QualityModel:
         """How much harder than the average prompt of its kind each prompt is predicted to be: minus the
         mean over learned candidates of the within-benchmark part of the logit (0 = typical)."""
         Xr, _ = self._inputs(X)
-        within = (Xr @ self.V) @ self.U.T + Xr @ self.W.T
+        within = (Xr @ self.V + self._lexical(np.asarray(X[:, self.n_dense:]))) @ self.U.T + Xr @ self.W.T
         return -within.mean(axis=1)
 
     # ------------------------------------------------------------------------------------ persistence
@@ -296,14 +355,17 @@ class QualityModel:
             directory / "quality.npz",
             mean=self.mean, std=self.std, V=self.V, C=self.C, U=self.U, W=self.W.astype(np.float16), b=self.b,
             src_mean=self.src_mean, within_std=self.within_std, src_A=self.src_A, src_c=self.src_c,
+            idf=self.idf.astype(np.float16),
+            **({"T": self.T.astype(np.float16)} if self.T is not None else {}),
         )
         meta: dict[str, Any] = {
             "format": FORMAT_VERSION,
             "candidates": self._keys,
             "sources": self.sources,
             "n_rows": self.n_rows,
+            "n_dense": self.n_dense,
             "config": self.config.__dict__,
-            "features": self.extractor.names[: len(self.mean)] if self._extractor else None,
+            "features": self.extractor.names if self._extractor else None,
         }
         (directory / "quality.json").write_text(json.dumps(meta, indent=1) + "\n")
         for name in ("static_embedding.npz", "tokenizer.json"):
@@ -324,6 +386,9 @@ class QualityModel:
             model.W = z["W"].astype(np.float32)
             model.src_mean, model.within_std = z["src_mean"], z["within_std"]
             model.src_A, model.src_c = z["src_A"], z["src_c"]
+            model.idf = z["idf"].astype(np.float32)
+            model.T = z["T"].astype(np.float32) if "T" in z else None
+        model.n_dense = int(meta["n_dense"])
         model.sources = list(meta["sources"])
         model._keys = list(meta["candidates"])
         model.n_rows = dict(meta.get("n_rows", {}))

@@ -193,8 +193,7 @@ class Router:
                 q, source = float(learned[key][0]), "learned"
             else:
                 if prof_inputs is None:
-                    Xs = (X - self.quality.mean) / self.quality.std
-                    dom = self.profiles.domain_probs(self.quality.sources, self.quality.source_probs(Xs))
+                    dom = self.profiles.domain_probs(self.quality.sources, self.quality.resemblance(X))
                     prof_inputs = (dom, self.quality.difficulty(X))
                 profile = self.profiles.find(cand.model, cand.effort)
                 if profile is not None:
