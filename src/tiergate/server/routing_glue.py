@@ -86,7 +86,7 @@ def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: st
     if effort:
         new_body["reasoning_effort"] = effort
     header = (f"candidate={ch.candidate}; quality={ch.predicted_quality:.3f}; est_cost_usd={ch.est_cost_usd:.6f}; "
-              f"policy={decision.policy}; reason={decision.reason}")
+              f"policy={decision.policy}; reason={decision.reason.replace(';', ',')}")
     ledger = orjson.dumps({
         "policy": decision.policy, "target": decision.target, "cost_cap": decision.cost_cap,
         "chosen": ch.candidate, "reason": decision.reason,
