@@ -172,8 +172,8 @@ class Router:
     ) -> list[Assessment]:
         """Predicted quality and estimated cost of every candidate (in the given order).
 
-        `catalog_names` maps a candidate key to the catalogue name to price it with (a deployment's
-        model), `prompt_tokens` overrides the token count (the gateway has usually counted already).
+        `catalog_names` maps a candidate key (or its model name) to the catalogue name to price it with
+        (a configured model's catalogue entry), `prompt_tokens` overrides the token count (the gateway has usually counted already).
         Only the context window is checked here; `decide` applies the caller's other eligibility rules.
         """
         cands = [Candidate.parse(c) for c in candidates]
@@ -201,7 +201,8 @@ class Router:
                 else:
                     q = float(np.mean([v[0] for v in learned.values()]))
                     source = "default"
-            price_name = (catalog_names or {}).get(cand.key, cand.model)
+            names = catalog_names or {}
+            price_name = names.get(cand.key) or names.get(cand.model) or cand.model
             info = self._info(price_name)
             efforts = info.capabilities.reasoning_efforts if info is not None else None
             est = self.tokens.estimate(
