@@ -10,18 +10,16 @@ import orjson
 
 from tiergate.accounting.tokens import count_messages
 from tiergate.catalog.shaping import check_capabilities
+from tiergate.routing.policy import POLICY_TARGETS
 from tiergate.wire.errors import GatewayError, bad_request
 
 if TYPE_CHECKING:
     from tiergate.server.gateway import Gateway
 
-# Named policies -> quality target: the chosen candidate's predicted quality must be within this
-# fraction of the best eligible candidate's (docs/routing.md). Overridable in config `routing.policies`.
-DEFAULT_POLICIES = {"cost": 0.85, "balanced": 0.95, "quality": 0.99}
-
-
 def policy_target(gw: Gateway, name: str) -> float:
-    table = {**DEFAULT_POLICIES, **gw.config.routing.policies}
+    """Named policy -> quality target: the chosen candidate's predicted quality must be within this
+    fraction of the best eligible candidate's (docs/routing.md); config `routing.policies` overrides."""
+    table = {**POLICY_TARGETS, **gw.config.routing.policies}
     if name not in table:
         raise bad_request(
             f"unknown routing policy 'auto:{name}'; use one of: {', '.join('auto:' + k for k in sorted(table))}",
