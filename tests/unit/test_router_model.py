@@ -151,3 +151,14 @@ def test_shipped_router_routes_livecodebench_candidates() -> None:
     by = {a.candidate: a for a in out}
     assert by["o1@high"].est_cost_usd > by["o3-mini@low"].est_cost_usd > by["gpt-4o-mini"].est_cost_usd
     assert by["o1@high"].est_reasoning_tokens == 10000 and by["gpt-4o-mini"].est_reasoning_tokens == 0
+
+
+@pytest.mark.skipif(not (ARTIFACTS_DIR / "quality.npz").exists(), reason="router artefacts not trained")
+def test_shipped_router_context_window_and_decision() -> None:
+    router = Router.load()
+    out = router.assess("Summarise this.", ["o1@high", "gpt-4o-mini"], prompt_tokens=150_000)
+    by = {a.candidate: a for a in out}
+    assert by["o1@high"].eligible  # 200k context
+    assert not by["gpt-4o-mini"].eligible and "context window" in by["gpt-4o-mini"].ineligible_reason
+    d = router.decide("What is 17 * 23?", ["o1@high", "gpt-4o-mini"], policy="auto:cost")
+    assert d.chosen.candidate in {"o1@high", "gpt-4o-mini"} and d.reason
