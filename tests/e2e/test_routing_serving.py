@@ -135,3 +135,12 @@ def test_unusable_answer_is_escalated_once(env):
     ok = next(r for r in rows if r[1] == "ok")
     assert ok[0] == raw.headers["x-request-id"]
     assert ok[2] == raw.headers["x-tiergate-model"]
+
+
+def test_no_eligible_candidate_is_400(env):
+    _, client, _ = env
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "call f"}], tools=tools,
+                                       extra_body={"tiergate": {"candidates": ["o1-mini"]}})
+    assert ei.value.code == "no_eligible_candidate" and "tools" in ei.value.message

@@ -11,6 +11,7 @@ import orjson
 from tiergate.accounting.tokens import count_messages
 from tiergate.catalog.shaping import check_capabilities
 from tiergate.routing.policy import POLICY_TARGETS
+from tiergate.routing.router import NoEligibleCandidate
 from tiergate.wire.errors import GatewayError, bad_request
 
 if TYPE_CHECKING:
@@ -69,10 +70,14 @@ def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: st
         return None
 
     catalog_names = {m.name: m.catalog for m in gw.config.models}
-    decision = gw.router.decide(
-        body["messages"], candidates, policy=policy, quality_target=float(target),
-        cost_cap_usd=cap, eligible=eligible, catalog_names=catalog_names,
-    )
+    try:
+        decision = gw.router.decide(
+            body["messages"], candidates, policy=policy, quality_target=float(target),
+            cost_cap_usd=cap, eligible=eligible, catalog_names=catalog_names,
+        )
+    except NoEligibleCandidate as e:
+        raise bad_request(f"no routing candidate can serve this request: {e}", param="model",
+                          code="no_eligible_candidate") from None
     ch = decision.chosen
     if ch is None or not ch.eligible:
         reasons = "; ".join(f"{a.candidate}: {a.ineligible_reason}" for a in decision.assessments)
