@@ -230,3 +230,18 @@ def test_client_disconnect_mid_stream_is_recorded(gateway):
     assert len(rows) == 1
     assert rows[0][0] == "client_disconnected"
     assert rows[0][3] > 0  # prompt tokens recorded even though the upstream's usage never arrived
+
+
+def test_refused_and_failed_requests_are_in_the_ledger(gateway, client):
+    with pytest.raises(openai.NotFoundError) as ei:
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
+    rid = ei.value.response.headers["x-request-id"]
+    rows = _ledger_rows(gateway[1], rid)
+    assert len(rows) == 1 and rows[0][0] == "rejected"
+    with pytest.raises(openai.InternalServerError) as ei:
+        client.chat.completions.create(model="broken", messages=[{"role": "user", "content": "hi"}])
+    assert ei.value.response.headers["x-tiergate-model"] == "broken"
+    assert ei.value.response.headers["x-tiergate-deployment"] == "broken/0"
+    rid = ei.value.response.headers["x-request-id"]
+    assert [r[0] for r in _ledger_rows(gateway[1], rid)] == ["error"]
+    assert [r[0] for r in _ledger_rows(gateway[1], rid + ":a1")] == ["failed_attempt"]

@@ -191,8 +191,13 @@ async def test_client_errors_are_never_retried(code):
     SCRIPTS["m/1"] = [("status", code)]
     with pytest.raises(GatewayError) as ei:
         await d.dispatch("m", shaper(), stream=False, request_id="r")
-    assert ei.value.status == code
+    if code in (401, 403):  # the upstream refused the gateway's credentials: a gateway problem, not the client's
+        assert (ei.value.status, ei.value.code) == (502, "upstream_auth_failed")
+        assert "Deployment 'm/" in ei.value.message
+    else:
+        assert ei.value.status == code
     assert len(CALLS) == 1
+    assert len(ei.value.attempts) == 1  # the failed attempt travels with the error, for the ledger
 
 
 async def test_failed_attempt_carries_upstream_usage():

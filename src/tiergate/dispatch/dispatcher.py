@@ -151,6 +151,15 @@ class Dispatcher:
         native Responses API, non-streaming): the same balancing, retries, circuits and fallbacks."""
         if operation not in ("chat", "responses") or (operation == "responses" and stream):
             raise ValueError(f"unsupported dispatch operation {operation!r} (stream={stream})")
+        run = _Run()
+        try:
+            return await self._dispatch(model, shape, stream, timeouts, request_id, prompt_tokens, operation, run)
+        except GatewayError as e:
+            e.attempts = run.attempts  # type: ignore[attr-defined]  # the failed attempts, for the ledger
+            raise
+
+    async def _dispatch(self, model: str, shape: Shape, stream: bool, timeouts: Timeouts | None, request_id: str,
+                        prompt_tokens: int, operation: str, run: _Run) -> Dispatched:
         m = self._models.get(model)
         if m is None:
             raise not_found(f"The model '{model}' is not configured on this gateway.", param="model",
@@ -162,7 +171,6 @@ class Dispatcher:
         t0 = loop.time()
         total = (timeouts or m.config.timeouts).total
         deadline = t0 + total if total else math.inf
-        run = _Run()
         order: list[str] | tuple[str, ...] = m.chain
         i = 0
         seen: set[str] = set()

@@ -197,15 +197,17 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
                 prompt_tokens=prompt_tokens,
             )
         except GatewayError as e:
-            record_call(gw, ctx, requested, model, None, body.get("reasoning_effort"), None, 0.0, "error",
-                    e.message, route_info, stream, 0)
+            attempts = getattr(e, "attempts", ())
+            _record_attempts(gw, ctx, requested, attempts, info, body.get("reasoning_effort"), route_info, stream)
+            last_dep = attempts[-1].deployment_id if attempts else None
+            record_call(gw, ctx, requested, model, last_dep, body.get("reasoning_effort"), None, 0.0, "error",
+                        e.message, route_info, stream, len(attempts))
+            e.recorded = True  # type: ignore[attr-defined]
+            e.headers.setdefault("x-tiergate-model", model)
+            if last_dep:
+                e.headers.setdefault("x-tiergate-deployment", last_dep)
             raise
-        for i, a in enumerate(d.attempts):
-            a_info = gw.infos.get(a.model, info)
-            a_cost = cost_usd(a.usage, a_info, batch=ctx.batch_pricing) if a.usage else 0.0
-            record_call(gw, ctx, requested, a.model, a.deployment_id, d.body.get("reasoning_effort"), a.usage, a_cost,
-                    "failed_attempt", _err_text(a.error), route_info, stream, i + 1,
-                    request_id=f"{ctx.request_id}:a{i + 1}", latency_ms=a.latency_s * 1000)
+        _record_attempts(gw, ctx, requested, d.attempts, info, d.body.get("reasoning_effort"), route_info, stream)
         served_info = gw.infos[d.model]
         headers["x-tiergate-model"] = d.model
         headers["x-tiergate-deployment"] = d.deployment.id
@@ -306,6 +308,18 @@ async def _escalate(gw: Gateway, body: dict[str, Any], ctx: CallContext, request
     return out
 
 
+def _record_attempts(gw: Gateway, ctx: CallContext, requested: str, attempts, info, effort, route_info,
+                     stream: bool) -> None:
+    """One `failed_attempt` row per upstream attempt that did not answer, billed at what the upstream
+    reported (zero when it reported nothing)."""
+    for i, a in enumerate(attempts):
+        a_info = gw.infos.get(a.model, info)
+        a_cost = cost_usd(a.usage, a_info, batch=ctx.batch_pricing) if a.usage else 0.0
+        record_call(gw, ctx, requested, a.model, a.deployment_id, effort, a.usage, a_cost, "failed_attempt",
+                    _err_text(a.error), route_info, stream, i + 1, request_id=f"{ctx.request_id}:a{i + 1}",
+                    latency_ms=a.latency_s * 1000)
+
+
 def _cacheable(body: dict[str, Any], opts: dict[str, Any], ctx: CallContext) -> bool:
     wanted = opts.get("cache")
     if wanted is None:
@@ -363,7 +377,8 @@ def record_call(gw, ctx: CallContext, requested, served, deployment, effort, usa
 
 async def chat_completions(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    ctx = CallContext(request_id=request.headers.get("x-request-id") or new_id("req_"))
+    ctx = CallContext(request_id=new_id("req_"))  # ours, never the client's: it keys the ledger row
+    body: Any = None
     try:
         raw = await request.body()
         try:
@@ -373,6 +388,11 @@ async def chat_completions(request: Request) -> Response:
         ctx.key = await gw.accounting.authenticate(request.headers.get("authorization"))
         out = await run_chat(gw, body, ctx)
     except GatewayError as e:
+        if not getattr(e, "recorded", False):  # refused before any upstream call: still one ledger row
+            model = body.get("model") if isinstance(body, dict) else None
+            record_call(gw, ctx, model if isinstance(model, str) else None, None, None, None, None, 0.0,
+                        "rejected", f"{e.status} {e.code or e.type}: {e.message}"[:500], None,
+                        bool(isinstance(body, dict) and body.get("stream")), 0)
         return error_response(e, ctx.request_id)
     if out.chunks is not None:
         return BurstStreamingResponse(out.chunks, media_type="text/event-stream", headers=out.headers)
