@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 
@@ -15,6 +16,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.config)
+        from tiergate.catalog.catalog import Catalog
+        from tiergate.server.gateway import resolve_catalog
+
+        _, unpriced = resolve_catalog(config, Catalog.load())
     except ConfigError as e:
         print(f"tiergate: configuration error: {e}", file=sys.stderr)
         return 2
@@ -23,9 +28,17 @@ def _serve(args: argparse.Namespace) -> int:
     from tiergate.logs import configure_logging
     from tiergate.server.app import build_app
 
-    configure_logging(args.log_level)
+    logger = configure_logging(args.log_level)
+    for name in ("uvicorn", "uvicorn.error"):  # uvicorn's own lines in the same JSON format
+        uv = logging.getLogger(name)
+        uv.handlers = list(logger.handlers)
+        uv.setLevel(logger.level)
+        uv.propagate = False
 
     _startup_banner(config, args)
+    if unpriced:
+        print(f"tiergate: not in the catalogue, served UNPRICED (cost 0): {', '.join(unpriced)} "
+              "(add `catalog: <entry>` to price them)", file=sys.stderr)
     app = build_app(config)
     uvicorn.run(
         app,
@@ -37,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
         http="httptools",
         lifespan="on",
         timeout_keep_alive=30,
+        log_config=None,
     )
     return 0
 

@@ -45,6 +45,7 @@ class ModelConfig:
     name: str  # the name clients send
     catalog: str  # the catalogue entry that prices and describes it (default: name)
     deployments: tuple[Deployment, ...]
+    catalog_explicit: bool = False  # `catalog:` was written in the config (so it must exist)
     strategy: str = "weighted_random"
     fallbacks: tuple[str, ...] = ()  # other configured model names, in order
     context_window_fallback: str | None = None  # a larger-window configured model
@@ -235,6 +236,7 @@ def _parse_model(d: Any, path: str, env: dict[str, str]) -> ModelConfig:
     return ModelConfig(
         name=name,
         catalog=str(d.get("catalog") or name),
+        catalog_explicit=d.get("catalog") is not None,
         deployments=tuple(
             _parse_deployment(x, f"{path}.deployments[{i}]", name, i, env) for i, x in enumerate(deps)
         ),

@@ -78,3 +78,20 @@ def test_embedded_defaults_use_sim_without_key():
 def test_missing_file_is_actionable(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_explicit_catalog_typo_is_a_config_error_and_implicit_unknown_is_unpriced():
+    from tiergate.catalog.catalog import Catalog
+    from tiergate.server.gateway import resolve_catalog
+
+    cat = Catalog.load()
+    typo = parse_config({"models": [{"name": "alias", "catalog": "gpt-4oo", "deployments": [{"provider": "sim"}]}]},
+                        env={})
+    with pytest.raises(ConfigError, match=r"models\[0\]\.catalog: 'gpt-4oo' .*Did you mean: gpt-4o"):
+        resolve_catalog(typo, cat)
+    local = parse_config({"models": [{"name": "llama-local", "deployments": [{"provider": "sim"}]},
+                                     {"name": "team", "catalog": "gpt-4o", "deployments": [{"provider": "sim"}]}]},
+                         env={})
+    infos, unpriced = resolve_catalog(local, cat)
+    assert unpriced == ["llama-local"]
+    assert infos["team"].input_price == 2.5

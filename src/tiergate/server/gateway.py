@@ -19,6 +19,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("tiergate")
 
 
+def resolve_catalog(config: GatewayConfig, catalog: Catalog) -> tuple[dict[str, ModelInfo], list[str]]:
+    """Each configured model's catalogue entry. An explicit `catalog:` that names no entry is a config
+    error (a typo would otherwise serve the model unpriced); an implicit one falls back to a permissive,
+    unpriced entry (a local model on an OpenAI-compatible host), listed in the second value."""
+    import difflib
+
+    from tiergate.config import ConfigError
+
+    infos: dict[str, ModelInfo] = {}
+    unpriced: list[str] = []
+    for i, m in enumerate(config.models):
+        info = catalog.get(m.catalog)
+        if info is None:
+            if m.catalog_explicit:
+                close = difflib.get_close_matches(m.catalog, catalog.names(), n=3)
+                hint = f" Did you mean: {', '.join(close)}?" if close else " See docs/catalog.md for the entries."
+                raise ConfigError(f"models[{i}].catalog: {m.catalog!r} is not in the model catalogue.{hint}")
+            info = catalog.unknown(m.catalog)
+            unpriced.append(m.name)
+        infos[m.name] = info
+    return infos, unpriced
+
+
 @dataclass
 class Gateway:
     config: GatewayConfig
@@ -40,14 +63,11 @@ class Gateway:
         from tiergate.providers.http import SharedSession
 
         catalog = Catalog.load()
-        infos: dict[str, ModelInfo] = {}
-        unpriced: list[str] = []
-        for m in config.models:
-            info = catalog.get(m.catalog)
-            if info is None:
-                info = catalog.unknown(m.catalog)
-                unpriced.append(m.name)
-            infos[m.name] = info
+        infos, unpriced = resolve_catalog(config, catalog)
+        if unpriced:
+            log.warning("models not in the catalogue are served UNPRICED (cost 0, budgets do not decrease) with "
+                        "permissive capabilities: %s. Add `catalog: <entry>` to price them (docs/catalog.md).",
+                        ", ".join(unpriced))
         from tiergate.accounting.tokens import get_encoding
 
         for tokenizer in {i.tokenizer for i in infos.values()}:
