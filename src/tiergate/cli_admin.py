@@ -181,7 +181,7 @@ def _print(op: str, out: dict[str, Any]) -> None:
         rows = out["data"]
         print(f"{'id':<21} {'prefix':<12} {'name':<20} {'budget':>12} {'period':<8} {'rpm':>6} {'tpm':>8} state")
         for k in rows:
-            budget = f"${k['budget_usd']:.2f}" if k.get("budget_usd") is not None else "-"
+            budget = f"${k['budget_usd']:g}" if k.get("budget_usd") is not None else "-"
             print(f"{k['id']:<21} {k['prefix']:<12} {k['name'][:20]:<20} {budget:>12} {k['budget_period']:<8} "
                   f"{k['rpm'] or '-':>6} {k['tpm'] or '-':>8} {'revoked' if k.get('revoked_at') else 'active'}")
         return

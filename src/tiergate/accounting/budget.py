@@ -62,7 +62,7 @@ def over_budget(key_name: str, budget_usd: float, spent_nusd: int, reserved_nusd
     return GatewayError(
         429,
         f"This request could cost up to ${amount_nusd / NANO:.6f}, but key '{key_name}' has ${left:.6f} left of "
-        f"its ${budget_usd:.2f} budget{when} (${spent_nusd / NANO:.6f} spent, ${reserved_nusd / NANO:.6f} held by "
+        f"its ${budget_usd:g} budget{when} (${spent_nusd / NANO:.6f} spent, ${reserved_nusd / NANO:.6f} held by "
         "requests in flight). Lower max_tokens / max_completion_tokens, wait for in-flight requests, or ask an "
         "admin to raise the key's budget_usd.",
         type="insufficient_quota", code="insufficient_quota",
