@@ -261,6 +261,8 @@ async def spend_report(store: Store, group_by: str = "key", start: float | None 
     if key_id is not None:
         where.append("key_id = ?")
         args.append(key_id)
+    if group_by != "status":  # requests refused before any upstream call cost nothing and served no model
+        where.append("status <> 'rejected'")
     sql = (f"SELECT {expr} AS grp, COUNT(*) AS requests, SUM(cost_usd) AS cost_usd, "
            "SUM(input_tokens) AS input_tokens, SUM(cached_tokens) AS cached_tokens, "
            "SUM(output_tokens) AS output_tokens, SUM(reasoning_tokens) AS reasoning_tokens "
