@@ -152,4 +152,4 @@ def cost_at(mat, pred: np.ndarray, frac: float = 0.98) -> float | None:
 
 
 def fmt(v: float | None) -> str:
-    return "n/r" if v is None else f"{100 * v:.1f}%"
+    return "n/r" if v is None or not np.isfinite(v) else f"{100 * v:.1f}%"

@@ -64,6 +64,8 @@ def difficulty_regression(kind, Z, texts, a, b, d_a):
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
     A = vec.fit_transform([texts[i] for i in a])
     words = RidgeCV(alphas=(0.3, 1.0, 3.0, 10.0, 30.0)).fit(A, d_a).predict(vec.transform([texts[i] for i in b]))
+    if kind == "irt5":
+        return np.stack([dense, words], axis=1)
     return 0.5 * dense + 0.5 * words
 
 
@@ -86,7 +88,7 @@ def fit_predict(method, X, S, Yj, tr, te, rows):
         sim = Em[te] @ Em[tr].T
         idx = np.argpartition(-sim, k, axis=1)[:, :k]
         return S[tr][idx].mean(1)
-    if name in ("irt", "irt-gbm", "irt-cv", "irt2", "irt3", "irt4"):
+    if name in ("irt", "irt-gbm", "irt-cv", "irt2", "irt3", "irt4", "irt5"):
         # 1) latent difficulty of every training prompt from all models of both snapshots;
         # 2) regressor features -> difficulty; cross-fitted predictions on the training prompts;
         # 3) per-candidate logistic link score ~ predicted difficulty (calibrated on cross-fitted d-hat).
@@ -95,7 +97,7 @@ def fit_predict(method, X, S, Yj, tr, te, rows):
 
         texts = [r.prompt for r in rows]
         tr = np.asarray(tr)
-        dhat_tr = np.empty(len(tr))
+        dhat_tr = np.empty((len(tr), 2)) if name == "irt5" else np.empty(len(tr))
         for a, b in E.kfold_splits(sub, 5, 1):
             dhat_tr[b] = difficulty_regression(name, Z, texts, tr[a], tr[b], d[a])
         dhat_te = difficulty_regression(name, Z, texts, tr, te, d)
@@ -103,8 +105,8 @@ def fit_predict(method, X, S, Yj, tr, te, rows):
         for j in range(S.shape[1]):
             y = S[tr, j]
             # soft labels: duplicate rows with weights score / 1 - score (pass@1 in steps of 0.1)
-            L_tr, L_te = dhat_tr[:, None], dhat_te[:, None]
-            if name in ("irt2", "irt3"):  # link also sees the platform (LeetCode starter code vs stdin)
+            L_tr, L_te = dhat_tr.reshape(len(tr), -1), dhat_te.reshape(len(te), -1)
+            if name in ("irt2", "irt3", "irt5"):  # link also sees the platform (LeetCode starter code vs stdin)
                 P = feature_matrix(rows, ("extra",))[:, 6:8]
                 L_tr, L_te = np.hstack([L_tr, P[tr]]), np.hstack([L_te, P[te]])
             if name == "irt4":  # link sees platform, prompt length and the largest constraint power
@@ -121,6 +123,19 @@ def fit_predict(method, X, S, Yj, tr, te, rows):
 
 
 JOINT = True
+POLICY = "target"
+
+
+def utility_cost_at(mat, pred, frac=0.98):
+    """Like `common.cost_at`, but for the rule argmax_m (predicted score - lam x estimated cost), lam swept
+    over a log grid (an alternative to the serving policy, for comparison only)."""
+    from tiergate.routing import metrics as M
+
+    est = np.nan_to_num(mat.est_costs, nan=float(np.nanmean(mat.costs)))
+    pts = [M.routed_point(np.argmax(pred - lam * est, axis=1), mat.scores, mat.costs)
+           for lam in [0.0, *np.logspace(-2, 4, 200)]]
+    best = M.best_single(mat.candidates, mat.scores, mat.costs)
+    return M.cost_at_quality_table(M.pareto(pts), best, (frac,))[repr(float(frac))]["fraction_of_best_single"]
 
 
 def run(source, methods, feats, seed=0):
@@ -139,8 +154,12 @@ def run(source, methods, feats, seed=0):
             pred[te] = fit_predict(m, X, mat.scores, Yj, tr, te, rows)
         sub = O_SERIES[f"{source}-dev"]
         cols = [mat.candidates.index(c) for c in sub]
-        res[m] = {"all": cost_at(mat, pred), "o-series": cost_at(mat.select(sub), pred[:, cols]),
-                  "all95": cost_at(mat, pred, 0.95), "secs": time.time() - t}
+        if POLICY == "utility":
+            res[m] = {"all": utility_cost_at(mat, pred), "o-series": utility_cost_at(mat.select(sub), pred[:, cols]),
+                      "all95": utility_cost_at(mat, pred, 0.95), "secs": time.time() - t}
+        else:
+            res[m] = {"all": cost_at(mat, pred), "o-series": cost_at(mat.select(sub), pred[:, cols]),
+                      "all95": cost_at(mat, pred, 0.95), "secs": time.time() - t}
     return res
 
 
@@ -151,15 +170,18 @@ if __name__ == "__main__":
     ap.add_argument("--feats", default="struct,extra,static")
     ap.add_argument("--own-file-only", action="store_true",
                     help="latent difficulty from the evaluated file's priced candidates only (no other snapshot)")
+    ap.add_argument("--policy", default="target", choices=("target", "utility"),
+                    help="target: the serving rule (cheapest within t x best); utility: argmax score - lam x cost")
     ap.add_argument("--seeds", default="0", help="fold seeds; figures per seed and their median")
     a = ap.parse_args()
     for src in a.sources.split(","):
         JOINT = not a.own_file_only
+        POLICY = a.policy
         seeds = [int(x) for x in a.seeds.split(",")]
         per = [run(src, a.methods.split(","), tuple(a.feats.split(",")), sd) for sd in seeds]
         print(f"{src}-dev 5-fold seeds={a.seeds}, feats={a.feats}: cost at 98% of best single, per seed "
-              "(all priced / o-series+4o-mini) -> median; n/r = not reached (counted as 100%)")
+              "(all priced / o-series+4o-mini) -> median; n/r = 98% never reached")
         for m in per[0]:
             cells = " ".join(f"{fmt(p[m]['all'])}/{fmt(p[m]['o-series'])}" for p in per)
-            med = [np.median([1.0 if p[m][key] is None else p[m][key] for p in per]) for key in ("all", "o-series")]
+            med = [np.median([np.inf if p[m][key] is None else p[m][key] for p in per]) for key in ("all", "o-series")]
             print(f"  {m:10s} {cells}  -> median {fmt(med[0])} / {fmt(med[1])}", flush=True)
