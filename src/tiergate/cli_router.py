@@ -75,6 +75,7 @@ def _route(args: argparse.Namespace) -> int:
             return _err("no candidates: pass --candidates a,b,... or list them under `routing.candidates` in the config")
     try:
         router = Router.load(args.router)
+        router.check_candidates(candidates)
         decision = router.decide(
             args.prompt, candidates, policy=args.policy, quality_target=args.quality_target,
             cost_cap_usd=args.max_cost_usd,
@@ -156,24 +157,27 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tiergate.routing.data import OutcomeDataError, dev_files, load_outcomes
-    from tiergate.routing.evaluate import EvaluationError, evaluate, to_json
+    from tiergate.routing.evaluate import EvaluationError, default_extra_benchmarks, evaluate, to_json
 
     protocol = args.protocol or "fixed"
-    if args.with_other_benchmarks and protocol != "kfold":
-        return _err("--with-other-benchmarks only applies to --protocol kfold")
+    if args.with_other_benchmarks is not None and protocol != "kfold":
+        return _err("--with-other-benchmarks / --within-file-only only apply to --protocol kfold")
     if args.router and protocol != "fixed":
         return _err("--router evaluates a trained router as is; --protocol kfold/lobo trains its own per fold. "
                     "Pass one of them")
     try:
         rows = load_outcomes(args.outcomes)
+        extra = args.with_other_benchmarks
+        if protocol == "kfold" and extra is None:
+            extra = default_extra_benchmarks(rows)
         pool = None
-        if protocol == "lobo" or args.with_other_benchmarks:
+        if protocol == "lobo" or (protocol == "kfold" and extra):
             files = dev_files(Path(args.data_dir) if args.data_dir else None)
             pool = load_outcomes(files)
         ev = evaluate(
             rows, candidates=_csv(args.candidates), protocol=protocol, model_kind=args.model,
             router_dir=args.router, k=args.folds, seed=args.seed, pool=pool, policy=args.policy,
-            include_contaminated=args.include_contaminated, extra_benchmarks=args.with_other_benchmarks,
+            include_contaminated=args.include_contaminated, extra_benchmarks=bool(extra),
             progress=not args.quiet,
         )
     except (OutcomeDataError, EvaluationError) as e:
@@ -201,6 +205,8 @@ def render_eval(s: dict[str, Any]) -> str:
         proto += f" ({info.get('folds')} folds, seed {info.get('seed')}"
         if info.get("extra_rows_per_fold"):
             proto += f"; + ~{min(info['extra_rows_per_fold'])} rows of other files per fold"
+        else:
+            proto += "; within the file only"
         proto += ")"
     elif proto == "lobo":
         proto += f" (trained on {info.get('train_rows')} rows of {', '.join(info.get('train_sources', []))})"
@@ -305,8 +311,14 @@ def add_router_commands(sub: argparse._SubParsersAction) -> None:
                    help="model trained per fold by kfold/lobo (default learned)")
     e.add_argument("--policy", default="balanced", choices=POLICY_CHOICES,
                    help="policy of the headline router point (default balanced)")
-    e.add_argument("--with-other-benchmarks", action="store_true",
-                   help="kfold: each fold also trains on the other dev files, minus rows sharing its prompts")
+    oth = e.add_mutually_exclusive_group()
+    oth.add_argument("--with-other-benchmarks", dest="with_other_benchmarks", action="store_const", const=True,
+                     default=None,
+                     help="kfold: each fold also trains on the other dev files, minus rows sharing its prompts "
+                          "(the default when the evaluated file is a dev file: the shipped router is trained "
+                          "on all of them)")
+    oth.add_argument("--within-file-only", dest="with_other_benchmarks", action="store_const", const=False,
+                     help="kfold: train each fold on the evaluated file's other folds only")
     e.add_argument("--data-dir", help="dev outcome folder for --protocol lobo (default $TIERGATE_DATA_DIR or "
                                       "../shared/data)")
     e.add_argument("--include-contaminated", action="store_true",

@@ -108,7 +108,7 @@ def test_learned_router_kfold_on_real_gsm8k():
     if d is None:
         pytest.skip("shared/data not available (set TIERGATE_DATA_DIR)")
     r = _cli("router", "eval", "--outcomes", str(d / "routellm-gsm8k.jsonl.gz"), "--protocol", "kfold",
-             "--json", "--quiet", timeout=300)
+             "--within-file-only", "--json", "--quiet", timeout=300)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["n"] == 1307 and s["excluded_contaminated"] == 12
@@ -155,3 +155,24 @@ def test_the_tiergate_command_exposes_the_router_commands():
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "--protocol" in r.stdout and "--plot" in r.stdout
+
+
+def test_route_rejects_unknown_models_and_efforts():
+    pytest.importorskip("tiergate.routing.router")
+    for cands, needle in (("gpt-4o-mini,nope@low", "unknown model 'nope'"),
+                          ("o3-mini@ultra", "no reasoning effort 'ultra'"),
+                          ("gpt-4o-mini@high", "no reasoning effort 'high'")):
+        r = _cli("route", "x", "--candidates", cands)
+        assert r.returncode == 2, (cands, r.stdout)
+        assert needle in r.stderr and "Traceback" not in r.stderr
+    ok = _cli("route", "x", "--candidates", "gpt-4o-mini,o3-mini@low,o1@high", "--json")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_within_file_only_and_with_other_benchmarks_exclude_each_other(tmp_path):
+    f = _outcomes(tmp_path)
+    r = _cli("router", "eval", "--outcomes", str(f), "--protocol", "kfold", "--with-other-benchmarks",
+             "--within-file-only", "--quiet")
+    assert r.returncode == 2
+    r = _cli("router", "eval", "--outcomes", str(f), "--protocol", "lobo", "--within-file-only", "--quiet")
+    assert r.returncode == 2 and "only apply to --protocol kfold" in r.stderr

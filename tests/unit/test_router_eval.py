@@ -183,3 +183,31 @@ def test_kfold_with_other_files_never_trains_on_a_test_prompt(monkeypatch):
     assert info["extra_rows_per_fold"] == [20 + 45] * 4  # all of `other`, the twin rows of the 3 training folds
     for trained, scored in seen:
         assert scored and not any(t in p for t in scored for p in trained)
+
+
+def test_kfold_trains_on_the_other_dev_files_by_default_only_for_dev_rows():
+    dev = [_row(i, "routellm-mmlu", _words(i, "q"), {"a": 1.0, "b": 0.0}) for i in range(3)]
+    assert E.default_extra_benchmarks(dev)
+    assert not E.default_extra_benchmarks(_two_model_rows(6))
+    assert not E.default_extra_benchmarks([*dev, *_two_model_rows(3)])
+
+
+def test_the_learned_model_is_fitted_on_every_candidate_not_only_the_evaluated_ones(monkeypatch):
+    seen: list = []
+
+    class Spy(E.MeanScoreBaseline):
+        def fit(self, rows, candidates=None, progress=False):
+            seen.append(candidates)
+            return super().fit(rows, candidates, progress)
+
+    monkeypatch.setattr(E, "model_class", lambda kind="learned": Spy)
+    rows = _two_model_rows(40)
+    other = [_row(i, "routerbench-arc-c", _words(i, "z"), {"strong": 1.0, "weak": 0.5, "third": 0.2})
+             for i in range(20)]
+    mat, _ = E.select_candidates(rows, ["strong", "weak"], lambda _m: None, None)
+    E.out_of_fold_predictions(mat, "lobo", pool=[*rows, *other])
+    E.out_of_fold_predictions(mat, "kfold", k=4, pool=[*rows, *other])
+    assert seen and all(c is None for c in seen)
+    seen.clear()
+    E.out_of_fold_predictions(mat, "lobo", model_kind="mean-baseline", pool=[*rows, *other])
+    assert seen == [["strong", "weak"]]

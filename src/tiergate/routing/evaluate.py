@@ -4,15 +4,23 @@ model was trained on.
 Protocols (split by prompt; nothing is fitted or tuned on the fold it is scored on):
 - `fixed`: a trained router (the one shipped in the package, or `--router DIR`) scores every row.
 - `kfold`: k folds within the evaluated rows (default 5, seed 0). Rows with the same prompt text
-  (normalised: case and whitespace) always fall in the same fold. With `extra_benchmarks`, every fold
-  also trains on all other dev rows (other benchmarks, and other files of the same prompt family such
-  as the second LiveCodeBench snapshot) except those sharing a 10-word passage with that fold's test
-  prompts, so a test prompt is never in training under any file's name.
+  (normalised: case and whitespace) always fall in the same fold. By default (`extra_benchmarks`),
+  every fold also trains on all other dev rows (other benchmarks, and other files of the same prompt
+  family such as the second LiveCodeBench snapshot) except those sharing a 10-word passage with that
+  fold's test prompts, so a test prompt is never in training under any file's name. That is the
+  out-of-fold analogue of the shipped router, which is trained on every dev file; `extra_benchmarks=False`
+  trains on the evaluated file's other folds only.
 - `lobo` (leave one benchmark out): train on every other dev file, except (a) files of the same
   prompt family (`PROMPT_FAMILIES`: e.g. `routellm-gsm8k` and `zeroeval-gsm` are both GSM8K) and
   (b) any training row that shares a 10-word passage with an evaluated prompt (catches benchmarks
   copied into task mixes such as dcrouter). Passages found in more than 2 % of the evaluated prompts
   are instruction templates, not content, and are ignored.
+
+The learned model is always fitted as it is shipped: on every candidate recorded in its training rows
+(the prompt encoder is shared by all candidates of all files), not only on the evaluated candidates;
+predictions are then read for the evaluated candidates. Fitting only the two RouteLLM models would
+train the encoder on the one file that scores them (MMLU, under GSM8K leave-one-benchmark-out) and
+measure a different, weaker model than the one tiergate serves.
 
 The router under evaluation. For each prompt it has a predicted score per candidate (the quality
 model) and an estimated cost per candidate (the README section 4 cost model on the prompt; for a
@@ -303,6 +311,19 @@ def _columns(pred: dict[str, np.ndarray], model: Any, candidates: Sequence[str])
     return np.column_stack([np.asarray(pred[c], dtype=float) for c in candidates])
 
 
+def default_extra_benchmarks(rows: Sequence[OutcomeRow]) -> bool:
+    """Whether k-fold should also train every fold on the other dev files by default: yes when the
+    evaluated rows are dev-file rows (the shipped router is trained on every dev file, so that is its
+    out-of-fold analogue); no for other outcome files (a router trained on them alone)."""
+    return bool(rows) and all(family_of(r.source) in PROMPT_FAMILIES for r in rows)
+
+
+def _fit_candidates(model_kind: str, cands: Sequence[str]) -> list[str] | None:
+    """What to fit: the learned model learns every candidate in its training rows, as the shipped router
+    does (None); the mean baseline only needs the evaluated ones."""
+    return None if model_kind == "learned" else list(cands)
+
+
 def out_of_fold_predictions(
     mat: OutcomeMatrix,
     protocol: str,
@@ -312,7 +333,7 @@ def out_of_fold_predictions(
     k: int = 5,
     seed: int = 0,
     pool: Sequence[OutcomeRow] | None = None,
-    extra_benchmarks: bool = False,
+    extra_benchmarks: bool = True,
     progress: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Predicted scores (n, k) for every evaluated row, none from a model that saw that row."""
@@ -333,7 +354,7 @@ def out_of_fold_predictions(
             extra = [r for r in (pool if pool is not None else load_outcomes(dev_files())) if r.id not in own]
             info["extra_sources"] = sorted({r.source for r in extra})
             info["extra_rows_per_fold"] = []
-        fit_cands = None if extra else list(cands)  # with extra data, learn every candidate (shared encoder)
+        fit_cands = _fit_candidates(model_kind, cands)
         proto = cls()
         feats = extra_feats = None
         if hasattr(proto, "predict_features"):  # embed every prompt once, not once per fold
@@ -369,7 +390,7 @@ def out_of_fold_predictions(
                 f"leave-one-benchmark-out has no training rows for {', '.join(lacking)}; "
                 "use --protocol kfold for candidates recorded on this benchmark only"
             )
-        model = cls().fit(train, list(cands), progress=progress)
+        model = cls().fit(train, _fit_candidates(model_kind, cands), progress=progress)
         return _predict(model, mat.rows, cands), info
     raise EvaluationError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
 
@@ -458,17 +479,21 @@ def evaluate(
     pool: Sequence[OutcomeRow] | None = None,
     policy: str = "balanced",
     include_contaminated: bool = False,
-    extra_benchmarks: bool = False,
+    extra_benchmarks: bool | None = None,
     prices: PriceLookup | None = None,
     counter: TokenCounter | None = None,
     progress: bool = False,
 ) -> Evaluation:
-    """Evaluate a router on `rows` under `protocol`; see the module docstring."""
+    """Evaluate a router on `rows` under `protocol`; see the module docstring.
+
+    `extra_benchmarks` (kfold only): None = `default_extra_benchmarks(rows)`."""
     dropped = 0
     if not include_contaminated:
         kept = [r for r in rows if not r.meta.get("routellm_contaminated")]
         dropped, rows = len(rows) - len(kept), kept
     mat, unpriced = select_candidates(rows, candidates, prices, counter)
+    if extra_benchmarks is None:
+        extra_benchmarks = protocol == "kfold" and default_extra_benchmarks(mat.rows)
     pred, info = out_of_fold_predictions(
         mat, protocol, model_kind=model_kind, router_dir=router_dir, k=k, seed=seed, pool=pool,
         extra_benchmarks=extra_benchmarks, progress=progress,

@@ -90,6 +90,11 @@ class NoEligibleCandidate(ValueError):
     """Every candidate was ruled out; the message lists each one's reason."""
 
 
+class UnknownCandidate(ValueError):
+    """A candidate names a model, or a reasoning effort of a model, that nothing describes: no catalogue
+    entry, no profile and no outcome data."""
+
+
 class Router:
     def __init__(
         self,
@@ -158,6 +163,43 @@ class Router:
                     break
         self._key_cache[cand.key] = found
         return found
+
+    def check_candidates(
+        self, candidates: Sequence[str | Candidate], catalog_names: dict[str, str] | None = None
+    ) -> None:
+        """Raise `UnknownCandidate` for a candidate whose model has no catalogue entry, profile or outcome
+        data, or whose effort is neither one the catalogue lists for the model nor one with a profile or
+        outcome data (`o3-mini@ultra`, `gpt-4o-mini@high`). `assess` itself accepts anything (it falls
+        back to a default quality and an unknown cost), so callers taking user input check first."""
+        problems: list[str] = []
+        names = catalog_names or {}
+        for spec in candidates:
+            cand = Candidate.parse(spec)
+            info = self._info(names.get(cand.key) or names.get(cand.model) or cand.model)
+            learned_any = any(k == cand.model or k.startswith(f"{cand.model}@") for k in self._learned)
+            if info is None and not learned_any and self.profiles.find(cand.model, None) is None \
+                    and not self._has_profile_effort(cand.model):
+                problems.append(f"{cand.key!r}: unknown model {cand.model!r} (not in the model catalogue, no "
+                                "profile, no outcome data); check the spelling or add it to the catalogue")
+                continue
+            if cand.effort is None:
+                continue
+            efforts = tuple(info.capabilities.reasoning_efforts or ()) if info is not None else ()
+            if cand.effort in efforts or self.learned_key(cand) is not None or self._has_profile_effort(
+                    cand.model, cand.effort):
+                continue
+            known = ", ".join(efforts) if efforts else "none (not a reasoning model)"
+            problems.append(f"{cand.key!r}: {cand.model} has no reasoning effort {cand.effort!r} "
+                            f"(efforts: {known})")
+        if problems:
+            raise UnknownCandidate("unknown routing candidate " + "; ".join(problems))
+
+    def _has_profile_effort(self, model: str, effort: str | None = None) -> bool:
+        """Whether a profile exists for `model@effort` (any effort when None), exactly, not a fallback."""
+        p = self.profiles.find(model, effort) if effort else None
+        if effort:
+            return p is not None and p is not self.profiles.find(model, None)
+        return any(k.startswith(f"{model.lower()}@") for k in self.profiles.entries)
 
     # ------------------------------------------------------------------------------------ assessing
 
