@@ -22,6 +22,8 @@ KS = (25, 50, 100, 200, 400)
 
 def knn_scores(Etr, gain, Ete, k, exclude_self=False):
     S = Ete @ Etr.T
+    if hasattr(S, "toarray"):  # sparse TF-IDF rows
+        S = S.toarray()
     if exclude_self:
         np.fill_diagonal(S, -np.inf)
     idx = np.argpartition(-S, k, axis=1)[:, :k]
@@ -50,6 +52,11 @@ def method_scores(m, rows, tr, te, feats):
     gain = st - wk
     name, _, arg = m.partition(":")
     if name == "knn":  # mean strong-minus-weak over the k nearest training prompts (cosine), k inner-CV
+        if arg == "tfidf":  # cosine on TF-IDF word 1-2 grams (rows are L2-normalised)
+            vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=200_000)
+            A = vec.fit_transform([rows[i].prompt for i in tr])
+            s, k = knn_inner(A, gain[tr], vec.transform([rows[i].prompt for i in te]), [rows[i] for i in tr])
+            return s, {"k": k}
         Em = feature_matrix(rows, (arg or "static",))
         s, k = knn_inner(Em[tr], gain[tr], Em[te], [rows[i] for i in tr])
         return s, {"k": k}
@@ -108,11 +115,12 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--feats", default="struct,static")
     ap.add_argument("--methods", default="lr-pair,gain-ridge,knn,tfidf-gain")
+    ap.add_argument("--seed", type=int, default=0, help="outer fold seed")
     ap.add_argument("--combine", default="", help="rank-average these methods too, e.g. knn+tfidf-gain")
     a = ap.parse_args()
     rows = [r for r in by_source(all_rows(), "routellm-mmlu") if not r.meta.get("routellm_contaminated")]
     st, wk = _sw(rows)
-    folds = E.kfold_splits(rows, 5, 0)
+    folds = E.kfold_splits(rows, 5, a.seed)
     feats = tuple(a.feats.split(","))
     oof: dict[str, np.ndarray] = {}
     for m in a.methods.split(","):
