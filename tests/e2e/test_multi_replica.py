@@ -139,8 +139,8 @@ async def ledger_for(storage: str, key_id: str, expect_rows: int | None = None) 
     conn = await asyncpg.connect(base, server_settings={"search_path": schema})
     try:
         for _ in range(50):
-            n, s = await conn.fetchrow("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM ledger WHERE key_id = $1",
-                                       key_id)
+            n, s = await conn.fetchrow("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM ledger WHERE key_id = $1 "
+                                       "AND status <> 'rejected'", key_id)  # refusals have rows of their own
             if expect_rows is None or n >= expect_rows:
                 break
             await asyncio.sleep(0.1)
