@@ -4,7 +4,8 @@
 
 - GSM8K leave-one-benchmark-out: fit on every dev file except routellm-gsm8k and zeroeval-gsm, score
   routellm-gsm8k (gpt-4-1106-preview vs mixtral-8x7b-instruct-v0.1, uncontaminated rows) with RouteLLM's
-  APGR / CPT (routing.metrics).
+  APGR / CPT (routing.metrics). As in every protocol here, rows of other files sharing a 10-word passage
+  with a scored prompt are left out of training (`routing.evaluate.shared_prompt_mask`).
 - MMLU 5-fold by prompt: fit on every other file + 4/5 of routellm-mmlu, score the held-out fifth; the
   out-of-fold scores of all five folds are pooled and scored once.
 - LiveCodeBench 5-fold by problem (folds shared by both snapshots, so a problem is never on both
@@ -24,6 +25,7 @@ import numpy as np
 
 from tiergate.routing import metrics
 from tiergate.routing.data import dev_files, load_outcomes, outcome_matrix
+from tiergate.routing.evaluate import shared_prompt_mask
 from tiergate.routing.policy import POLICY_TARGETS, two_model_score
 from tiergate.routing.quality import FitConfig, QualityModel
 
@@ -68,10 +70,17 @@ def fit_predict(cfg, rows, X, train_idx, test_idx):
 
 
 def _fit_predict(cfg, rows, X, train_idx, test_idx):
-    """Fit on train_idx minus every row whose prompt also occurs in the test rows (dcrouter holds 300
-    GSM8K test questions verbatim, for instance), predict test_idx."""
-    test_prompts = {norm(rows[i].prompt) for i in test_idx}
-    train_idx = np.array([i for i in train_idx if norm(rows[i].prompt) not in test_prompts])
+    """Fit on train_idx minus every row whose prompt also occurs in the test rows and every row of another
+    file that shares a 10-word passage with a test prompt (`routing.evaluate.shared_prompt_mask`, the
+    rule the official evaluation applies: dcrouter holds ~300 GSM8K test questions, not all verbatim or
+    with the same first 300 characters), predict test_idx."""
+    test_rows = [rows[i] for i in test_idx]
+    test_prompts = {norm(r.prompt) for r in test_rows}
+    test_sources = {r.source for r in test_rows}
+    other = [i for i in train_idx if rows[i].source not in test_sources]
+    shared = shared_prompt_mask([rows[i] for i in other], test_rows) if other else []
+    drop = {i for i, s in zip(other, shared, strict=True) if s}
+    train_idx = np.array([i for i in train_idx if i not in drop and norm(rows[i].prompt) not in test_prompts])
     qm = QualityModel(config=cfg)
     qm._extractor = base._extractor
     qm.fit([rows[i] for i in train_idx], features=X[train_idx])
