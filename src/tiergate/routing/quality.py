@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tiergate.routing.difficulty import DifficultyModel
 from tiergate.routing.embed import StaticEmbedder
 from tiergate.routing.features import STRUCT_NAMES, TOKEN_SLOTS, FeatureExtractor
 
@@ -54,6 +55,7 @@ class FitConfig:
     l2_lexical: float = 1e-5  # on the token projection T (weak: the bag is sparse and L2-normalised)
     lexical: bool = True  # learn a low-rank projection of the prompt's tf-idf WordPiece bag
     seed: int = 0
+    difficulty: bool = True  # latent-difficulty component for dense outcome files (routing.difficulty)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -111,6 +113,7 @@ class QualityModel:
         self.n_dense = 0
         self.idf: np.ndarray | None = None
         self.T: np.ndarray | None = None  # (vocabulary, rank) token projection
+        self.difficulty_model: DifficultyModel | None = None  # see routing.difficulty
 
     # ------------------------------------------------------------------------------------- features
 
@@ -185,6 +188,12 @@ class QualityModel:
         self._train((resid / self.within_std)[:, self._within_cols()], S, Y, M, L, progress)
         self._keys = keys
         self.n_rows = {k: counts[k] for k in keys}
+        # --- difficulty component (routing.difficulty): fitted per dense outcome file ---
+        if self.config.difficulty:
+            own = self.source_probs(Xs)[np.arange(n), [src_col[r.source] for r in rows]]
+            self.difficulty_model = DifficultyModel().fit(rows, X, own)
+        else:
+            self.difficulty_model = None
         return self
 
     def _fit_source_classifier(self, Xs: np.ndarray, S: np.ndarray, progress: bool) -> None:
@@ -331,7 +340,13 @@ class QualityModel:
     def predict_features(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """Predictions from a precomputed feature matrix."""
         P = _sigmoid(self.logits_features(X))
-        return {k: P[:, j].astype(np.float64) for j, k in enumerate(self._keys)}
+        out = {k: P[:, j].astype(np.float64) for j, k in enumerate(self._keys)}
+        # --- difficulty component: covered candidates move towards it as the prompt resembles its file ---
+        dm = self.difficulty_model
+        if dm is not None and dm.components:
+            pi = self.resemblance(X)
+            out = dm.blend(out, X, {s: pi[:, self.sources.index(s)] for s in dm.sources})
+        return out
 
     def predict(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
         """candidate key -> predicted score in [0, 1] for each prompt."""
@@ -368,6 +383,8 @@ class QualityModel:
             "features": self.extractor.names if self._extractor else None,
         }
         (directory / "quality.json").write_text(json.dumps(meta, indent=1) + "\n")
+        if self.difficulty_model is not None:
+            self.difficulty_model.save(directory)
         for name in ("static_embedding.npz", "tokenizer.json"):
             if not (directory / name).exists():
                 (directory / name).write_bytes((ARTIFACTS_DIR / name).read_bytes())
@@ -392,6 +409,7 @@ class QualityModel:
         model.sources = list(meta["sources"])
         model._keys = list(meta["candidates"])
         model.n_rows = dict(meta.get("n_rows", {}))
+        model.difficulty_model = DifficultyModel.load(directory) if model.config.difficulty else None
         return model
 
 
