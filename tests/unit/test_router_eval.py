@@ -211,3 +211,18 @@ def test_the_learned_model_is_fitted_on_every_candidate_not_only_the_evaluated_o
     seen.clear()
     E.out_of_fold_predictions(mat, "lobo", model_kind="mean-baseline", pool=[*rows, *other])
     assert seen == [["strong", "weak"]]
+
+
+def test_kfold_keeps_same_family_rows_of_other_folds_even_when_they_share_boilerplate():
+    """livecodebench-o3o4 has livecodebench-o1's prompts: a twin of a test prompt is out, the rest stay in
+    (a passage rule would drop them for sharing boilerplate with a few test prompts); other benchmarks
+    sharing a passage with a test prompt are still out."""
+    boiler = "Print the answer on a single line and nothing else please thanks"
+    rows = [_row(i, "livecodebench-o1", f"{_words(i, 'p')} {boiler if i % 10 == 0 else ''}",
+                 {"a": 1.0, "b": 0.0}) for i in range(100)]
+    sib = [_row(i, "livecodebench-o3o4", r.prompt, {"a": 1.0, "b": 0.0}) for i, r in enumerate(rows)]
+    other = [_row(0, "zeroeval-crux", f"{boiler} {_words(0, 'x')}", {"a": 1.0, "b": 1.0})]
+    test = rows[:20]
+    keep = E._extra_keep([*sib, *other], np.array([True] * 100 + [False]), test)
+    assert not keep[:20].any() and keep[20:100].all()
+    assert not keep[100]  # shares the passage with test prompts 0 and 10

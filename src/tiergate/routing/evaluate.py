@@ -7,7 +7,9 @@ Protocols (split by prompt; nothing is fitted or tuned on the fold it is scored 
   (normalised: case and whitespace) always fall in the same fold. By default (`extra_benchmarks`),
   every fold also trains on all other dev rows (other benchmarks, and other files of the same prompt
   family such as the second LiveCodeBench snapshot) except those sharing a 10-word passage with that
-  fold's test prompts, so a test prompt is never in training under any file's name. That is the
+  fold's test prompts (rows of a same-family file, whose prompts are the evaluated file's, are
+  grouped with the fold by prompt text instead), so a test prompt is never in training under any file's
+  name. That is the
   out-of-fold analogue of the shipped router, which is trained on every dev file; `extra_benchmarks=False`
   trains on the evaluated file's other folds only.
 - `lobo` (leave one benchmark out): train on every other dev file, except (a) files of the same
@@ -318,6 +320,21 @@ def default_extra_benchmarks(rows: Sequence[OutcomeRow]) -> bool:
     return bool(rows) and all(family_of(r.source) in PROMPT_FAMILIES for r in rows)
 
 
+def _extra_keep(extra: Sequence[OutcomeRow], sibling: np.ndarray, test_rows: Sequence[OutcomeRow]) -> np.ndarray:
+    """Which extra rows a k-fold fold may train on. Rows of another file of the evaluated file's prompt
+    family (the other LiveCodeBench snapshot: the same prompts) follow the fold rule itself: out when
+    their normalised prompt is one of the fold's test prompts, in otherwise (as the shipped router trains
+    on both). Rows of other benchmarks are out when they share a 10-word passage with a test prompt."""
+    test_prompts = {normalise(r.prompt) for r in test_rows}
+    keep = np.ones(len(extra), dtype=bool)
+    sib = np.flatnonzero(sibling)
+    keep[sib] = [normalise(extra[i].prompt) not in test_prompts for i in sib]
+    rest = np.flatnonzero(~sibling)
+    if rest.size:
+        keep[rest] = ~shared_prompt_mask([extra[i] for i in rest], test_rows)
+    return keep
+
+
 def _fit_candidates(model_kind: str, cands: Sequence[str]) -> list[str] | None:
     """What to fit: the learned model learns every candidate in its training rows, as the shipped router
     does (None); the mean baseline only needs the evaluated ones."""
@@ -365,9 +382,11 @@ def out_of_fold_predictions(
             from tqdm import tqdm
 
             it = tqdm(folds, desc=f"{k}-fold", unit="fold")
+        fams = {family_of(r.source) for r in mat.rows}
+        sibling = np.array([family_of(r.source) in fams for r in extra], dtype=bool)
         for train_idx, test_idx in it:
             test_rows = [mat.rows[i] for i in test_idx]
-            keep = ~shared_prompt_mask(extra, test_rows) if extra else np.zeros(0, dtype=bool)
+            keep = _extra_keep(extra, sibling, test_rows) if extra else np.zeros(0, dtype=bool)
             if extra:
                 info["extra_rows_per_fold"].append(int(keep.sum()))
             train_rows = [mat.rows[i] for i in train_idx] + [r for r, ok in zip(extra, keep, strict=True) if ok]
