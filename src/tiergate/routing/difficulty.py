@@ -45,7 +45,7 @@ class DifficultyConfig:
     min_candidates: int = 8  # a file qualifies with at least this many candidates ...
     min_coverage: float = 0.9  # ... each scored on at least this share of its rows
     min_rows: int = 200
-    min_skill: float = 0.2  # ... and if out-of-fold predicted difficulty correlates with the latent one this much
+    min_skill: float = 0.3  # ... and if out-of-fold predicted difficulty correlates with the latent one this much
     rasch_prior: float = 0.3
     link_c: float = 10.0  # inverse L2 strength of the per-candidate logistic link (as sklearn's C)
     folds: int = 5
@@ -106,13 +106,13 @@ class Component:
     typical_resemblance: float = 1.0  # mean resemblance of the file's own prompts to the file (gate scale)
 
     def predicted_difficulty(self, X: np.ndarray) -> np.ndarray:
-        return ((np.asarray(X[:, : len(self.mean)], np.float64) - self.mean) / self.std) @ self.coef + self.intercept
+        return (X[:, : len(self.mean)] - self.mean) @ (self.coef / self.std) + self.intercept
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """(n, m) predicted scores of `self.candidates`."""
-        L = np.hstack([np.ones((len(X), 1)), self.predicted_difficulty(X)[:, None],
-                       np.asarray(X[:, _LINK_COLS], np.float64)])
-        return 1 / (1 + np.exp(-np.clip(L @ self.link.T, -30, 30)))
+        d = self.predicted_difficulty(X)
+        z = self.link[:, 0] + d[:, None] * self.link[:, 1] + X[:, _LINK_COLS] @ self.link[:, 2:].T
+        return 1 / (1 + np.exp(-np.clip(z, -30, 30)))
 
 
 def _score_matrix(rows: Sequence[OutcomeRow], cfg: DifficultyConfig) -> tuple[list[str], np.ndarray, np.ndarray] | None:
@@ -217,20 +217,21 @@ class DifficultyModel:
         candidates not covered keep `base`."""
         if not self.components:
             return base
-        out = dict(base)
-        num: dict[str, np.ndarray] = {}
-        wsum: dict[str, np.ndarray] = {}
-        for comp, pred in zip(self.components, self.predict(X), strict=True):
+        keys = list(base)
+        pos = {k: j for j, k in enumerate(keys)}
+        B = np.stack([np.asarray(base[k], np.float64) for k in keys], axis=1)
+        num, wsum = np.zeros_like(B), np.zeros_like(B)
+        for comp in self.components:
+            cols = [(j, pos[k]) for j, k in enumerate(comp.candidates) if k in pos]
+            if not cols:
+                continue
+            src, dst = (np.array(c) for c in zip(*cols, strict=True))
             g = np.clip(np.asarray(resemblance[comp.source], np.float64) / comp.typical_resemblance, 0.0, 1.0)
-            for k, p in pred.items():
-                if k in base:
-                    num[k] = num.get(k, 0.0) + g * p
-                    wsum[k] = wsum.get(k, 0.0) + g
-        for k, s in num.items():
-            w = np.minimum(wsum[k], 1.0)
-            mix = s / np.maximum(wsum[k], 1e-12)
-            out[k] = (1 - w) * np.asarray(base[k], np.float64) + w * mix
-        return out
+            num[:, dst] += g[:, None] * comp.predict(X)[:, src]
+            wsum[:, dst] += g[:, None]
+        w = np.minimum(wsum, 1.0)
+        P = (1 - w) * B + w * (num / np.maximum(wsum, 1e-12))
+        return {k: P[:, j] for j, k in enumerate(keys)}
 
     # --------------------------------------------------------------------------------- persistence
 
