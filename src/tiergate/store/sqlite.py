@@ -100,8 +100,13 @@ class SQLiteStore(Store):
         return await self._on_writer(run)
 
     async def executemany(self, sql: str, rows: list[tuple]) -> None:
-        def run() -> None:
+        await self._write_many(sql, rows)
+
+    async def _write_many(self, sql: str, rows: list[tuple]) -> int:
+        """All rows in one transaction on the writer thread; returns the number of rows changed."""
+        def run() -> int:
             c = self._wconn
+            before = c.total_changes
             c.execute("BEGIN IMMEDIATE")
             try:
                 c.executemany(sql, rows)
@@ -109,8 +114,9 @@ class SQLiteStore(Store):
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
+            return c.total_changes - before
 
-        await self._on_writer(run)
+        return await self._on_writer(run)
 
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         def run() -> list[dict[str, Any]]:
@@ -121,19 +127,7 @@ class SQLiteStore(Store):
     # ------------------------------------------------------------------ ledger
 
     async def insert_ledger(self, rows: list[tuple]) -> int:
-        def run() -> int:
-            c = self._wconn
-            before = c.total_changes
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                c.executemany(_INSERT_LEDGER, rows)
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            return c.total_changes - before
-
-        return await self._on_writer(run)
+        return await self._write_many(_INSERT_LEDGER, rows)
 
     def day_expr(self, column: str) -> str:
         return f"CAST({column} / 86400 AS INTEGER)"
