@@ -53,6 +53,9 @@ def scrub(value: Any, key: str = "") -> Any:
 
 
 _STD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+# Record attributes never written as fields: uvicorn adds `color_message`, the message again with ANSI
+# colour codes, to its records for its own console formatter.
+_DROPPED = {"color_message"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -64,7 +67,7 @@ class JsonFormatter(logging.Formatter):
             "msg": scrub_text(record.getMessage()),
         }
         for k, v in record.__dict__.items():
-            if k not in _STD and not k.startswith("_"):
+            if k not in _STD and k not in _DROPPED and not k.startswith("_"):
                 out[k] = scrub(v, k)
         if record.exc_info:
             out["exc"] = scrub_text(self.formatException(record.exc_info))
