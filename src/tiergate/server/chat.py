@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 DEFAULT_MAX_OUTPUT = 4096
 DEFAULT_MAX_OUTPUT_REASONING = 16384  # reasoning tokens count toward the limit
 _TG_FIELD = "tiergate"  # per-request options, sent by the OpenAI SDK with extra_body={"tiergate": {...}}
-_TG_OPTIONS = {"quality_target", "max_cost_usd", "policy", "cache", "timeouts", "candidates"}
+ROUTING_OPTIONS = ("quality_target", "max_cost_usd", "policy", "candidates")  # only with model "auto"/"auto:*"
+_TG_OPTIONS = {*ROUTING_OPTIONS, "cache", "timeouts"}
 
 
 @dataclass
@@ -86,7 +87,14 @@ def _validate(body: Any) -> None:
                           param="stream_options", code="invalid_value")
 
 
-def _options(body: dict[str, Any]) -> dict[str, Any]:
+def is_auto(model: Any) -> bool:
+    """`auto` or `auto:<policy>`: the router picks the model."""
+    return isinstance(model, str) and (model == "auto" or model.startswith("auto:"))
+
+
+def read_options(body: dict[str, Any], requested: Any) -> dict[str, Any]:
+    """Pop the `tiergate` object from `body` and validate it: known option names only, and the routing
+    options only with `model: "auto"` / `auto:<policy>` (with an explicit model they would be ignored)."""
     opts = body.pop(_TG_FIELD, None)
     if opts is None:
         return {}
@@ -96,10 +104,20 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise bad_request(f"unknown option 'tiergate.{unknown[0]}'; allowed: {', '.join(sorted(_TG_OPTIONS))}",
                           param=f"tiergate.{unknown[0]}")
+    routing_only = [k for k in ROUTING_OPTIONS if opts.get(k) is not None]
+    if routing_only and not is_auto(requested):
+        name = routing_only[0]
+        raise bad_request(
+            f"'tiergate.{name}' only applies when the router picks the model (model \"auto\" or "
+            f"\"auto:<policy>\"); this request names the model {requested!r}, so it would be ignored. "
+            f"Send model=\"auto\" to let the router choose, or remove 'tiergate.{name}' "
+            f"(routing-only options: {', '.join(ROUTING_OPTIONS)}).",
+            param=f"tiergate.{name}", code="unsupported_parameter")
     return opts
 
 
-def _timeouts(base: Timeouts, override: Any) -> Timeouts:
+def request_timeouts(base: Timeouts, override: Any) -> Timeouts:
+    """The model's timeouts with the request's `tiergate.timeouts` applied."""
     if not override:
         return base
     from tiergate.config import ConfigError, parse_timeouts
@@ -125,9 +143,9 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
     """The whole pipeline for one Chat Completions request. Raises GatewayError for client-visible
     failures before any answer exists; records exactly one ledger row for the answer it returns."""
     _validate(body)
-    opts = _options(body)
-    stream = bool(body.get("stream"))
     requested = body["model"]
+    opts = read_options(body, requested if _escalated_from is None else _escalated_from["requested"])
+    stream = bool(body.get("stream"))
     route_info: dict[str, Any] | None = None
     headers: dict[str, str] = {"x-request-id": ctx.request_id}
     if _escalated_from is not None:
@@ -135,7 +153,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
         headers["x-tiergate-route"] = route_info["header"]
         headers["x-tiergate-escalated"] = _escalated_from["header"]
 
-    if requested == "auto" or requested.startswith("auto:"):
+    if is_auto(requested):
         body, route_info = routing_glue.route(gw, body, opts, requested)
         headers["x-tiergate-route"] = route_info["header"]
     model = body["model"]
@@ -190,7 +208,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
                 settled = True
                 return ChatOutcome(headers=headers, body=hit)
             headers["x-tiergate-cache"] = "miss"
-        timeouts = _timeouts(mc.timeouts, opts.get("timeouts"))
+        timeouts = request_timeouts(mc.timeouts, opts.get("timeouts"))
         try:
             d = await gw.dispatcher.dispatch(
                 model, shape, stream=stream, timeouts=timeouts, request_id=ctx.request_id,
@@ -388,15 +406,22 @@ async def chat_completions(request: Request) -> Response:
         ctx.key = await gw.accounting.authenticate(request.headers.get("authorization"))
         out = await run_chat(gw, body, ctx)
     except GatewayError as e:
-        if not getattr(e, "recorded", False):  # refused before any upstream call: still one ledger row
-            model = body.get("model") if isinstance(body, dict) else None
-            record_call(gw, ctx, model if isinstance(model, str) else None, None, None, None, None, 0.0,
-                        "rejected", f"{e.status} {e.code or e.type}: {e.message}"[:500], None,
-                        bool(isinstance(body, dict) and body.get("stream")), 0)
+        record_rejected(gw, ctx, body, e)
         return error_response(e, ctx.request_id)
     if out.chunks is not None:
         return BurstStreamingResponse(out.chunks, media_type="text/event-stream", headers=out.headers)
     return Response(orjson.dumps(out.body), media_type="application/json", headers=out.headers)
+
+
+def record_rejected(gw: Gateway, ctx: CallContext, body: Any, e: GatewayError) -> None:
+    """A request refused before any upstream call still gets its one ledger row, status `rejected`
+    (errors already recorded by the pipeline carry `e.recorded`)."""
+    if getattr(e, "recorded", False):
+        return
+    model = body.get("model") if isinstance(body, dict) else None
+    record_call(gw, ctx, model if isinstance(model, str) else None, None, None, None, None, 0.0,
+                "rejected", f"{e.status} {e.code or e.type}: {e.message}"[:500], None,
+                bool(isinstance(body, dict) and body.get("stream")), 0)
 
 
 def error_response(e: GatewayError, request_id: str) -> Response:

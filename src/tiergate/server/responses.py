@@ -25,7 +25,15 @@ from starlette.routing import Route
 from tiergate.accounting.pricing import cost_usd, max_cost_usd
 from tiergate.accounting.tokens import count_messages
 from tiergate.providers.base import Provider
-from tiergate.server.chat import CallContext, error_response, record_call, run_chat
+from tiergate.server.chat import (
+    CallContext,
+    error_response,
+    read_options,
+    record_call,
+    record_rejected,
+    request_timeouts,
+    run_chat,
+)
 from tiergate.wire import responses as wr
 from tiergate.wire import sse
 from tiergate.wire.errors import GatewayError, bad_request
@@ -45,7 +53,8 @@ async def create_response(request: Request) -> Response:
 
 
 async def handle_responses(gw: Gateway, request: Request) -> Response:
-    ctx = CallContext(request_id=request.headers.get("x-request-id") or new_id("req_"), kind="responses")
+    ctx = CallContext(request_id=new_id("req_"), kind="responses")  # ours, never the client's: it keys the ledger row
+    req: Any = None
     try:
         try:
             req = orjson.loads(await request.body())
@@ -54,9 +63,11 @@ async def handle_responses(gw: Gateway, request: Request) -> Response:
         ctx.key = await gw.accounting.authenticate(request.headers.get("authorization"))
         chat_body = wr.to_chat_request(req)  # validates; also used for token counting on the native path
         if _native_ok(gw, req):
-            return await _native(gw, req, chat_body, ctx)
+            opts = read_options(dict(req), req.get("model"))  # the same checks as the chat path
+            return await _native(gw, req, chat_body, ctx, opts)
         out = await run_chat(gw, chat_body, ctx)
     except GatewayError as e:
+        record_rejected(gw, ctx, req, e)
         return error_response(e, ctx.request_id)
     resp_id = new_id("resp_")
     created = int(time.time())
@@ -115,11 +126,13 @@ def _native_ok(gw: Gateway, req: dict[str, Any]) -> bool:
     return bool(states) and all(type(st.provider).responses is not Provider.responses for st in states)
 
 
-async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], ctx: CallContext) -> Response:
+async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], ctx: CallContext,
+                  opts: dict[str, Any]) -> Response:
     """Send the Responses request unchanged to the deployments' native endpoint, through the
     dispatcher (balancing, retries, circuits as for chat), budgeted and recorded like chat."""
     model = req["model"]
     info = gw.infos[model]
+    timeouts = request_timeouts(gw.config.model(model).timeouts, opts.get("timeouts"))
     prompt_tokens = count_messages(chat_body["messages"], info)
     max_out = int(req.get("max_output_tokens") or 4096)
     admission = await gw.accounting.admit(ctx.key, model, prompt_tokens, max_cost_usd(prompt_tokens, max_out, info),
@@ -131,10 +144,11 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
     try:
         try:
             d = await gw.dispatcher.dispatch(model, lambda _name: (upstream_body, []), stream=False,
-                                             request_id=ctx.request_id, prompt_tokens=prompt_tokens,
-                                             operation="responses")
+                                             timeouts=timeouts, request_id=ctx.request_id,
+                                             prompt_tokens=prompt_tokens, operation="responses")
         except GatewayError as e:
             record_call(gw, ctx, model, model, None, effort, None, 0.0, "error", e.message[:500], None, False, 0)
+            e.recorded = True  # type: ignore[attr-defined]
             raise
         for i, a in enumerate(d.attempts):
             record_call(gw, ctx, model, a.model, a.deployment_id, effort, a.usage,

@@ -30,6 +30,25 @@ def policy_target(gw: Gateway, name: str) -> float:
     return table[name]
 
 
+def _policy(gw: Gateway, requested: str, option: Any) -> str:
+    """The policy named by `auto:<policy>`, else by `tiergate.policy`, else the configured default;
+    naming two different ones is a 400 rather than a silent choice."""
+    in_model = requested.partition(":")[2]
+    if option is not None:
+        if not isinstance(option, str) or not option:
+            raise bad_request("'tiergate.policy' must be a policy name such as \"balanced\".",
+                              param="tiergate.policy", code="invalid_value")
+        if in_model and in_model != option:
+            raise bad_request(f"model {requested!r} and 'tiergate.policy' {option!r} name different policies; "
+                              "set the policy in one place.", param="tiergate.policy", code="invalid_value")
+        known = sorted({**POLICY_TARGETS, **gw.config.routing.policies})
+        if option not in known:
+            raise bad_request(f"unknown routing policy {option!r} in 'tiergate.policy'; use one of: {', '.join(known)}",
+                              param="tiergate.policy", code="invalid_value")
+        return option
+    return in_model or gw.config.routing.default_policy
+
+
 def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: str) -> tuple[dict[str, Any], dict]:
     if gw.router is None or not gw.config.routing.candidates:
         raise bad_request(
@@ -37,7 +56,7 @@ def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: st
             param="model",
             code="routing_not_configured",
         )
-    policy = requested.partition(":")[2] or gw.config.routing.default_policy
+    policy = _policy(gw, requested, opts.get("policy"))
     target = opts.get("quality_target")
     if target is None:
         target = policy_target(gw, policy)
