@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import urllib.error
 import urllib.parse
@@ -41,6 +42,9 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--metadata", help="JSON object stored with the key")
         p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=False if create else None,
                        help="serve deterministic requests of this key from the response cache")
+        p.add_argument("--config", default=os.environ.get("TIERGATE_CONFIG"),
+                       help="with --storage: the gateway's config file, so --models may name its models "
+                       "(env TIERGATE_CONFIG; without it only catalogue names are known)")
 
     c = ks.add_parser("create", help="create a key (the secret is printed once)")
     c.add_argument("name")
@@ -119,16 +123,26 @@ async def _direct(a: argparse.Namespace, op: str) -> Any:
     from tiergate.wire.errors import GatewayError
 
     raw = {"models": [{"name": "_", "deployments": [{"provider": "sim"}]}], "storage": a.storage}
-    acc = await Accounting.start(parse_config(raw, env={}))
+    try:
+        f = _fields(a) if op in ("create", "update") else {}
+        _check_models(a, f.get("models"))
+    except GatewayError as e:
+        raise SystemExit(f"tiergate: {e.message}") from None
+    acc_log = logging.getLogger("tiergate.accounting")
+    level = acc_log.level
+    acc_log.setLevel(logging.ERROR)  # its start-up warnings (open gateway, no Redis) are about serving
+    try:
+        acc = await Accounting.start(parse_config(raw, env={}))
+    finally:
+        acc_log.setLevel(level)
     try:
         if op == "create":
-            f = _fields(a)
             info, secret = await acc.keys.create(f.pop("name"), **f)
             return {**info.public(), "key": secret}
         if op == "list":
             return {"data": [k.public() for k in await acc.keys.list(include_revoked=not a.active)]}
         if op in ("update", "revoke"):
-            info = await (acc.keys.update(a.id, **_fields(a)) if op == "update" else acc.keys.revoke(a.id))
+            info = await (acc.keys.update(a.id, **f) if op == "update" else acc.keys.revoke(a.id))
             if info is None:
                 raise SystemExit(f"tiergate: no key with id {a.id!r}")
             return info.public()
@@ -143,6 +157,29 @@ async def _direct(a: argparse.Namespace, op: str) -> Any:
         raise SystemExit(f"tiergate: {e.message}") from None
     finally:
         await acc.close()
+
+
+def _check_models(a: argparse.Namespace, models: list[str] | None) -> None:
+    """The admin API's allow-list check, for `--storage` (no gateway to ask): configured names come
+    from `--config` when given, catalogue names always."""
+    if not models:
+        return
+    import yaml
+
+    from tiergate.catalog.catalog import Catalog
+    from tiergate.server.admin import check_key_models
+
+    configured: list[str] = []
+    if a.config:  # only the model names: no secrets need to be resolvable here
+        try:
+            with open(a.config, encoding="utf-8") as fh:
+                raw = yaml.safe_load(fh) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise SystemExit(f"tiergate: cannot read --config {a.config}: {e}") from None
+        models_cfg = raw.get("models") if isinstance(raw, dict) else None
+        configured = [str(m["name"]) for m in models_cfg or () if isinstance(m, dict) and m.get("name")]
+    hint = "" if a.config else " Pass --config FILE (or set TIERGATE_CONFIG) so the gateway's configured names are known."
+    check_key_models(models, configured, Catalog.load().names(), hint=hint)
 
 
 def _run(a: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ provider, or from OpenAI when OPENAI_API_KEY is set.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,17 @@ def _expect(value: Any, typ: type | tuple[type, ...], path: str, what: str) -> A
     if not isinstance(value, typ):
         raise _err(path, f"expected {what}, got {type(value).__name__} {value!r:.60}")
     return value
+
+
+def close_names(name: str, known: Iterable[str], n: int = 3) -> list[str]:
+    """The known names closest to a mistyped `name` (at most `n`, best first), for "did you mean"
+    hints: `catalog:` entries at start-up, key model allow-lists in the admin API."""
+    import difflib
+
+    known = list(dict.fromkeys(known))
+    by_lower = {k.lower(): k for k in known}
+    found = difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.6)
+    return [by_lower[f] for f in found]
 
 
 def _unknown_keys(d: dict, allowed: set[str], path: str) -> None:

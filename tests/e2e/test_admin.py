@@ -160,6 +160,44 @@ def test_cli_over_http_and_direct(gateway):
     assert p.returncode == 0 and "revoked" in p.stdout, p.stderr
     p = _cli("spend", "--storage", f"sqlite:///{db}", "--json", "--group-by", "model")
     assert json.loads(p.stdout)["data"][0]["model"] == "gpt-4o-mini"
+    assert "TIERGATE_MASTER_KEY" not in os.environ and "no master key" not in p.stderr  # a report, not a server
     time.sleep(1.0)
     with pytest.raises(openai.AuthenticationError):
         _client(base, secret).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+
+
+def test_key_model_allow_list_names_known_models(gateway):
+    _, root, admin, db = gateway
+    r = admin.post("/keys", json={"name": "typo", "models": ["gpt-4o-mini", "gpt4o-mini"]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == "models[1]" and err["code"] == "model_not_found"
+    assert "'gpt4o-mini'" in err["message"] and "Did you mean: gpt-4o-mini" in err["message"]
+    assert "gpt-4o-mini, o3-mini" in err["message"]  # what this gateway serves
+    r = admin.post("/keys", json={"name": "auto", "models": ["auto"]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "models[0]"
+    assert "after routing" in r.json()["error"]["message"]
+    assert admin.get("/keys").json()["data"] == []  # nothing was created
+    # configured and catalogue names are fine
+    r = admin.post("/keys", json={"name": "ok", "models": ["o3-mini", "gpt-4.1-nano"]})
+    assert r.status_code == 200, r.text
+    kid = r.json()["id"]
+    r = admin.patch(f"/keys/{kid}", json={"models": ["o3mini"]})
+    assert r.status_code == 400 and "Did you mean: o3-mini" in r.json()["error"]["message"]
+    assert admin.get(f"/keys/{kid}").json()["models"] == ["o3-mini", "gpt-4.1-nano"]
+    assert admin.patch(f"/keys/{kid}", json={"models": None}).json()["models"] is None
+
+    env = {"TIERGATE_MASTER_KEY": MASTER}
+    p = _cli("keys", "create", "cli-typo", "--models", "gpt4o-mini", "--url", root, env=env)
+    assert p.returncode != 0 and "Did you mean: gpt-4o-mini" in p.stderr
+    # --storage: no gateway to ask, so names configured only in the YAML need --config
+    storage = f"sqlite:///{db}"
+    p = _cli("keys", "create", "local", "--models", "my-llama", "--storage", storage, env={"TIERGATE_CONFIG": ""})
+    assert p.returncode != 0 and "'my-llama'" in p.stderr and "--config" in p.stderr
+    cfg = db.parent / "gw.yaml"
+    cfg.write_text("models:\n  - name: my-llama\n    deployments: [{provider: sim}]\n")
+    p = _cli("keys", "create", "local", "--models", "my-llama,gpt-4o-mini", "--storage", storage, "--config", str(cfg),
+             "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["models"] == ["my-llama", "gpt-4o-mini"]
+    assert "no master key" not in p.stderr

@@ -7,6 +7,7 @@ is open, and so is this API — bind it to loopback). Errors are OpenAI-shaped.
     GET    /admin/keys              list keys (with budget usage)
     GET    /admin/keys/{id}         one key
     PATCH  /admin/keys/{id}         change name, budget, limits, models, metadata, cache
+                                    (`models`: configured or catalogue names; others are a 400)
     DELETE /admin/keys/{id}         revoke (every replica refuses it within 1 s)
     GET    /admin/spend?group_by=key|model|deployment|day|requested_model|status&start&end&key_id
 """
@@ -117,6 +118,34 @@ def parse_time(value: str | None, default: float) -> float:
                            "epoch seconds.") from None
 
 
+def check_key_models(models: list[str] | None, configured: list[str], catalogue: list[str], *,
+                     hint: str = "") -> None:
+    """A key's model allow-list may name configured models and catalogue models; anything else is a
+    400 naming the entry and the closest known names. `auto`/`auto:<policy>` is refused with its own
+    message: allow-lists are checked against the model actually served, after routing."""
+    if not models:
+        return
+    from tiergate.config import close_names
+
+    known = set(configured) | set(catalogue)
+    for i, name in enumerate(models):
+        if name in known:
+            continue
+        if name == "auto" or name.startswith("auto:"):
+            raise GatewayError(
+                400, f"models[{i}]: {name!r} cannot be allowed on its own: a key's models are checked against the "
+                "model that serves the request, after routing. List the models it may be routed to instead"
+                f"{' (' + ', '.join(configured) + ')' if configured else ''}, or leave `models` null to allow "
+                "every model.",
+                param=f"models[{i}]", code="invalid_value")
+        close = close_names(name, [*configured, *catalogue])
+        hint_close = f" Did you mean: {', '.join(close)}?" if close else ""
+        served = f"This gateway serves: {', '.join(configured)}; " if configured else ""
+        raise GatewayError(
+            400, f"models[{i}]: unknown model {name!r}.{hint_close} {served}catalogue model names "
+            f"(docs/catalog.md) are accepted too.{hint}", param=f"models[{i}]", code="model_not_found")
+
+
 def build_admin_app(accounting: Accounting) -> FastAPI:
     app = FastAPI(
         title="tiergate admin API",
@@ -124,6 +153,15 @@ def build_admin_app(accounting: Accounting) -> FastAPI:
         version="1",
     )
     master = accounting.config.master_key.value if accounting.config.master_key else None
+    configured = [m.name for m in accounting.config.models]
+    catalogue: list[str] = []
+
+    def check_models(models: list[str] | None) -> None:
+        if models and not catalogue:
+            from tiergate.catalog.catalog import Catalog
+
+            catalogue.extend(Catalog.load().names())  # on first use: admin calls are rare
+        check_key_models(models, configured, catalogue)
 
     async def require_master(request: Request) -> None:
         if master is None:
@@ -167,6 +205,7 @@ def build_admin_app(accounting: Accounting) -> FastAPI:
     @app.post("/keys", response_model=KeyCreated, dependencies=deps, summary="Create a virtual key")
     async def create_key(body: KeyCreate) -> dict[str, Any]:
         f = body.model_dump()
+        check_models(f.get("models"))
         info, secret = await accounting.keys.create(f.pop("name"), **f)
         return {**await _out(info), "key": secret}
 
@@ -185,6 +224,7 @@ def build_admin_app(accounting: Accounting) -> FastAPI:
             if k in fields and fields[k] is None:
                 raise GatewayError(400, f"'{k}' cannot be null.", param=k)
         await _get(key_id)
+        check_models(fields.get("models"))
         info = await accounting.keys.update(key_id, **fields)
         return await _out(info)
 
