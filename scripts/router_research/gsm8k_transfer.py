@@ -1,0 +1,310 @@
+"""Cross-benchmark signals for the gpt-4-1106-preview vs Mixtral pair, scored leave-one-benchmark-out
+(LOBO) on the five files that score that pair; the target is routellm-gsm8k (RouteLLM's 1,307
+uncontaminated prompts), trained with no GSM8K data (`evaluate.lobo_training_rows`).
+
+Protocol (as `pair_lobo.py`): every recipe is scored LOBO on GSM8K and on the four other pair files
+(MMLU, ARC-C, Winogrande, MBPP); a recipe is chosen by the mean APGR on those four ("val"), never on
+GSM8K. GSM8K is reported for every recipe.
+
+What is new here (see docs/router-research-gsm8k.md):
+- `question_text`: a generic, serving-feasible prompt clean-up (ZeroEval template stripped, few-shot
+  blocks that end in `Answer: X` dropped), so counts describe the question actually asked.
+- `step_features`: "reasoning steps" counts on the question (numbers, number words, quantity
+  relations, conditionals, clauses, entities, units, ...), regex only.
+- `xpair-*`: the strong-minus-weak gap of OTHER model pairs (gpt-4o vs gpt-3.5 on MATH-L5 / CRUXEval,
+  nemotron-49b vs mistral-7b on dcrouter, gpt-4 vs gpt-3.5 / llama-2-70b on RouterBench, ...) pooled
+  with the pair's own rows, features centred (or z-scored) within each file, each (file, pair) weighted
+  equally.
+- `...@zfile`: features z-scored within each file (training) and within the evaluated set (test;
+  label-free, transductive: in serving this needs a reference distribution of recent traffic).
+- `...@near`: training files weighted by resemblance of their mean feature vector to the evaluated
+  prompts' (label-free).
+- `A+B`: rank average of recipes; `len` = log words of the question (relative to the evaluated file,
+  which a rank within that file is).
+
+Commands (from the repository root; ~2 min on one shared core):
+
+    python scripts/router_research/build_cache.py struct extra
+    python scripts/router_research/gsm8k_transfer.py singles      # single-feature APGR diagnostic
+    python scripts/router_research/gsm8k_transfer.py recipes      # the recipe table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+
+import numpy as np
+from common import CACHE, STRONG, WEAK, E, all_rows, by_source, feature_matrix, two_model
+
+from tiergate.routing.data import OutcomeRow
+
+BENCHES = ["routellm-gsm8k", "routellm-mmlu", "routerbench-arc-c", "routerbench-winogrande", "routerbench-mbpp"]
+TARGET = "routellm-gsm8k"
+
+# ------------------------------------------------------------------------------- question clean-up
+
+_FEWSHOT_END = re.compile(r"Answer:\s*[A-E]\s*\n\s*\n")
+
+
+def question_text(prompt: str) -> str:
+    """The question actually asked: ZeroEval's `## Question:` ... `## Instruction` extracted, few-shot
+    examples that end in `Answer: <letter>` dropped. Generic (no file knowledge), so usable at serving."""
+    q = prompt
+    if "## Question:" in q:
+        q = q.split("## Question:", 1)[1].split("## Instruction", 1)[0]
+    return _FEWSHOT_END.split(q)[-1].strip()
+
+
+# ------------------------------------------------------------------------------ reasoning-step counts
+
+def _rx(words: str) -> re.Pattern[str]:
+    return re.compile(r"\b(?:" + words + r")\b", re.IGNORECASE)
+
+
+_NUMBER = re.compile(r"(?<![\w.])\$?\d+(?:,\d{3})*(?:\.\d+)?%?")
+_NUMWORD = _rx("one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|"
+               "sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|"
+               "hundred|thousand|million|dozens?|half|halves|twice|double|triple|thrice|thirds?|quarters?|"
+               "fourths?|fifths?|tenths?")
+_RELATION = re.compile(r"\b(?:more than|less than|fewer than|greater than|times as|as many|as much|each|per|"
+                       r"every|percent|ratio|fraction|remaining|remainder|rest|left|total|altogether|combined|"
+                       r"average|difference|sum|product|twice|half|increase[sd]?|decrease[sd]?|discount|profit|"
+                       r"split|share[sd]?|divided)\b|%", re.IGNORECASE)
+_COND = _rx("if|when|after|before|until|unless|then|while|otherwise|except|instead|only|but")
+_STEP = _rx("then|after that|later|first|second|third|finally|next|remaining|rest|afterwards|again")
+_UNIT = re.compile(r"\$|\b(?:dollars?|cents?|hours?|minutes?|seconds?|days?|weeks?|months?|years?|miles?|km|"
+                   r"kilometers?|meters?|feet|foot|inch(?:es)?|pounds?|kg|kilograms?|grams?|ounces?|liters?|"
+                   r"gallons?|cups?|pages?|mph)\b", re.IGNORECASE)
+_ASK = _rx("how many|how much|how long|how far|how old|what is|what was|calculate|find|compute|determine")
+_PRON = _rx("he|she|they|it|his|her|their|them|him|its")
+_NEG = re.compile(r"\b(?:not|no|never|none|neither|nor)\b|n't", re.IGNORECASE)
+_SENT = re.compile(r"[.?!](?:\s|$)")
+_CAP = re.compile(r"(?<![.?!]\s)(?<!^)\b[A-Z][a-z]+")
+_FRAC = re.compile(r"\d+/\d+|\d+\.\d+|\d+%")
+
+STEP_NAMES = ["q_words", "q_sentences", "q_numbers", "q_uniqnums", "q_numwords", "q_relations", "q_quantities",
+              "q_conds", "q_clauses", "q_entities", "q_units", "q_asks", "q_fracs", "q_words_per_sent",
+              "q_maxmag", "q_steps", "q_pronouns", "q_negs"]
+
+
+def step_features(prompt: str) -> np.ndarray:
+    """Regex counts of the reasoning load of the question (log1p), `STEP_NAMES` order."""
+    q = question_text(prompt)
+    words = q.split()
+    nums = _NUMBER.findall(q)
+    vals = []
+    for n in nums:
+        try:
+            vals.append(abs(float(n.strip("$%").replace(",", ""))))
+        except ValueError:
+            pass
+    sents = max(1, len(_SENT.findall(q)))
+    nw = len(_NUMWORD.findall(q))
+    raw = [
+        len(words), sents, len(nums), len(set(nums)), nw, len(_RELATION.findall(q)), len(nums) + nw,
+        len(_COND.findall(q)), q.count(",") + q.count(";") + len(re.findall(r"\b(?:and|but|while)\b", q)),
+        len(set(_CAP.findall(q))), len(_UNIT.findall(q)), len(_ASK.findall(q)), len(_FRAC.findall(q)),
+        len(words) / sents, math.log10(1 + max(vals, default=0.0)), len(_STEP.findall(q)),
+        len(_PRON.findall(q)), len(_NEG.findall(q)),
+    ]
+    return np.log1p(np.array(raw, dtype=np.float64)).astype(np.float32)
+
+
+def steps_matrix(rows: list[OutcomeRow]) -> np.ndarray:
+    """`step_features` for rows, cached over all dev rows in .cache/steps.npz (rebuilt if stale)."""
+    path = CACHE / "steps.npz"
+    if path.exists():
+        z = np.load(path, allow_pickle=False)
+        pos = {i: k for k, i in enumerate(z["ids"])}
+        if len(z["X"][0]) == len(STEP_NAMES) and all(r.id in pos for r in rows):
+            return z["X"][[pos[r.id] for r in rows]]
+    allr = all_rows()
+    X = np.stack([step_features(r.prompt) for r in allr])
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.savez(path, ids=np.array([r.id for r in allr]), X=X)
+    return steps_matrix(rows)
+
+
+def feats(rows: list[OutcomeRow], kinds: str) -> np.ndarray:
+    """Feature kinds joined by '+': `se` = struct,extra (30 counts on the whole prompt), `steps`."""
+    parts = []
+    for k in kinds.split("+"):
+        parts.append(feature_matrix(rows, ("struct", "extra")) if k == "se" else steps_matrix(rows))
+    return np.hstack(parts).astype(np.float64)
+
+
+# --------------------------------------------------------------------------------- training targets
+
+_RB_PAIRS = [(STRONG, WEAK), (STRONG, "gpt-3.5-turbo-1106"), ("claude-v2", "llama-2-70b-chat")]
+_ZE_PAIRS = [("gpt-4o-2024-08-06", "gpt-3.5-turbo-0125"), ("claude-3-5-sonnet-20241022", "llama-3.1-70b-instruct"),
+             ("gpt-4o-2024-08-06", "gemini-1.5-flash")]
+_DC_PAIRS = [("llama-3.3-nemotron-super-49b-v1", "mistral-7b-instruct-v0.3"),
+             ("llama-3.1-nemotron-51b-instruct", "llama-3.1-8b-instruct")]
+_LCB_PAIRS = [("gpt-4o-2024-08-06", "gpt-4o-mini"), ("claude-3-5-sonnet-20241022", "claude-3-haiku-20240307")]
+# (strong, weak) pairs per source whose gap is a training target; "pair" = the evaluated pair only.
+PAIRS: dict[str, dict[str, list[tuple[str, str]]]] = {
+    "pair": {s: [(STRONG, WEAK)] for s in BENCHES},
+    "xpair": {
+        "routellm-gsm8k": [(STRONG, WEAK)], "routellm-mmlu": [(STRONG, WEAK)],
+        "routerbench-arc-c": _RB_PAIRS, "routerbench-winogrande": _RB_PAIRS, "routerbench-mbpp": _RB_PAIRS,
+        "zeroeval-math-l5": _ZE_PAIRS, "zeroeval-crux": _ZE_PAIRS, "zeroeval-gsm": _ZE_PAIRS,
+        "llmrouter-dcrouter": _DC_PAIRS, "livecodebench-o1": _LCB_PAIRS, "livecodebench-o3o4": _LCB_PAIRS,
+    },
+}
+# reasoning-heavy files only (plus the evaluated pair's own rows): idea 1 of the brief
+PAIRS["xreason"] = {s: p for s, p in PAIRS["xpair"].items()
+                    if s in BENCHES or s in ("zeroeval-math-l5", "zeroeval-crux", "zeroeval-gsm", "llmrouter-dcrouter")}
+# other pairs only: no gpt-4-1106/Mixtral row at all
+PAIRS["xonly"] = {s: [p for p in ps if p != (STRONG, WEAK)] for s, ps in PAIRS["xpair"].items()}
+
+
+def gap_targets(tr: list[OutcomeRow], pairs: dict[str, list[tuple[str, str]]]):
+    """(row index, gap, weight, group) per (row, pair) unit; every source weighs 1 in total, split
+    equally between its pairs."""
+    idx, gap, grp = [], [], []
+    for i, r in enumerate(tr):
+        for s, w in pairs.get(r.source, []):
+            if s in r.outcomes and w in r.outcomes:
+                idx.append(i)
+                gap.append(r.outcomes[s].score - r.outcomes[w].score)
+                grp.append(r.source)
+    grp_a = np.array(grp)
+    wts = np.zeros(len(idx))
+    for s in set(grp):
+        m = grp_a == s
+        wts[m] = 1.0 / m.sum()
+    return np.array(idx), np.array(gap), wts / wts.mean(), grp_a
+
+
+def _standardise_within(X: np.ndarray, groups: np.ndarray, scale: bool) -> np.ndarray:
+    Xc = X.copy()
+    for g in set(groups.tolist()):
+        m = groups == g
+        Xc[m] -= Xc[m].mean(0)
+        if scale:
+            Xc[m] /= Xc[m].std(0) + 1e-6
+    return Xc
+
+
+def _near_weights(Xtr: np.ndarray, src: np.ndarray, Xte: np.ndarray) -> dict[str, float]:
+    """Per training source: exp(-d / median d), d = distance of its mean (globally standardised)
+    feature vector to the evaluated prompts' mean. Label-free; fixed a priori."""
+    mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-6
+    t = ((Xte - mu) / sd).mean(0)
+    d = {s: float(np.linalg.norm(((Xtr[src == s] - mu) / sd).mean(0) - t)) for s in set(src.tolist())}
+    med = float(np.median(list(d.values())))
+    return {s: math.exp(-v / med) for s, v in d.items()}
+
+
+def ridge_gap(tr, ev, kinds: str, pairs: str, alpha: float = 10.0, zfile: bool = False, near: bool = False):
+    """Weighted ridge from within-file-centred features to the strong-minus-weak gap; returns s(ev)."""
+    Xall, Xte = feats(tr, kinds), feats(ev, kinds)
+    idx, y, w, grp = gap_targets(tr, PAIRS[pairs])
+    src = np.array([r.source for r in tr])
+    if near:
+        nw = _near_weights(Xall, src, Xte)
+        w = w * np.array([nw[g] for g in grp])
+        w = w / w.mean()
+    Xc = _standardise_within(Xall, src, zfile)[idx]
+    sd = Xc.std(0) + 1e-6
+    Z = Xc / sd
+    A = (Z * w[:, None]).T @ Z + alpha * np.eye(Z.shape[1])
+    coef = np.linalg.solve(A, (Z * w[:, None]).T @ y)
+    Xt = (Xte - Xte.mean(0)) / (Xte.std(0) + 1e-6) if zfile else Xte
+    return (Xt / sd) @ coef, coef
+
+
+def rank(v: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(v, kind="stable"), kind="stable") / (len(v) - 1)
+
+
+def recipe_score(name: str, tr, ev) -> np.ndarray:
+    """Recipe names: `len` (question words), `feat:NAME` (one step feature), or
+    `PAIRS:KINDS[@zfile][@near]` (ridge_gap), and `A+B` = rank average (`A*2` counts A twice)."""
+    if "+" in name and not name.startswith(("pair:", "xpair:", "xreason:", "xonly:")) or " & " in name:
+        parts = name.split(" & ")
+        return np.mean([rank(recipe_score(p, tr, ev)) for p in parts], 0)
+    if name == "len":
+        return steps_matrix(ev)[:, STEP_NAMES.index("q_words")].astype(np.float64)
+    if name.startswith("feat:"):
+        return steps_matrix(ev)[:, STEP_NAMES.index(name[5:])].astype(np.float64)
+    base, *flags = name.split("@")
+    pairs, kinds = base.split(":")
+    return ridge_gap(tr, ev, kinds, pairs, zfile="zfile" in flags, near="near" in flags)[0]
+
+
+def eval_sets():
+    """(bench, evaluated rows, LOBO training rows) for the five pair files."""
+    rows = all_rows()
+    out = []
+    for b in BENCHES:
+        ev = [r for r in by_source(rows, b) if not r.meta.get("routellm_contaminated")
+              and STRONG in r.outcomes and WEAK in r.outcomes]
+        tr, _ = E.lobo_training_rows(ev, rows)
+        out.append((b, ev, tr))
+    return out
+
+
+def _labels(ev):
+    return (np.array([r.outcomes[STRONG].score for r in ev]), np.array([r.outcomes[WEAK].score for r in ev]))
+
+
+def singles(sets) -> None:
+    rng = np.random.default_rng(0)
+    print(f"{'feature (question part)':24s} " + " ".join(f"{b.split('-', 1)[1][:10]:>10s}" for b in BENCHES) + "    val")
+    for j, n in enumerate(STEP_NAMES):
+        a = []
+        for _b, ev, _tr in sets:
+            st, wk = _labels(ev)
+            a.append(two_model(steps_matrix(ev)[:, j] + 1e-9 * rng.random(len(ev)), st, wk)["apgr"])
+        print(f"{n:24s} " + " ".join(f"{v:10.3f}" for v in a) + f"  {np.mean(a[1:]):.3f}")
+
+
+RECIPES = [
+    "pair:se", "pair:steps", "pair:se+steps",
+    "xpair:se", "xpair:steps", "xpair:se+steps",
+    "xreason:steps", "xreason:se+steps", "xonly:steps", "xonly:se+steps",
+    "pair:steps@zfile", "xpair:steps@zfile", "xpair:se+steps@zfile", "xreason:steps@zfile",
+    "xpair:steps@near", "xpair:se+steps@near", "xreason:se+steps@near",
+    "len", "feat:q_quantities",
+    "pair:se & len", "xpair:steps & len", "xpair:se+steps & len", "xreason:steps & len",
+    "pair:se & xpair:steps",
+]
+
+
+def recipes(sets, names: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    res: dict[str, dict[str, dict[str, float]]] = {}
+    for b, ev, tr in sets:
+        st, wk = _labels(ev)
+        for n in names:
+            s = recipe_score(n, tr, ev)
+            res.setdefault(n, {})[b] = two_model(s + 1e-9 * np.random.default_rng(0).random(len(s)), st, wk)
+    print(f"{'recipe':28s} " + " ".join(f"{b.split('-', 1)[1][:10]:>10s}" for b in BENCHES) + "    val  gsm8k CPT50/CPT80")
+    for n, per in res.items():
+        val = np.mean([per[b]["apgr"] for b in BENCHES if b != TARGET])
+        g = per[TARGET]
+        print(f"{n:28s} " + " ".join(f"{per[b]['apgr']:10.3f}" for b in BENCHES)
+              + f"  {val:.3f}  {g['cpt50']:.1f}/{g['cpt80']:.1f}", flush=True)
+    best = max(res, key=lambda n: np.mean([res[n][b]["apgr"] for b in BENCHES if b != TARGET]))
+    print(f"val criterion picks: {best}")
+    return res
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["singles", "recipes"])
+    ap.add_argument("--recipes", default=";".join(RECIPES), help="';'-separated recipe names")
+    a = ap.parse_args()
+    t0 = time.time()
+    sets = eval_sets()
+    if a.what == "singles":
+        singles(sets)
+    else:
+        out = recipes(sets, a.recipes.split(";"))
+        (CACHE / "gsm8k_transfer.json").write_text(json.dumps(out, indent=1))
+    print(f"({time.time() - t0:.0f}s)", file=sys.stderr)
