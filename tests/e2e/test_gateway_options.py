@@ -136,3 +136,31 @@ def test_batch_line_with_routing_option_and_explicit_model_fails_alone(env):
     assert out["ok"]["response"]["status_code"] == 200
     bad = errs["bad"]["response"]
     assert bad["status_code"] == 400 and bad["body"]["error"]["param"] == "tiergate.quality_target"
+
+
+def test_native_responses_bound_a_budgeted_keys_output(tmp_path):
+    """As on chat: a budgeted key's request without an output limit is sent with the default limit its
+    reservation assumed, so its cost cannot exceed the reservation; other keys are not limited."""
+    import httpx
+
+    master = "sk-options-master-0123456789"
+    with FakeOpenAI() as up:
+        cfg = {"models": [{"name": "gpt-4o-mini", "deployments": [
+                   {"provider": "openai", "api_base": up.url, "api_key": "env:TG_OPT_KEY"}]}],
+               "storage": f"sqlite:///{tmp_path / 'tg.db'}"}
+        with running_gateway(cfg, env={"TG_OPT_KEY": "sk-opt", "TIERGATE_MASTER_KEY": master}) as url:
+            admin = httpx.Client(base_url=url.removesuffix("/v1") + "/admin",
+                                 headers={"authorization": f"Bearer {master}"}, timeout=10)
+            budgeted = admin.post("/keys", json={"name": "b", "budget_usd": 5}).json()["key"]
+            free = admin.post("/keys", json={"name": "f"}).json()["key"]
+            admin.close()
+
+            def sent(key: str, **kw) -> dict:
+                client = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=20)
+                raw = client.responses.with_raw_response.create(model="gpt-4o-mini", input="hi", **kw)
+                assert raw.headers["x-tiergate-responses"] == "native"
+                return up.last.body
+
+            assert sent(budgeted)["max_output_tokens"] == 4096  # gpt-4o-mini's default bound (docs/accounting.md)
+            assert sent(budgeted, max_output_tokens=50)["max_output_tokens"] == 50
+            assert "max_output_tokens" not in sent(free)

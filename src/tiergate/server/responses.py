@@ -27,6 +27,7 @@ from tiergate.accounting.tokens import count_messages
 from tiergate.providers.base import Provider
 from tiergate.server.chat import (
     CallContext,
+    default_output_limit,
     error_response,
     read_options,
     record_call,
@@ -134,12 +135,17 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
     info = gw.infos[model]
     timeouts = request_timeouts(gw.config.model(model).timeouts, opts.get("timeouts"))
     prompt_tokens = count_messages(chat_body["messages"], info)
-    max_out = int(req.get("max_output_tokens") or 4096)
+    max_out = req.get("max_output_tokens")
+    capped = isinstance(max_out, int) and not isinstance(max_out, bool) and max_out > 0
+    if not capped:
+        max_out = default_output_limit(info)  # the same default bound as chat (docs/accounting.md)
     admission = await gw.accounting.admit(ctx.key, model, prompt_tokens, max_cost_usd(prompt_tokens, max_out, info),
                                           prompt_tokens + max_out)
     effort = (req.get("reasoning") or {}).get("effort")
     upstream_body = {k: v for k, v in req.items() if k != "tiergate"}  # our own options stay here
     upstream_body["model"] = info.name
+    if not capped and getattr(ctx.key, "budget_usd", None) is not None:
+        upstream_body["max_output_tokens"] = max_out  # a budgeted key's cost stays under its reservation
     cost, tokens = 0.0, 0
     try:
         try:
