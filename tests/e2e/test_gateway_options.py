@@ -164,3 +164,25 @@ def test_native_responses_bound_a_budgeted_keys_output(tmp_path):
             assert sent(budgeted)["max_output_tokens"] == 4096  # gpt-4o-mini's default bound (docs/accounting.md)
             assert sent(budgeted, max_output_tokens=50)["max_output_tokens"] == 50
             assert "max_output_tokens" not in sent(free)
+
+
+def test_escalation_serves_the_next_candidate_not_a_new_routing(env):
+    """The escalated call must go to the candidate the header names (`to=`), with its effort; it used
+    to be routed again, which picked the first candidate a second time."""
+    client, up, _ = env
+    up.clear()
+    up.reply = "this is not json"
+    try:
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto:cost", messages=[{"role": "user", "content": "Give a JSON object with n"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "n", "strict": True, "schema": {
+                "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+                "additionalProperties": False}}})
+    finally:
+        up.reply = None
+    esc = dict(part.split("=", 1) for part in raw.headers["x-tiergate-escalated"].split("; "))
+    assert esc["from"] != esc["to"]
+    model, _, effort = esc["to"].partition("@")
+    assert raw.headers["x-tiergate-model"] == model and len(up.requests) == 2
+    assert up.requests[1].body["model"] == model and up.requests[1].body.get("reasoning_effort") == (effort or None)
+    assert f"candidate={esc['from']};" in raw.headers["x-tiergate-route"]  # the decision that was made

@@ -153,7 +153,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
         headers["x-tiergate-route"] = route_info["header"]
         headers["x-tiergate-escalated"] = _escalated_from["header"]
 
-    if is_auto(requested):
+    if is_auto(requested) and _escalated_from is None:  # an escalation already names its candidate
         body, route_info = routing_glue.route(gw, body, opts, requested)
         headers["x-tiergate-route"] = route_info["header"]
     model = body["model"]
