@@ -1,6 +1,7 @@
 """`POST /v1/responses` end to end with the official SDK: native for OpenAI deployments (the fake OpenAI
-upstream receives the Responses body unchanged), translated through the chat pipeline for Anthropic
-deployments (the wire-checking fake Anthropic upstream) and for streaming."""
+upstream receives the Responses body unchanged; native streaming: test_responses_native_stream.py),
+translated through the chat pipeline for Anthropic deployments (the wire-checking fake Anthropic
+upstream) and for models with fallbacks, streamed or not."""
 
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ def env(tmp_path_factory):
                                                          "api_key": "env:TG_E2E_OAI"}]},
                 {"name": "o3-mini", "deployments": [{"provider": "openai", "api_base": up.url,
                                                      "api_key": "env:TG_E2E_OAI"}]},
+                # a model with fallbacks goes through the chat pipeline: the translated path
+                {"name": "gpt-4o", "fallbacks": ["gpt-4o-mini"],
+                 "deployments": [{"provider": "openai", "api_base": up.url, "api_key": "env:TG_E2E_OAI"}]},
                 {"name": "claude-3-7-sonnet", "deployments": [{"provider": "anthropic", "api_base": ant.base_url,
                                                                "api_key": "env:TG_E2E_ANT",
                                                                "model": "claude-3-7-sonnet-20250219"}]},
@@ -73,7 +77,7 @@ def test_native_openai_responses(env):
 def test_translated_stream_from_openai_chat(env):
     client, up, _ = env
     up.clear()
-    events = list(client.responses.create(model="gpt-4o-mini", input="one two three", stream=True))
+    events = list(client.responses.create(model="gpt-4o", input="one two three", stream=True))
     types = [e.type for e in events]
     assert types[0] == "response.created" and types[1] == "response.in_progress"
     assert types[-1] == "response.completed"
@@ -82,7 +86,7 @@ def test_translated_stream_from_openai_chat(env):
     final = events[-1].response
     assert final.output_text == "echo: one two three" and final.usage.output_tokens > 0
     assert up.last.path.endswith("/chat/completions") and up.last.body["stream"] is True
-    with client.responses.stream(model="gpt-4o-mini", input="stream helper") as stream:
+    with client.responses.stream(model="gpt-4o", input="stream helper") as stream:
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
         got = stream.get_final_response()
     assert "".join(deltas) == "echo: stream helper" == got.output_text
@@ -156,7 +160,7 @@ def test_translated_stream_with_function_calls(env):
     client, _, _ = env
     tools = [{"type": "function", "name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
-    with client.responses.stream(model="gpt-4o-mini", input="weather in Paris?", tools=tools) as stream:
+    with client.responses.stream(model="gpt-4o", input="weather in Paris?", tools=tools) as stream:
         names = [e.type for e in stream]
         final = stream.get_final_response()
     assert "response.function_call_arguments.delta" in names and "response.function_call_arguments.done" in names

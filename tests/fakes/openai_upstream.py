@@ -28,7 +28,10 @@ What it answers (JSON, OpenAI-shaped, deterministic):
         usage chunk only when stream_options.include_usage, then [DONE]; `up.chunk_delay` seconds
         between chunks. Azure classic paths need `api-version` (404 otherwise) and answer with
         model = the deployment name.
-    POST .../responses          a Responses API `response` object (non-streaming only).
+    POST .../responses          a Responses API `response` object; with `stream: true` OpenAI's event
+        stream for it (created, in_progress, item/part added, one output_text.delta per word, the
+        done events, response.completed with usage); faults as for chat streams, `error_event`
+        sending the Responses `error` event.
     GET  .../models, .../models/{id}   from `up.models`.
     `up.api_key = "k"` makes every call without `Authorization: Bearer k` or `api-key: k` a 401.
 
@@ -253,11 +256,11 @@ class FakeOpenAI:
         if path.endswith("/chat/completions"):
             model = azure_dep or body.get("model") or "unknown"
             if stream:
-                return await self._stream(request, body, model, fault)
+                return await self._stream(request, self._chunks(body, model), fault)
             return await self._respond(request, self._completion(body, model), fault)
         if path.endswith("/responses"):
             if stream:
-                return _error(400, "the fake upstream does not stream /responses", "invalid_request_error", None)
+                return await self._stream(request, self._response_events(body, azure_dep), fault, responses=True)
             return await self._respond(request, self._response_obj(body, azure_dep), fault)
         return _error(404, f"no route for POST {path}", "invalid_request_error", None)
 
@@ -319,11 +322,11 @@ class FakeOpenAI:
             return resp
         return web.Response(body=data, headers=headers, content_type="application/json")
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], model: str, f: _Fault | None) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, chunks: list[bytes], f: _Fault | None, *,
+                      responses: bool = False) -> web.StreamResponse:
         resp = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache", "x-request-id": "req_fakestream"})
         resp.content_type = "text/event-stream"
         await resp.prepare(request)
-        chunks = self._chunks(body, model)
         after = int(f.params.get("after", 2)) if f is not None else -1
         if f is not None and f.kind == "no_done":
             after = len(chunks) - 1
@@ -339,6 +342,12 @@ class FakeOpenAI:
                 elif f.kind == "malformed":
                     await resp.write(b'data: {"id": "chatcmpl-x", "choices": [{"ind\n\n')
                 elif f.kind == "truncate" or (f.kind == "no_done" and chunk == b"data: [DONE]\n\n"):
+                    await resp.write_eof()
+                    return resp
+                elif f.kind == "error_event" and responses:  # the Responses API's `error` event
+                    err = {"type": "error", "code": f.params.get("code", "server_error"), "param": None,
+                           "message": "The server had an error while processing your request.", "sequence_number": i}
+                    await resp.write(b"event: error\ndata: " + orjson.dumps(err) + b"\n\n")
                     await resp.write_eof()
                     return resp
                 elif f.kind == "error_event":
@@ -454,6 +463,35 @@ class FakeOpenAI:
                 "usage": {"input_tokens": in_tok, "input_tokens_details": {"cached_tokens": 0},
                           "output_tokens": out_tok, "output_tokens_details": {"reasoning_tokens": reasoning},
                           "total_tokens": in_tok + out_tok}}
+
+
+    def _response_events(self, body: dict[str, Any], azure_dep: str | None) -> list[bytes]:
+        """The Responses API's stream for `_response_obj`: created, in_progress, the message item with
+        one `response.output_text.delta` per word, the done events, then `response.completed` (with
+        usage); each as `event: <type>` + `data: {json}` with a `sequence_number`, no [DONE]."""
+        final = self._response_obj(body, azure_dep)
+        msg = final["output"][0]
+        text = msg["content"][0]["text"]
+        start = {**final, "status": "in_progress", "output": [], "usage": None}
+        item0 = {**msg, "status": "in_progress", "content": []}
+        part0 = {"type": "output_text", "text": "", "annotations": []}
+        ids = {"item_id": msg["id"], "output_index": 0}
+        events: list[dict[str, Any]] = [
+            {"type": "response.created", "response": start},
+            {"type": "response.in_progress", "response": start},
+            {"type": "response.output_item.added", "output_index": 0, "item": item0},
+            {"type": "response.content_part.added", **ids, "content_index": 0, "part": part0},
+        ]
+        events += [{"type": "response.output_text.delta", **ids, "content_index": 0, "delta": w if i == 0 else " " + w}
+                   for i, w in enumerate(text.split(" "))]
+        events += [
+            {"type": "response.output_text.done", **ids, "content_index": 0, "text": text},
+            {"type": "response.content_part.done", **ids, "content_index": 0, "part": msg["content"][0]},
+            {"type": "response.output_item.done", "output_index": 0, "item": msg},
+            {"type": "response.completed", "response": final},
+        ]
+        return [b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps({**e, "sequence_number": n}) + b"\n\n"
+                for n, e in enumerate(events)]
 
 
 def _error(status: int, message: str, etype: str | None, code: str | None,

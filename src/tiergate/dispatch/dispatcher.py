@@ -147,10 +147,11 @@ class Dispatcher:
 
     async def dispatch(self, model: str, shape: Shape, *, stream: bool, timeouts: Timeouts | None = None,
                        request_id: str, prompt_tokens: int = 0, operation: str = "chat") -> Dispatched:
-        """`operation` is "chat" (Chat Completions, streaming or not) or "responses" (a provider's
-        native Responses API, non-streaming): the same balancing, retries, circuits and fallbacks."""
-        if operation not in ("chat", "responses") or (operation == "responses" and stream):
-            raise ValueError(f"unsupported dispatch operation {operation!r} (stream={stream})")
+        """`operation` is "chat" (Chat Completions) or "responses" (a provider's native Responses API;
+        a stream then yields its events), streaming or not: the same balancing, retries, circuits and
+        fallbacks, and a stream fails over until its first answer-bearing chunk or event."""
+        if operation not in ("chat", "responses"):
+            raise ValueError(f"unsupported dispatch operation {operation!r}")
         run = _Run()
         try:
             return await self._dispatch(model, shape, stream, timeouts, request_id, prompt_tokens, operation, run)
@@ -336,7 +337,10 @@ class Dispatcher:
                 if self.metrics is not None:
                     self.metrics.upstream(m.name, st.id, "ok", latency, latency)
                 return Dispatched(m.name, st.dep, body, [], None, run.attempts, result=result, ttft_s=latency)
-            it = st.provider.chat_stream(body, t).__aiter__()
+            responses = operation == "responses"
+            opened = st.provider.responses_stream if responses else st.provider.chat_stream
+            starts_answer = _starts_response if responses else _has_content
+            it = opened(body, t).__aiter__()
             buffered: list[dict] = []
             exhausted = False
             while True:
@@ -353,7 +357,7 @@ class Dispatcher:
                 if not buffered:
                     wd.set_limit(t.stream_idle, "stream_idle")
                 buffered.append(chunk)
-                if _has_content(chunk):
+                if starts_answer(chunk):
                     break
             wd.idle()
             ttft = loop.time() - start
@@ -361,7 +365,7 @@ class Dispatcher:
             if cb.state != CLOSED:
                 await self._closed(st)
             handed_over = True
-            relay = self._relay(m, st, None if exhausted else it, buffered, wd, t, start, ttft, _Lease(st))
+            relay = self._relay(m, st, None if exhausted else it, buffered, wd, t, start, ttft, _Lease(st), responses)
             return Dispatched(m.name, st.dep, body, [], None, run.attempts, stream=relay, ttft_s=ttft)
         except UpstreamError as e:
             await self._failed(m, st, e, loop.time() - start, request_id, run)
@@ -384,15 +388,18 @@ class Dispatcher:
                     await _aclose(it)
 
     async def _relay(self, m: _Model, st: DeploymentState, it, buffered: list[dict], wd: Watchdog,
-                     t: Timeouts, start: float, ttft: float, lease: _Lease) -> AsyncIterator[dict]:
+                     t: Timeouts, start: float, ttft: float, lease: _Lease,
+                     responses: bool = False) -> AsyncIterator[dict]:
         """The stream handed to the caller: the buffered chunks, then the rest under the watchdog.
-        `lease` gives the in-flight slot back even if the caller drops the stream without starting it."""
+        `lease` gives the in-flight slot back even if the caller drops the stream without starting it.
+        Usage is a chunk's `usage`, or a Responses event's `response.usage`."""
         usage = None
         ok = False
         try:
             for c in buffered:
-                if c.get("usage"):
-                    usage = c["usage"]
+                u = c.get("usage") or (responses and (c.get("response") or {}).get("usage"))
+                if u:
+                    usage = u
                 yield c
             if it is not None:
                 wd.relay(asyncio.current_task())
@@ -411,6 +418,8 @@ class Dispatcher:
                     wd.n += 1
                     if chunk.get("usage"):
                         usage = chunk["usage"]
+                    elif responses and "response" in chunk:
+                        usage = (chunk["response"] or {}).get("usage") or usage
                     yield chunk
             ok = True
         except UpstreamError as e:
@@ -488,6 +497,17 @@ def _outcome(e: UpstreamError) -> str:
     if e.kind == "status":
         return f"http_{e.status}"
     return e.kind
+
+
+# Responses stream events that come before any of the answer: a stream may still fail over after them
+_RESPONSE_PREAMBLE = frozenset({"response.created", "response.in_progress", "response.queued",
+                                "response.output_item.added", "response.content_part.added"})
+
+
+def _starts_response(event: dict) -> bool:
+    """A Responses event the client would see as the answer starting (text, a call, a refusal, a
+    reasoning summary, a finished item or the final event)."""
+    return event.get("type") not in _RESPONSE_PREAMBLE
 
 
 def _has_content(chunk: dict) -> bool:

@@ -134,6 +134,13 @@ class Provider(abc.ABC):
         translates through `chat`)."""
         raise NotImplementedError
 
+    def responses_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[dict[str, Any]]:
+        """Native Responses API stream, where the protocol has one: yield the upstream's events (dicts
+        with `type`) unchanged, the last one `response.completed` or `response.incomplete`. Raise
+        UpstreamError like `chat_stream` (an `error` event or `response.failed` included; kind
+        "stream_cut" once events started, with the usage seen so far). Default: not supported."""
+        raise NotImplementedError
+
     def upstream_model(self, catalog_name: str) -> str:
         return self.deployment.upstream_model or catalog_name
 

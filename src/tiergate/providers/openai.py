@@ -133,6 +133,80 @@ class OpenAIProvider(Provider):
         payload.pop("stream", None)
         return await self._post(self._responses_url, payload, timeouts)
 
+    async def responses_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[dict[str, Any]]:
+        payload = dict(body)
+        payload["model"] = self._body_model(body["model"])
+        payload["stream"] = True
+        phase = "first_token"
+        usage: dict[str, Any] | None = None
+        complete = False  # a terminal event was seen: the response was read to its end
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            resp = await self.session.post(
+                self._responses_url, data=orjson.dumps(payload), headers=self._stream_headers,
+                timeout=self._client_timeout(timeouts),
+            )
+            await self._check_stream(resp)
+            protocol = resp.connection.protocol if resp.connection is not None else None
+            async for batch in iter_data_batches(resp.content.iter_any()):
+                for data in batch:
+                    try:
+                        event = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        raise UpstreamError(502, f"upstream {self.deployment.id} sent a malformed stream event",
+                                            kind="protocol", type="api_error", code="upstream_protocol_error",
+                                            usage=usage) from None
+                    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                        raise UpstreamError(502, f"upstream {self.deployment.id} sent a stream event without a "
+                                            "type", kind="protocol", type="api_error",
+                                            code="upstream_protocol_error", usage=usage)
+                    etype = event["type"]
+                    response = event.get("response")
+                    if isinstance(response, dict) and response.get("usage"):
+                        usage = response["usage"]
+                    if etype == "error":  # {type: error, code, message, param}
+                        nested = event.get("error")
+                        raise self._stream_error_event(
+                            nested if isinstance(nested, dict) else
+                            {"code": event.get("code"), "message": event.get("message"), "param": event.get("param")},
+                            usage)
+                    if etype == "response.failed":
+                        raise self._stream_error_event((response or {}).get("error") or {}, usage)
+                    if phase == "first_token":
+                        phase = "stream_idle"
+                        if protocol is not None:
+                            protocol.read_timeout = timeouts.stream_idle
+                    yield event
+                    if etype in ("response.completed", "response.incomplete"):
+                        complete = True
+                        break
+                if complete:
+                    break
+            if not complete:
+                raise UpstreamError(502, f"upstream {self.deployment.id} ended the stream before the response was "
+                                    "complete", kind="stream_cut", type="api_error", code="upstream_stream_cut",
+                                    usage=usage)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc, phase, timeouts, after_headers=resp is not None,
+                                        usage=usage) from None
+        finally:
+            if resp is not None:
+                if complete:
+                    resp.release()
+                else:
+                    resp.close()
+
+    async def _check_stream(self, resp: aiohttp.ClientResponse) -> None:
+        """Raise the UpstreamError for a streaming request's response that is not an event stream."""
+        if resp.status >= 400:
+            raise self._status_error(resp.status, await resp.read(), resp.headers)
+        ctype = resp.headers.get("Content-Type", "")
+        if not ctype.startswith("text/event-stream"):
+            raw = await resp.read()
+            if ctype.startswith(_JSON) and b'"error"' in raw:
+                raise self._status_error(502, raw, resp.headers)
+            raise self._protocol_error(f"a stream with content-type {ctype or 'none'!r}", pick_headers(resp.headers))
+
     async def chat_stream(self, body: dict[str, Any], timeouts: Timeouts) -> AsyncIterator[dict[str, Any]]:
         payload = dict(body)
         payload["model"] = self._body_model(body["model"])
@@ -147,14 +221,7 @@ class OpenAIProvider(Provider):
                 self._chat_url, data=orjson.dumps(payload), headers=self._stream_headers,
                 timeout=self._client_timeout(timeouts),
             )
-            if resp.status >= 400:
-                raise self._status_error(resp.status, await resp.read(), resp.headers)
-            ctype = resp.headers.get("Content-Type", "")
-            if not ctype.startswith("text/event-stream"):
-                raw = await resp.read()
-                if ctype.startswith(_JSON) and b'"error"' in raw:
-                    raise self._status_error(502, raw, resp.headers)
-                raise self._protocol_error(f"a stream with content-type {ctype or 'none'!r}", pick_headers(resp.headers))
+            await self._check_stream(resp)
             protocol = resp.connection.protocol if resp.connection is not None else None
             # one generator step per socket read, not per event: a read often holds dozens of events
             async for batch in iter_data_batches(resp.content.iter_any()):

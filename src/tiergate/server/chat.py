@@ -292,7 +292,7 @@ async def _relay(gw, ctx, d, admission, info, requested, route_info, wants_usage
             yield sse.encode(chunk)
         status = "ok"
     except UpstreamError as e:
-        status, error = "error", _err_text(e)
+        status, error = "error", upstream_error_text(e)
         usage = usage or e.usage
         yield sse.encode({"error": {"message": f"The upstream stream failed after it started: {e.message}",
                                     "type": "api_error", "param": None, "code": "upstream_stream_cut"}})
@@ -334,7 +334,7 @@ def _record_attempts(gw: Gateway, ctx: CallContext, requested: str, attempts, in
         a_info = gw.infos.get(a.model, info)
         a_cost = cost_usd(a.usage, a_info, batch=ctx.batch_pricing) if a.usage else 0.0
         record_call(gw, ctx, requested, a.model, a.deployment_id, effort, a.usage, a_cost, "failed_attempt",
-                    _err_text(a.error), route_info, stream, i + 1, request_id=f"{ctx.request_id}:a{i + 1}",
+                    upstream_error_text(a.error), route_info, stream, i + 1, request_id=f"{ctx.request_id}:a{i + 1}",
                     latency_ms=a.latency_s * 1000)
 
 
@@ -353,7 +353,8 @@ def _total_tokens(usage: dict[str, Any] | None) -> int:
     return int(usage.get("total_tokens") or (usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)))
 
 
-def _err_text(e: BaseException | None) -> str | None:
+def upstream_error_text(e: BaseException | None) -> str | None:
+    """`<status> <kind>: <message>` of an upstream error, for the ledger's `error` column."""
     if e is None:
         return None
     status = getattr(e, "status", None)
