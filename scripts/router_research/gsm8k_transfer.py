@@ -19,19 +19,24 @@ What is new here (see docs/router-research-gsm8k.md):
   label-free, transductive: in serving this needs a reference distribution of recent traffic).
 - `...@near`: training files weighted by resemblance of their mean feature vector to the evaluated
   prompts' (label-free).
-- `A+B`: rank average of recipes; `len` = log words of the question (relative to the evaluated file,
-  which a rank within that file is).
+- `...@win`: logistic regression on "strong right, weak wrong" instead of the ridge on the gap;
+  `...@aN`: ridge alpha N (default 10, fixed a priori as in R3).
+- `A & B`: rank average of recipes; `len` = log words of the question (relative to the evaluated
+  file, which a rank within that file is).
 
 Commands (from the repository root; ~2 min on one shared core):
 
     python scripts/router_research/build_cache.py struct extra
     python scripts/router_research/gsm8k_transfer.py singles      # single-feature APGR diagnostic
     python scripts/router_research/gsm8k_transfer.py recipes      # the recipe table
+    python scripts/router_research/gsm8k_transfer.py recipes --recipes "pair:steps;pair:steps@win"
+    python scripts/router_research/gsm8k_transfer.py detail --recipe pair:steps --ref pair:se
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import re
@@ -62,30 +67,48 @@ def question_text(prompt: str) -> str:
 
 # ------------------------------------------------------------------------------ reasoning-step counts
 
-def _rx(words: str) -> re.Pattern[str]:
-    return re.compile(r"\b(?:" + words + r")\b", re.IGNORECASE)
-
-
 _NUMBER = re.compile(r"(?<![\w.])\$?\d+(?:,\d{3})*(?:\.\d+)?%?")
-_NUMWORD = _rx("one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|"
-               "sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|"
-               "hundred|thousand|million|dozens?|half|halves|twice|double|triple|thrice|thirds?|quarters?|"
-               "fourths?|fifths?|tenths?")
-_RELATION = re.compile(r"\b(?:more than|less than|fewer than|greater than|times as|as many|as much|each|per|"
-                       r"every|percent|ratio|fraction|remaining|remainder|rest|left|total|altogether|combined|"
-                       r"average|difference|sum|product|twice|half|increase[sd]?|decrease[sd]?|discount|profit|"
-                       r"split|share[sd]?|divided)\b|%", re.IGNORECASE)
-_COND = _rx("if|when|after|before|until|unless|then|while|otherwise|except|instead|only|but")
-_STEP = _rx("then|after that|later|first|second|third|finally|next|remaining|rest|afterwards|again")
-_UNIT = re.compile(r"\$|\b(?:dollars?|cents?|hours?|minutes?|seconds?|days?|weeks?|months?|years?|miles?|km|"
-                   r"kilometers?|meters?|feet|foot|inch(?:es)?|pounds?|kg|kilograms?|grams?|ounces?|liters?|"
-                   r"gallons?|cups?|pages?|mph)\b", re.IGNORECASE)
-_ASK = _rx("how many|how much|how long|how far|how old|what is|what was|calculate|find|compute|determine")
-_PRON = _rx("he|she|they|it|his|her|their|them|him|its")
-_NEG = re.compile(r"\b(?:not|no|never|none|neither|nor)\b|n't", re.IGNORECASE)
+_WORD = re.compile(r"[a-z]+")
+
+
+def _vocab(words: str) -> frozenset[str]:
+    return frozenset(words.split())
+
+
+_NUMWORD = _vocab(
+    "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred "
+    "thousand million dozen dozens half halves twice double triple thrice third thirds quarter "
+    "quarters fourth fourths fifth fifths tenth tenths"
+)
+_RELATION = _vocab(
+    "each per every percent ratio fraction remaining remainder rest left total altogether combined "
+    "average difference sum product twice half increase increases increased decrease decreases "
+    "decreased discount profit split share shares shared divided"
+)
+_RELATION2 = frozenset(["more than", "less than", "fewer than", "greater than", "times as", "as many", "as much"])
+_COND = _vocab("if when after before until unless then while otherwise except instead only but")
+_STEP = _vocab("then later first second third finally next remaining rest afterwards again")
+_STEP2 = frozenset(["after that"])
+_UNIT = _vocab(
+    "dollar dollars cent cents hour hours minute minutes second seconds day days week weeks month "
+    "months year years mile miles km kilometer kilometers meter meters feet foot inch inches pound "
+    "pounds kg kilogram kilograms gram grams ounce ounces liter liters gallon gallons cup cups page "
+    "pages mph"
+)
+_ASK = _vocab("calculate find compute determine")
+_ASK2 = frozenset(["how many", "how much", "how long", "how far", "how old", "what is", "what was"])
+_PRON = _vocab("he she they it his her their them him its")
+_NEG = _vocab("not no never none neither nor")
+_CLAUSE = _vocab("and but while")
 _SENT = re.compile(r"[.?!](?:\s|$)")
 _CAP = re.compile(r"(?<![.?!]\s)(?<!^)\b[A-Z][a-z]+")
 _FRAC = re.compile(r"\d+/\d+|\d+\.\d+|\d+%")
+
+
+def _count(words: list[str], bigrams: list[str], one: frozenset[str], two: frozenset[str] = frozenset()) -> int:
+    return sum(w in one for w in words) + (sum(b in two for b in bigrams) if two else 0)
+
 
 STEP_NAMES = ["q_words", "q_sentences", "q_numbers", "q_uniqnums", "q_numwords", "q_relations", "q_quantities",
               "q_conds", "q_clauses", "q_entities", "q_units", "q_asks", "q_fracs", "q_words_per_sent",
@@ -95,6 +118,9 @@ STEP_NAMES = ["q_words", "q_sentences", "q_numbers", "q_uniqnums", "q_numwords",
 def step_features(prompt: str) -> np.ndarray:
     """Regex counts of the reasoning load of the question (log1p), `STEP_NAMES` order."""
     q = question_text(prompt)
+    low = q.lower()
+    toks = _WORD.findall(low)  # lower-case word tokens: set look-ups are ~5x faster than big regex alternations
+    bi = [f"{a} {b}" for a, b in itertools.pairwise(toks)]
     words = q.split()
     nums = _NUMBER.findall(q)
     vals = []
@@ -104,13 +130,13 @@ def step_features(prompt: str) -> np.ndarray:
         except ValueError:
             pass
     sents = max(1, len(_SENT.findall(q)))
-    nw = len(_NUMWORD.findall(q))
+    nw = _count(toks, bi, _NUMWORD)
     raw = [
-        len(words), sents, len(nums), len(set(nums)), nw, len(_RELATION.findall(q)), len(nums) + nw,
-        len(_COND.findall(q)), q.count(",") + q.count(";") + len(re.findall(r"\b(?:and|but|while)\b", q)),
-        len(set(_CAP.findall(q))), len(_UNIT.findall(q)), len(_ASK.findall(q)), len(_FRAC.findall(q)),
-        len(words) / sents, math.log10(1 + max(vals, default=0.0)), len(_STEP.findall(q)),
-        len(_PRON.findall(q)), len(_NEG.findall(q)),
+        len(words), sents, len(nums), len(set(nums)), nw, _count(toks, bi, _RELATION, _RELATION2) + q.count("%"),
+        len(nums) + nw, _count(toks, bi, _COND), q.count(",") + q.count(";") + _count(toks, bi, _CLAUSE),
+        len(set(_CAP.findall(q))), _count(toks, bi, _UNIT) + q.count("$"), _count(toks, bi, _ASK, _ASK2),
+        len(_FRAC.findall(q)), len(words) / sents, math.log10(1 + max(vals, default=0.0)),
+        _count(toks, bi, _STEP, _STEP2), _count(toks, bi, _PRON), _count(toks, bi, _NEG) + low.count("n't"),
     ]
     return np.log1p(np.array(raw, dtype=np.float64)).astype(np.float32)
 
@@ -130,12 +156,30 @@ def steps_matrix(rows: list[OutcomeRow]) -> np.ndarray:
     return steps_matrix(rows)
 
 
+def qse_matrix(rows: list[OutcomeRow]) -> np.ndarray:
+    """struct + extra counts of `question_text` (not the whole prompt), cached in .cache/qse.npz."""
+    path = CACHE / "qse.npz"
+    if path.exists():
+        z = np.load(path, allow_pickle=False)
+        pos = {i: k for k, i in enumerate(z["ids"])}
+        if all(r.id in pos for r in rows):
+            return z["X"][[pos[r.id] for r in rows]]
+    from common import extra_struct
+
+    from tiergate.routing.features import structural
+
+    allr = all_rows()
+    X = np.stack([np.concatenate([structural(q), extra_struct(q)]) for q in (question_text(r.prompt) for r in allr)])
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.savez(path, ids=np.array([r.id for r in allr]), X=X.astype(np.float32))
+    return qse_matrix(rows)
+
+
 def feats(rows: list[OutcomeRow], kinds: str) -> np.ndarray:
-    """Feature kinds joined by '+': `se` = struct,extra (30 counts on the whole prompt), `steps`."""
-    parts = []
-    for k in kinds.split("+"):
-        parts.append(feature_matrix(rows, ("struct", "extra")) if k == "se" else steps_matrix(rows))
-    return np.hstack(parts).astype(np.float64)
+    """Feature kinds joined by '+': `se` = struct,extra (30 counts on the whole prompt), `qse` = the
+    same 30 counts on the question part, `steps` = `step_features`."""
+    get = {"se": lambda r: feature_matrix(r, ("struct", "extra")), "qse": qse_matrix, "steps": steps_matrix}
+    return np.hstack([get[k](rows) for k in kinds.split("+")]).astype(np.float64)
 
 
 # --------------------------------------------------------------------------------- training targets
@@ -201,8 +245,12 @@ def _near_weights(Xtr: np.ndarray, src: np.ndarray, Xte: np.ndarray) -> dict[str
     return {s: math.exp(-v / med) for s, v in d.items()}
 
 
-def ridge_gap(tr, ev, kinds: str, pairs: str, alpha: float = 10.0, zfile: bool = False, near: bool = False):
-    """Weighted ridge from within-file-centred features to the strong-minus-weak gap; returns s(ev)."""
+def ridge_gap(tr, ev, kinds: str, pairs: str, alpha: float = 10.0, zfile: bool = False, near: bool = False,
+              win: bool = False, med: bool = False):
+    """Weighted ridge from within-file-centred features to the strong-minus-weak gap; returns s(ev).
+    `win`: weighted logistic regression on "strong right, weak wrong" (gap > 0) instead, C = 1/alpha.
+    `med`: one ridge per training source, the element-wise median of their coefficients (a direction
+    most files agree on, rather than the pooled one)."""
     Xall, Xte = feats(tr, kinds), feats(ev, kinds)
     idx, y, w, grp = gap_targets(tr, PAIRS[pairs])
     src = np.array([r.source for r in tr])
@@ -213,8 +261,20 @@ def ridge_gap(tr, ev, kinds: str, pairs: str, alpha: float = 10.0, zfile: bool =
     Xc = _standardise_within(Xall, src, zfile)[idx]
     sd = Xc.std(0) + 1e-6
     Z = Xc / sd
-    A = (Z * w[:, None]).T @ Z + alpha * np.eye(Z.shape[1])
-    coef = np.linalg.solve(A, (Z * w[:, None]).T @ y)
+    if med:
+        per = []
+        for g in sorted(set(grp.tolist())):
+            m = grp == g
+            Zg = Z[m]
+            per.append(np.linalg.solve(Zg.T @ Zg / m.sum() + alpha / len(y) * np.eye(Z.shape[1]), Zg.T @ y[m] / m.sum()))
+        coef = np.median(np.array(per), 0)
+    elif win:
+        from sklearn.linear_model import LogisticRegression
+
+        coef = LogisticRegression(C=1.0 / alpha, max_iter=3000).fit(Z, y > 0, sample_weight=w).coef_[0]
+    else:
+        A = (Z * w[:, None]).T @ Z + alpha * np.eye(Z.shape[1])
+        coef = np.linalg.solve(A, (Z * w[:, None]).T @ y)
     Xt = (Xte - Xte.mean(0)) / (Xte.std(0) + 1e-6) if zfile else Xte
     return (Xt / sd) @ coef, coef
 
@@ -225,8 +285,8 @@ def rank(v: np.ndarray) -> np.ndarray:
 
 def recipe_score(name: str, tr, ev) -> np.ndarray:
     """Recipe names: `len` (question words), `feat:NAME` (one step feature), or
-    `PAIRS:KINDS[@zfile][@near]` (ridge_gap), and `A+B` = rank average (`A*2` counts A twice)."""
-    if "+" in name and not name.startswith(("pair:", "xpair:", "xreason:", "xonly:")) or " & " in name:
+    `PAIRS:KINDS[@zfile][@near][@win][@aALPHA]` (ridge_gap), and `A & B` = rank average."""
+    if " & " in name:
         parts = name.split(" & ")
         return np.mean([rank(recipe_score(p, tr, ev)) for p in parts], 0)
     if name == "len":
@@ -235,7 +295,9 @@ def recipe_score(name: str, tr, ev) -> np.ndarray:
         return steps_matrix(ev)[:, STEP_NAMES.index(name[5:])].astype(np.float64)
     base, *flags = name.split("@")
     pairs, kinds = base.split(":")
-    return ridge_gap(tr, ev, kinds, pairs, zfile="zfile" in flags, near="near" in flags)[0]
+    alpha = next((float(f[1:]) for f in flags if f.startswith("a")), 10.0)
+    return ridge_gap(tr, ev, kinds, pairs, alpha, zfile="zfile" in flags, near="near" in flags, win="win" in flags,
+                     med="med" in flags)[0]
 
 
 def eval_sets():
@@ -274,6 +336,11 @@ RECIPES = [
     "len", "feat:q_quantities",
     "pair:se & len", "xpair:steps & len", "xpair:se+steps & len", "xreason:steps & len",
     "pair:se & xpair:steps",
+    "pair:qse", "pair:qse+steps", "pair:steps@a1", "pair:steps@a100", "pair:steps@win", "pair:qse+steps@win",
+    "xpair:qse+steps", "xreason:qse+steps",
+    "pair:steps & xpair:steps", "pair:steps & xreason:steps", "pair:steps & pair:se", "pair:steps & len",
+    "pair:steps@med", "xpair:steps@med", "xreason:steps@med", "xpair:qse+steps@med", "xreason:qse+steps@med",
+    "pair:qse+steps@med",
 ]
 
 
@@ -295,15 +362,54 @@ def recipes(sets, names: list[str]) -> dict[str, dict[str, dict[str, float]]]:
     return res
 
 
+def detail(sets, name: str, ref: str, boots: int = 300) -> None:
+    """For recipe `name` on GSM8K: the fitted coefficients, a bootstrap 90% interval of APGR, the paired
+    bootstrap difference to recipe `ref`, and the serving cost of `step_features` per prompt."""
+    _b, ev, tr = sets[0]
+    base, *flags = name.split("@")
+    pairs, kinds = base.split(":")
+    s, coef = ridge_gap(tr, ev, kinds, pairs, win="win" in flags)
+    names = {"steps": STEP_NAMES}.get(kinds, [f"f{j}" for j in range(len(coef))])
+    print(f"{name} coefficients (GSM8K fold, standardised):",
+          ", ".join(f"{n} {c:+.3f}" for n, c in sorted(zip(names, coef, strict=True), key=lambda t: -abs(t[1]))))
+    r = recipe_score(ref, tr, ev)
+    st, wk = _labels(ev)
+    rng = np.random.default_rng(1)
+    a, d = [], []
+    for _ in range(boots):
+        i = rng.integers(0, len(ev), len(ev))
+        j = 1e-9 * rng.random(len(i))
+        x = two_model(s[i] + j, st[i], wk[i])["apgr"]
+        a.append(x)
+        d.append(x - two_model(r[i] + j, st[i], wk[i])["apgr"])
+    print(f"GSM8K APGR {name}: bootstrap 5/50/95% {np.percentile(a, [5, 50, 95]).round(3)}; "
+          f"minus {ref}: {np.percentile(d, [5, 50, 95]).round(3)}, P(diff <= 0) = {np.mean(np.array(d) <= 0):.3f}")
+    texts = [r.prompt for _b, e, _t in sets for r in e]
+    t = time.perf_counter()
+    for x in texts:
+        step_features(x)
+    per = (time.perf_counter() - t) / len(texts)
+    longest = max(all_rows(), key=lambda r: len(r.prompt)).prompt
+    t = time.perf_counter()
+    for _ in range(20):
+        step_features(longest)
+    print(f"step_features: {1e6 * per:.0f} us/prompt mean over the {len(texts)} pair prompts; "
+          f"{1e6 * (time.perf_counter() - t) / 20:.0f} us on the longest dev prompt ({len(longest)} chars)")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["singles", "recipes"])
+    ap.add_argument("what", choices=["singles", "recipes", "detail"])
+    ap.add_argument("--recipe", default="pair:steps", help="detail: the recipe to examine")
+    ap.add_argument("--ref", default="pair:se", help="detail: the recipe to compare with (paired bootstrap)")
     ap.add_argument("--recipes", default=";".join(RECIPES), help="';'-separated recipe names")
     a = ap.parse_args()
     t0 = time.time()
     sets = eval_sets()
     if a.what == "singles":
         singles(sets)
+    elif a.what == "detail":
+        detail(sets, a.recipe, a.ref)
     else:
         out = recipes(sets, a.recipes.split(";"))
         (CACHE / "gsm8k_transfer.json").write_text(json.dumps(out, indent=1))
