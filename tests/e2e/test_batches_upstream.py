@@ -176,3 +176,32 @@ def test_forwarded_batch_billed_at_batch_price(env):
         rows = conn.execute("SELECT cost_usd FROM ledger WHERE batch_id = ? AND status = 'ok'", (b.id,)).fetchall()
     # gpt-4o-mini: $0.15 in / $0.60 out per 1M tokens; 1000 + 1000 tokens at half price = $0.000375
     assert len(rows) == 2 and all(abs(r[0] - 0.000375) < 1e-9 for r in rows), rows
+
+
+def test_forwarded_batch_refuses_tiergate_options_it_would_drop(env):
+    """A forwarded line goes upstream without its `tiergate` options, so an option the gateway refuses
+    on chat (routing-only with an explicit model, unknown name) fails the file, naming the line and
+    `body.tiergate.<option>`, instead of being dropped; options the gateway accepts still forward."""
+    client, up, _ = env
+    created = up.created
+    lines = [{"custom_id": f"o{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], **extra}}
+             for i, extra in enumerate([{}, {"tiergate": {"quality_target": 0.9}}, {"tiergate": {"cache": True}},
+                                        {"tiergate": {"no_such_option": 1}}])]
+    f = client.files.create(file=("in.jsonl", "\n".join(map(json.dumps, lines)).encode()), purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert b.status == "failed" and up.created == created  # nothing was sent upstream
+    errs = {e.line: e for e in b.errors.data}
+    assert sorted(errs) == [2, 4]
+    assert errs[2].param == "body.tiergate.quality_target" and errs[2].code == "unsupported_parameter"
+    assert "auto" in errs[2].message and "Batch API" in errs[2].message
+    assert errs[4].param == "body.tiergate.no_such_option"
+    # without the refused options the same file is forwarded, `tiergate.cache` and all
+    f = client.files.create(file=("ok.jsonl", "\n".join(map(json.dumps, lines[:3:2])).encode()), purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert b.status != "failed" and b.errors is None
+    deadline = time.time() + 20
+    while (b := client.batches.retrieve(b.id)).status != "completed":
+        assert time.time() < deadline, b
+        time.sleep(0.1)
+    assert up.created == created + 1 and b.request_counts.completed == 2

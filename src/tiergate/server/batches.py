@@ -4,12 +4,16 @@
 Creating a batch validates the input file (JSONL lines `{custom_id, method: POST, url, body}`, unique
 custom ids, `url` equal to the batch `endpoint`, at most 50,000 lines) and stores one row per line;
 the `BatchRunner` of every replica then works through the lines (see `tiergate.batches.runner`).
-A file that fails validation gives a batch with status `failed` and OpenAI-shaped `errors`.
+A file that fails validation gives a batch with status `failed` and OpenAI-shaped `errors`; a file that
+would be forwarded to OpenAI's own Batch API (`tiergate.batches.upstream`) also fails on `tiergate`
+options the gateway would refuse, since the upstream runs its lines without them.
 `install_runner(gw)` registers the runner's start/stop hooks with the gateway (called by the app).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -18,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tiergate.batches.runner import BatchRunner, BatchSettings
-from tiergate.server.chat import error_response
+from tiergate.server.chat import error_response, read_options
 from tiergate.server.files import _json, batch_store, caller
 from tiergate.wire.errors import GatewayError, bad_request, not_found
 from tiergate.wire.ids import new_id
@@ -28,6 +32,9 @@ if TYPE_CHECKING:
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/responses")
 MAX_LINES = 50_000
+FORWARDED_NOTE = ("(This batch goes to the upstream's own Batch API, which runs each line without its "
+                  "'tiergate' options, so the file is refused rather than the options dropped.)")
+UpstreamChoice = Callable[[list[tuple[str, str]]], dict[str, Any] | None]  # valid lines -> forward target or None
 
 
 def routes() -> list[Route]:
@@ -96,15 +103,25 @@ def _upstream_view(row: dict[str, Any]) -> dict[str, Any]:
     return {"request_counts": rc} if rc else {}
 
 
-def parse_input(content: bytes, endpoint: str) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
-    """JSONL batch input -> ([(custom_id, body json)], errors in OpenAI's `{code, message, param, line}`)."""
+def parse_input(content: bytes, endpoint: str, forward_to: UpstreamChoice | None = None
+                ) -> tuple[list[tuple[str, str]], list[dict[str, Any]], dict[str, Any] | None]:
+    """JSONL batch input -> ([(custom_id, body json)], errors in OpenAI's `{code, message, param, line}`,
+    upstream target or None).
+
+    `forward_to(lines)` says where a valid file would be forwarded (OpenAI's own Batch API), or None to
+    run it line by line. A forwarded line is sent without its `tiergate` options, so it cannot fail
+    alone the way a local line does: an option the gateway would refuse (`chat.read_options`: unknown
+    names, routing-only options with an explicit model) is a line error of the file instead of being
+    silently dropped."""
     lines: list[tuple[str, str]] = []
     errors: list[dict[str, Any]] = []
+    option_errors: list[dict[str, Any]] = []
     seen: set[str] = set()
 
-    def err(code: str, message: str, line: int, param: str | None = None) -> None:
-        if len(errors) < 100:
-            errors.append({"code": code, "message": message, "param": param, "line": line})
+    def err(code: str, message: str, line: int, param: str | None = None, into: list | None = None) -> None:
+        into = errors if into is None else into
+        if len(into) < 100:
+            into.append({"code": code, "message": message, "param": param, "line": line})
 
     raw_lines = content.split(b"\n")
     for n, raw in enumerate(raw_lines, start=1):
@@ -136,13 +153,22 @@ def parse_input(content: bytes, endpoint: str) -> tuple[list[tuple[str, str]], l
             err("invalid_request", "body must be a JSON object holding the request.", n, "body")
         elif not isinstance(body.get("model"), str):
             err("missing_required_parameter", "body.model is required.", n, "body.model")
+        elif forward_to is not None:
+            try:
+                read_options(dict(body), body["model"])
+            except GatewayError as e:
+                err(e.code or "invalid_request", f"{e.message} {FORWARDED_NOTE}", n,
+                    f"body.{e.param}" if e.param else "body", into=option_errors)
         if not errors and isinstance(cid, str):
             lines.append((cid, orjson.dumps(body).decode()))
     if not errors and not lines:
         err("empty_file", "The input file has no requests.", 1)
     if len(lines) > MAX_LINES:
         err("too_many_requests", f"A batch holds at most {MAX_LINES} requests; this file has {len(lines)}.", 1)
-    return ([] if errors else lines), errors
+    upstream = forward_to(lines) if forward_to is not None and not errors else None
+    if upstream is not None and option_errors:
+        errors, upstream = option_errors, None
+    return ([] if errors else lines), errors, upstream
 
 
 async def create_batch(request: Request) -> Response:
@@ -173,15 +199,14 @@ async def create_batch(request: Request) -> Response:
         if f["purpose"] != "batch":
             raise bad_request(f"File {fid} has purpose {f['purpose']!r}; batch input needs purpose 'batch'.",
                               param="input_file_id", code="invalid_value")
-        lines, errors = parse_input(await bs.file_content(str(fid)), str(endpoint))
         settings: BatchSettings = gw.extras.get("batch_settings") or BatchSettings()
-        mode, upstream = "local", None
-        if not errors and settings.forward_upstream:
+        forward_to = None
+        if settings.forward_upstream:
             from tiergate.batches.upstream import upstream_target
 
-            upstream = upstream_target(gw, lines)
-            if upstream is not None:
-                mode = "upstream"
+            forward_to = partial(upstream_target, gw)
+        lines, errors, upstream = parse_input(await bs.file_content(str(fid)), str(endpoint), forward_to)
+        mode = "local" if upstream is None else "upstream"
         bid = await bs.create_batch(key_id=owner, endpoint=str(endpoint), input_file_id=str(fid),
                                     window_s=settings.window_s, metadata=meta, lines=lines, errors=errors or None,
                                     mode=mode, upstream=upstream)
