@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import urllib.error
 import urllib.parse
@@ -128,13 +127,7 @@ async def _direct(a: argparse.Namespace, op: str) -> Any:
         _check_models(a, f.get("models"))
     except GatewayError as e:
         raise SystemExit(f"tiergate: {e.message}") from None
-    acc_log = logging.getLogger("tiergate.accounting")
-    level = acc_log.level
-    acc_log.setLevel(logging.ERROR)  # its start-up warnings (open gateway, no Redis) are about serving
-    try:
-        acc = await Accounting.start(parse_config(raw, env={}))
-    finally:
-        acc_log.setLevel(level)
+    acc = await Accounting.start(parse_config(raw, env={}))
     try:
         if op == "create":
             info, secret = await acc.keys.create(f.pop("name"), **f)

@@ -129,14 +129,8 @@ class Accounting:
             budget = StoreBudget(store, seed) if store.dialect == "postgresql" else InProcessBudget(seed)
             limiter = InProcessRateLimiter()
             cache = MemoryCache(ttl, int(cache_cfg.get("max_entries", 10_000)))
-            if store.dialect == "postgresql":
-                log.warning("storage is PostgreSQL but no `redis:` is configured: budgets are shared through "
-                            "PostgreSQL, rate limits and the cache are per replica")
         if cache_cfg.get("enabled") is False:
             cache = None
-        if config.master_key is None:
-            log.warning("no master key (TIERGATE_MASTER_KEY): the gateway is open, /v1 needs no API key and "
-                        "no budgets or rate limits apply")
         log.info("accounting: storage %s, counters in %s, ledger journal %s", store.url_redacted,
                  "redis" if redis is not None else ("postgresql" if store.dialect == "postgresql" else "process"),
                  ledger.dir)

@@ -23,9 +23,7 @@ def resolve_catalog(config: GatewayConfig, catalog: Catalog) -> tuple[dict[str, 
     """Each configured model's catalogue entry. An explicit `catalog:` that names no entry is a config
     error (a typo would otherwise serve the model unpriced); an implicit one falls back to a permissive,
     unpriced entry (a local model on an OpenAI-compatible host), listed in the second value."""
-    import difflib
-
-    from tiergate.config import ConfigError
+    from tiergate.config import ConfigError, close_names
 
     infos: dict[str, ModelInfo] = {}
     unpriced: list[str] = []
@@ -33,13 +31,25 @@ def resolve_catalog(config: GatewayConfig, catalog: Catalog) -> tuple[dict[str, 
         info = catalog.get(m.catalog)
         if info is None:
             if m.catalog_explicit:
-                close = difflib.get_close_matches(m.catalog, catalog.names(), n=3)
+                close = close_names(m.catalog, catalog.names())
                 hint = f" Did you mean: {', '.join(close)}?" if close else " See docs/catalog.md for the entries."
                 raise ConfigError(f"models[{i}].catalog: {m.catalog!r} is not in the model catalogue.{hint}")
             info = catalog.unknown(m.catalog)
             unpriced.append(m.name)
         infos[m.name] = info
     return infos, unpriced
+
+
+def warn_serving_setup(accounting: Accounting) -> None:
+    """Start-up warnings about how this gateway will serve (an open gateway; budgets shared through
+    PostgreSQL without Redis). Said by the server, not by `Accounting.start`, so read-only users of the
+    store (`tiergate spend --storage`) do not see them."""
+    if accounting.is_open:
+        log.warning("no master key (TIERGATE_MASTER_KEY): the gateway is open, /v1 needs no API key and "
+                    "no budgets or rate limits apply")
+    if accounting.redis is None and accounting.store.dialect == "postgresql":
+        log.warning("storage is PostgreSQL but no `redis:` is configured: budgets are shared through "
+                    "PostgreSQL, rate limits and the cache are per replica")
 
 
 @dataclass
@@ -73,6 +83,7 @@ class Gateway:
         for tokenizer in {i.tokenizer for i in infos.values()}:
             get_encoding(tokenizer)  # build vocabularies now, not on the first request (~0.2 s each)
         accounting = await Accounting.start(config)
+        warn_serving_setup(accounting)
         session_factory = SharedSession()
         metrics = Metrics()
         dispatcher = Dispatcher(
