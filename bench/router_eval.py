@@ -1,6 +1,6 @@
 """The router's accuracy targets (issue 3, item 6) measured on the dev outcome files, in one table.
 
-    python bench/router_eval.py [--quick] [--json OUT.json] [--data-dir DIR]
+    python bench/router_eval.py [--quick] [--json OUT.json] [--data-dir DIR] [--seed S] [--only ROW ...]
 
 - GSM8K (`routellm-gsm8k`, RouteLLM's 1,307 uncontaminated prompts), leave one benchmark out:
   the learned model never sees GSM8K (nor `zeroeval-gsm`, nor the GSM8K questions copied into
@@ -16,6 +16,8 @@ default on a dev file. The LiveCodeBench rows are also given within the file onl
 As everywhere in `routing.evaluate`, the learned model is fitted on every candidate of its training rows.
 The random router (RouteLLM's definition) and RouteLLM's best published router are printed alongside.
 Each row is one `tiergate router eval` invocation's figures; the equivalent commands are in docs/routing.md.
+`--seed S` moves the k-fold rows' fold seed (the 98%-of-best and APGR figures move with it: compare
+methods over several seeds); `--only mmlu` (repeatable: gsm8k, mmlu, lcb) runs a subset of the rows.
 """
 
 from __future__ import annotations
@@ -41,21 +43,21 @@ O_SERIES = {
 }
 
 
-def _two_model(name: str, protocol: str, data: Path, pool, progress: bool, extra: bool = True) -> dict:
+def _two_model(name: str, protocol: str, data: Path, pool, progress: bool, extra: bool = True, seed: int = 0) -> dict:
     rows = load_outcomes(data / f"{name}.jsonl.gz")
     t = time.perf_counter()
     ev = E.evaluate(rows, candidates=[STRONG, WEAK], protocol=protocol, pool=pool, progress=progress,
-                    extra_benchmarks=extra and protocol == "kfold")
+                    extra_benchmarks=extra and protocol == "kfold", seed=seed)
     tm = ev.summary["two_model"]
     return {"n": ev.summary["n"], "apgr": tm["apgr"], "cpt50": tm["cpt"]["50"], "cpt80": tm["cpt"]["80"],
             "random": tm["random"], "seconds": time.perf_counter() - t, "info": ev.summary["protocol_info"]}
 
 
-def _lcb(name: str, data: Path, extra: bool, pool, progress: bool) -> dict[str, dict]:
+def _lcb(name: str, data: Path, extra: bool, pool, progress: bool, seed: int = 0) -> dict[str, dict]:
     rows = load_outcomes(data / f"{name}.jsonl.gz")
     mat, unpriced = E.select_candidates(rows, None, None, None)
     t = time.perf_counter()
-    pred, info = E.out_of_fold_predictions(mat, "kfold", k=5, seed=0, pool=pool, extra_benchmarks=extra,
+    pred, info = E.out_of_fold_predictions(mat, "kfold", k=5, seed=seed, pool=pool, extra_benchmarks=extra,
                                            progress=progress)
     out = {}
     for subset, cands in (("all priced", mat.candidates), ("o-series + gpt-4o-mini", O_SERIES[name])):
@@ -80,25 +82,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="k-fold within the file only (not the reported figures)")
     ap.add_argument("--json", type=Path, help="also write every figure to this file")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--seed", type=int, default=0, help="fold seed of the k-fold rows (reported figures: 0)")
+    ap.add_argument("--only", choices=("gsm8k", "mmlu", "lcb"), action="append",
+                    help="run only these rows (repeatable; default: all)")
     args = ap.parse_args(argv)
+    only = set(args.only or ("gsm8k", "mmlu", "lcb"))
     data = args.data_dir or find_data_dir()
     progress = not args.quiet
     pool = load_outcomes(dev_files(data))
     results: dict = {}
-    results["gsm8k"] = _two_model("routellm-gsm8k", "lobo", data, pool, progress)
-    results["mmlu"] = _two_model("routellm-mmlu", "kfold", data, pool, progress, extra=not args.quick)
-    mmlu_label = "MMLU (5-fold, within the file only)" if args.quick else "MMLU (5-fold + other dev files)"
-    for name in O_SERIES:
+    if "gsm8k" in only:
+        results["gsm8k"] = _two_model("routellm-gsm8k", "lobo", data, pool, progress)
+    if "mmlu" in only:
+        results["mmlu"] = _two_model("routellm-mmlu", "kfold", data, pool, progress, extra=not args.quick,
+                                     seed=args.seed)
+    fold = "" if args.seed == 0 else f", fold seed {args.seed}"
+    mmlu_label = (f"MMLU (5-fold, within the file only{fold})" if args.quick
+                  else f"MMLU (5-fold + other dev files{fold})")
+    for name in O_SERIES if "lcb" in only else ():
         results[name] = {}
         if not args.quick:
-            results[name]["kfold + other dev files"] = _lcb(name, data, True, pool, progress)
-        results[name]["kfold, within the file only"] = _lcb(name, data, False, pool, progress)
+            results[name]["kfold + other dev files"] = _lcb(name, data, True, pool, progress, args.seed)
+        results[name]["kfold, within the file only"] = _lcb(name, data, False, pool, progress, args.seed)
 
     lines = [("benchmark (protocol)", "metric", "tiergate", "target", "RouteLLM best", "random")]
     for key, label, targets in (
         ("gsm8k", "GSM8K (leave-one-benchmark-out)", {"apgr": "> 0.622", "cpt50": "< 33.64%", "cpt80": "< 63.26%"}),
         ("mmlu", mmlu_label, {"apgr": ">= 0.68", "cpt50": "<= 27%", "cpt80": "-"}),
     ):
+        if key not in results:
+            continue
         r, best = results[key], ROUTELLM_BEST[key]
         for m, nice in (("apgr", "APGR"), ("cpt50", "CPT(50%)"), ("cpt80", "CPT(80%)")):
             unit = "" if m == "apgr" else "%"
@@ -106,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             fmt = "{:.3f}" if m == "apgr" else "{:.2f}"
             lines.append((f"{label}, n={r['n']}", nice, fmt.format(r[m]) + unit, targets[m],
                           fmt.format(best[m]) + unit + f" {best['router']}", fmt.format(rnd) + unit))
-    for name in O_SERIES:
+    for name in (n for n in O_SERIES if n in results):
         for proto, res in results[name].items():
             for subset, r in res.items():
                 if subset.startswith("_"):

@@ -396,7 +396,8 @@ def out_of_fold_predictions(
             else:
                 X = feats[train_idx] if extra_feats is None else np.vstack([feats[train_idx], extra_feats[keep]])
                 model = cls(proto.extractor).fit(train_rows, fit_cands, features=X)
-                pred[test_idx] = _columns(model.predict_features(feats[test_idx]), model, cands)
+                pred[test_idx] = _columns(model.predict_features(feats[test_idx], [r.prompt for r in test_rows]),
+                                          model, cands)
         return pred, info
     if protocol == "lobo":
         if pool is None:

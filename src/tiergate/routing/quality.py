@@ -31,6 +31,7 @@ import numpy as np
 from tiergate.routing.difficulty import DifficultyModel
 from tiergate.routing.embed import StaticEmbedder
 from tiergate.routing.features import STRUCT_NAMES, TOKEN_SLOTS, FeatureExtractor
+from tiergate.routing.neighbours import NeighbourConfig, NeighbourModel
 
 if TYPE_CHECKING:
     from tiergate.routing.data import OutcomeRow
@@ -56,6 +57,7 @@ class FitConfig:
     lexical: bool = True  # learn a low-rank projection of the prompt's tf-idf WordPiece bag
     seed: int = 0
     difficulty: bool = True  # latent-difficulty component for dense outcome files (routing.difficulty)
+    neighbours: bool = True  # TF-IDF + kNN component for large outcome files (routing.neighbours)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -114,6 +116,8 @@ class QualityModel:
         self.idf: np.ndarray | None = None
         self.T: np.ndarray | None = None  # (vocabulary, rank) token projection
         self.difficulty_model: DifficultyModel | None = None  # see routing.difficulty
+        self.neighbour_model: NeighbourModel | None = None  # see routing.neighbours
+        self.neighbour_config = NeighbourConfig()
 
     # ------------------------------------------------------------------------------------- features
 
@@ -188,12 +192,20 @@ class QualityModel:
         self._train((resid / self.within_std)[:, self._within_cols()], S, Y, M, L, progress)
         self._keys = keys
         self.n_rows = {k: counts[k] for k in keys}
+        own = self.source_probs(Xs)[np.arange(n), [src_col[r.source] for r in rows]]
         # --- difficulty component (routing.difficulty): fitted per dense outcome file ---
-        if self.config.difficulty:
-            own = self.source_probs(Xs)[np.arange(n), [src_col[r.source] for r in rows]]
-            self.difficulty_model = DifficultyModel().fit(rows, X, own)
-        else:
-            self.difficulty_model = None
+        self.difficulty_model = DifficultyModel().fit(rows, X, own) if self.config.difficulty else None
+        # --- neighbourhood component (routing.neighbours): fitted per large outcome file, on top of the above ---
+        self.neighbour_model = None
+        if self.config.neighbours:
+            big = [s for s, c in per_source.items() if c >= self.neighbour_config.min_rows]
+            if big:
+                idx = np.flatnonzero(np.isin([r.source for r in rows], big))
+                full = np.hstack([X, slots])
+                main = self.predict_features(full[idx])
+                nm = NeighbourModel(config=self.neighbour_config).fit(
+                    [rows[i] for i in idx], full[idx], main, own[idx], dims=self.n_dense - len(STRUCT_NAMES))
+                self.neighbour_model = nm if nm.components else None
         return self
 
     def _fit_source_classifier(self, Xs: np.ndarray, S: np.ndarray, progress: bool) -> None:
@@ -337,20 +349,25 @@ class QualityModel:
         Z = Xr @ self.V + pi @ self.C + self._lexical(np.asarray(X[:, self.n_dense:]))
         return Z @ self.U.T + Xr @ self.W.T + self.b
 
-    def predict_features(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        """Predictions from a precomputed feature matrix."""
+    def predict_features(self, X: np.ndarray, texts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Predictions from a precomputed feature matrix (`texts`: the prompts' texts, which the
+        neighbourhood component's word n-grams need; without them that component is skipped)."""
         P = _sigmoid(self.logits_features(X))
         out = {k: P[:, j].astype(np.float64) for j, k in enumerate(self._keys)}
-        # --- difficulty component: covered candidates move towards it as the prompt resembles its file ---
-        dm = self.difficulty_model
-        if dm is not None and dm.components:
+        dm, nm = self.difficulty_model, self.neighbour_model
+        if (dm is not None and dm.components) or (nm is not None and texts is not None):
             pi = self.resemblance(X)
+        # --- difficulty component: covered candidates move towards it as the prompt resembles its file ---
+        if dm is not None and dm.components:
             out = dm.blend(out, X, {s: pi[:, self.sources.index(s)] for s in dm.sources})
+        # --- neighbourhood component: the same, for large files, stacked on the prediction so far ---
+        if nm is not None and texts is not None:
+            out = nm.blend(out, X, texts, {s: pi[:, self.sources.index(s)] for s in nm.sources})
         return out
 
     def predict(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
         """candidate key -> predicted score in [0, 1] for each prompt."""
-        return self.predict_features(self.features(prompts))
+        return self.predict_features(self.features(prompts), list(prompts))
 
     def difficulty(self, X: np.ndarray) -> np.ndarray:
         """How much harder than the average prompt of its kind each prompt is predicted to be: minus the
@@ -383,8 +400,13 @@ class QualityModel:
             "features": self.extractor.names if self._extractor else None,
         }
         (directory / "quality.json").write_text(json.dumps(meta, indent=1) + "\n")
-        if self.difficulty_model is not None:
-            self.difficulty_model.save(directory)
+        for component, files in ((self.difficulty_model, ("difficulty.npz", "difficulty.json")),
+                                 (self.neighbour_model, ("neighbours.npz", "neighbours.json"))):
+            if component is not None:
+                component.save(directory)
+            else:  # a stale artefact of an earlier fit would be loaded with this model
+                for name in files:
+                    (directory / name).unlink(missing_ok=True)
         for name in ("static_embedding.npz", "tokenizer.json"):
             if not (directory / name).exists():
                 (directory / name).write_bytes((ARTIFACTS_DIR / name).read_bytes())
@@ -410,6 +432,9 @@ class QualityModel:
         model._keys = list(meta["candidates"])
         model.n_rows = dict(meta.get("n_rows", {}))
         model.difficulty_model = DifficultyModel.load(directory) if model.config.difficulty else None
+        model.neighbour_model = NeighbourModel.load(directory) if model.config.neighbours else None
+        if model.neighbour_model is not None:
+            model.neighbour_config = model.neighbour_model.config
         return model
 
 

@@ -223,7 +223,7 @@ class Router:
             raise NoEligibleCandidate("no routing candidates configured (routing.candidates in the config)")
         text = prompt_text(prompt_or_messages)
         X = self.quality.features([text])
-        learned = self.quality.predict_features(X)
+        learned = self.quality.predict_features(X, [text])
         prof_inputs: tuple[np.ndarray, np.ndarray] | None = None
         if prompt_tokens is None:
             prompt_tokens = self._count(prompt_or_messages, text)

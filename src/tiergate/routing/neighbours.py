@@ -1,0 +1,395 @@
+"""Neighbourhood component of the router's quality model (research recipe R2', docs/router-research.md).
+
+For a large outcome file (default >= 5,000 rows: on the dev files that is `routellm-mmlu` and
+`llmrouter-dcrouter`) the prompts of the file itself say more about who succeeds on a new prompt of
+the same kind than the shared, cross-benchmark encoder of `QualityModel` can. Per such file
+("source") and its candidates (those scored on >= 90% of its rows):
+
+(a) **TF-IDF word n-gram head.** A word 1-2 gram TF-IDF vocabulary fitted on the file's training
+    prompts (sklearn's default token pattern, lower-cased; `min_df` 2, sublinear tf, capped at
+    `max_features` terms so the artefact stays a few MB) and per candidate a logistic regression on
+    the score (soft labels).
+(b) **kNN head.** Per candidate, the mean score of the k training prompts of the file most similar to
+    the prompt (cosine on the L2-normalised static embedding, the columns `FeatureExtractor` already
+    computes). k is chosen inside the training rows (Brier score of the cross-fitted kNN means).
+(c) **Stack.** Per candidate a small soft-label logistic regression on [TF-IDF logit, kNN logit],
+    fitted on cross-fitted (a) and (b) predictions of the file's training rows (3 folds, prompts with
+    the same text in one fold), plus the main model's logit centred on its mean over the file, at a
+    fixed weight (`main_weight`, 0.5). The main model's training-row predictions are in-sample (refitting
+    it per inner fold would multiply the training time), so a fitted weight for it is over-confident
+    (about 4 on MMLU, which makes the ranking worse than the main model alone); the fixed half weight
+    adds its evidence to the stack's instead.
+
+`QualityModel` blends the stacked prediction with its own for the covered candidates, weighted by how
+much the prompt resembles the file (as `routing.difficulty`): a prompt unlike the file keeps the main
+model's prediction.
+
+Measured: R2 in docs/router-research.md (research scripts: rank average of (a) and (b) gives MMLU
+APGR 0.677-0.683 / CPT(50%) 26.0-28.0% over 3 fold seeds); the production figures of this component
+are in docs/routing-model.md ("Neighbourhood component"). Serving is numpy + `re` only (a dictionary
+look-up per word 1-2 gram, one (rows x 128) mat-vec and a partial sort per file); sklearn is imported
+only when fitting.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tiergate.routing.difficulty import soft_logistic
+from tiergate.routing.features import STRUCT_NAMES
+
+if TYPE_CHECKING:
+    from tiergate.routing.data import OutcomeRow
+
+FORMAT_VERSION = 1
+NPZ, META = "neighbours.npz", "neighbours.json"
+#: sklearn's default `token_pattern`, applied to the lower-cased text (as `TfidfVectorizer` does).
+TOKEN_PATTERN = re.compile(r"(?u)\b\w\w+\b")
+_EMB_START = len(STRUCT_NAMES)
+_CLIP = 0.01  # scores are clipped to [_CLIP, 1 - _CLIP] before taking logits
+
+
+@dataclass(frozen=True)
+class NeighbourConfig:
+    min_rows: int = 5000  # a file qualifies with at least this many rows ...
+    min_coverage: float = 0.9  # ... for the candidates scored on at least this share of them
+    max_features: int = 40_000  # TF-IDF vocabulary cap (word 1-2 grams)
+    min_df: int = 2
+    tfidf_c: float = 1.0  # inverse L2 strength of the per-candidate TF-IDF logistic regression
+    ks: tuple[int, ...] = (25, 50, 100, 200, 400)  # kNN sizes tried (inside the training rows)
+    stack_c: float = 1.0  # inverse L2 strength of the stacker
+    folds: int = 3  # cross-fitting folds for the stacker's inputs (and k)
+    stack_main: bool = False  # fit the main model's weight in the stacker (its logit is in-sample: over-confident)
+    main_weight: float = 0.5  # else: the main model's logit, centred on the file, added at this fixed weight
+    seed: int = 0
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _CLIP, 1 - _CLIP)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
+
+
+def word_grams(text: str) -> list[str]:
+    """Word 1-2 grams of `text` as sklearn's `TfidfVectorizer(ngram_range=(1, 2))` forms them."""
+    toks = TOKEN_PATTERN.findall(text.lower())
+    return toks + [f"{a} {b}" for a, b in pairwise(toks)]
+
+
+def normalised_embedding(X: np.ndarray, dims: int) -> np.ndarray:
+    """The static-embedding columns of a feature matrix, each row L2-normalised (float32)."""
+    E = np.asarray(X[:, _EMB_START:_EMB_START + dims], np.float32)
+    return E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-6)
+
+
+class TfidfWords:
+    """A fitted word 1-2 gram TF-IDF transform (sublinear tf, idf, L2 norm), numpy only at serving."""
+
+    def __init__(self, terms: list[str], idf: np.ndarray) -> None:
+        self.terms = terms
+        self.idf = np.asarray(idf, np.float32)
+        self.index = {t: j for j, t in enumerate(terms)}
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], max_features: int, min_df: int) -> tuple[TfidfWords, Any]:
+        """The transform and the training texts' sparse matrix (sklearn, fitting only)."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vec = TfidfVectorizer(ngram_range=(1, 2), min_df=min_df, sublinear_tf=True, max_features=max_features,
+                              dtype=np.float32)
+        A = vec.fit_transform(list(texts))
+        terms = [""] * len(vec.vocabulary_)
+        for t, j in vec.vocabulary_.items():
+            terms[j] = t
+        return cls(terms, vec.idf_), A.tocsr()
+
+    def transform_one(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(column indices, L2-normalised weights) of one text."""
+        counts: dict[int, int] = {}
+        index = self.index
+        for g in word_grams(text):
+            j = index.get(g)
+            if j is not None:
+                counts[j] = counts.get(j, 0) + 1
+        if not counts:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        cols = np.fromiter(counts.keys(), np.int64, len(counts))
+        tf = np.fromiter(counts.values(), np.float32, len(counts))
+        w = (1.0 + np.log(tf)) * self.idf[cols]
+        return cols, w / max(float(np.linalg.norm(w)), 1e-12)
+
+    def transform(self, texts: Sequence[str]) -> Any:
+        """Sparse (n, vocabulary) matrix (scipy; for fitting and tests)."""
+        from scipy import sparse
+
+        indptr, indices, data = [0], [], []
+        for t in texts:
+            c, w = self.transform_one(t)
+            indices.append(c)
+            data.append(w)
+            indptr.append(indptr[-1] + len(c))
+        return sparse.csr_matrix((np.concatenate(data) if data else np.zeros(0, np.float32),
+                                  np.concatenate(indices) if indices else np.zeros(0, np.int64), indptr),
+                                 shape=(len(texts), len(self.terms)), dtype=np.float32)
+
+
+def _fit_tfidf_heads(A: Any, Y: np.ndarray, seen: np.ndarray, C: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate a logistic regression on soft labels: (coef (m, V), intercept (m,))."""
+    from sklearn.linear_model import LogisticRegression
+
+    m = Y.shape[1]
+    coef = np.zeros((m, A.shape[1]), np.float32)
+    icpt = np.zeros(m, np.float32)
+    for j in range(m):
+        rows = np.flatnonzero(seen[:, j])
+        y = Y[rows, j]
+        soft = ((y > 0) & (y < 1)).any()
+        if soft:  # soft labels: each row twice, weighted by the score and its complement
+            from scipy import sparse
+
+            Xj = sparse.vstack([A[rows], A[rows]]).tocsr()
+            yj = np.r_[np.ones(len(rows)), np.zeros(len(rows))]
+            wj = np.r_[y, 1 - y] + 1e-9
+        else:
+            Xj, yj, wj = A[rows], (y >= 0.5).astype(int), None
+        if len(np.unique(yj)) < 2:
+            icpt[j] = float(_logit(np.array([y.mean()]))[0])
+            continue
+        lr = LogisticRegression(C=C, max_iter=1000).fit(Xj, yj, sample_weight=wj)
+        coef[j], icpt[j] = lr.coef_[0], lr.intercept_[0]
+    return coef, icpt
+
+
+def _knn_means(E_ref: np.ndarray, S_ref: np.ndarray, E_q: np.ndarray, ks: Sequence[int]) -> dict[int, np.ndarray]:
+    """For each k: per query the mean of S_ref (rows, m) over its k most similar reference rows."""
+    kmax = min(max(ks), len(E_ref))
+    out = {k: np.empty((len(E_q), S_ref.shape[1]), np.float32) for k in ks}
+    for start in range(0, len(E_q), 512):
+        sims = E_q[start:start + 512] @ E_ref.T
+        idx = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax]
+        order = np.argsort(-np.take_along_axis(sims, idx, axis=1), axis=1)
+        idx = np.take_along_axis(idx, order, axis=1)
+        csum = np.cumsum(S_ref[idx], axis=1)  # (q, kmax, m)
+        for k in ks:
+            out[k][start:start + 512] = csum[:, min(k, kmax) - 1] / min(k, kmax)
+    return out
+
+
+def _group_folds(texts: Sequence[str], folds: int, seed: int) -> np.ndarray:
+    """Fold id per row; rows with the same normalised text share a fold."""
+    groups: dict[str, int] = {}
+    gid = np.array([groups.setdefault(" ".join(t.lower().split()), len(groups)) for t in texts])
+    perm = np.random.default_rng(seed).permutation(len(groups))
+    return (perm % folds)[gid]
+
+
+@dataclass
+class Component:
+    """One file's TF-IDF heads, kNN index and stacker (all numpy)."""
+
+    source: str
+    candidates: list[str]
+    tfidf: TfidfWords
+    coef: np.ndarray  # (m, V) TF-IDF logistic weights
+    intercept: np.ndarray  # (m,)
+    emb: np.ndarray  # (rows, dims) L2-normalised static embedding of the training prompts (float16 on disk)
+    scores: np.ndarray  # (rows, m) their scores (NaN-free: unseen cells hold the candidate's mean)
+    k: int
+    stack: np.ndarray  # (m, 4): intercept, weights on [main logit, tfidf logit, knn logit]
+    typical_resemblance: float = 1.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def head_logits(self, X: np.ndarray, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(TF-IDF logits, kNN logits), each (n, m)."""
+        T = np.empty((len(texts), len(self.candidates)), np.float32)
+        for i, t in enumerate(texts):
+            c, w = self.tfidf.transform_one(t)
+            T[i] = self.coef[:, c] @ w if len(c) else 0.0
+        T += self.intercept
+        E = normalised_embedding(X, self.emb.shape[1])
+        K = _knn_means(self.emb, self.scores, E, (self.k,))[self.k]
+        return T, _logit(K)
+
+    def predict(self, X: np.ndarray, texts: Sequence[str], main: np.ndarray) -> np.ndarray:
+        """(n, m) stacked predicted scores; `main`: the main model's predicted scores (n, m)."""
+        T, K = self.head_logits(X, texts)
+        z = self.stack[:, 0] + _logit(main) * self.stack[:, 1] + T * self.stack[:, 2] + K * self.stack[:, 3]
+        return _sigmoid(z)
+
+
+def fit_component(
+    source: str, rows: Sequence[OutcomeRow], X: np.ndarray, main: dict[str, np.ndarray],
+    cfg: NeighbourConfig | None = None, dims: int = 128,
+) -> Component | None:
+    """Fit one file's component on its rows, their features and the main model's (in-sample) predicted
+    scores `main` (candidate -> (rows,)). None if the file is too small or no candidate qualifies."""
+    cfg = cfg or NeighbourConfig()
+    n = len(rows)
+    if n < cfg.min_rows:
+        return None
+    counts: dict[str, int] = {}
+    for r in rows:
+        for k in r.outcomes:
+            counts[k] = counts.get(k, 0) + 1
+    cands = sorted(k for k, c in counts.items() if c >= cfg.min_coverage * n and k in main)
+    if not cands:
+        return None
+    col = {k: j for j, k in enumerate(cands)}
+    Y = np.zeros((n, len(cands)), np.float32)
+    seen = np.zeros((n, len(cands)), bool)
+    for i, r in enumerate(rows):
+        for k, o in r.outcomes.items():
+            j = col.get(k)
+            if j is not None:
+                Y[i, j], seen[i, j] = o.score, True
+    means = (Y * seen).sum(0) / seen.sum(0)
+    S = np.where(seen, Y, means).astype(np.float32)
+    texts = [r.prompt for r in rows]
+    E = normalised_embedding(X, dims)
+    fold = _group_folds(texts, cfg.folds, cfg.seed)
+    # cross-fitted head predictions for the stacker (and the choice of k)
+    T_oof = np.zeros((n, len(cands)), np.float32)
+    K_oof = {k: np.zeros((n, len(cands)), np.float32) for k in cfg.ks}
+    for f in range(cfg.folds):
+        tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        tf, A = TfidfWords.fit([texts[i] for i in tr], cfg.max_features, cfg.min_df)
+        coef, icpt = _fit_tfidf_heads(A, Y[tr], seen[tr], cfg.tfidf_c)
+        T_oof[te] = np.asarray(tf.transform([texts[i] for i in te]) @ coef.T) + icpt
+        for k, v in _knn_means(E[tr], S[tr], E[te], cfg.ks).items():
+            K_oof[k][te] = v
+    brier = {k: float(((K_oof[k] - Y) ** 2 * seen).sum() / seen.sum()) for k in cfg.ks}
+    k = min(brier, key=lambda kk: brier[kk])
+    K_l = _logit(K_oof[k])
+    stack = np.zeros((len(cands), 4))
+    for j, c in enumerate(cands):
+        s = seen[:, j]
+        if cfg.stack_main:
+            Z = np.column_stack([_logit(np.asarray(main[c], np.float64)), T_oof[:, j], K_l[:, j]])
+            stack[j] = soft_logistic(Z[s], Y[s, j], cfg.stack_c)
+        else:  # the main model's evidence relative to its mean on the file, at a fixed weight
+            w = soft_logistic(np.column_stack([T_oof[:, j], K_l[:, j]])[s], Y[s, j], cfg.stack_c)
+            centre = float(_logit(np.asarray(main[c], np.float64))[s].mean())
+            stack[j] = [w[0] - cfg.main_weight * centre, cfg.main_weight, w[1], w[2]]
+    tf, A = TfidfWords.fit(texts, cfg.max_features, cfg.min_df)
+    coef, icpt = _fit_tfidf_heads(A, Y, seen, cfg.tfidf_c)
+    info = {"rows": n, "vocabulary": len(tf.terms), "brier_by_k": {str(kk): round(v, 5) for kk, v in brier.items()}}
+    # rounded as stored (float16), so that an evaluated model predicts exactly as the shipped one
+    f16 = lambda a: a.astype(np.float16).astype(np.float32)
+    return Component(source, cands, tf, f16(coef), icpt, f16(E), f16(S), k, stack, info=info)
+
+
+class NeighbourModel:
+    """The neighbourhood components of every qualifying training file."""
+
+    def __init__(self, components: list[Component] | None = None, config: NeighbourConfig | None = None) -> None:
+        self.components = components or []
+        self.config = config or NeighbourConfig()
+
+    def fit(
+        self, rows: Sequence[OutcomeRow], X: np.ndarray, main: dict[str, np.ndarray],
+        own_resemblance: np.ndarray | None = None, dims: int = 128,
+    ) -> NeighbourModel:
+        """`X`: the rows' features (`FeatureExtractor` columns); `main`: the main model's predicted scores
+        for every row (candidate -> (rows,)); `own_resemblance`: per row, how much it resembles its own
+        file (scales the serving gate, as in `routing.difficulty`)."""
+        by_src: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_src.setdefault(r.source, []).append(i)
+        self.components = []
+        for src in sorted(by_src):
+            idx = by_src[src]
+            if len(idx) < self.config.min_rows:
+                continue
+            comp = fit_component(src, [rows[i] for i in idx], X[idx], {k: v[idx] for k, v in main.items()},
+                                 self.config, dims)
+            if comp is not None:
+                if own_resemblance is not None:
+                    comp.typical_resemblance = float(np.clip(np.mean(own_resemblance[idx]), 1e-3, 1.0))
+                self.components.append(comp)
+        return self
+
+    @property
+    def sources(self) -> list[str]:
+        return [c.source for c in self.components]
+
+    def blend(
+        self, base: dict[str, np.ndarray], X: np.ndarray, texts: Sequence[str], resemblance: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """`base` with each covered candidate moved towards the component's stacked prediction by the
+        gate g = resemblance[source] / typical resemblance (at most 1); several components covering a
+        candidate are averaged by g; candidates not covered keep `base`."""
+        if not self.components:
+            return base
+        keys = list(base)
+        pos = {k: j for j, k in enumerate(keys)}
+        B = np.stack([np.asarray(base[k], np.float64) for k in keys], axis=1)
+        num, wsum = np.zeros_like(B), np.zeros_like(B)
+        for comp in self.components:
+            cols = [(j, pos[k]) for j, k in enumerate(comp.candidates) if k in pos]
+            if not cols:
+                continue
+            src, dst = (np.array(c) for c in zip(*cols, strict=True))
+            g = np.clip(np.asarray(resemblance[comp.source], np.float64) / comp.typical_resemblance, 0.0, 1.0)
+            if not (g > 0).any():
+                continue
+            main = np.full((len(B), len(comp.candidates)), 0.5)
+            main[:, src] = B[:, dst]
+            num[:, dst] += g[:, None] * comp.predict(X, texts, main)[:, src]
+            wsum[:, dst] += g[:, None]
+        w = np.minimum(wsum, 1.0)
+        P = (1 - w) * B + w * (num / np.maximum(wsum, 1e-12))
+        return {k: P[:, j] for j, k in enumerate(keys)}
+
+    # --------------------------------------------------------------------------------- persistence
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict[str, Any] = {"format": FORMAT_VERSION, "config": {**self.config.__dict__, "ks": list(self.config.ks)},
+                                "components": []}
+        for i, c in enumerate(self.components):
+            arrays.update({
+                f"{i}_terms": np.frombuffer("\n".join(c.tfidf.terms).encode(), np.uint8),
+                f"{i}_idf": c.tfidf.idf.astype(np.float32), f"{i}_coef": c.coef.astype(np.float16),
+                f"{i}_intercept": c.intercept.astype(np.float32), f"{i}_emb": c.emb.astype(np.float16),
+                f"{i}_scores": c.scores.astype(np.float16), f"{i}_stack": c.stack.astype(np.float64),
+            })
+            meta["components"].append({"source": c.source, "candidates": c.candidates, "k": c.k,
+                                       "typical_resemblance": c.typical_resemblance, "info": c.info})
+        np.savez_compressed(directory / NPZ, **arrays)
+        (directory / META).write_text(json.dumps(meta, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> NeighbourModel | None:
+        """The saved model, or None when the directory has none."""
+        directory = Path(directory)
+        if not (directory / META).exists():
+            return None
+        meta = json.loads((directory / META).read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{directory}: neighbour model format {meta.get('format')} is not {FORMAT_VERSION}")
+        comps = []
+        with np.load(directory / NPZ) as z:
+            for i, c in enumerate(meta["components"]):
+                raw = z[f"{i}_terms"].tobytes().decode()
+                terms = raw.split("\n") if raw else []
+                comps.append(Component(
+                    c["source"], list(c["candidates"]), TfidfWords(terms, z[f"{i}_idf"]),
+                    z[f"{i}_coef"].astype(np.float32), z[f"{i}_intercept"].astype(np.float32),
+                    z[f"{i}_emb"].astype(np.float32), z[f"{i}_scores"].astype(np.float32), int(c["k"]),
+                    z[f"{i}_stack"].astype(np.float64), float(c.get("typical_resemblance", 1.0)),
+                    dict(c.get("info", {}))))
+        cfg = dict(meta["config"])
+        cfg["ks"] = tuple(cfg.get("ks", NeighbourConfig.ks))
+        return cls(comps, NeighbourConfig(**cfg))
