@@ -21,8 +21,10 @@ What is new here (see docs/router-research-gsm8k.md):
   prompts' (label-free).
 - `...@win`: logistic regression on "strong right, weak wrong" instead of the ridge on the gap;
   `...@aN`: ridge alpha N (default 10, fixed a priori as in R3).
-- `A & B`: rank average of recipes; `len` = log words of the question (relative to the evaluated
-  file, which a rank within that file is).
+- `A & B`: rank average of recipes within the evaluated set (label-free but transductive); `A ~ B`:
+  the serving-feasible form, each score mapped through its empirical CDF over 3,000 training prompts
+  of the pair files; `len` = log words of the question; `shipped` = the production router
+  (`quality.QualityModel`) trained on the same LOBO rows (cached: ~3 min per file).
 
 Commands (from the repository root; ~2 min on one shared core):
 
@@ -283,12 +285,59 @@ def rank(v: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(v, kind="stable"), kind="stable") / (len(v) - 1)
 
 
+def reference_rows(tr: list[OutcomeRow], n: int = 3000) -> list[OutcomeRow]:
+    """A fixed sample of training prompts from the pair files (what serving would calibrate on:
+    prompts the router was trained on, not the evaluated ones)."""
+    pool = [r for r in tr if r.source in BENCHES and STRONG in r.outcomes and WEAK in r.outcomes]
+    pick = np.random.default_rng(0).permutation(len(pool))[:n]
+    return [pool[i] for i in sorted(pick)]
+
+
+def shipped_lobo(ev: list[OutcomeRow], tr: list[OutcomeRow]) -> tuple[np.ndarray, np.ndarray]:
+    """s(p) of the production router (`quality.QualityModel`, default config, what
+    `evaluate.out_of_fold_predictions` trains for protocol lobo) trained on the LOBO rows `tr`, for the
+    evaluated rows and for `reference_rows(tr)`; cached per benchmark (one training takes minutes)."""
+    ref = reference_rows(tr)
+    path = CACHE / f"shipped_lobo_{ev[0].source}.npz"
+    if path.exists():
+        z = np.load(path, allow_pickle=False)
+        if "s_ref" in z and list(z["ids"]) == [r.id for r in ev] and list(z["ids_ref"]) == [r.id for r in ref]:
+            return z["s"], z["s_ref"]
+    model = E.model_class("learned")().fit(tr, None)
+    pred = E._predict(model, ev + ref, [STRONG, WEAK])
+    s = E.two_model_score(pred[:, 0], pred[:, 1])
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.savez(path, ids=np.array([r.id for r in ev]), s=s[:len(ev)], ids_ref=np.array([r.id for r in ref]),
+             s_ref=s[len(ev):])
+    return s[:len(ev)], s[len(ev):]
+
+
+def cdf_blend(parts: list[str], tr, ev) -> np.ndarray:
+    """Mean over recipes of the empirical CDF of their score over `reference_rows(tr)`: the serving-
+    feasible form of the rank average (no use of the evaluated prompts' score distribution)."""
+    ref = reference_rows(tr)
+    out = []
+    for p in parts:
+        if p == "shipped":
+            s_ev, s_ref = shipped_lobo(ev, tr)
+        else:
+            s_all = recipe_score(p, tr, ev + ref)
+            s_ev, s_ref = s_all[:len(ev)], s_all[len(ev):]
+        out.append(np.searchsorted(np.sort(s_ref), s_ev, side="right") / len(s_ref))
+    return np.mean(out, 0)
+
+
 def recipe_score(name: str, tr, ev) -> np.ndarray:
     """Recipe names: `len` (question words), `feat:NAME` (one step feature), or
-    `PAIRS:KINDS[@zfile][@near][@win][@aALPHA]` (ridge_gap), and `A & B` = rank average."""
+    `PAIRS:KINDS[@zfile][@near][@win][@aALPHA]` (ridge_gap), `shipped` (the production router, LOBO),
+    `A & B` = rank average within the evaluated set, `A ~ B` = `cdf_blend` (serving-feasible)."""
     if " & " in name:
         parts = name.split(" & ")
         return np.mean([rank(recipe_score(p, tr, ev)) for p in parts], 0)
+    if " ~ " in name:
+        return cdf_blend(name.split(" ~ "), tr, ev)
+    if name == "shipped":
+        return shipped_lobo(ev, tr)[0]
     if name == "len":
         return steps_matrix(ev)[:, STEP_NAMES.index("q_words")].astype(np.float64)
     if name.startswith("feat:"):
@@ -341,6 +390,8 @@ RECIPES = [
     "pair:steps & xpair:steps", "pair:steps & xreason:steps", "pair:steps & pair:se", "pair:steps & len",
     "pair:steps@med", "xpair:steps@med", "xreason:steps@med", "xpair:qse+steps@med", "xreason:qse+steps@med",
     "pair:qse+steps@med",
+    "shipped", "shipped & pair:steps", "shipped & pair:se", "shipped & len", "shipped & xpair:steps",
+    "shipped & pair:steps@win", "shipped ~ pair:steps", "shipped ~ pair:steps@win", "shipped ~ pair:se",
 ]
 
 
@@ -367,11 +418,13 @@ def detail(sets, name: str, ref: str, boots: int = 300) -> None:
     bootstrap difference to recipe `ref`, and the serving cost of `step_features` per prompt."""
     _b, ev, tr = sets[0]
     base, *flags = name.split("@")
-    pairs, kinds = base.split(":")
-    s, coef = ridge_gap(tr, ev, kinds, pairs, win="win" in flags)
-    names = {"steps": STEP_NAMES}.get(kinds, [f"f{j}" for j in range(len(coef))])
-    print(f"{name} coefficients (GSM8K fold, standardised):",
-          ", ".join(f"{n} {c:+.3f}" for n, c in sorted(zip(names, coef, strict=True), key=lambda t: -abs(t[1]))))
+    if " & " not in name and base.split(":")[0] in PAIRS:
+        pairs, kinds = base.split(":")
+        coef = ridge_gap(tr, ev, kinds, pairs, win="win" in flags)[1]
+        names = {"steps": STEP_NAMES}.get(kinds, [f"f{j}" for j in range(len(coef))])
+        print(f"{name} coefficients (GSM8K fold, standardised):",
+              ", ".join(f"{n} {c:+.3f}" for n, c in sorted(zip(names, coef, strict=True), key=lambda t: -abs(t[1]))))
+    s = recipe_score(name, tr, ev)
     r = recipe_score(ref, tr, ev)
     st, wk = _labels(ev)
     rng = np.random.default_rng(1)
@@ -412,5 +465,7 @@ if __name__ == "__main__":
         detail(sets, a.recipe, a.ref)
     else:
         out = recipes(sets, a.recipes.split(";"))
-        (CACHE / "gsm8k_transfer.json").write_text(json.dumps(out, indent=1))
+        path = CACHE / "gsm8k_transfer.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps(old | out, indent=1))
     print(f"({time.time() - t0:.0f}s)", file=sys.stderr)
