@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -55,6 +56,10 @@ NPZ, META = "neighbours.npz", "neighbours.json"
 TOKEN_PATTERN = re.compile(r"(?u)\b\w\w+\b")
 _EMB_START = len(STRUCT_NAMES)
 _CLIP = 0.01  # scores are clipped to [_CLIP, 1 - _CLIP] before taking logits
+#: A prompt whose gate (resemblance to the file / typical resemblance) is below this keeps the main
+#: model's prediction exactly, and the component is not computed for it (serving cost, and no noise
+#: from a file the prompt does not resemble).
+GATE_MIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,12 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 def word_grams(text: str) -> list[str]:
     """Word 1-2 grams of `text` as sklearn's `TfidfVectorizer(ngram_range=(1, 2))` forms them."""
     toks = TOKEN_PATTERN.findall(text.lower())
-    return toks + [f"{a} {b}" for a, b in pairwise(toks)]
+    return toks + list(map(" ".join, pairwise(toks)))
+
+
+def gram_counts(text: str) -> Counter[str]:
+    """How often each word 1-2 gram occurs in `text`."""
+    return Counter(word_grams(text))
 
 
 def normalised_embedding(X: np.ndarray, dims: int) -> np.ndarray:
@@ -114,18 +124,15 @@ class TfidfWords:
             terms[j] = t
         return cls(terms, vec.idf_), A.tocsr()
 
-    def transform_one(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """(column indices, L2-normalised weights) of one text."""
-        counts: dict[int, int] = {}
+    def transform_one(self, text: str | Counter[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(column indices, L2-normalised weights) of one text (or its `gram_counts`)."""
+        grams = gram_counts(text) if isinstance(text, str) else text
         index = self.index
-        for g in word_grams(text):
-            j = index.get(g)
-            if j is not None:
-                counts[j] = counts.get(j, 0) + 1
-        if not counts:
+        hits = [(j, c) for g, c in grams.items() if (j := index.get(g)) is not None]
+        if not hits:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        cols = np.fromiter(counts.keys(), np.int64, len(counts))
-        tf = np.fromiter(counts.values(), np.float32, len(counts))
+        cols = np.fromiter((j for j, _ in hits), np.int64, len(hits))
+        tf = np.fromiter((c for _, c in hits), np.float32, len(hits))
         w = (1.0 + np.log(tf)) * self.idf[cols]
         return cols, w / max(float(np.linalg.norm(w)), 1e-12)
 
@@ -176,7 +183,10 @@ def _knn_means(E_ref: np.ndarray, S_ref: np.ndarray, E_q: np.ndarray, ks: Sequen
     kmax = min(max(ks), len(E_ref))
     out = {k: np.empty((len(E_q), S_ref.shape[1]), np.float32) for k in ks}
     for start in range(0, len(E_q), 512):
-        sims = E_q[start:start + 512] @ E_ref.T
+        # one prompt (serving): a single-threaded mat-vec (einsum); a BLAS call for one vector costs 10x
+        # more when its threads wait for busy cores
+        sims = (np.einsum("ij,j->i", E_ref, E_q[start])[None] if len(E_q) == 1
+                else E_q[start:start + 512] @ E_ref.T)
         idx = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax]
         order = np.argsort(-np.take_along_axis(sims, idx, axis=1), axis=1)
         idx = np.take_along_axis(idx, order, axis=1)
@@ -210,8 +220,8 @@ class Component:
     typical_resemblance: float = 1.0
     info: dict[str, Any] = field(default_factory=dict)
 
-    def head_logits(self, X: np.ndarray, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(TF-IDF logits, kNN logits), each (n, m)."""
+    def head_logits(self, X: np.ndarray, texts: Sequence[str | Counter[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """(TF-IDF logits, kNN logits), each (n, m); `texts`: the prompts or their `gram_counts`."""
         T = np.empty((len(texts), len(self.candidates)), np.float32)
         for i, t in enumerate(texts):
             c, w = self.tfidf.transform_one(t)
@@ -221,7 +231,7 @@ class Component:
         K = _knn_means(self.emb, self.scores, E, (self.k,))[self.k]
         return T, _logit(K)
 
-    def predict(self, X: np.ndarray, texts: Sequence[str], main: np.ndarray) -> np.ndarray:
+    def predict(self, X: np.ndarray, texts: Sequence[str | Counter[str]], main: np.ndarray) -> np.ndarray:
         """(n, m) stacked predicted scores; `main`: the main model's predicted scores (n, m)."""
         T, K = self.head_logits(X, texts)
         z = self.stack[:, 0] + _logit(main) * self.stack[:, 1] + T * self.stack[:, 2] + K * self.stack[:, 3]
@@ -324,29 +334,37 @@ class NeighbourModel:
         return [c.source for c in self.components]
 
     def blend(
-        self, base: dict[str, np.ndarray], X: np.ndarray, texts: Sequence[str], resemblance: dict[str, np.ndarray]
+        self, base: dict[str, np.ndarray], X: np.ndarray, texts: Sequence[str], resemblance: dict[str, np.ndarray],
+        only: set[str] | None = None,
     ) -> dict[str, np.ndarray]:
         """`base` with each covered candidate moved towards the component's stacked prediction by the
-        gate g = resemblance[source] / typical resemblance (at most 1); several components covering a
-        candidate are averaged by g; candidates not covered keep `base`."""
+        gate g = resemblance[source] / typical resemblance (at most 1; below GATE_MIN, 0); several
+        components covering a candidate are averaged by g; candidates not covered (or not in `only`, when
+        given: the serving router asks for the candidates it routes between) keep `base`."""
         if not self.components:
             return base
         keys = list(base)
         pos = {k: j for j, k in enumerate(keys)}
         B = np.stack([np.asarray(base[k], np.float64) for k in keys], axis=1)
         num, wsum = np.zeros_like(B), np.zeros_like(B)
+        grams: dict[int, Counter[str]] = {}  # word 1-2 gram counts, once per prompt for all components
         for comp in self.components:
-            cols = [(j, pos[k]) for j, k in enumerate(comp.candidates) if k in pos]
+            cols = [(j, pos[k]) for j, k in enumerate(comp.candidates) if k in pos and (only is None or k in only)]
             if not cols:
                 continue
             src, dst = (np.array(c) for c in zip(*cols, strict=True))
             g = np.clip(np.asarray(resemblance[comp.source], np.float64) / comp.typical_resemblance, 0.0, 1.0)
-            if not (g > 0).any():
+            rows = np.flatnonzero(g >= GATE_MIN)
+            if not len(rows):
                 continue
-            main = np.full((len(B), len(comp.candidates)), 0.5)
-            main[:, src] = B[:, dst]
-            num[:, dst] += g[:, None] * comp.predict(X, texts, main)[:, src]
-            wsum[:, dst] += g[:, None]
+            for i in rows:
+                if i not in grams:
+                    grams[i] = gram_counts(texts[i])
+            main = np.full((len(rows), len(comp.candidates)), 0.5)  # (the stack is per candidate: filler)
+            main[:, src] = B[np.ix_(rows, dst)]
+            P = comp.predict(X[rows], [grams[i] for i in rows], main)
+            num[np.ix_(rows, dst)] += g[rows, None] * P[:, src]
+            wsum[np.ix_(rows, dst)] += g[rows, None]
         w = np.minimum(wsum, 1.0)
         P = (1 - w) * B + w * (num / np.maximum(wsum, 1e-12))
         return {k: P[:, j] for j, k in enumerate(keys)}

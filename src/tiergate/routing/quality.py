@@ -349,9 +349,13 @@ class QualityModel:
         Z = Xr @ self.V + pi @ self.C + self._lexical(np.asarray(X[:, self.n_dense:]))
         return Z @ self.U.T + Xr @ self.W.T + self.b
 
-    def predict_features(self, X: np.ndarray, texts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def predict_features(
+        self, X: np.ndarray, texts: Sequence[str] | None = None, only: set[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Predictions from a precomputed feature matrix (`texts`: the prompts' texts, which the
-        neighbourhood component's word n-grams need; without them that component is skipped)."""
+        neighbourhood component's word n-grams need; without them that component is skipped). With
+        `only`, the neighbourhood component is computed for those candidates only (the others get the
+        prediction without it): the serving router's saving when it routes between other candidates."""
         P = _sigmoid(self.logits_features(X))
         out = {k: P[:, j].astype(np.float64) for j, k in enumerate(self._keys)}
         dm, nm = self.difficulty_model, self.neighbour_model
@@ -362,7 +366,7 @@ class QualityModel:
             out = dm.blend(out, X, {s: pi[:, self.sources.index(s)] for s in dm.sources})
         # --- neighbourhood component: the same, for large files, stacked on the prediction so far ---
         if nm is not None and texts is not None:
-            out = nm.blend(out, X, texts, {s: pi[:, self.sources.index(s)] for s in nm.sources})
+            out = nm.blend(out, X, texts, {s: pi[:, self.sources.index(s)] for s in nm.sources}, only)
         return out
 
     def predict(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:

@@ -223,7 +223,9 @@ class Router:
             raise NoEligibleCandidate("no routing candidates configured (routing.candidates in the config)")
         text = prompt_text(prompt_or_messages)
         X = self.quality.features([text])
-        learned = self.quality.predict_features(X, [text])
+        keys = {k for k in map(self.learned_key, cands) if k is not None}
+        learned = self.quality.predict_features(X, [text], only=keys)
+        everyone: dict[str, np.ndarray] | None = None  # every learned candidate, for the "default" mean
         prof_inputs: tuple[np.ndarray, np.ndarray] | None = None
         if prompt_tokens is None:
             prompt_tokens = self._count(prompt_or_messages, text)
@@ -241,7 +243,9 @@ class Router:
                 if profile is not None:
                     q, source = float(Profiles.predict(profile, *prof_inputs)[0]), "profile"
                 else:
-                    q = float(np.mean([v[0] for v in learned.values()]))
+                    if everyone is None:
+                        everyone = self.quality.predict_features(X, [text])
+                    q = float(np.mean([v[0] for v in everyone.values()]))
                     source = "default"
             names = catalog_names or {}
             price_name = names.get(cand.key) or names.get(cand.model) or cand.model
