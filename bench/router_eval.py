@@ -17,7 +17,9 @@ As everywhere in `routing.evaluate`, the learned model is fitted on every candid
 The random router (RouteLLM's definition) and RouteLLM's best published router are printed alongside.
 Each row is one `tiergate router eval` invocation's figures; the equivalent commands are in docs/routing.md.
 `--seed S` moves the k-fold rows' fold seed (the 98%-of-best and APGR figures move with it: compare
-methods over several seeds); `--only mmlu` (repeatable: gsm8k, mmlu, lcb) runs a subset of the rows.
+methods over several seeds); `--only mmlu` (repeatable: gsm8k, mmlu, lcb) runs a subset of the rows;
+`--ablation` adds the MMLU figures of the same fold models without the neighbourhood component
+(`routing.neighbours`).
 """
 
 from __future__ import annotations
@@ -43,14 +45,29 @@ O_SERIES = {
 }
 
 
-def _two_model(name: str, protocol: str, data: Path, pool, progress: bool, extra: bool = True, seed: int = 0) -> dict:
+def _two_model(name: str, protocol: str, data: Path, pool, progress: bool, extra: bool = True, seed: int = 0,
+               ablation: bool = False) -> dict:
     rows = load_outcomes(data / f"{name}.jsonl.gz")
     t = time.perf_counter()
-    ev = E.evaluate(rows, candidates=[STRONG, WEAK], protocol=protocol, pool=pool, progress=progress,
-                    extra_benchmarks=extra and protocol == "kfold", seed=seed)
-    tm = ev.summary["two_model"]
-    return {"n": ev.summary["n"], "apgr": tm["apgr"], "cpt50": tm["cpt"]["50"], "cpt80": tm["cpt"]["80"],
-            "random": tm["random"], "seconds": time.perf_counter() - t, "info": ev.summary["protocol_info"]}
+    if ablation and protocol == "kfold":  # as E.evaluate, plus the same fits' predictions without texts
+        rows = [r for r in rows if not r.meta.get("routellm_contaminated")]
+        mat, _ = E.select_candidates(rows, [STRONG, WEAK], None, None)
+        pred, info = E.out_of_fold_predictions(mat, protocol, seed=seed, pool=pool, extra_benchmarks=extra,
+                                               progress=progress, also_without_texts=True)
+        base = E.score_predictions(mat, info.pop("predictions_without_texts")).summary["two_model"]
+        summary = E.score_predictions(mat, pred).summary
+        summary["protocol_info"] = info
+        without = {"apgr": base["apgr"], "cpt50": base["cpt"]["50"], "cpt80": base["cpt"]["80"]}
+    else:
+        summary = E.evaluate(rows, candidates=[STRONG, WEAK], protocol=protocol, pool=pool, progress=progress,
+                             extra_benchmarks=extra and protocol == "kfold", seed=seed).summary
+        without = None
+    tm = summary["two_model"]
+    out = {"n": summary["n"], "apgr": tm["apgr"], "cpt50": tm["cpt"]["50"], "cpt80": tm["cpt"]["80"],
+           "random": tm["random"], "seconds": time.perf_counter() - t, "info": summary["protocol_info"]}
+    if without is not None:
+        out["without_neighbours"] = without
+    return out
 
 
 def _lcb(name: str, data: Path, extra: bool, pool, progress: bool, seed: int = 0) -> dict[str, dict]:
@@ -83,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write every figure to this file")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--seed", type=int, default=0, help="fold seed of the k-fold rows (reported figures: 0)")
+    ap.add_argument("--ablation", action="store_true",
+                    help="MMLU row: also the same fold models' figures without the neighbourhood component")
     ap.add_argument("--only", choices=("gsm8k", "mmlu", "lcb"), action="append",
                     help="run only these rows (repeatable; default: all)")
     args = ap.parse_args(argv)
@@ -95,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         results["gsm8k"] = _two_model("routellm-gsm8k", "lobo", data, pool, progress)
     if "mmlu" in only:
         results["mmlu"] = _two_model("routellm-mmlu", "kfold", data, pool, progress, extra=not args.quick,
-                                     seed=args.seed)
+                                     seed=args.seed, ablation=args.ablation)
     fold = "" if args.seed == 0 else f", fold seed {args.seed}"
     mmlu_label = (f"MMLU (5-fold, within the file only{fold})" if args.quick
                   else f"MMLU (5-fold + other dev files{fold})")
@@ -119,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             fmt = "{:.3f}" if m == "apgr" else "{:.2f}"
             lines.append((f"{label}, n={r['n']}", nice, fmt.format(r[m]) + unit, targets[m],
                           fmt.format(best[m]) + unit + f" {best['router']}", fmt.format(rnd) + unit))
+            if "without_neighbours" in r:
+                lines.append((f"{label}, same folds without the neighbourhood component", nice,
+                              fmt.format(r["without_neighbours"][m]) + unit, "", "", ""))
     for name in (n for n in O_SERIES if n in results):
         for proto, res in results[name].items():
             for subset, r in res.items():

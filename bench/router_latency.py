@@ -1,11 +1,14 @@
 """Router decision latency and memory: p50/p99 per prompt length, embedding included, and RSS.
 
-    python bench/router_latency.py [--router DIR] [--n 300]
+    python bench/router_latency.py [--router DIR] [--n 300] [--candidates A,B] [--outcomes FILE.jsonl.gz]
 
 Times `Router.decide` (features + static embedding + quality model + token count + costs + policy) on
 prompts of about 50 / 200 / 500 / 1,000 / 2,000 tokens over the candidates of the default routing
 config, after a warm-up. Wall-clock p50/p99 and the mean CPU time of the process per decision (the
 latter is what a decision costs when the 2 cores are shared with other work). RSS from /proc/self/status.
+`--candidates` routes between other candidates (e.g. `gpt-4-1106-preview,mixtral-8x7b-instruct-v0.1`, which
+the MMLU neighbourhood component covers); `--outcomes` adds a row timed on that outcome file's prompts
+(e.g. MMLU's, which resemble the component's file, so it is computed for them).
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--router", default=None)
     ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated candidates to route between")
+    ap.add_argument("--outcomes", default=None, help="also time the prompts of this outcome file (.jsonl.gz)")
     args = ap.parse_args()
+    candidates = args.candidates.split(",")
     base = rss_mb()
     t0 = time.perf_counter()
     from tiergate.accounting.tokens import count_text
@@ -51,16 +57,21 @@ def main() -> None:
     rng = random.Random(0)
     print(f"router load: {load_s * 1000:.0f} ms; RSS {rss_mb():.0f} MB (interpreter before load {base:.0f} MB)")
     print(f"{'prompt tokens':>14} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'cpu ms':>8}")
-    for target in (50, 200, 500, 1000, 2000):
-        prompts = [make_prompt(rng, target) for _ in range(args.n)]
+    sets = [(f"{t}", [make_prompt(rng, t) for _ in range(args.n)]) for t in (50, 200, 500, 1000, 2000)]
+    if args.outcomes:
+        from tiergate.routing.data import load_outcomes
+
+        rows = load_outcomes(args.outcomes)
+        sets.append(("file", [r.prompt for r in rng.sample(rows, min(args.n, len(rows)))]))
+    for _, prompts in sets:
         ntok = statistics.mean(count_text(p) for p in prompts[:20])
         for p in prompts[:10]:
-            router.decide(p, CANDIDATES, policy="auto:balanced")
+            router.decide(p, candidates, policy="auto:balanced")
         times = []
         cpu0 = time.process_time()
         for p in prompts:
             t = time.perf_counter()
-            router.decide(p, CANDIDATES, policy="auto:balanced")
+            router.decide(p, candidates, policy="auto:balanced")
             times.append((time.perf_counter() - t) * 1000)
         cpu = (time.process_time() - cpu0) * 1000 / len(prompts)
         times.sort()

@@ -352,8 +352,13 @@ def out_of_fold_predictions(
     pool: Sequence[OutcomeRow] | None = None,
     extra_benchmarks: bool = True,
     progress: bool = False,
+    also_without_texts: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Predicted scores (n, k) for every evaluated row, none from a model that saw that row."""
+    """Predicted scores (n, k) for every evaluated row, none from a model that saw that row.
+
+    `also_without_texts` (kfold, learned model): `info["predictions_without_texts"]` also holds the same
+    fold models' predictions from the features alone, i.e. without the components that read the
+    prompt's words (`routing.neighbours`): an ablation from the same fits."""
     cands = mat.candidates
     if protocol == "fixed":
         model = load_model(router_dir) if model_kind == "learned" or router_dir else None
@@ -383,6 +388,7 @@ def out_of_fold_predictions(
 
             it = tqdm(folds, desc=f"{k}-fold", unit="fold")
         fams = {family_of(r.source) for r in mat.rows}
+        without = np.empty_like(pred) if also_without_texts and feats is not None else None
         sibling = np.array([family_of(r.source) in fams for r in extra], dtype=bool)
         for train_idx, test_idx in it:
             test_rows = [mat.rows[i] for i in test_idx]
@@ -398,6 +404,10 @@ def out_of_fold_predictions(
                 model = cls(proto.extractor).fit(train_rows, fit_cands, features=X)
                 pred[test_idx] = _columns(model.predict_features(feats[test_idx], [r.prompt for r in test_rows]),
                                           model, cands)
+                if without is not None:
+                    without[test_idx] = _columns(model.predict_features(feats[test_idx]), model, cands)
+        if without is not None:
+            info["predictions_without_texts"] = without
         return pred, info
     if protocol == "lobo":
         if pool is None:
