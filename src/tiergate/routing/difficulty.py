@@ -85,8 +85,11 @@ def soft_logistic(X: np.ndarray, y: np.ndarray, C: float = 10.0, iters: int = 25
 
 
 def _ridge_cv(Z: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, float]:
-    from sklearn.linear_model import RidgeCV
-
+    try:
+        from sklearn.linear_model import RidgeCV
+    except ImportError:
+        raise ImportError("fitting the router (its difficulty and neighbourhood components) needs scikit-learn: "
+                          "pip install 'tiergate[train]'") from None
     r = RidgeCV(alphas=(10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)).fit(Z, d)
     return np.asarray(r.coef_, np.float64), float(r.intercept_)
 

@@ -77,6 +77,17 @@ class NeighbourConfig:
     seed: int = 0
 
 
+def sklearn_module(name: str) -> Any:
+    """Import a scikit-learn module (fitting only), with an actionable message when it is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"sklearn.{name}")
+    except ImportError:
+        raise ImportError("fitting the router (its difficulty and neighbourhood components) needs scikit-learn: "
+                          "pip install 'tiergate[train]'") from None
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, _CLIP, 1 - _CLIP)
     return np.log(p / (1 - p))
@@ -114,9 +125,7 @@ class TfidfWords:
     @classmethod
     def fit(cls, texts: Sequence[str], max_features: int, min_df: int) -> tuple[TfidfWords, Any]:
         """The transform and the training texts' sparse matrix (sklearn, fitting only)."""
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        vec = TfidfVectorizer(ngram_range=(1, 2), min_df=min_df, sublinear_tf=True, max_features=max_features,
+        vec = sklearn_module("feature_extraction.text").TfidfVectorizer(ngram_range=(1, 2), min_df=min_df, sublinear_tf=True, max_features=max_features,
                               dtype=np.float32)
         A = vec.fit_transform(list(texts))
         terms = [""] * len(vec.vocabulary_)
@@ -153,7 +162,7 @@ class TfidfWords:
 
 def _fit_tfidf_heads(A: Any, Y: np.ndarray, seen: np.ndarray, C: float) -> tuple[np.ndarray, np.ndarray]:
     """Per candidate a logistic regression on soft labels: (coef (m, V), intercept (m,))."""
-    from sklearn.linear_model import LogisticRegression
+    LogisticRegression = sklearn_module("linear_model").LogisticRegression
 
     m = Y.shape[1]
     coef = np.zeros((m, A.shape[1]), np.float32)
