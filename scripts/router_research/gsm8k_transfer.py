@@ -10,29 +10,32 @@ What is new here (see docs/router-research-gsm8k.md):
 - `question_text`: a generic, serving-feasible prompt clean-up (ZeroEval template stripped, few-shot
   blocks that end in `Answer: X` dropped), so counts describe the question actually asked.
 - `step_features`: "reasoning steps" counts on the question (numbers, number words, quantity
-  relations, conditionals, clauses, entities, units, ...), regex only.
-- `xpair-*`: the strong-minus-weak gap of OTHER model pairs (gpt-4o vs gpt-3.5 on MATH-L5 / CRUXEval,
-  nemotron-49b vs mistral-7b on dcrouter, gpt-4 vs gpt-3.5 / llama-2-70b on RouterBench, ...) pooled
-  with the pair's own rows, features centred (or z-scored) within each file, each (file, pair) weighted
-  equally.
+  relations, conditionals, clauses, entities, units, ...), regex and token-set counts.
+- `pair:KINDS`: ridge on the evaluated pair's own strong-minus-weak gap (files scoring both models),
+  features centred within each file, each file weighted equally (R3's `gain-ridge`).
+- `xpair:` / `xreason:` / `xonly:`: also (or only) the gap of OTHER model pairs (gpt-4o vs gpt-3.5 on
+  MATH-L5 / CRUXEval, nemotron-49b vs mistral-7b on dcrouter, gpt-4 vs gpt-3.5 / llama-2-70b on
+  RouterBench, ...; `PAIRS`), every file weighing 1 in total, split between its pairs.
 - `...@zfile`: features z-scored within each file (training) and within the evaluated set (test;
   label-free, transductive: in serving this needs a reference distribution of recent traffic).
 - `...@near`: training files weighted by resemblance of their mean feature vector to the evaluated
   prompts' (label-free).
-- `...@win`: logistic regression on "strong right, weak wrong" instead of the ridge on the gap;
-  `...@aN`: ridge alpha N (default 10, fixed a priori as in R3).
+- `...@win`: logistic regression on "strong score > weak score" instead of the ridge on the gap;
+  `...@aN`: ridge alpha N (default 10, fixed a priori as in R3); `...@med`: median of per-file fits.
 - `A & B`: rank average of recipes within the evaluated set (label-free but transductive); `A ~ B`:
   the serving-feasible form, each score mapped through its empirical CDF over 3,000 training prompts
   of the pair files; `len` = log words of the question; `shipped` = the production router
   (`quality.QualityModel`) trained on the same LOBO rows (cached: ~3 min per file).
 
-Commands (from the repository root; ~2 min on one shared core):
+Commands (from the repository root; `recipes` takes ~14 min the first time, training the production
+router once per file, then ~2 min on one shared core):
 
     python scripts/router_research/build_cache.py struct extra
     python scripts/router_research/gsm8k_transfer.py singles      # single-feature APGR diagnostic
     python scripts/router_research/gsm8k_transfer.py recipes      # the recipe table
     python scripts/router_research/gsm8k_transfer.py recipes --recipes "pair:steps;pair:steps@win"
     python scripts/router_research/gsm8k_transfer.py detail --recipe pair:steps --ref pair:se
+    python scripts/router_research/gsm8k_transfer.py detail --recipe "shipped ~ pair:steps@win" --ref shipped
 """
 
 from __future__ import annotations
