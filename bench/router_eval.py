@@ -18,8 +18,8 @@ The random router (RouteLLM's definition) and RouteLLM's best published router a
 Each row is one `tiergate router eval` invocation's figures; the equivalent commands are in docs/routing.md.
 `--seed S` moves the k-fold rows' fold seed (the 98%-of-best and APGR figures move with it: compare
 methods over several seeds); `--only mmlu` (repeatable: gsm8k, mmlu, lcb) runs a subset of the rows;
-`--ablation` adds the MMLU figures of the same fold models without the neighbourhood component
-(`routing.neighbours`).
+`--ablation` adds the GSM8K and MMLU figures of the same fitted models without the neighbourhood
+component (`routing.neighbours`).
 """
 
 from __future__ import annotations
@@ -49,11 +49,12 @@ def _two_model(name: str, protocol: str, data: Path, pool, progress: bool, extra
                ablation: bool = False) -> dict:
     rows = load_outcomes(data / f"{name}.jsonl.gz")
     t = time.perf_counter()
-    if ablation and protocol == "kfold":  # as E.evaluate, plus the same fits' predictions without texts
+    if ablation:  # as E.evaluate, plus the same fits' predictions without texts
         rows = [r for r in rows if not r.meta.get("routellm_contaminated")]
         mat, _ = E.select_candidates(rows, [STRONG, WEAK], None, None)
-        pred, info = E.out_of_fold_predictions(mat, protocol, seed=seed, pool=pool, extra_benchmarks=extra,
-                                               progress=progress, also_without_texts=True)
+        pred, info = E.out_of_fold_predictions(mat, protocol, seed=seed, pool=pool,
+                                               extra_benchmarks=extra and protocol == "kfold", progress=progress,
+                                               also_without_texts=True)
         base = E.score_predictions(mat, info.pop("predictions_without_texts")).summary["two_model"]
         summary = E.score_predictions(mat, pred).summary
         summary["protocol_info"] = info
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--seed", type=int, default=0, help="fold seed of the k-fold rows (reported figures: 0)")
     ap.add_argument("--ablation", action="store_true",
-                    help="MMLU row: also the same fold models' figures without the neighbourhood component")
+                    help="GSM8K and MMLU rows: also the same models' figures without the neighbourhood component")
     ap.add_argument("--only", choices=("gsm8k", "mmlu", "lcb"), action="append",
                     help="run only these rows (repeatable; default: all)")
     args = ap.parse_args(argv)
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     pool = load_outcomes(dev_files(data))
     results: dict = {}
     if "gsm8k" in only:
-        results["gsm8k"] = _two_model("routellm-gsm8k", "lobo", data, pool, progress)
+        results["gsm8k"] = _two_model("routellm-gsm8k", "lobo", data, pool, progress, ablation=args.ablation)
     if "mmlu" in only:
         results["mmlu"] = _two_model("routellm-mmlu", "kfold", data, pool, progress, extra=not args.quick,
                                      seed=args.seed, ablation=args.ablation)
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append((f"{label}, n={r['n']}", nice, fmt.format(r[m]) + unit, targets[m],
                           fmt.format(best[m]) + unit + f" {best['router']}", fmt.format(rnd) + unit))
             if "without_neighbours" in r:
-                lines.append((f"{label}, same folds without the neighbourhood component", nice,
+                lines.append((f"{label}, same fitted models without the neighbourhood component", nice,
                               fmt.format(r["without_neighbours"][m]) + unit, "", "", ""))
     for name in (n for n in O_SERIES if n in results):
         for proto, res in results[name].items():

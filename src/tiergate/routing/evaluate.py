@@ -356,7 +356,7 @@ def out_of_fold_predictions(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Predicted scores (n, k) for every evaluated row, none from a model that saw that row.
 
-    `also_without_texts` (kfold, learned model): `info["predictions_without_texts"]` also holds the same
+    `also_without_texts` (kfold / lobo, learned model): `info["predictions_without_texts"]` also holds the same
     fold models' predictions from the features alone, i.e. without the components that read the
     prompt's words (`routing.neighbours`): an ablation from the same fits."""
     cands = mat.candidates
@@ -421,6 +421,9 @@ def out_of_fold_predictions(
                 "use --protocol kfold for candidates recorded on this benchmark only"
             )
         model = cls().fit(train, _fit_candidates(model_kind, cands), progress=progress)
+        if also_without_texts and hasattr(model, "predict_features"):
+            info["predictions_without_texts"] = _columns(
+                model.predict_features(model.features([r.prompt for r in mat.rows])), model, cands)
         return _predict(model, mat.rows, cands), info
     raise EvaluationError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
 
