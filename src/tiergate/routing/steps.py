@@ -1,0 +1,354 @@
+"""Reasoning-step pair-gain component of the router's quality model (docs/router-research-gsm8k.md).
+
+When a request is routed between exactly two learned candidates (RouteLLM's strong/weak setting), the
+main model's predicted gain p_strong - p_weak is blended with a second, cheap opinion: how much
+"reasoning load" the question carries, learned from the pair's own recorded outcomes.
+
+Recipe (`shipped ~ pair:steps@win` in the research note):
+
+1. **Features** (`step_features`, 18 log1p counts): on `question_text(prompt)` (ZeroEval's `## Question:`
+   part, few-shot blocks ending in `Answer: <letter>` dropped; capped at `MAX_QUESTION_CHARS`): words,
+   sentences, numbers, distinct numbers, number words, quantity relations, numbers + number words,
+   conditionals, clauses, distinct capitalised words, units, asks, fractions, words per sentence,
+   magnitude of the largest number, sequencing words, pronouns, negations. stdlib `re` + numpy,
+   ~0.15 ms per prompt.
+2. **Gain model per pair** (`PairGainModel.fit`): every candidate pair recorded together on at least
+   `min_files` outcome files with at least `min_rows` rows in total. "strong" = the member with the higher
+   mean score (files weighted equally). Features centred within each file and divided by the pooled
+   within-file standard deviation; logistic regression (C = 0.1) on "strong score > weak score", rows
+   weighted so every file counts equally. Serving: s_gain = (x / sd) . w (a constant shift does not
+   change a CDF, so no centring).
+3. **Blend** (`PairGainModel.blend`, only when the routed learned candidates are exactly a fitted pair):
+   s = 0.5 F_router(p_strong - p_weak) + 0.5 F_gain(s_gain), F the empirical CDFs (101 stored quantiles)
+   of the two scores over up to `reference_rows` training prompts of the pair (the main model's
+   predictions on them are in-sample: the model was fitted on those prompts); s is mapped back to a gain
+   by the inverse of F_router and p_strong' = p_weak + gain (clipped to [0, 1]). So the policy and
+   `policy.two_model_score` rank the pair's prompts by s. The CDFs are piecewise linear between the
+   quantiles and extended linearly beyond them (the ranking of the extreme prompts is kept).
+   Decisions between more (or other) candidates are unchanged.
+
+Measured (research harness, leave-one-benchmark-out on routellm-gsm8k, gpt-4-1106-preview vs
+mixtral-8x7b-instruct-v0.1): production router 0.579 APGR / CPT(50%) 38.8% / CPT(80%) 67.9% -> blend
+0.616 / 35.2% / 63.5%; mean APGR on the 4 other pair files 0.528 -> 0.562. Production figures:
+docs/routing-model.md ("Pair-gain component"). sklearn is imported only when fitting.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tiergate.routing.data import OutcomeRow
+
+FORMAT_VERSION = 1
+NPZ, META = "steps.npz", "steps.json"
+#: The question is cut to this many characters before counting (bounds the serving cost on any prompt).
+MAX_QUESTION_CHARS = 2000
+#: Only the last this many characters of a prompt are searched for the question (bounds the clean-up).
+MAX_PROMPT_CHARS = 20_000
+N_QUANTILES = 101
+
+# ------------------------------------------------------------------------------- question clean-up
+
+_FEWSHOT_END = re.compile(r"Answer:\s*[A-E]\s*\n\s*\n")
+
+
+def question_text(prompt: str) -> str:
+    """The question actually asked: ZeroEval's `## Question:` ... `## Instruction` part, few-shot examples
+    that end in `Answer: <letter>` dropped, the first `MAX_QUESTION_CHARS` characters. Generic (no
+    knowledge of the outcome files)."""
+    q = prompt[-MAX_PROMPT_CHARS:]
+    if "## Question:" in q:
+        q = q.split("## Question:", 1)[1].split("## Instruction", 1)[0]
+    return _FEWSHOT_END.split(q)[-1].strip()[:MAX_QUESTION_CHARS]
+
+
+# ------------------------------------------------------------------------------ reasoning-step counts
+
+_NUMBER = re.compile(r"(?<![\w.])\$?\d+(?:,\d{3})*(?:\.\d+)?%?")
+_WORD = re.compile(r"[a-z]+")
+
+
+def _vocab(words: str) -> frozenset[str]:
+    return frozenset(words.split())
+
+
+_NUMWORD = _vocab(
+    "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred "
+    "thousand million dozen dozens half halves twice double triple thrice third thirds quarter "
+    "quarters fourth fourths fifth fifths tenth tenths"
+)
+_RELATION = _vocab(
+    "each per every percent ratio fraction remaining remainder rest left total altogether combined "
+    "average difference sum product twice half increase increases increased decrease decreases "
+    "decreased discount profit split share shares shared divided"
+)
+_RELATION2 = frozenset(["more than", "less than", "fewer than", "greater than", "times as", "as many", "as much"])
+_COND = _vocab("if when after before until unless then while otherwise except instead only but")
+_STEP = _vocab("then later first second third finally next remaining rest afterwards again")
+_STEP2 = frozenset(["after that"])
+_UNIT = _vocab(
+    "dollar dollars cent cents hour hours minute minutes second seconds day days week weeks month "
+    "months year years mile miles km kilometer kilometers meter meters feet foot inch inches pound "
+    "pounds kg kilogram kilograms gram grams ounce ounces liter liters gallon gallons cup cups page "
+    "pages mph"
+)
+_ASK = _vocab("calculate find compute determine")
+_ASK2 = frozenset(["how many", "how much", "how long", "how far", "how old", "what is", "what was"])
+_PRON = _vocab("he she they it his her their them him its")
+_NEG = _vocab("not no never none neither nor")
+_CLAUSE = _vocab("and but while")
+_SENT = re.compile(r"[.?!](?:\s|$)")
+_CAP = re.compile(r"(?<![.?!]\s)(?<!^)\b[A-Z][a-z]+")
+_FRAC = re.compile(r"\d+/\d+|\d+\.\d+|\d+%")
+
+STEP_NAMES = ["q_words", "q_sentences", "q_numbers", "q_uniqnums", "q_numwords", "q_relations", "q_quantities",
+              "q_conds", "q_clauses", "q_entities", "q_units", "q_asks", "q_fracs", "q_words_per_sent",
+              "q_maxmag", "q_steps", "q_pronouns", "q_negs"]
+
+
+def _count(words: list[str], bigrams: list[str], one: frozenset[str], two: frozenset[str] = frozenset()) -> int:
+    return sum(w in one for w in words) + (sum(b in two for b in bigrams) if two else 0)
+
+
+def step_features(prompt: str) -> np.ndarray:
+    """The question's reasoning-load counts (log1p, float64), in `STEP_NAMES` order."""
+    q = question_text(prompt)
+    low = q.lower()
+    toks = _WORD.findall(low)
+    bi = [f"{a} {b}" for a, b in itertools.pairwise(toks)]
+    words = q.split()
+    nums = _NUMBER.findall(q)
+    vals = []
+    for n in nums:
+        try:
+            vals.append(abs(float(n.strip("$%").replace(",", ""))))
+        except ValueError:
+            pass
+    sents = max(1, len(_SENT.findall(q)))
+    nw = _count(toks, bi, _NUMWORD)
+    raw = [
+        len(words), sents, len(nums), len(set(nums)), nw, _count(toks, bi, _RELATION, _RELATION2) + q.count("%"),
+        len(nums) + nw, _count(toks, bi, _COND), q.count(",") + q.count(";") + _count(toks, bi, _CLAUSE),
+        len(set(_CAP.findall(q))), _count(toks, bi, _UNIT) + q.count("$"), _count(toks, bi, _ASK, _ASK2),
+        len(_FRAC.findall(q)), len(words) / sents, math.log10(1 + min(max(vals, default=0.0), 1e300)),
+        _count(toks, bi, _STEP, _STEP2), _count(toks, bi, _PRON), _count(toks, bi, _NEG) + low.count("n't"),
+    ]
+    return np.log1p(np.array(raw, dtype=np.float64))
+
+
+def steps_matrix(texts: Sequence[str]) -> np.ndarray:
+    """`step_features` of each text, (n, 18)."""
+    if not texts:
+        return np.zeros((0, len(STEP_NAMES)))
+    return np.stack([step_features(t) for t in texts])
+
+
+# ------------------------------------------------------------------------------- empirical CDFs
+
+def strictly_increasing(q: np.ndarray) -> np.ndarray:
+    """Sorted quantiles with ties broken by a tiny increment (so that they can be interpolated both ways)."""
+    q = np.sort(np.asarray(q, np.float64))
+    span = max(float(q[-1] - q[0]), 1e-6)
+    return q + np.arange(len(q)) * 1e-9 * span
+
+
+def cdf(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Piecewise-linear CDF through the quantiles `q` (at 0, 1/(n-1), ..., 1), linear beyond them."""
+    x = np.asarray(x, np.float64)
+    p = np.linspace(0.0, 1.0, len(q))
+    y = np.interp(x, q, p)
+    step = p[1]
+    y = np.where(x < q[0], (x - q[0]) / (q[1] - q[0]) * step, y)
+    return np.where(x > q[-1], 1.0 + (x - q[-1]) / (q[-1] - q[-2]) * step, y)
+
+
+def inverse_cdf(y: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The inverse of `cdf`."""
+    y = np.asarray(y, np.float64)
+    p = np.linspace(0.0, 1.0, len(q))
+    x = np.interp(y, p, q)
+    step = p[1]
+    x = np.where(y < 0.0, q[0] + y / step * (q[1] - q[0]), x)
+    return np.where(y > 1.0, q[-1] + (y - 1.0) / step * (q[-1] - q[-2]), x)
+
+
+# ------------------------------------------------------------------------------- the component
+
+@dataclass(frozen=True)
+class StepsConfig:
+    min_files: int = 3  # a pair qualifies when recorded together on at least this many outcome files ...
+    min_rows: int = 1000  # ... with at least this many rows in total
+    c: float = 0.1  # inverse L2 strength of the logistic regression (sklearn's C)
+    reference_rows: int = 3000  # training prompts per pair whose score distributions are stored
+    router_weight: float = 0.5  # weight of F_router in the blend (F_gain gets the rest)
+    seed: int = 0
+
+
+@dataclass
+class PairGain:
+    """One fitted pair: the gain model and the two score distributions of the blend."""
+
+    strong: str
+    weak: str
+    sd: np.ndarray  # (18,) pooled within-file standard deviation of the features
+    weights: np.ndarray  # (18,) logistic-regression weights on x / sd
+    gain_quantiles: np.ndarray  # (101,) of s_gain over the reference prompts
+    router_quantiles: np.ndarray  # (101,) of the main model's p_strong - p_weak over the same prompts
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def gain_score(self, F: np.ndarray) -> np.ndarray:
+        return (np.asarray(F, np.float64) / self.sd) @ self.weights
+
+    def blended_gain(self, router_gain: np.ndarray, F: np.ndarray, router_weight: float = 0.5) -> np.ndarray:
+        """The main model's gain p_strong - p_weak after the blend (a monotone function of s)."""
+        rq, gq = strictly_increasing(self.router_quantiles), strictly_increasing(self.gain_quantiles)
+        s = router_weight * cdf(router_gain, rq) + (1 - router_weight) * cdf(self.gain_score(F), gq)
+        return inverse_cdf(s, rq)
+
+
+class PairGainModel:
+    """The step-count gain models of every qualifying candidate pair."""
+
+    def __init__(self, pairs: list[PairGain] | None = None, config: StepsConfig | None = None) -> None:
+        self.pairs = pairs or []
+        self.config = config or StepsConfig()
+        self._index = {frozenset((p.strong, p.weak)): p for p in self.pairs}
+
+    def pair(self, candidates: Sequence[str] | set[str] | None) -> PairGain | None:
+        """The fitted pair made of exactly these candidates, if any."""
+        if candidates is None:
+            return None
+        key = frozenset(candidates)
+        return self._index.get(key) if len(key) == 2 else None
+
+    def qualifying_pairs(self, rows: Sequence[OutcomeRow]) -> list[tuple[str, str]]:
+        """Candidate pairs recorded together on >= min_files files with >= min_rows rows in total."""
+        files: dict[tuple[str, str], set[str]] = {}
+        counts: dict[tuple[str, str], int] = {}
+        for r in rows:
+            for a, b in itertools.combinations(sorted(r.outcomes), 2):
+                files.setdefault((a, b), set()).add(r.source)
+                counts[(a, b)] = counts.get((a, b), 0) + 1
+        return sorted(p for p, f in files.items()
+                      if len(f) >= self.config.min_files and counts[p] >= self.config.min_rows)
+
+    def fit(
+        self, rows: Sequence[OutcomeRow], predict_main: Callable[[np.ndarray], dict[str, np.ndarray]],
+        steps: np.ndarray | None = None,
+    ) -> PairGainModel:
+        """Fit every qualifying pair. `predict_main(idx)`: the main model's predicted scores (candidate ->
+        (len(idx),)) for rows[idx], as served (called once, on the union of the pairs' reference rows);
+        `steps`: precomputed `steps_matrix` of the rows' prompts (else computed for the rows needed)."""
+        linear_model = _sklearn_linear_model()
+        cfg = self.config
+        pairs = self.qualifying_pairs(rows)
+        src = np.array([r.source for r in rows])
+        order_key = np.random.default_rng(cfg.seed).random(len(rows))  # reference rows: lowest keys
+        fitted: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]] = []
+        F = np.full((len(rows), len(STEP_NAMES)), np.nan) if steps is None else np.asarray(steps, np.float64)
+        for a, b in pairs:
+            idx = np.array([i for i, r in enumerate(rows) if a in r.outcomes and b in r.outcomes])
+            sa = np.array([rows[i].outcomes[a].score for i in idx])
+            sb = np.array([rows[i].outcomes[b].score for i in idx])
+            files = sorted(set(src[idx].tolist()))
+            w = np.zeros(len(idx))
+            for f in files:
+                m = src[idx] == f
+                w[m] = 1.0 / m.sum()
+            strong, weak, ss, sw = (a, b, sa, sb) if (w * sa).sum() >= (w * sb).sum() else (b, a, sb, sa)
+            y = ss > sw
+            if y.all() or not y.any():
+                continue
+            todo = idx[np.isnan(F[idx, 0])]
+            if len(todo):
+                F[todo] = steps_matrix([rows[i].prompt for i in todo])
+            Xc = F[idx].copy()
+            for f in files:
+                m = src[idx] == f
+                Xc[m] -= Xc[m].mean(axis=0)
+            sd = Xc.std(axis=0) + 1e-6
+            lr = linear_model.LogisticRegression(C=cfg.c, max_iter=3000)
+            lr.fit(Xc / sd, y, sample_weight=w / w.mean())
+            ref = idx[np.argsort(order_key[idx], kind="stable")[:cfg.reference_rows]]
+            info = {"files": files, "rows": len(idx), "strong_wins": round(float((w * y).sum() / w.sum()), 4)}
+            fitted.append((strong, weak, sd, lr.coef_[0].astype(np.float64), ref, info))
+        self.pairs = []
+        if fitted:
+            union = np.unique(np.concatenate([f[4] for f in fitted]))
+            main = predict_main(union)
+            pos = {i: k for k, i in enumerate(union)}
+            probs = np.linspace(0.0, 1.0, N_QUANTILES)
+            for strong, weak, sd, coef, ref, info in fitted:
+                at = np.array([pos[i] for i in ref])
+                gain = np.asarray(main[strong])[at] - np.asarray(main[weak])[at]
+                pg = PairGain(strong, weak, sd, coef, np.zeros(N_QUANTILES), np.quantile(gain, probs), info)
+                pg.gain_quantiles = np.quantile(pg.gain_score(F[ref]), probs)
+                pg.info["reference_rows"] = len(ref)
+                self.pairs.append(pg)
+        self._index = {frozenset((p.strong, p.weak)): p for p in self.pairs}
+        return self
+
+    def blend(
+        self, base: dict[str, np.ndarray], texts: Sequence[str] | None, only: Sequence[str] | set[str] | None,
+    ) -> dict[str, np.ndarray]:
+        """`base` with the pair's strong member's prediction moved to p_weak + blended gain, when `only`
+        (the routed learned candidates) is exactly a fitted pair and the texts are given; else `base`."""
+        pg = self.pair(only)
+        if pg is None or texts is None or pg.strong not in base or pg.weak not in base:
+            return base
+        weak = np.asarray(base[pg.weak], np.float64)
+        gain = pg.blended_gain(np.asarray(base[pg.strong], np.float64) - weak, steps_matrix(list(texts)),
+                               self.config.router_weight)
+        return {**base, pg.strong: np.clip(weak + gain, 0.0, 1.0)}
+
+    # --------------------------------------------------------------------------------- persistence
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        arrays = {
+            "sd": np.array([p.sd for p in self.pairs], np.float64).reshape(-1, len(STEP_NAMES)),
+            "weights": np.array([p.weights for p in self.pairs], np.float64).reshape(-1, len(STEP_NAMES)),
+            "gain_quantiles": np.array([p.gain_quantiles for p in self.pairs], np.float64).reshape(-1, N_QUANTILES),
+            "router_quantiles": np.array([p.router_quantiles for p in self.pairs], np.float64).reshape(-1, N_QUANTILES),
+        }
+        meta = {"format": FORMAT_VERSION, "features": STEP_NAMES, "max_question_chars": MAX_QUESTION_CHARS,
+                "config": self.config.__dict__,
+                "pairs": [{"strong": p.strong, "weak": p.weak, "info": p.info} for p in self.pairs]}
+        np.savez_compressed(directory / NPZ, **arrays)
+        (directory / META).write_text(json.dumps(meta, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> PairGainModel | None:
+        """The saved model, or None when the directory has none."""
+        directory = Path(directory)
+        if not (directory / META).exists():
+            return None
+        meta = json.loads((directory / META).read_text())
+        if meta.get("format") != FORMAT_VERSION or meta.get("features") != STEP_NAMES:
+            raise ValueError(f"{directory}: pair-gain (steps) model format {meta.get('format')} is not "
+                             f"{FORMAT_VERSION} or its features differ; retrain the router (tiergate router train)")
+        with np.load(directory / NPZ) as z:
+            arr = {k: z[k].astype(np.float64) for k in ("sd", "weights", "gain_quantiles", "router_quantiles")}
+        pairs = [PairGain(p["strong"], p["weak"], arr["sd"][i], arr["weights"][i], arr["gain_quantiles"][i],
+                          arr["router_quantiles"][i], dict(p.get("info", {}))) for i, p in enumerate(meta["pairs"])]
+        return cls(pairs, StepsConfig(**meta["config"]))
+
+
+def _sklearn_linear_model() -> Any:
+    try:
+        from sklearn import linear_model
+    except ImportError:
+        raise ImportError("fitting the router (its pair-gain component) needs scikit-learn: "
+                          "pip install 'tiergate[train]'") from None
+    return linear_model
