@@ -149,3 +149,16 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     for k in base:
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-12)
     assert PairGainModel.load(tmp_path / "nothing-here") is None
+
+
+def test_blend_only_touches_active_prompts() -> None:
+    rows, _ = _rows(600, 0)
+    model = PairGainModel(config=StepsConfig(min_rows=100)).fit(rows, _blind_main(rows))
+    test, _ = _rows(40, 6)
+    texts = [r.prompt for r in test]
+    base = {k: np.random.default_rng(7).random(len(test)) for k in (STRONG, WEAK, OTHER)}
+    active = np.arange(len(test)) % 2 == 0
+    full, part = model.blend(base, texts, {STRONG, WEAK}), model.blend(base, texts, {STRONG, WEAK}, active)
+    np.testing.assert_array_equal(part[STRONG][active], full[STRONG][active])
+    np.testing.assert_array_equal(part[STRONG][~active], base[STRONG][~active])
+    assert model.blend(base, texts, {STRONG, WEAK}, np.zeros(len(test), bool)) is base
