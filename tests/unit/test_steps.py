@@ -162,3 +162,16 @@ def test_blend_only_touches_active_prompts() -> None:
     np.testing.assert_array_equal(part[STRONG][active], full[STRONG][active])
     np.testing.assert_array_equal(part[STRONG][~active], base[STRONG][~active])
     assert model.blend(base, texts, {STRONG, WEAK}, np.zeros(len(test), bool)) is base
+
+
+def test_one_prompt_path_equals_the_vectorised_one() -> None:
+    rows, _ = _rows(600, 0)
+    pg = PairGainModel(config=StepsConfig(min_rows=100)).fit(rows, _blind_main(rows)).pair([STRONG, WEAK])
+    test, _ = _rows(200, 9)
+    F = np.vstack([step_features(r.prompt) for r in test])
+    rng = np.random.default_rng(10)
+    router_gain = np.concatenate([rng.uniform(-0.5, 0.5, 190), [-3.0, 3.0, pg.router_quantiles[0], 0, 0, 0, 0, 0, 0, 0]])
+    F[-3:] *= 40  # beyond the stored gain quantiles
+    many = pg.blended_gain(router_gain, F)
+    one = np.array([pg.blended_gain(router_gain[i:i + 1], F[i:i + 1])[0] for i in range(len(F))])
+    np.testing.assert_allclose(one, many, rtol=0, atol=1e-12)
