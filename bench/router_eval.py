@@ -19,7 +19,7 @@ Each row is one `tiergate router eval` invocation's figures; the equivalent comm
 `--seed S` moves the k-fold rows' fold seed (the 98%-of-best and APGR figures move with it: compare
 methods over several seeds); `--only mmlu` (repeatable: gsm8k, mmlu, lcb) runs a subset of the rows;
 `--ablation` adds the GSM8K and MMLU figures of the same fitted models without the neighbourhood
-component (`routing.neighbours`).
+component (`routing.neighbours`) and the pair-gain component (`routing.steps`), and without the latter only.
 """
 
 from __future__ import annotations
@@ -56,18 +56,21 @@ def _two_model(name: str, protocol: str, data: Path, pool, progress: bool, extra
                                                extra_benchmarks=extra and protocol == "kfold", progress=progress,
                                                also_without_texts=True)
         base = E.score_predictions(mat, info.pop("predictions_without_texts")).summary["two_model"]
+        no_pair = E.score_predictions(mat, info.pop("predictions_without_pair_gain")).summary["two_model"]
         summary = E.score_predictions(mat, pred).summary
         summary["protocol_info"] = info
         without = {"apgr": base["apgr"], "cpt50": base["cpt"]["50"], "cpt80": base["cpt"]["80"]}
+        without_pair = {"apgr": no_pair["apgr"], "cpt50": no_pair["cpt"]["50"], "cpt80": no_pair["cpt"]["80"]}
     else:
         summary = E.evaluate(rows, candidates=[STRONG, WEAK], protocol=protocol, pool=pool, progress=progress,
                              extra_benchmarks=extra and protocol == "kfold", seed=seed).summary
-        without = None
+        without = without_pair = None
     tm = summary["two_model"]
     out = {"n": summary["n"], "apgr": tm["apgr"], "cpt50": tm["cpt"]["50"], "cpt80": tm["cpt"]["80"],
            "random": tm["random"], "seconds": time.perf_counter() - t, "info": summary["protocol_info"]}
     if without is not None:
-        out["without_neighbours"] = without
+        out["without_neighbours"] = without  # (and without the pair-gain component: both read the words)
+        out["without_pair_gain"] = without_pair
     return out
 
 
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--seed", type=int, default=0, help="fold seed of the k-fold rows (reported figures: 0)")
     ap.add_argument("--ablation", action="store_true",
-                    help="GSM8K and MMLU rows: also the same models' figures without the neighbourhood component")
+                    help="GSM8K and MMLU rows: also the same models' figures without the pair-gain component, "
+                         "and without it and the neighbourhood component")
     ap.add_argument("--only", choices=("gsm8k", "mmlu", "lcb"), action="append",
                     help="run only these rows (repeatable; default: all)")
     args = ap.parse_args(argv)
@@ -139,9 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             fmt = "{:.3f}" if m == "apgr" else "{:.2f}"
             lines.append((f"{label}, n={r['n']}", nice, fmt.format(r[m]) + unit, targets[m],
                           fmt.format(best[m]) + unit + f" {best['router']}", fmt.format(rnd) + unit))
+            if "without_pair_gain" in r:
+                lines.append((f"{label}, same fitted models without the pair-gain component", nice,
+                              fmt.format(r["without_pair_gain"][m]) + unit, "", "", ""))
             if "without_neighbours" in r:
-                lines.append((f"{label}, same fitted models without the neighbourhood component", nice,
-                              fmt.format(r["without_neighbours"][m]) + unit, "", "", ""))
+                lines.append((f"{label}, same fitted models without the neighbourhood + pair-gain components",
+                              nice, fmt.format(r["without_neighbours"][m]) + unit, "", "", ""))
     for name in (n for n in O_SERIES if n in results):
         for proto, res in results[name].items():
             for subset, r in res.items():

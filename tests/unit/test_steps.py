@@ -175,3 +175,37 @@ def test_one_prompt_path_equals_the_vectorised_one() -> None:
     many = pg.blended_gain(router_gain, F)
     one = np.array([pg.blended_gain(router_gain[i:i + 1], F[i:i + 1])[0] for i in range(len(F))])
     np.testing.assert_allclose(one, many, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------- inside QualityModel
+
+def test_quality_model_fits_blends_pairs_only_and_round_trips(tmp_path: Path) -> None:
+    from tiergate.routing.quality import FitConfig, QualityModel
+
+    rows, _ = _rows(900, 0)
+    model = QualityModel(config=FitConfig(steps=60, rank=4, difficulty=False, neighbours=False))
+    model.pair_gain_config = StepsConfig(min_rows=100)
+    model.fit(rows)
+    pgm = model.pair_gain_model
+    assert pgm is not None and pgm.pair([STRONG, WEAK]) is not None
+    test, _ = _rows(60, 8)
+    texts = [r.prompt for r in test]
+    X = model.features(texts)
+    plain = model.predict_features(X, texts)
+    for only in (None, {STRONG, WEAK, OTHER}, {STRONG}):
+        other = model.predict_features(X, texts, only=only)
+        for k in plain:
+            np.testing.assert_array_equal(other[k], plain[k])
+    pair = model.predict_features(X, texts, only={STRONG, WEAK})
+    assert not np.allclose(pair[STRONG], plain[STRONG])
+    np.testing.assert_array_equal(pair[WEAK], plain[WEAK])
+    np.testing.assert_array_equal(pair[OTHER], plain[OTHER])
+    model.save(tmp_path)
+    assert (tmp_path / "steps.json").exists()
+    loaded = QualityModel.load(tmp_path)
+    assert loaded.pair_gain_model is not None and loaded.pair_gain_config == model.pair_gain_config
+    again = loaded.predict_features(X, texts, only={STRONG, WEAK})
+    np.testing.assert_allclose(again[STRONG], pair[STRONG], atol=0.02)  # (the main model's W is saved as float16)
+    off = QualityModel(config=FitConfig(steps=60, rank=4, difficulty=False, neighbours=False, pair_gain=False))
+    off.fit(rows).save(tmp_path)
+    assert not (tmp_path / "steps.json").exists() and QualityModel.load(tmp_path).pair_gain_model is None

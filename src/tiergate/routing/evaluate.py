@@ -300,7 +300,13 @@ def select_candidates(
 
 
 def _predict(model: Any, rows: Sequence[OutcomeRow], candidates: Sequence[str]) -> np.ndarray:
-    return _columns(model.predict([r.prompt for r in rows]), model, candidates)
+    """Predictions as the serving router asks for them: for the candidates routed between (`only`), which
+    turns on the pair-gain component when they are exactly one fitted pair (routing.steps)."""
+    prompts = [r.prompt for r in rows]
+    if hasattr(model, "predict_features"):
+        return _columns(model.predict_features(model.features(prompts), prompts, only=set(candidates)), model,
+                        candidates)
+    return _columns(model.predict(prompts), model, candidates)
 
 
 def _columns(pred: dict[str, np.ndarray], model: Any, candidates: Sequence[str]) -> np.ndarray:
@@ -358,7 +364,9 @@ def out_of_fold_predictions(
 
     `also_without_texts` (kfold / lobo, learned model): `info["predictions_without_texts"]` also holds the same
     fold models' predictions from the features alone, i.e. without the components that read the
-    prompt's words (`routing.neighbours`): an ablation from the same fits."""
+    prompt's words (`routing.neighbours`, `routing.steps`), and `info["predictions_without_pair_gain"]` their
+    predictions with the words but not for exactly the evaluated candidates (so without the pair-gain
+    blend of `routing.steps` only): ablations from the same fits."""
     cands = mat.candidates
     if protocol == "fixed":
         model = load_model(router_dir) if model_kind == "learned" or router_dir else None
@@ -389,6 +397,7 @@ def out_of_fold_predictions(
             it = tqdm(folds, desc=f"{k}-fold", unit="fold")
         fams = {family_of(r.source) for r in mat.rows}
         without = np.empty_like(pred) if also_without_texts and feats is not None else None
+        without_pair = np.empty_like(pred) if without is not None else None
         sibling = np.array([family_of(r.source) in fams for r in extra], dtype=bool)
         for train_idx, test_idx in it:
             test_rows = [mat.rows[i] for i in test_idx]
@@ -402,12 +411,15 @@ def out_of_fold_predictions(
             else:
                 X = feats[train_idx] if extra_feats is None else np.vstack([feats[train_idx], extra_feats[keep]])
                 model = cls(proto.extractor).fit(train_rows, fit_cands, features=X)
-                pred[test_idx] = _columns(model.predict_features(feats[test_idx], [r.prompt for r in test_rows]),
+                texts = [r.prompt for r in test_rows]
+                pred[test_idx] = _columns(model.predict_features(feats[test_idx], texts, only=set(cands)),
                                           model, cands)
                 if without is not None:
                     without[test_idx] = _columns(model.predict_features(feats[test_idx]), model, cands)
+                    without_pair[test_idx] = _columns(model.predict_features(feats[test_idx], texts), model, cands)
         if without is not None:
             info["predictions_without_texts"] = without
+            info["predictions_without_pair_gain"] = without_pair
         return pred, info
     if protocol == "lobo":
         if pool is None:
@@ -422,8 +434,10 @@ def out_of_fold_predictions(
             )
         model = cls().fit(train, _fit_candidates(model_kind, cands), progress=progress)
         if also_without_texts and hasattr(model, "predict_features"):
-            info["predictions_without_texts"] = _columns(
-                model.predict_features(model.features([r.prompt for r in mat.rows])), model, cands)
+            X = model.features([r.prompt for r in mat.rows])
+            info["predictions_without_texts"] = _columns(model.predict_features(X), model, cands)
+            info["predictions_without_pair_gain"] = _columns(
+                model.predict_features(X, [r.prompt for r in mat.rows]), model, cands)
         return _predict(model, mat.rows, cands), info
     raise EvaluationError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
 

@@ -16,6 +16,10 @@ A low-rank multi-task logistic regression ("matrix factorisation with a prompt e
 Trained by full-batch Adam on soft binary cross-entropy over the observed (prompt, candidate) cells,
 each file weighted by 1/sqrt(rows). numpy at serve time (a few small products per prompt); scipy.sparse
 for the token bag when training. Scores in the data are in [0, 1] and so are predictions.
+
+Components fitted with it (each in its module): latent difficulty for dense files (`routing.difficulty`),
+TF-IDF + kNN for large files (`routing.neighbours`), and the step-count pair gain (`routing.steps`), which
+only acts when the candidates routed between (`only`) are exactly one fitted pair.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import numpy as np
 from tiergate.routing.difficulty import DifficultyModel
 from tiergate.routing.embed import StaticEmbedder
 from tiergate.routing.features import STRUCT_NAMES, TOKEN_SLOTS, FeatureExtractor
-from tiergate.routing.neighbours import NeighbourConfig, NeighbourModel
+from tiergate.routing.neighbours import GATE_MIN, NeighbourConfig, NeighbourModel
+from tiergate.routing.steps import PairGainModel, StepsConfig
 
 if TYPE_CHECKING:
     from tiergate.routing.data import OutcomeRow
@@ -58,6 +63,7 @@ class FitConfig:
     seed: int = 0
     difficulty: bool = True  # latent-difficulty component for dense outcome files (routing.difficulty)
     neighbours: bool = True  # TF-IDF + kNN component for large outcome files (routing.neighbours)
+    pair_gain: bool = True  # step-count gain blend when routing between exactly two candidates (routing.steps)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -118,6 +124,8 @@ class QualityModel:
         self.difficulty_model: DifficultyModel | None = None  # see routing.difficulty
         self.neighbour_model: NeighbourModel | None = None  # see routing.neighbours
         self.neighbour_config = NeighbourConfig()
+        self.pair_gain_model: PairGainModel | None = None  # see routing.steps
+        self.pair_gain_config = StepsConfig()
 
     # ------------------------------------------------------------------------------------- features
 
@@ -206,6 +214,14 @@ class QualityModel:
                 nm = NeighbourModel(config=self.neighbour_config).fit(
                     [rows[i] for i in idx], full[idx], main, own[idx], dims=self.n_dense - len(STRUCT_NAMES))
                 self.neighbour_model = nm if nm.components else None
+        # --- pair-gain component (routing.steps): per candidate pair recorded together on >= 3 files; its
+        # router-score distribution is that of the model above (in-sample) on the pair's reference rows ---
+        self.pair_gain_model = None
+        if self.config.pair_gain:
+            full = np.hstack([X, slots])
+            pgm = PairGainModel(config=self.pair_gain_config).fit(
+                rows, lambda idx: self.predict_features(full[idx], [rows[i].prompt for i in idx]))
+            self.pair_gain_model = pgm if pgm.pairs else None
         return self
 
     def _fit_source_classifier(self, Xs: np.ndarray, S: np.ndarray, progress: bool) -> None:
@@ -355,7 +371,11 @@ class QualityModel:
         """Predictions from a precomputed feature matrix (`texts`: the prompts' texts, which the
         neighbourhood component's word n-grams need; without them that component is skipped). With
         `only`, the neighbourhood component is computed for those candidates only (the others get the
-        prediction without it): the serving router's saving when it routes between other candidates."""
+        prediction without it): the serving router's saving when it routes between other candidates. When
+        `only` is exactly a candidate pair the pair-gain component was fitted for (and `texts` are given),
+        the pair's strong member is moved to p_weak + the blended gain (routing.steps) on the prompts no
+        neighbourhood component covering the pair is computed for; any other candidate
+        set (more or fewer candidates, or None) leaves every prediction as it was."""
         P = _sigmoid(self.logits_features(X))
         out = {k: P[:, j].astype(np.float64) for j, k in enumerate(self._keys)}
         dm, nm = self.difficulty_model, self.neighbour_model
@@ -367,7 +387,27 @@ class QualityModel:
         # --- neighbourhood component: the same, for large files, stacked on the prediction so far ---
         if nm is not None and texts is not None:
             out = nm.blend(out, X, texts, {s: pi[:, self.sources.index(s)] for s in nm.sources}, only)
+        # --- pair-gain component: only when routing between exactly one fitted pair (RouteLLM's setting), for
+        # the prompts no neighbourhood component covering the pair is computed for (no in-file evidence) ---
+        pgm = self.pair_gain_model
+        pair = pgm.pair(only) if pgm is not None and texts is not None else None
+        if pair is not None:
+            gate = self.neighbour_gate(X, {pair.strong, pair.weak})
+            out = pgm.blend(out, texts, only, active=gate < GATE_MIN)
         return out
+
+    def neighbour_gate(self, X: np.ndarray, candidates: set[str]) -> np.ndarray:
+        """Per prompt, the largest gate (`routing.neighbours`) of a neighbourhood component that covers all
+        of `candidates`: 0 where none does; below GATE_MIN the component is not computed."""
+        gate = np.zeros(len(X))
+        nm = self.neighbour_model
+        comps = [c for c in nm.components if candidates <= set(c.candidates)] if nm is not None else []
+        if comps:
+            pi = self.resemblance(X)
+            for c in comps:
+                g = np.clip(pi[:, self.sources.index(c.source)] / c.typical_resemblance, 0.0, 1.0)
+                gate = np.maximum(gate, g)
+        return gate
 
     def predict(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
         """candidate key -> predicted score in [0, 1] for each prompt."""
@@ -405,7 +445,8 @@ class QualityModel:
         }
         (directory / "quality.json").write_text(json.dumps(meta, indent=1) + "\n")
         for component, files in ((self.difficulty_model, ("difficulty.npz", "difficulty.json")),
-                                 (self.neighbour_model, ("neighbours.npz", "neighbours.json"))):
+                                 (self.neighbour_model, ("neighbours.npz", "neighbours.json")),
+                                 (self.pair_gain_model, ("steps.npz", "steps.json"))):
             if component is not None:
                 component.save(directory)
             else:  # a stale artefact of an earlier fit would be loaded with this model
@@ -439,6 +480,9 @@ class QualityModel:
         model.neighbour_model = NeighbourModel.load(directory) if model.config.neighbours else None
         if model.neighbour_model is not None:
             model.neighbour_config = model.neighbour_model.config
+        model.pair_gain_model = PairGainModel.load(directory) if model.config.pair_gain else None
+        if model.pair_gain_model is not None:
+            model.pair_gain_config = model.pair_gain_model.config
         return model
 
 
