@@ -33,8 +33,10 @@ Recipe (`shipped ~ pair:steps@win` in the research note):
 
 Measured (research harness, leave-one-benchmark-out on routellm-gsm8k, gpt-4-1106-preview vs
 mixtral-8x7b-instruct-v0.1): production router 0.579 APGR / CPT(50%) 38.8% / CPT(80%) 67.9% -> blend
-0.616 / 35.2% / 63.5%; mean APGR on the 4 other pair files 0.528 -> 0.562. Production figures:
-docs/routing-model.md ("Pair-gain component"). sklearn is imported only when fitting.
+0.616 / 35.2% / 63.5%; mean APGR on the 4 other pair files 0.528 -> 0.562. In production
+(`bench/router_eval.py --only gsm8k --ablation`, same fits): 0.580 / 39.75% / 67.65% -> 0.615 / 34.41% /
+63.79%; MMLU 5-fold unchanged (0.681 / 26.30%). Details: docs/routing-model.md ("Pair-gain component").
+sklearn is imported only when fitting.
 """
 
 from __future__ import annotations
