@@ -8,8 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tiergate.routing import neighbours
 from tiergate.routing.data import Outcome, OutcomeRow
-from tiergate.routing.neighbours import NeighbourConfig, NeighbourModel, TfidfWords, fit_component, word_grams
+from tiergate.routing.neighbours import (
+    FEATURE_EMBEDDING,
+    KNN_TABLE,
+    NeighbourConfig,
+    NeighbourModel,
+    TfidfWords,
+    fit_component,
+    knn_embedder,
+    word_grams,
+)
 from tiergate.routing.quality import FitConfig, QualityModel
 
 pytest.importorskip("sklearn")
@@ -118,3 +128,30 @@ def test_gate_zero_keeps_the_base_prediction(extractor: QualityModel) -> None:
     out = nm.blend(base, X[:5], texts, {"quiz": np.ones(5)})
     np.testing.assert_array_equal(out["other"], base["other"])
     assert not np.allclose(out[STRONG], base[STRONG])
+
+
+def test_knn_head_records_its_embedding_and_refuses_a_mismatch(
+    extractor: QualityModel, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rows, _ = _rows(300, 3)
+    X = extractor.features([r.prompt for r in rows])
+    flat = {STRONG: np.full(len(rows), 0.7), WEAK: np.full(len(rows), 0.5)}
+    texts = [r.prompt for r in rows[:20]]
+    main = np.column_stack([np.full(20, 0.7), np.full(20, 0.5)])
+    comp = fit_component("quiz", rows, X, flat, CFG)
+    assert comp is not None
+    ke = knn_embedder()
+    if ke is not None:  # the shipped kNN table: the index holds its embedding of the prompts, not X's columns
+        assert comp.info["knn_embedding"] == KNN_TABLE.name and comp.info["knn_digest"] == ke.digest
+        np.testing.assert_allclose(comp.emb, ke.embedder.embed([r.prompt for r in rows]), atol=2e-3)
+        with pytest.raises(ValueError, match="pass them"):
+            comp.head_logits(X[:20], [neighbours.gram_counts(t) for t in texts])
+        comp.info["knn_digest"] = "0" * 16  # fitted with another table: refused, not silently mixed
+        with pytest.raises(ValueError, match="retrain"):
+            comp.predict(X[:20], texts, main)
+    # without the table (older artefact directories): the feature matrix's embedding columns
+    monkeypatch.setattr(neighbours, "knn_embedder", lambda: None)
+    old = fit_component("quiz", rows, X, flat, CFG)
+    assert old is not None and old.info["knn_embedding"] == FEATURE_EMBEDDING
+    np.testing.assert_allclose(old.emb, neighbours.normalised_embedding(X, old.emb.shape[1]), atol=2e-3)
+    assert old.predict(X[:20], texts, main).shape == (20, 2)

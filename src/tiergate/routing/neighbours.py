@@ -10,8 +10,12 @@ the same kind than the shared, cross-benchmark encoder of `QualityModel` can. Pe
     `max_features` terms so the artefact stays a few MB) and per candidate a logistic regression on
     the score (soft labels).
 (b) **kNN head.** Per candidate, the mean score of the k training prompts of the file most similar to
-    the prompt (cosine on the L2-normalised static embedding, the columns `FeatureExtractor` already
-    computes). k is chosen inside the training rows (Brier score of the cross-fitted kNN means).
+    the prompt: cosine on a second static embedding, `artifacts/knn_embedding.npz` (same format and
+    tokenizer as the main table, distilled for kNN: research "tokenlearn" section), which is used for
+    this head only; without that file (older artefact directories) the columns `FeatureExtractor`
+    already computes. The component records which embedding it was fitted with (`info["knn_embedding"]`
+    and the table's digest), and serving refuses a mismatch. k is chosen inside the training rows (Brier
+    score of the cross-fitted kNN means).
 (c) **Stack.** Per candidate a small soft-label logistic regression on [TF-IDF logit, kNN logit],
     fitted on cross-fitted (a) and (b) predictions of the file's training rows (3 folds, prompts with
     the same text in one fold), plus the main model's logit centred on its mean over the file, at a
@@ -27,17 +31,19 @@ model's prediction.
 Measured: R2 in docs/router-research.md (research scripts: rank average of (a) and (b) gives MMLU
 APGR 0.677-0.683 / CPT(50%) 26.0-28.0% over 3 fold seeds); the production figures of this component
 are in docs/routing-model.md ("Neighbourhood component"). Serving is numpy + `re` only (a dictionary
-look-up per word 1-2 gram, one (rows x 128) mat-vec and a partial sort per file); sklearn is imported
-only when fitting.
+look-up per word 1-2 gram, the prompt's kNN embedding (the second table, per component whose gate opens),
+one (rows x 128) mat-vec and a partial sort per file); sklearn is imported only when fitting.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tiergate.routing.difficulty import soft_logistic
+from tiergate.routing.embed import StaticEmbedder
 from tiergate.routing.features import STRUCT_NAMES
 
 if TYPE_CHECKING:
@@ -60,6 +67,34 @@ _CLIP = 0.01  # scores are clipped to [_CLIP, 1 - _CLIP] before taking logits
 #: model's prediction exactly, and the component is not computed for it (serving cost, and no noise
 #: from a file the prompt does not resemble).
 GATE_MIN = 0.05
+#: The kNN head's own embedding table (same npz format and tokenizer as the main `static_embedding.npz`).
+KNN_TABLE = Path(__file__).parent / "artifacts" / "knn_embedding.npz"
+#: `info["knn_embedding"]` of a component whose kNN head uses the main feature matrix's embedding columns.
+FEATURE_EMBEDDING = "features"
+
+
+@dataclass(frozen=True)
+class KnnEmbedder:
+    """The kNN head's static embedder and the digest of its table (what a component records)."""
+
+    embedder: StaticEmbedder
+    digest: str
+
+
+@cache
+def knn_embedder(table: Path = KNN_TABLE) -> KnnEmbedder | None:
+    """The kNN embedder (loaded once per process), or None when `table` is absent. The tokenizer is the
+    main table's (`tokenizer.json` beside it)."""
+    if not table.exists():
+        return None
+    raw = table.read_bytes()
+    with np.load(table) as z:
+        if "q" in z:
+            vectors = z["q"].astype(np.float32) * z["scale"].astype(np.float32)[:, None]
+        else:
+            vectors = z["table"].astype(np.float32)
+    return KnnEmbedder(StaticEmbedder(vectors, table.parent / "tokenizer.json"),
+                       hashlib.sha256(raw).hexdigest()[:16])
 
 
 @dataclass(frozen=True)
@@ -229,20 +264,42 @@ class Component:
     typical_resemblance: float = 1.0
     info: dict[str, Any] = field(default_factory=dict)
 
-    def head_logits(self, X: np.ndarray, texts: Sequence[str | Counter[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """(TF-IDF logits, kNN logits), each (n, m); `texts`: the prompts or their `gram_counts`."""
+    def query_embedding(self, X: np.ndarray, prompts: Sequence[str] | None) -> np.ndarray:
+        """The prompts' embedding in the space of the kNN index (`info["knn_embedding"]`)."""
+        used = self.info.get("knn_embedding", FEATURE_EMBEDDING)
+        if used == FEATURE_EMBEDDING:
+            return normalised_embedding(X, self.emb.shape[1])
+        ke = knn_embedder()
+        if ke is None or ke.digest != self.info.get("knn_digest"):
+            raise ValueError(f"neighbourhood component {self.source!r} was fitted with kNN table {used} "
+                             f"(digest {self.info.get('knn_digest')}), but {KNN_TABLE} is "
+                             f"{'absent' if ke is None else 'digest ' + ke.digest}: retrain the router "
+                             "(tiergate router train) or restore the table it was fitted with")
+        if prompts is None:
+            raise ValueError(f"neighbourhood component {self.source!r} embeds the prompt texts: pass them")
+        return ke.embedder.embed(list(prompts))
+
+    def head_logits(
+        self, X: np.ndarray, texts: Sequence[str | Counter[str]], prompts: Sequence[str] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(TF-IDF logits, kNN logits), each (n, m); `texts`: the prompts or their `gram_counts`;
+        `prompts`: the prompt texts (defaults to `texts` when those are strings)."""
         T = np.empty((len(texts), len(self.candidates)), np.float32)
         for i, t in enumerate(texts):
             c, w = self.tfidf.transform_one(t)
             T[i] = self.coef[:, c] @ w if len(c) else 0.0
         T += self.intercept
-        E = normalised_embedding(X, self.emb.shape[1])
+        if prompts is None and all(isinstance(t, str) for t in texts):
+            prompts = [str(t) for t in texts]
+        E = self.query_embedding(X, prompts)
         K = _knn_means(self.emb, self.scores, E, (self.k,))[self.k]
         return T, _logit(K)
 
-    def predict(self, X: np.ndarray, texts: Sequence[str | Counter[str]], main: np.ndarray) -> np.ndarray:
+    def predict(
+        self, X: np.ndarray, texts: Sequence[str | Counter[str]], main: np.ndarray, prompts: Sequence[str] | None = None,
+    ) -> np.ndarray:
         """(n, m) stacked predicted scores; `main`: the main model's predicted scores (n, m)."""
-        T, K = self.head_logits(X, texts)
+        T, K = self.head_logits(X, texts, prompts)
         z = self.stack[:, 0] + _logit(main) * self.stack[:, 1] + T * self.stack[:, 2] + K * self.stack[:, 3]
         return _sigmoid(z)
 
@@ -275,7 +332,13 @@ def fit_component(
     means = (Y * seen).sum(0) / seen.sum(0)
     S = np.where(seen, Y, means).astype(np.float32)
     texts = [r.prompt for r in rows]
-    E = normalised_embedding(X, dims)
+    ke = knn_embedder()
+    if ke is not None:
+        E = ke.embedder.embed(texts)
+        used: dict[str, Any] = {"knn_embedding": KNN_TABLE.name, "knn_digest": ke.digest}
+    else:
+        E = normalised_embedding(X, dims)
+        used = {"knn_embedding": FEATURE_EMBEDDING}
     fold = _group_folds(texts, cfg.folds, cfg.seed)
     # cross-fitted head predictions for the stacker (and the choice of k)
     T_oof = np.zeros((n, len(cands)), np.float32)
@@ -302,7 +365,8 @@ def fit_component(
             stack[j] = [w[0] - cfg.main_weight * centre, cfg.main_weight, w[1], w[2]]
     tf, A = TfidfWords.fit(texts, cfg.max_features, cfg.min_df)
     coef, icpt = _fit_tfidf_heads(A, Y, seen, cfg.tfidf_c)
-    info = {"rows": n, "vocabulary": len(tf.terms), "brier_by_k": {str(kk): round(v, 5) for kk, v in brier.items()}}
+    info = {"rows": n, "vocabulary": len(tf.terms), "brier_by_k": {str(kk): round(v, 5) for kk, v in brier.items()},
+            **used}
     # rounded as stored (float16), so that an evaluated model predicts exactly as the shipped one
     f16 = lambda a: a.astype(np.float16).astype(np.float32)
     return Component(source, cands, tf, f16(coef), icpt, f16(E), f16(S), k, stack, info=info)
@@ -371,7 +435,7 @@ class NeighbourModel:
                     grams[i] = gram_counts(texts[i])
             main = np.full((len(rows), len(comp.candidates)), 0.5)  # (the stack is per candidate: filler)
             main[:, src] = B[np.ix_(rows, dst)]
-            P = comp.predict(X[rows], [grams[i] for i in rows], main)
+            P = comp.predict(X[rows], [grams[i] for i in rows], main, [texts[i] for i in rows])
             num[np.ix_(rows, dst)] += g[rows, None] * P[:, src]
             wsum[np.ix_(rows, dst)] += g[rows, None]
         w = np.minimum(wsum, 1.0)
