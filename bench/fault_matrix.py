@@ -1,6 +1,9 @@
 """Fault matrix benchmark: success rate and added latency per upstream fault, through the real
-gateway (`tiergate serve` subprocess) with two loopback fake upstreams, for streaming and
-non-streaming requests. The faults, timeouts and config are those of tests/e2e/test_faults.py.
+gateway (`tiergate serve` subprocess) with two loopback fake upstreams, for chat completions (plain and
+streaming) and native Responses API streams (`POST /v1/responses`, `stream: true`: the upstream's events
+relayed, failover until the first answer-bearing event). The faults, timeouts and config are those of
+tests/e2e/test_faults.py (a Responses stream that fails before its first answer-bearing event must fail
+over invisibly, like a chat stream before its first token).
 
 For each fault x mode:
 - `healthy 2nd`: `--n` requests to a model whose first-choice deployment has the fault queued for each
@@ -11,7 +14,7 @@ For each fault x mode:
   the share that got the expected OpenAI-shaped error (status and type), and p99 time to that error
   (bounded by the configured total timeout of 4 s).
 
-    python bench/fault_matrix.py [--n 40] [--n-solo 8] [--concurrency 4]
+    python bench/fault_matrix.py [--n 40] [--n-solo 8] [--concurrency 4] [--modes plain,stream,responses-stream]
 """
 
 from __future__ import annotations
@@ -38,11 +41,40 @@ from tests.fakes.openai_upstream import FakeOpenAI
 ANSWER = "echo: hello there"
 
 
-async def request(client: httpx.AsyncClient, model: str, stream: bool) -> tuple[bool, int, str | None, float]:
+MODES = ("plain", "stream", "responses-stream")
+
+
+async def responses_stream(client: httpx.AsyncClient, model: str, t: float) -> tuple[bool, int, str | None, float]:
+    """One native Responses stream: correct if the deltas spell the answer and `response.completed` came."""
+    body = {"model": model, "input": "hello there", "stream": True}
+    async with client.stream("POST", "/responses", json=body) as r:
+        if r.status_code != 200:
+            d = orjson.loads(await r.aread())
+            return False, r.status_code, (d.get("error") or {}).get("type"), time.perf_counter() - t
+        text, done = [], False
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            e = orjson.loads(line[6:])
+            kind = e.get("type")
+            if kind == "response.output_text.delta":
+                text.append(e["delta"])
+            elif kind == "response.completed":
+                done = True
+            elif kind in ("error", "response.failed"):
+                err = e.get("error") or (e.get("response") or {}).get("error") or {}
+                return False, 200, err.get("type") or err.get("code"), time.perf_counter() - t
+        return done and "".join(text) == ANSWER, 200, None, time.perf_counter() - t
+
+
+async def request(client: httpx.AsyncClient, model: str, mode: str) -> tuple[bool, int, str | None, float]:
     """(correct answer?, HTTP status, error type, seconds)."""
+    stream = mode != "plain"
     body = {"model": model, "messages": [{"role": "user", "content": "hello there"}], "stream": stream}
     t = time.perf_counter()
     try:
+        if mode == "responses-stream":
+            return await responses_stream(client, model, t)
         if not stream:
             r = await client.post("/chat/completions", json=body)
             d = orjson.loads(r.content)
@@ -69,35 +101,36 @@ async def request(client: httpx.AsyncClient, model: str, stream: bool) -> tuple[
         return False, 0, type(e).__name__, time.perf_counter() - t
 
 
-async def batch(client, model, stream, n, conc, before=None) -> list[tuple[bool, int, str | None, float]]:
+async def batch(client, model, mode, n, conc, before=None) -> list[tuple[bool, int, str | None, float]]:
     out = []
     for i in range(0, n, conc):
         k = min(conc, n - i)
         if before is not None:
             before(k)
-        out.extend(await asyncio.gather(*[request(client, model, stream) for _ in range(k)]))
+        out.extend(await asyncio.gather(*[request(client, model, mode) for _ in range(k)]))
     return out
 
 
 async def run(url: str, bad: FakeOpenAI, args) -> list[dict]:
     rows = []
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        for mode, stream in (("plain", False), ("stream", True)):
+        for mode in args.modes:
+            dep = "plain" if mode == "plain" else "stream"  # the config's models per fault: plain / stream
             # baseline: the same model and path, no fault
-            await batch(client, f"dual-500-{mode}", stream, 8, args.concurrency)  # warm up connections
-            base = await batch(client, f"dual-500-{mode}", stream, args.n, args.concurrency)
+            await batch(client, f"dual-500-{dep}", mode, 8, args.concurrency)  # warm up connections
+            base = await batch(client, f"dual-500-{dep}", mode, args.n, args.concurrency)
             base_p99 = pct([r[3] for r in base], 0.99)
             rows.append({"fault": "none (baseline)", "mode": mode, "ok": sum(r[0] for r in base) / len(base),
                          "p50": pct([r[3] for r in base], .5), "p99": base_p99, "added": 0.0, "hits": 0,
                          "solo_ok": None, "solo_p99": None})
             for fault, (kind, params) in FAULTS.items():
                 bad.clear()
-                res = await batch(client, f"dual-{slug(fault)}-{mode}", stream, args.n, args.concurrency,
+                res = await batch(client, f"dual-{slug(fault)}-{dep}", mode, args.n, args.concurrency,
                                   before=lambda k, kind=kind, params=params: bad.fail_next(kind, k, **params))
                 hits = len(bad.requests)
                 bad.clear()
                 bad.fail_every(kind, 1, **params)
-                solo = await batch(client, f"solo-{slug(fault)}-{mode}", stream, args.n_solo, args.concurrency)
+                solo = await batch(client, f"solo-{slug(fault)}-{dep}", mode, args.n_solo, args.concurrency)
                 bad.clear()
                 want = EXPECTED[fault]
                 p99 = pct([r[3] for r in res], 0.99)
@@ -115,7 +148,12 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--n-solo", type=int, default=8)
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help=f"comma-separated, of {', '.join(MODES)} (default: all)")
     args = ap.parse_args()
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if unknown := sorted(set(args.modes) - set(MODES)):
+        ap.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
     with tempfile.TemporaryDirectory() as tmp, FakeOpenAI() as bad, FakeOpenAI() as good:
         cfg = gateway_config(bad, good, str(Path(tmp) / "fm.db"),
                              circuit={"failures": 100000, "window_s": 1, "cooldown_s": 0.1})
