@@ -176,6 +176,9 @@ class DifficultyModel:
     def __init__(self, components: list[Component] | None = None, config: DifficultyConfig | None = None) -> None:
         self.components = components or []
         self.config = config or DifficultyConfig()
+        self._stack: tuple[np.ndarray, ...] | None = None  # serving caches (`_stacked`, `_scatter`)
+        self._stack_ident: tuple[int, ...] | None = None
+        self._scatters: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
 
     def fit(
         self, rows: Sequence[OutcomeRow], X: np.ndarray, own_resemblance: np.ndarray | None = None
@@ -221,20 +224,81 @@ class DifficultyModel:
         if not self.components:
             return base
         keys = list(base)
-        pos = {k: j for j, k in enumerate(keys)}
         B = np.stack([np.asarray(base[k], np.float64) for k in keys], axis=1)
+        R = np.stack([np.asarray(resemblance[c.source], np.float64) for c in self.components], axis=1)
+        P = self.blend_matrix(B, tuple(keys), X, R)
+        return {k: P[:, j] for j, k in enumerate(keys)}
+
+    def blend_matrix(self, B: np.ndarray, keys: tuple[str, ...], X: np.ndarray, R: np.ndarray) -> np.ndarray:
+        """`blend` on matrices: `B` (n, len(keys)) the base predictions of `keys`, `R` (n, components) each
+        component's resemblance (in `sources` order); all components in one pass (serving: a few small
+        products instead of a dozen numpy calls per component)."""
+        if not self.components:
+            return B
+        st = self._stacked()
+        if st is None:  # components of different feature widths: one at a time
+            return self._blend_each(B, keys, X, R)
+        M, Wn, b, L, comp_of_col, link_cols = st
+        scatter, cols = self._scatter(keys)
+        if not len(cols):
+            return B
+        Xd = np.asarray(X[:, : M.shape[1]], np.float64)
+        D = np.einsum("ncd,cd->nc", Xd[:, None, :] - M, Wn) + b  # (n, components) predicted difficulty
+        Z = L[cols, 0] + D[:, comp_of_col[cols]] * L[cols, 1] + np.asarray(X[:, link_cols], np.float64) @ L[cols, 2:].T
+        P = 1 / (1 + np.exp(-np.clip(Z, -30, 30)))  # (n, covered columns)
+        typical = np.array([c.typical_resemblance for c in self.components], np.float64)
+        G = np.clip(R / typical, 0.0, 1.0)[:, comp_of_col[cols]]
+        num, wsum = (G * P) @ scatter, G @ scatter
+        w = np.minimum(wsum, 1.0)
+        return (1 - w) * B + w * (num / np.maximum(wsum, 1e-12))
+
+    def _blend_each(self, B: np.ndarray, keys: tuple[str, ...], X: np.ndarray, R: np.ndarray) -> np.ndarray:
+        pos = {k: j for j, k in enumerate(keys)}
         num, wsum = np.zeros_like(B), np.zeros_like(B)
-        for comp in self.components:
+        for i, comp in enumerate(self.components):
             cols = [(j, pos[k]) for j, k in enumerate(comp.candidates) if k in pos]
             if not cols:
                 continue
             src, dst = (np.array(c) for c in zip(*cols, strict=True))
-            g = np.clip(np.asarray(resemblance[comp.source], np.float64) / comp.typical_resemblance, 0.0, 1.0)
+            g = np.clip(R[:, i] / comp.typical_resemblance, 0.0, 1.0)
             num[:, dst] += g[:, None] * comp.predict(X)[:, src]
             wsum[:, dst] += g[:, None]
         w = np.minimum(wsum, 1.0)
-        P = (1 - w) * B + w * (num / np.maximum(wsum, 1e-12))
-        return {k: P[:, j] for j, k in enumerate(keys)}
+        return (1 - w) * B + w * (num / np.maximum(wsum, 1e-12))
+
+    def _stacked(self) -> tuple[np.ndarray, ...] | None:
+        """Every component's parameters stacked (cached per `components` list; a component's arrays are not
+        modified in place after fitting or loading): feature means
+        (c, d), ridge weights over the std (c, d), intercepts (c,), links of all (component, candidate)
+        columns (k, 2 + link features), the component of each column, the link feature columns. None when the
+        components differ in feature width."""
+        ident = tuple(map(id, self.components))
+        if self._stack_ident == ident:
+            return self._stack
+        widths = {len(c.mean) for c in self.components}
+        st: tuple[np.ndarray, ...] | None = None
+        if len(widths) == 1:
+            st = (np.stack([np.asarray(c.mean, np.float64) for c in self.components]),
+                  np.stack([np.asarray(c.coef, np.float64) / np.asarray(c.std, np.float64) for c in self.components]),
+                  np.array([c.intercept for c in self.components], np.float64),
+                  np.concatenate([np.asarray(c.link, np.float64) for c in self.components]),
+                  np.concatenate([np.full(len(c.candidates), i) for i, c in enumerate(self.components)]),
+                  np.array(_LINK_COLS))
+        self._stack, self._stack_ident, self._scatters = st, ident, {}
+        return st
+
+    def _scatter(self, keys: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """For base columns `keys`: the (component, candidate) columns among them and the (those columns,
+        len(keys)) 0/1 matrix that adds each column to its candidate's base column (cached per `keys`)."""
+        hit = self._scatters.get(keys)
+        if hit is None:
+            pos = {k: j for j, k in enumerate(keys)}
+            flat = [k for c in self.components for k in c.candidates]
+            cols = np.array([i for i, k in enumerate(flat) if k in pos], np.int64)
+            scatter = np.zeros((len(cols), len(keys)), np.float64)
+            scatter[np.arange(len(cols)), [pos[flat[i]] for i in cols]] = 1.0
+            hit = self._scatters[keys] = (scatter, cols)
+        return hit
 
     # --------------------------------------------------------------------------------- persistence
 

@@ -8,6 +8,7 @@ well under a millisecond for a 1,000-token prompt and needs neither torch nor an
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +19,65 @@ MAX_TOKENS = 2048
 WORD_CACHE_SIZE = 200_000
 
 
+class WordPieceIds:
+    """MiniLM WordPiece ids of texts, with the split of each whitespace-separated chunk remembered and the
+    last text's ids kept: the router's embedders (the main table and the kNN head's, `routing.neighbours`)
+    share one instance per tokenizer (`word_piece_ids`), so one decision tokenises its prompt once."""
+
+    def __init__(self, tokenizer_path: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(tokenizer_path))
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        self.words: dict[str, tuple[int, ...]] = {}
+        self._last: tuple[str, list[int]] = ("", [])
+
+    def __call__(self, text: str) -> list[int]:
+        """The ids of `text` (lower-cased, no special tokens; the returned list must not be modified).
+
+        Same ids as the tokenizer on the whole text (BERT splits on whitespace first, then on
+        punctuation, then WordPiece), but each distinct whitespace-separated chunk is tokenised once
+        and remembered: a 1,000-token prompt costs a `str.split` and dictionary lookups instead of a
+        full tokenizer call; the same text twice in a row (two embedders, one prompt) costs a comparison."""
+        last = self._last
+        if last[0] is text or last[0] == text:
+            return last[1]
+        out: list[int] = []
+        words = self.words
+        for w in text.lower().split():
+            ids = words.get(w)
+            if ids is None:
+                ids = tuple(self._tok.encode(w, add_special_tokens=False).ids)
+                if len(words) < WORD_CACHE_SIZE:
+                    words[w] = ids
+            out.extend(ids)
+            if len(out) > 4 * MAX_TOKENS:
+                break
+        self._last = (text, out)
+        return out
+
+
+_SHARED_IDS: dict[str, WordPieceIds] = {}
+
+
+def word_piece_ids(tokenizer_path: Path) -> WordPieceIds:
+    """The process's `WordPieceIds` for this tokenizer file's content (one per distinct tokenizer)."""
+    raw = Path(tokenizer_path).read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    found = _SHARED_IDS.get(digest)
+    if found is None:
+        found = _SHARED_IDS[digest] = WordPieceIds(Path(tokenizer_path))
+    return found
+
+
 class StaticEmbedder:
     """Maps texts to L2-normalised mean token vectors."""
 
     def __init__(self, table: np.ndarray, tokenizer_path: Path) -> None:
-        from tokenizers import Tokenizer
-
         self.table = np.ascontiguousarray(table, dtype=np.float32)
         self.dims = int(self.table.shape[1])
-        self._tok = Tokenizer.from_file(str(tokenizer_path))
-        self._tok.no_truncation()
-        self._tok.no_padding()
-        self._words: dict[str, tuple[int, ...]] = {}
+        self.token_ids = word_piece_ids(tokenizer_path)
 
     @classmethod
     def load(cls, directory: str | Path) -> StaticEmbedder:
@@ -41,26 +89,6 @@ class StaticEmbedder:
             else:
                 table = z["table"].astype(np.float32)
         return cls(table, directory / "tokenizer.json")
-
-    def token_ids(self, text: str) -> list[int]:
-        """MiniLM WordPiece ids of a text (lower-cased, no special tokens).
-
-        Same ids as the tokenizer on the whole text (BERT splits on whitespace first, then on
-        punctuation, then WordPiece), but each distinct whitespace-separated chunk is tokenised once
-        and remembered: a 1,000-token prompt costs a `str.split` and dictionary lookups instead of a
-        full tokenizer call."""
-        out: list[int] = []
-        words = self._words
-        for w in text.lower().split():
-            ids = words.get(w)
-            if ids is None:
-                ids = tuple(self._tok.encode(w, add_special_tokens=False).ids)
-                if len(words) < WORD_CACHE_SIZE:
-                    words[w] = ids
-            out.extend(ids)
-            if len(out) > 4 * MAX_TOKENS:
-                break
-        return out
 
     def vector(self, ids: list[int]) -> np.ndarray:
         """The embedding of a token-id sequence."""

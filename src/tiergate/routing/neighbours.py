@@ -62,6 +62,8 @@ NPZ, META = "neighbours.npz", "neighbours.json"
 #: sklearn's default `token_pattern`, applied to the lower-cased text (as `TfidfVectorizer` does).
 TOKEN_PATTERN = re.compile(r"(?u)\b\w\w+\b")
 _EMB_START = len(STRUCT_NAMES)
+#: Stride of the sample that sets the kNN head's pre-selection threshold (`_top_k`).
+_TOPK_STRIDE = 16
 _CLIP = 0.01  # scores are clipped to [_CLIP, 1 - _CLIP] before taking logits
 #: A prompt whose gate (resemblance to the file / typical resemblance) is below this keeps the main
 #: model's prediction exactly, and the component is not computed for it (serving cost, and no noise
@@ -225,12 +227,11 @@ def _fit_tfidf_heads(A: Any, Y: np.ndarray, seen: np.ndarray, C: float) -> tuple
 def _knn_means(E_ref: np.ndarray, S_ref: np.ndarray, E_q: np.ndarray, ks: Sequence[int]) -> dict[int, np.ndarray]:
     """For each k: per query the mean of S_ref (rows, m) over its k most similar reference rows."""
     kmax = min(max(ks), len(E_ref))
+    if len(E_q) == 1 and len(ks) == 1:
+        return {ks[0]: _knn_mean_one(E_ref, S_ref, E_q[0], kmax)[None]}
     out = {k: np.empty((len(E_q), S_ref.shape[1]), np.float32) for k in ks}
     for start in range(0, len(E_q), 512):
-        # one prompt (serving): a single-threaded mat-vec (einsum); a BLAS call for one vector costs 10x
-        # more when its threads wait for busy cores
-        sims = (np.einsum("ij,j->i", E_ref, E_q[start])[None] if len(E_q) == 1
-                else E_q[start:start + 512] @ E_ref.T)
+        sims = E_q[start:start + 512] @ E_ref.T
         idx = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax]
         order = np.argsort(-np.take_along_axis(sims, idx, axis=1), axis=1)
         idx = np.take_along_axis(idx, order, axis=1)
@@ -238,6 +239,31 @@ def _knn_means(E_ref: np.ndarray, S_ref: np.ndarray, E_q: np.ndarray, ks: Sequen
         for k in ks:
             out[k][start:start + 512] = csum[:, min(k, kmax) - 1] / min(k, kmax)
     return out
+
+
+def _knn_mean_one(E_ref: np.ndarray, S_ref: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    """`_knn_means` for one query and one k (serving): the same neighbours, summed in the same order (most
+    similar first), without the batch path's (q, kmax, m) cumulative sums. The mat-vec is a single-threaded
+    einsum: a BLAS call for one vector costs 10x more when its threads wait for busy cores."""
+    sims = np.einsum("ij,j->i", E_ref, q)
+    idx = _top_k(sims, k)
+    idx = idx[np.argsort(-sims[idx])]
+    return S_ref[idx].sum(axis=0) / k
+
+
+def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values of `sims` (any order). A partial sort of the whole vector costs ~10 ns
+    a row; instead, a threshold that a sample of every `_TOPK_STRIDE`-th value puts a few hundred rows above
+    (in expectation) selects the rows to sort, with the whole vector as fallback when fewer than k pass."""
+    n = len(sims)
+    j = 2 * (k // _TOPK_STRIDE) + 8  # the j-th largest of the sample: ~_TOPK_STRIDE * j rows pass
+    sample = sims[::_TOPK_STRIDE]
+    if n >= 4 * _TOPK_STRIDE * j and j < len(sample):
+        t = np.partition(sample, len(sample) - j)[len(sample) - j]
+        rows = np.flatnonzero(sims >= t)
+        if len(rows) >= k:
+            return rows[np.argpartition(-sims[rows], k - 1)[:k]]
+    return np.argpartition(-sims, k - 1)[:k]
 
 
 def _group_folds(texts: Sequence[str], folds: int, seed: int) -> np.ndarray:
@@ -417,30 +443,45 @@ class NeighbourModel:
         if not self.components:
             return base
         keys = list(base)
-        pos = {k: j for j, k in enumerate(keys)}
         B = np.stack([np.asarray(base[k], np.float64) for k in keys], axis=1)
-        num, wsum = np.zeros_like(B), np.zeros_like(B)
+        R = np.stack([np.asarray(resemblance[c.source], np.float64) for c in self.components], axis=1)
+        P = self.blend_matrix(B, keys, X, texts, R, only)
+        return {k: P[:, j] for j, k in enumerate(keys)}
+
+    def blend_matrix(
+        self, B: np.ndarray, keys: Sequence[str], X: np.ndarray, texts: Sequence[str], R: np.ndarray,
+        only: set[str] | None = None,
+    ) -> np.ndarray:
+        """`blend` on matrices: `B` (n, len(keys)) the base predictions of `keys`, `R` (n, components) each
+        component's resemblance (in `sources` order). Returns `B` itself when no gate opens."""
+        pos: dict[str, int] | None = None
+        num = wsum = None
         grams: dict[int, Counter[str]] = {}  # word 1-2 gram counts, once per prompt for all components
-        for comp in self.components:
+        for ci, comp in enumerate(self.components):
+            g = np.clip(R[:, ci] / comp.typical_resemblance, 0.0, 1.0)
+            rows = np.flatnonzero(g >= GATE_MIN)
+            if not len(rows):
+                continue
+            if pos is None:
+                pos = {k: j for j, k in enumerate(keys)}
             cols = [(j, pos[k]) for j, k in enumerate(comp.candidates) if k in pos and (only is None or k in only)]
             if not cols:
                 continue
             src, dst = (np.array(c) for c in zip(*cols, strict=True))
-            g = np.clip(np.asarray(resemblance[comp.source], np.float64) / comp.typical_resemblance, 0.0, 1.0)
-            rows = np.flatnonzero(g >= GATE_MIN)
-            if not len(rows):
-                continue
             for i in rows:
                 if i not in grams:
                     grams[i] = gram_counts(texts[i])
             main = np.full((len(rows), len(comp.candidates)), 0.5)  # (the stack is per candidate: filler)
             main[:, src] = B[np.ix_(rows, dst)]
             P = comp.predict(X[rows], [grams[i] for i in rows], main, [texts[i] for i in rows])
+            if num is None:
+                num, wsum = np.zeros_like(B), np.zeros_like(B)
             num[np.ix_(rows, dst)] += g[rows, None] * P[:, src]
             wsum[np.ix_(rows, dst)] += g[rows, None]
+        if num is None:
+            return B
         w = np.minimum(wsum, 1.0)
-        P = (1 - w) * B + w * (num / np.maximum(wsum, 1e-12))
-        return {k: P[:, j] for j, k in enumerate(keys)}
+        return (1 - w) * B + w * (num / np.maximum(wsum, 1e-12))
 
     # --------------------------------------------------------------------------------- persistence
 

@@ -376,17 +376,18 @@ class QualityModel:
         the pair's strong member is moved to p_weak + the blended gain (routing.steps) on the prompts no
         neighbourhood component covering the pair is computed for; any other candidate
         set (more or fewer candidates, or None) leaves every prediction as it was."""
-        P = _sigmoid(self.logits_features(X))
-        out = {k: P[:, j].astype(np.float64) for j, k in enumerate(self._keys)}
+        P = _sigmoid(self.logits_features(X)).astype(np.float64)
+        keys = tuple(self._keys)
         dm, nm = self.difficulty_model, self.neighbour_model
         if (dm is not None and dm.components) or (nm is not None and texts is not None):
             pi = self.resemblance(X)
         # --- difficulty component: covered candidates move towards it as the prompt resembles its file ---
         if dm is not None and dm.components:
-            out = dm.blend(out, X, {s: pi[:, self.sources.index(s)] for s in dm.sources})
+            P = dm.blend_matrix(P, keys, X, pi[:, [self.sources.index(s) for s in dm.sources]])
         # --- neighbourhood component: the same, for large files, stacked on the prediction so far ---
-        if nm is not None and texts is not None:
-            out = nm.blend(out, X, texts, {s: pi[:, self.sources.index(s)] for s in nm.sources}, only)
+        if nm is not None and texts is not None and nm.components:
+            P = nm.blend_matrix(P, keys, X, texts, pi[:, [self.sources.index(s) for s in nm.sources]], only)
+        out = {k: P[:, j] for j, k in enumerate(keys)}
         # --- pair-gain component: only when routing between exactly one fitted pair (RouteLLM's setting), for
         # the prompts no neighbourhood component covering the pair is computed for (no in-file evidence) ---
         pgm = self.pair_gain_model

@@ -1,0 +1,84 @@
+"""The router's serving fast paths give what the general paths give: the one-query kNN mean and its top-k
+pre-selection (routing.neighbours), the stacked difficulty blend (routing.difficulty), and the token ids
+shared by the main and kNN embedders (routing.embed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tiergate.routing.difficulty import Component, DifficultyModel
+from tiergate.routing.embed import StaticEmbedder, WordPieceIds, word_piece_ids
+from tiergate.routing.neighbours import _knn_means, _top_k
+from tiergate.routing.quality import ARTIFACTS_DIR
+
+
+def _unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    E = rng.standard_normal((n, d)).astype(np.float32)
+    return E / np.linalg.norm(E, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(("n", "k"), [(5000, 100), (5000, 25), (300, 50), (60, 60)])
+def test_one_query_knn_mean_equals_batch(n: int, k: int) -> None:
+    rng = np.random.default_rng(n + k)
+    E, S = _unit_rows(rng, n, 32), rng.random((n, 3)).astype(np.float32)
+    Q = _unit_rows(rng, 6, 32)
+    batch = _knn_means(E, S, Q, (k,))[k]  # several queries: the general path
+    one = np.stack([_knn_means(E, S, q[None], (k,))[k][0] for q in Q])
+    np.testing.assert_allclose(one, batch, rtol=1e-6)
+
+
+def test_top_k_selects_the_k_largest() -> None:
+    rng = np.random.default_rng(0)
+    cases = [rng.standard_normal(14_000), np.sort(rng.standard_normal(14_000)), -np.sort(rng.standard_normal(9000)),
+             np.r_[np.zeros(13_900), rng.random(100) + 1], rng.standard_normal(700), np.full(5000, 0.5)]
+    for sims in cases:
+        sims = sims.astype(np.float32)
+        for k in (1, 50, 100, 400):
+            got = _top_k(sims, k)
+            assert len(got) == k == len(set(got.tolist()))
+            np.testing.assert_array_equal(np.sort(sims[got]), np.sort(sims)[-k:])
+
+
+def test_stacked_difficulty_blend_equals_per_component() -> None:
+    rng = np.random.default_rng(1)
+    d = 12
+    comps = [Component(f"file{i}", cands, rng.standard_normal(d), rng.random(d) + 0.5, rng.standard_normal(d),
+                       float(rng.standard_normal()), rng.standard_normal((len(cands), 4)), 0.5,
+                       typical_resemblance=0.4 + 0.2 * i)
+             for i, cands in enumerate([["a", "b", "c"], ["b", "c", "d"], ["c", "x"]])]
+    dm = DifficultyModel(comps)
+    keys = ("a", "b", "c", "d", "e")
+    X = rng.standard_normal((7, 30)).astype(np.float32)
+    B = rng.random((7, len(keys)))
+    R = rng.random((7, len(comps)))
+    stacked = dm.blend_matrix(B, keys, X, R)
+    np.testing.assert_allclose(stacked, dm._blend_each(B, keys, X, R), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(stacked[:, 4], B[:, 4])  # "e": no component covers it
+    # the dict interface (tests, evaluation) is the same computation
+    out = dm.blend({k: B[:, j] for j, k in enumerate(keys)}, X, {c.source: R[:, i] for i, c in enumerate(comps)})
+    np.testing.assert_allclose(np.column_stack([out[k] for k in keys]), stacked, rtol=1e-12)
+    # a gate changed after a blend is honoured (the stacked parameters are cached, the gates are not)
+    comps[0].typical_resemblance = 0.01
+    np.testing.assert_allclose(dm.blend_matrix(B, keys, X, R), dm._blend_each(B, keys, X, R), rtol=1e-12)
+
+
+def test_embedders_share_token_ids() -> None:
+    from tokenizers import Tokenizer
+
+    path = ARTIFACTS_DIR / "tokenizer.json"
+    rng = np.random.default_rng(2)
+    main = StaticEmbedder(rng.standard_normal((30522, 8)).astype(np.float32), path)
+    knn = StaticEmbedder(rng.standard_normal((30522, 4)).astype(np.float32), path)
+    assert main.token_ids is knn.token_ids is word_piece_ids(path)
+    tok = Tokenizer.from_file(str(path))
+    tok.no_padding()
+    tok.no_truncation()
+    fresh = WordPieceIds(path)  # a private instance: no shared word cache, no remembered text
+    texts = ["Compute the Probability of drawing 3 red balls?", "def f(x):\n    return x**2  # square",
+             "Compute the Probability of drawing 3 red balls?", "naïve café déjà-vu", ""]
+    for text in texts:  # alternating texts: the remembered last text must not leak into the next
+        ids = main.token_ids(text)
+        assert ids == tok.encode(text.lower(), add_special_tokens=False).ids == fresh(text)
+        assert knn.token_ids(text) is ids  # the second embedder of a decision reuses the first's ids
+        np.testing.assert_array_equal(knn.embed([text])[0], knn.vector(fresh(text)))
