@@ -9,12 +9,23 @@ Answers: with tools and no tool_result in the last turn -> a `tool_use` of the f
 filled from the schema's required properties); otherwise text `echo: <last user text>`. With
 thinking enabled a thinking block comes first. Failures on demand: `fail_next` holds (status,
 error type) answers for the next requests; `stream_error_after` sends an `error` event mid-stream.
+
+Message Batches (`/v1/messages/batches`: create, list, retrieve, cancel, results): every request's
+`custom_id` (1-64 of `[A-Za-z0-9_-]`, unique) and `params` (as for /v1/messages, no `stream`) are
+checked the same way, and each create body is kept in `batch_creates`. A batch ends after
+`batch_polls_to_end` retrievals; its results come back in reverse request order: `errored` for a last
+user text containing "fail", `expired` for "expire", `canceled` for every request of a cancelled batch,
+else `succeeded` with the answer above. `lose_next_batch_create` accepts a batch and answers 500, as
+when the connection drops after Anthropic has taken it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Self
 
 import orjson
@@ -25,6 +36,7 @@ ALLOWED_TOP = {
     "stream", "metadata", "tools", "tool_choice", "thinking", "service_tier",
 }
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
+CUSTOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def check_request(body: Any, headers: dict[str, str], api_key: str) -> list[str]:
@@ -170,6 +182,11 @@ class FakeAnthropic:
     stream_error_after: int | None = None  # send an `error` event after this many text deltas
     requests: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    batch_polls_to_end: int = 2
+    lose_next_batch_create: bool = False
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {batch, requests, polls, results}
+    batch_creates: list[dict[str, Any]] = field(default_factory=list)
+    batch_calls: list[str] = field(default_factory=list)  # "METHOD /path" of every batch request
     port: int = 0
     _runner: web.AppRunner | None = None
 
@@ -180,6 +197,11 @@ class FakeAnthropic:
     async def start(self) -> FakeAnthropic:
         app = web.Application()
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/batches", self._batch_create)
+        app.router.add_get("/v1/messages/batches", self._batch_list)
+        app.router.add_get("/v1/messages/batches/{id}", self._batch_get)
+        app.router.add_post("/v1/messages/batches/{id}/cancel", self._batch_cancel)
+        app.router.add_get("/v1/messages/batches/{id}/results", self._batch_results)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -305,3 +327,126 @@ class FakeAnthropic:
         await send({"type": "message_stop"})
         await resp.write_eof()
         return resp
+
+    # ------------------------------------------------------------ Message Batches
+
+    def _batch_headers(self, request: web.Request) -> web.Response | None:
+        self.batch_calls.append(f"{request.method} {request.path_qs}")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        problems = check_request({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]},
+                                 headers, self.api_key)
+        if problems:
+            self.problems.extend(problems)
+            return self._err(401, "authentication_error", "; ".join(problems))
+        return None
+
+    def _batch(self, request: web.Request) -> dict[str, Any] | None:
+        return self.batches.get(request.match_info["id"])
+
+    async def _batch_create(self, request: web.Request) -> web.Response:
+        if (bad := self._batch_headers(request)) is not None:
+            return bad
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        body = orjson.loads(await request.read())
+        self.batch_creates.append(body)
+        problems: list[str] = []
+        if not isinstance(body, dict) or set(body) != {"requests"} or not body["requests"]:
+            problems.append("body must be {requests: [...]} with at least one request")
+            reqs = []
+        else:
+            reqs = body["requests"]
+        seen: set[str] = set()
+        for i, r in enumerate(reqs):
+            cid = r.get("custom_id")
+            if not isinstance(cid, str) or not CUSTOM_ID.fullmatch(cid):
+                problems.append(f"requests.{i}.custom_id: must match ^[a-zA-Z0-9_-]{{1,64}}$, got {cid!r}")
+            elif cid in seen:
+                problems.append(f"requests.{i}.custom_id: duplicate {cid!r}")
+            seen.add(str(cid))
+            if set(r) != {"custom_id", "params"}:
+                problems.append(f"requests.{i}: unexpected keys {sorted(r)}")
+            params = r.get("params")
+            if isinstance(params, dict) and "stream" in params:
+                problems.append(f"requests.{i}.params.stream: not supported in batches")
+            problems += [f"requests.{i}.params.{p}" for p in check_request(params, headers, self.api_key)]
+        if problems:
+            self.problems.extend(problems)
+            return self._err(400, "invalid_request_error", "; ".join(problems))
+        bid = f"msgbatch_fake{len(self.batches)}"
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        batch = {"id": bid, "type": "message_batch", "processing_status": "in_progress",
+                 "request_counts": {"processing": len(reqs), "succeeded": 0, "errored": 0, "canceled": 0,
+                                    "expired": 0},
+                 "created_at": now, "ended_at": None, "expires_at": None, "cancel_initiated_at": None,
+                 "archived_at": None, "results_url": None}
+        self.batches[bid] = {"batch": batch, "requests": reqs, "polls": 0, "results": None}
+        if self.lose_next_batch_create:
+            self.lose_next_batch_create = False
+            return self._err(500, "api_error", "connection lost (fake)")
+        return web.json_response(batch)
+
+    async def _batch_list(self, request: web.Request) -> web.Response:
+        if (bad := self._batch_headers(request)) is not None:
+            return bad
+        items = [b["batch"] for b in reversed(self.batches.values())]  # newest first
+        after = request.query.get("after_id")
+        if after:
+            ids = [b["id"] for b in items]
+            items = items[ids.index(after) + 1:] if after in ids else []
+        limit = int(request.query.get("limit", 20))
+        page = items[:limit]
+        return web.json_response({"data": page, "has_more": len(items) > limit,
+                                  "first_id": page[0]["id"] if page else None,
+                                  "last_id": page[-1]["id"] if page else None})
+
+    async def _batch_get(self, request: web.Request) -> web.Response:
+        if (bad := self._batch_headers(request)) is not None:
+            return bad
+        b = self._batch(request)
+        if b is None:
+            return self._err(404, "not_found_error", "no such batch")
+        b["polls"] += 1
+        if b["batch"]["processing_status"] == "canceling" or (
+                b["batch"]["processing_status"] == "in_progress" and b["polls"] >= self.batch_polls_to_end):
+            self._end(b)
+        return web.json_response(b["batch"])
+
+    async def _batch_cancel(self, request: web.Request) -> web.Response:
+        if (bad := self._batch_headers(request)) is not None:
+            return bad
+        b = self._batch(request)
+        if b is None:
+            return self._err(404, "not_found_error", "no such batch")
+        if b["batch"]["processing_status"] == "in_progress":
+            b["batch"]["processing_status"] = "canceling"
+            b["batch"]["cancel_initiated_at"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        return web.json_response(b["batch"])
+
+    async def _batch_results(self, request: web.Request) -> web.Response:
+        if (bad := self._batch_headers(request)) is not None:
+            return bad
+        b = self._batch(request)
+        if b is None or b["results"] is None:
+            return self._err(400 if b else 404, "invalid_request_error", "batch has not ended")
+        return web.Response(body=b"\n".join(orjson.dumps(r) for r in reversed(b["results"])) + b"\n",
+                            content_type="application/binary")
+
+    def _end(self, b: dict[str, Any]) -> None:
+        batch, results = b["batch"], []
+        counts = dict.fromkeys(("processing", "succeeded", "errored", "canceled", "expired"), 0)
+        for r in b["requests"]:
+            text = _last_user_text(r["params"]["messages"])
+            if batch["processing_status"] == "canceling":
+                result: dict[str, Any] = {"type": "canceled"}
+            elif "fail" in text:
+                result = {"type": "errored", "error": {"type": "error", "error": {
+                    "type": "invalid_request_error", "message": "fake refusal of this request"}}}
+            elif "expire" in text:
+                result = {"type": "expired"}
+            else:
+                result = {"type": "succeeded", "message": self.answer(r["params"])}
+            counts[result["type"]] += 1
+            results.append({"custom_id": r["custom_id"], "result": result})
+        b["results"] = results
+        batch.update(processing_status="ended", request_counts=counts, ended_at=time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                     results_url=f"{self.base_url}/v1/messages/batches/{batch['id']}/results")

@@ -44,7 +44,7 @@ class BatchSettings:
     max_attempts: int = 3  # claims of one line (crashes while running it) before it is failed
     rate_limit_retries: int = 6  # 429/503 from the gateway itself: back off and retry the line this often
     window_s: float = 24 * 3600.0  # completion_window "24h"
-    forward_upstream: bool = False  # send batches for OpenAI-only models to OpenAI's Batch API
+    forward_upstream: bool = False  # send batches for one OpenAI or Anthropic model to its own batch API
     run_workers: bool = True  # False: this replica serves the API but runs no batch lines
     upstream_poll_s: float = 30.0  # how often a forwarded batch is polled upstream
 

@@ -152,6 +152,13 @@ class BatchStore:
     async def update_upstream(self, batch_id: str, upstream: dict[str, Any]) -> None:
         await self.db.execute("UPDATE batches SET upstream = ? WHERE id = ?", _dumps(upstream), batch_id)
 
+    async def upstream_batch_ids(self, *, except_batch: str) -> set[str]:
+        """The upstream batch ids other forwarded batches hold (so a takeover never adopts one of them)."""
+        rows = await self.db.fetch("SELECT upstream FROM batches WHERE mode = 'upstream' AND upstream IS NOT NULL "
+                                   "AND id <> ?", except_batch)
+        ids = (orjson.loads(r["upstream"]).get("batch_id") for r in rows)
+        return {i for i in ids if isinstance(i, str)}
+
     # ------------------------------------------------------------ lines
 
     async def claim(self, batch_id: str, owner: str, n: int, lease_s: float, max_attempts: int) -> list[Claimed]:

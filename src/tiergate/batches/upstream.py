@@ -1,12 +1,17 @@
-"""Forwarding a batch to OpenAI's own Batch API (config `batches.forward_upstream: true`).
+"""Forwarding a batch to the provider's own batch API (config `batches.forward_upstream: true`).
 
 A batch qualifies when every line names the same configured model (not `auto`) and that model's first
-deployment speaks the OpenAI protocol (`openai` provider). The input is rewritten with the upstream
-model name, uploaded (`POST /files`, purpose batch), and a batch is created upstream with metadata
-`tiergate_batch_id`; the batch row keeps the upstream ids, so a replica that takes over after a crash
-finds the upstream batch instead of creating a second one. One replica at a time polls it (batch-level
-lease). When it ends, every result line is stored under its custom_id and billed once at the batch price
-(catalogue `batch_factor`), with the line's stable request id.
+deployment speaks a protocol with a batch client here: `openai` (OpenAI Files + Batch API, this module)
+or `anthropic` (Message Batches, `batches.upstream_anthropic`). `upstream_target` picks the protocol;
+`work_upstream` drives either client through the interface in `batches.upstream_common`.
+
+OpenAI: the input is rewritten with the upstream model name, uploaded (`POST /files`, purpose batch),
+and a batch is created upstream with metadata `tiergate_batch_id`, so a replica that takes over after a
+crash finds it instead of creating a second one. Anthropic has no metadata; see that module for how its
+create call is made crash-safe. Either way the batch row keeps the upstream ids, one replica at a time
+polls (batch-level lease), cancel is forwarded, and when the upstream batch ends every result is stored
+under its line's custom_id and billed once at the batch price (catalogue `batch_factor`) with the line's
+stable request id.
 """
 
 from __future__ import annotations
@@ -20,6 +25,16 @@ import orjson
 
 from tiergate.accounting.pricing import cost_usd, usage_breakdown
 from tiergate.batches.store import line_request_id
+from tiergate.batches.upstream_anthropic import AnthropicBatchClient
+from tiergate.batches.upstream_common import (
+    UPSTREAM_DONE,
+    JsonHttp,
+    LineResult,
+    Polled,
+    Settle,
+    UpstreamBatchClient,
+    UpstreamBatchError,
+)
 from tiergate.wire.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -27,9 +42,12 @@ if TYPE_CHECKING:
     from tiergate.providers.base import Deployment
     from tiergate.server.gateway import Gateway
 
+__all__ = ["UpstreamBatchError", "upstream_target", "work_upstream"]
+
 log = logging.getLogger("tiergate.batches")
 DEFAULT_BASE = "https://api.openai.com/v1"
-UPSTREAM_DONE = ("completed", "failed", "expired", "cancelled")
+PROTOCOLS = ("openai", "anthropic")  # providers whose own batch API a batch can be forwarded to
+RETRIED = (UpstreamBatchError, aiohttp.ClientError, TimeoutError, KeyError, ValueError, orjson.JSONDecodeError)
 
 
 def upstream_target(gw: Gateway, lines: list[tuple[str, str]]) -> dict[str, Any] | None:
@@ -39,60 +57,94 @@ def upstream_target(gw: Gateway, lines: list[tuple[str, str]]) -> dict[str, Any]
         return None
     model = models.pop()
     mc = gw.config.model(model) if isinstance(model, str) else None
-    if mc is None or not mc.deployments or mc.deployments[0].provider != "openai":
+    if mc is None or not mc.deployments or mc.deployments[0].provider not in PROTOCOLS:
         return None
-    return {"model": model, "deployment": mc.deployments[0].id, "state": "new"}
-
-
-class UpstreamBatchError(Exception):
-    pass
+    return {"protocol": mc.deployments[0].provider, "model": model, "deployment": mc.deployments[0].id,
+            "state": "new"}
 
 
 class OpenAIBatchClient:
     """The few Files/Batches calls we need, over the gateway's shared aiohttp session."""
 
-    def __init__(self, session: aiohttp.ClientSession, dep: Deployment) -> None:
-        self.session = session
-        self.base = (dep.api_base or DEFAULT_BASE).rstrip("/")
-        self.headers = dict(dep.headers)
+    def __init__(self, session: aiohttp.ClientSession, dep: Deployment, model: str) -> None:
+        headers = dict(dep.headers)
         if dep.api_key is not None:
-            self.headers["Authorization"] = f"Bearer {dep.api_key.value}"
-
-    async def _req(self, method: str, path: str, *, json_body: Any = None, **kw: Any) -> bytes:
-        headers = dict(self.headers)
-        if json_body is not None:
-            headers["Content-Type"] = "application/json"
-            kw["data"] = orjson.dumps(json_body)
-        async with self.session.request(method, self.base + path, headers=headers,
-                                        timeout=aiohttp.ClientTimeout(total=300), **kw) as resp:
-            raw = await resp.read()
-            if resp.status >= 400:
-                raise UpstreamBatchError(f"{method} {path}: HTTP {resp.status}: {raw[:300].decode('utf-8', 'replace')}")
-            return raw
+            headers["Authorization"] = f"Bearer {dep.api_key.value}"
+        self.http = JsonHttp(session, dep.api_base or DEFAULT_BASE, headers)
+        self.upstream_model = dep.upstream_model or model
 
     async def upload(self, content: bytes, filename: str) -> str:
         form = aiohttp.FormData()
         form.add_field("purpose", "batch")
         form.add_field("file", content, filename=filename, content_type="application/jsonl")
-        return orjson.loads(await self._req("POST", "/files", data=form))["id"]
+        return (await self.http.json("POST", "/files", data=form))["id"]
 
     async def create(self, file_id: str, endpoint: str, tag: str) -> dict[str, Any]:
         body = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h",
                 "metadata": {"tiergate_batch_id": tag}}
-        return orjson.loads(await self._req("POST", "/batches", json_body=body))
+        return await self.http.json("POST", "/batches", json_body=body)
 
     async def find(self, tag: str) -> dict[str, Any] | None:
-        data = orjson.loads(await self._req("GET", "/batches?limit=100")).get("data") or []
+        data = (await self.http.json("GET", "/batches?limit=100")).get("data") or []
         return next((b for b in data if (b.get("metadata") or {}).get("tiergate_batch_id") == tag), None)
 
-    async def get(self, batch_id: str) -> dict[str, Any]:
-        return orjson.loads(await self._req("GET", f"/batches/{batch_id}"))
+    async def _input(self, store: Any, bid: str, endpoint: str) -> bytes:
+        out = []
+        for r in await store.lines_needing_upstream_results(bid):
+            body = orjson.loads(r["body"])
+            body["model"] = self.upstream_model
+            body.pop("tiergate", None)
+            out.append(orjson.dumps({"custom_id": r["custom_id"], "method": "POST", "url": endpoint, "body": body}))
+        return b"\n".join(out) + b"\n"
+
+    # ------------------------------------------------------------ the client interface
+
+    async def submit(self, store: Any, batch: dict[str, Any], up: dict[str, Any], settle: Settle) -> None:
+        bid = batch["id"]
+        found = await self.find(bid) if up.get("file_id") else None
+        if found is None:
+            if not up.get("file_id"):
+                up["file_id"] = await self.upload(await self._input(store, bid, batch["endpoint"]), f"{bid}.jsonl")
+                await store.update_upstream(bid, up)
+            found = await self.create(up["file_id"], batch["endpoint"], bid)
+        up["batch_id"] = found["id"]
+
+    async def poll(self, batch_id: str) -> Polled:
+        ub = await self.http.json("GET", f"/batches/{batch_id}")
+        return Polled(status=ub.get("status") or "in_progress", counts=ub.get("request_counts") or {},
+                      errors=ub.get("errors"), raw=ub)
 
     async def cancel(self, batch_id: str) -> None:
-        await self._req("POST", f"/batches/{batch_id}/cancel")
+        await self.http.request("POST", f"/batches/{batch_id}/cancel")
 
-    async def content(self, file_id: str) -> bytes:
-        return await self._req("GET", f"/files/{file_id}/content")
+    async def results(self, polled: Polled, up: dict[str, Any], lines: list[dict[str, Any]]) -> list[LineResult]:
+        by_cid = {r["custom_id"]: r["line_no"] for r in lines}
+        out = []
+        for fid, ok in ((polled.raw.get("output_file_id"), True), (polled.raw.get("error_file_id"), False)):
+            if not fid:
+                continue
+            for raw in (await self.http.request("GET", f"/files/{fid}/content")).splitlines():
+                if not raw.strip():
+                    continue
+                line = orjson.loads(raw)
+                line_no = by_cid.get(line.get("custom_id"))
+                if line_no is None:
+                    continue
+                resp = line.get("response") or {}
+                status = int(resp.get("status_code") or 0) or None
+                body = resp.get("body") if isinstance(resp.get("body"), dict) else {}
+                good = ok and status is not None and 200 <= status < 300
+                out.append(LineResult(line_no=line_no, ok=good, status_code=status, body=body if resp else None,
+                                      error=line.get("error"), usage=body.get("usage")))
+        return out
+
+
+def _client(gw: Gateway, up: dict[str, Any], endpoint: str) -> UpstreamBatchClient:
+    mc = gw.config.model(up["model"])
+    dep = next(d for d in mc.deployments if d.id == up["deployment"])
+    if up.get("protocol", "openai") == "anthropic":
+        return AnthropicBatchClient(gw.session_factory(), gw, dep, up["model"], endpoint)
+    return OpenAIBatchClient(gw.session_factory(), dep, up["model"])
 
 
 async def work_upstream(runner: BatchRunner, b: dict[str, Any]) -> None:
@@ -100,98 +152,101 @@ async def work_upstream(runner: BatchRunner, b: dict[str, Any]) -> None:
     gw, store, s = runner.gw, runner.store, runner.settings
     bid = b["id"]
     up = orjson.loads(b["upstream"])
-    mc = gw.config.model(up["model"])
-    dep = next(d for d in mc.deployments if d.id == up["deployment"])
-    client = OpenAIBatchClient(gw.session_factory(), dep)
+    client = _client(gw, up, b["endpoint"])
     lease = max(2 * s.upstream_poll_s, s.lease_s)
     while not runner._stopping:
         if not await store.take_batch_lease(bid, runner.owner, lease):
             return  # another replica drives it
         cur = await store.get_batch(bid, owner_check=False) or {}
         try:
-            if up.get("state") == "new":
-                found = await client.find(bid) if up.get("file_id") else None
-                if found is None:
-                    if not up.get("file_id"):
-                        up["file_id"] = await client.upload(await _input(store, bid, dep, up["model"]),
-                                                            f"{bid}.jsonl")
-                        await store.update_upstream(bid, up)
-                    found = await client.create(up["file_id"], cur["endpoint"], bid)
-                up.update(state="submitted", batch_id=found["id"])
-                await store.update_upstream(bid, up)
-            ub = await client.get(up["batch_id"])
-            up["request_counts"] = ub.get("request_counts")
-            up["status"] = ub.get("status")
-            await store.update_upstream(bid, up)
-            if cur.get("status") == "cancelling" and ub.get("status") not in (*UPSTREAM_DONE, "cancelling"):
-                await client.cancel(up["batch_id"])
-            if ub.get("status") in UPSTREAM_DONE:
-                await _collect(gw, store, client, cur, ub, up)
+            if up.get("state") == "new" and not up.get("file_id") and cur.get("status") == "cancelling":
+                # cancelled before anything was sent upstream
+                await _finish(store, cur, up, Polled(status="cancelled"))
                 return
-        except (UpstreamBatchError, aiohttp.ClientError, TimeoutError, KeyError, orjson.JSONDecodeError) as e:
+            if up.get("state") != "submitted":
+                async def settle(results: list[LineResult], cur: dict[str, Any] = cur) -> None:
+                    await _store_results(gw, store, cur, up, results)
+
+                await client.submit(store, cur, up, settle)
+                up["state"] = "submitted"
+                await store.update_upstream(bid, up)
+            if up.get("batch_id") is None:  # every line was answered without going upstream
+                polled = Polled(status="completed")
+            else:
+                polled = await client.poll(up["batch_id"])
+                refused = int(up.get("refused") or 0)
+                up["request_counts"] = {"total": int(polled.counts.get("total", 0)) + refused,
+                                        "completed": int(polled.counts.get("completed", 0)),
+                                        "failed": int(polled.counts.get("failed", 0)) + refused}
+                up["status"] = polled.status
+                await store.update_upstream(bid, up)
+                if cur.get("status") == "cancelling" and polled.status not in (*UPSTREAM_DONE, "cancelling"):
+                    await client.cancel(up["batch_id"])
+            if polled.done:
+                results = await client.results(polled, up, await store.lines_needing_upstream_results(bid))
+                await _store_results(gw, store, cur, up, results)
+                await _finish(store, cur, up, polled)
+                return
+        except UpstreamBatchError as e:
+            if e.refused and up.get("state") != "submitted":
+                await _refused(store, cur, up, e)
+                return
+            log.warning("batch %s: upstream batch call failed (%s); retrying in %.0fs", bid, e, s.upstream_poll_s)
+        except RETRIED as e:
             log.warning("batch %s: upstream batch call failed (%s); retrying in %.0fs", bid, e, s.upstream_poll_s)
         await asyncio.sleep(s.upstream_poll_s)
 
 
-async def _input(store: Any, bid: str, dep: Deployment, model: str) -> bytes:
-    upstream_model = dep.upstream_model or model
-    batch = await store.get_batch(bid, owner_check=False)
-    out = []
-    for r in await store.lines_needing_upstream_results(bid):
-        body = orjson.loads(r["body"])
-        body["model"] = upstream_model
-        body.pop("tiergate", None)
-        out.append(orjson.dumps({"custom_id": r["custom_id"], "method": "POST", "url": batch["endpoint"],
-                                 "body": body}))
-    return b"\n".join(out) + b"\n"
-
-
-async def _collect(gw: Gateway, store: Any, client: OpenAIBatchClient, cur: dict[str, Any], ub: dict[str, Any],
-                   up: dict[str, Any]) -> None:
-    from tiergate.batches.runner import finalize_files
+async def _store_results(gw: Gateway, store: Any, cur: dict[str, Any], up: dict[str, Any],
+                         results: list[LineResult]) -> None:
+    """Store each line's result in the OpenAI batch-output shape and bill what ran, at the batch price."""
     from tiergate.server.chat import CallContext, record_call
 
     bid = cur["id"]
-    by_cid = {r["custom_id"]: r["line_no"] for r in await store.lines_needing_upstream_results(bid)}
+    rows = {r["line_no"]: r for r in await store.lines_needing_upstream_results(bid)}
     info = gw.infos[up["model"]]
     key = await _key(gw, cur.get("key_id"))
-    for fid, ok in ((ub.get("output_file_id"), True), (ub.get("error_file_id"), False)):
-        if not fid:
+    for res in results:
+        row = rows.get(res.line_no)
+        if row is None:
             continue
-        for raw in (await client.content(fid)).splitlines():
-            if not raw.strip():
-                continue
-            line = orjson.loads(raw)
-            line_no = by_cid.get(line.get("custom_id"))
-            if line_no is None:
-                continue
-            rid = line_request_id(bid, line_no)
-            resp = line.get("response") or {}
-            status = int(resp.get("status_code") or 0) or None
-            body = resp.get("body") or {}
-            usage = body.get("usage") if isinstance(body, dict) else None
-            good = ok and status is not None and 200 <= status < 300
-            result = {"id": f"batch_req_{rid.removeprefix('breq_')}", "custom_id": line["custom_id"],
-                      "response": ({"status_code": status, "request_id": rid, "body": body} if resp else None),
-                      "error": line.get("error")}
-            await store.set_line_result(bid, line_no, ok=good, status_code=status, result=result,
-                                        usage=usage_breakdown(usage) if usage else None)
-            if usage:
-                cost = cost_usd(usage, info, batch=True)
-                ctx = CallContext(request_id=rid, key=key, kind="batch", batch_id=bid, batch_pricing=True)
-                record_call(gw, ctx, up["model"], up["model"], up["deployment"], body.get("reasoning_effort"), usage,
-                        cost, "ok" if good else "error", None, None, False, 1)
-                await _charge(gw, key, cost)
-    leftover = {"expired": "expired", "cancelled": "cancelled"}.get(ub.get("status"), "failed")
+        rid = line_request_id(bid, res.line_no)
+        record = {"id": f"batch_req_{rid.removeprefix('breq_')}", "custom_id": row["custom_id"],
+                  "response": (None if res.status_code is None and res.body is None
+                               else {"status_code": res.status_code, "request_id": rid, "body": res.body}),
+                  "error": res.error}
+        await store.set_line_result(bid, res.line_no, ok=res.ok, status_code=res.status_code, result=record,
+                                    usage=usage_breakdown(res.usage) if res.usage else None)
+        if res.usage:
+            cost = cost_usd(res.usage, info, batch=True)
+            effort = orjson.loads(row["body"]).get("reasoning_effort")
+            ctx = CallContext(request_id=rid, key=key, kind="batch", batch_id=bid, batch_pricing=True)
+            record_call(gw, ctx, up["model"], up["model"], up["deployment"], effort, res.usage, cost,
+                        "ok" if res.ok else "error", None, None, False, 1)
+            await _charge(gw, key, cost)
+
+
+async def _finish(store: Any, cur: dict[str, Any], up: dict[str, Any], polled: Polled) -> None:
+    from tiergate.batches.runner import finalize_files
+
+    bid = cur["id"]
+    leftover = {"expired": "expired", "cancelled": "cancelled"}.get(polled.status, "failed")
     await store.cancel_pending(bid, leftover)  # lines the upstream returned nothing for
     await finalize_files(store, bid, cur.get("key_id"))
     fresh = await store.get_batch(bid, owner_check=False) or {}
-    final = {"completed": "completed", "expired": "expired", "cancelled": "cancelled", "failed": "failed"}[ub["status"]]
     fields: dict[str, Any] = {"output_file_id": fresh.get("output_file_id"), "error_file_id": fresh.get("error_file_id")}
-    if final == "failed" and ub.get("errors"):
-        fields["errors"] = orjson.dumps(ub["errors"]).decode()
-    await store.set_status(bid, final, only_from=("in_progress", "finalizing", "cancelling"), **fields)
-    log.info("batch %s: upstream batch %s %s", bid, up.get("batch_id"), final)
+    if polled.status == "failed" and polled.errors:
+        fields["errors"] = orjson.dumps(polled.errors).decode()
+    await store.set_status(bid, polled.status, only_from=("in_progress", "finalizing", "cancelling"), **fields)
+    log.info("batch %s: upstream batch %s %s", bid, up.get("batch_id"), polled.status)
+
+
+async def _refused(store: Any, cur: dict[str, Any], up: dict[str, Any], e: UpstreamBatchError) -> None:
+    """The upstream refused to take the batch (a 400-class answer): it fails, with the upstream's words."""
+    err = {"code": "upstream_refused", "message": f"The upstream batch API refused this batch: {e}",
+           "param": None, "line": None}
+    log.warning("batch %s: %s", cur["id"], err["message"])
+    await _finish(store, cur, up, Polled(status="failed", errors={"object": "list", "data": [err]}))
 
 
 async def _key(gw: Gateway, key_id: str | None) -> Any:

@@ -1,0 +1,38 @@
+"""Pieces of Anthropic batch forwarding that need no HTTP: custom-id mapping and result translation."""
+
+from __future__ import annotations
+
+import orjson
+
+from tiergate.batches.upstream_anthropic import CUSTOM_ID, AnthropicBatchClient, upstream_custom_ids
+
+
+def _rows(*cids: str) -> list[dict]:
+    body = orjson.dumps({"model": "claude-3-7-sonnet", "messages": [{"role": "user", "content": "hi"}]}).decode()
+    return [{"line_no": i, "custom_id": c, "body": body} for i, c in enumerate(cids)]
+
+
+def test_only_refused_custom_ids_are_mapped_and_never_collide() -> None:
+    rows = _rows("ok-1", "x" * 65, "tg-1", "tg-3", "has space", "")
+    remap = upstream_custom_ids(rows)
+    assert remap == {"tg-1_": 1, "tg-4": 4, "tg-5": 5}  # "tg-1" is a client's own id: the mapped one differs
+    sent = [c for c in (r["custom_id"] for r in rows) if CUSTOM_ID.fullmatch(c)] + list(remap)
+    assert len(sent) == len(set(sent)) == len(rows) and all(CUSTOM_ID.fullmatch(c) for c in sent)
+
+
+def test_result_types_become_openai_batch_lines() -> None:
+    client = AnthropicBatchClient.__new__(AnthropicBatchClient)
+    client.endpoint = "/v1/chat/completions"
+    row = _rows("a")[0]
+    msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-7-sonnet-20250219",
+           "content": [{"type": "text", "text": "hello"}], "stop_reason": "max_tokens",
+           "usage": {"input_tokens": 10, "output_tokens": 3, "cache_read_input_tokens": 2}}
+    ok = client._line_result(row, {"type": "succeeded", "message": msg})
+    assert ok.ok and ok.status_code == 200 and ok.body["object"] == "chat.completion"
+    assert ok.body["choices"][0]["finish_reason"] == "length" and ok.usage["prompt_tokens"] == 12
+    err = client._line_result(row, {"type": "errored", "error": {"type": "error", "error": {
+        "type": "overloaded_error", "message": "Overloaded"}}})
+    assert (err.ok, err.status_code, err.body["error"]["code"]) == (False, 503, "overloaded_error")
+    for kind, code in (("canceled", "batch_cancelled"), ("expired", "batch_expired")):
+        lost = client._line_result(row, {"type": kind})
+        assert lost.status_code is None and lost.body is None and lost.error["code"] == code
