@@ -9,7 +9,7 @@ import pytest
 
 from tiergate.routing.difficulty import Component, DifficultyModel
 from tiergate.routing.embed import StaticEmbedder, WordPieceIds, word_piece_ids
-from tiergate.routing.neighbours import _knn_means, _top_k
+from tiergate.routing.neighbours import _knn_means, _mat_vec, _top_k
 from tiergate.routing.quality import ARTIFACTS_DIR
 
 
@@ -26,6 +26,16 @@ def test_one_query_knn_mean_equals_batch(n: int, k: int) -> None:
     batch = _knn_means(E, S, Q, (k,))[k]  # several queries: the general path
     one = np.stack([_knn_means(E, S, q[None], (k,))[k][0] for q in Q])
     np.testing.assert_allclose(one, batch, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("n", "d"), [(14_042, 128), (6108, 128), (64, 128), (10, 128), (1000, 7), (1, 3)])
+def test_blocked_mat_vec_equals_mat_vec(n: int, d: int) -> None:
+    rng = np.random.default_rng(n)
+    E, q = rng.standard_normal((n, d)).astype(np.float32), rng.standard_normal(d).astype(np.float32)
+    got = _mat_vec(E, q)
+    assert got.shape == (n,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, E.astype(np.float64) @ q.astype(np.float64), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_mat_vec(np.asfortranarray(E), q), got, rtol=1e-6, atol=1e-6)
 
 
 def test_top_k_selects_the_k_largest() -> None:
@@ -78,7 +88,40 @@ def test_embedders_share_token_ids() -> None:
     texts = ["Compute the Probability of drawing 3 red balls?", "def f(x):\n    return x**2  # square",
              "Compute the Probability of drawing 3 red balls?", "naïve café déjà-vu", ""]
     for text in texts:  # alternating texts: the remembered last text must not leak into the next
-        ids = main.token_ids(text)
-        assert ids == tok.encode(text.lower(), add_special_tokens=False).ids == fresh(text)
-        assert knn.token_ids(text) is ids  # the second embedder of a decision reuses the first's ids
+        ids = main.token_ids.array(text)
+        assert ids.tolist() == main.token_ids(text) == tok.encode(text.lower(), add_special_tokens=False).ids
+        assert fresh(text) == ids.tolist()
+        assert knn.token_ids.array(text) is ids  # the second embedder of a decision reuses the first's ids
         np.testing.assert_array_equal(knn.embed([text])[0], knn.vector(fresh(text)))
+
+
+def test_token_ids_cap_and_long_prompts() -> None:
+    from tokenizers import Tokenizer
+
+    from tiergate.routing.embed import MAX_TOKENS
+
+    path = ARTIFACTS_DIR / "tokenizer.json"
+    tok = Tokenizer.from_file(str(path))
+    tok.no_padding()
+    tok.no_truncation()
+
+    def reference(text: str) -> list[int]:  # word by word, stopping after the word that passes the cap
+        out: list[int] = []
+        for w in text.lower().split():
+            out.extend(tok.encode(w, add_special_tokens=False).ids)
+            if len(out) > 4 * MAX_TOKENS:
+                break
+        return out
+
+    rng = np.random.default_rng(4)
+    vocab = ["tokenisation", "x", "1,000,000.5", "\u200b", "(a)", "Überprüfung", "of", "the"]
+    ids = WordPieceIds(path)
+    emb = StaticEmbedder(rng.standard_normal((30522, 4)).astype(np.float32), path)
+    for n_words in (10, 3000, 9000, 20_000):
+        text = " ".join(rng.choice(vocab, size=n_words))
+        got = ids(text)
+        assert got == reference(text)
+        assert ids.array(text).tolist() == got
+        np.testing.assert_array_equal(emb.vector(got), emb.vector(ids.array(text)))
+    long = ids(" ".join(["tokenisation"] * 20_000))  # 2 ids a word: cut after the word that passes the cap
+    assert len(long) == 4 * MAX_TOKENS + 2 and long == reference(" ".join(["tokenisation"] * 5000))

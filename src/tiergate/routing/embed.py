@@ -15,7 +15,7 @@ import numpy as np
 
 #: Prompts longer than this many WordPiece tokens are embedded from their head and tail only.
 MAX_TOKENS = 2048
-#: Words whose WordPiece split is remembered per embedder (bounds its memory: ~100 bytes a word).
+#: Words whose WordPiece split is remembered per tokenizer (bounds its memory: ~100 bytes a word).
 WORD_CACHE_SIZE = 200_000
 
 
@@ -30,32 +30,57 @@ class WordPieceIds:
         self._tok = Tokenizer.from_file(str(tokenizer_path))
         self._tok.no_truncation()
         self._tok.no_padding()
-        self.words: dict[str, tuple[int, ...]] = {}
-        self._last: tuple[str, list[int]] = ("", [])
+        self.words: dict[str, bytes] = {}  # word -> its ids as int32 bytes
+        self._last: tuple[str, np.ndarray] = ("", np.zeros(0, np.intp))
 
     def __call__(self, text: str) -> list[int]:
-        """The ids of `text` (lower-cased, no special tokens; the returned list must not be modified).
+        """The ids of `text` (lower-cased, no special tokens), as a list; see `array`."""
+        return self.array(text).tolist()
+
+    def array(self, text: str) -> np.ndarray:
+        """The ids of `text` (lower-cased, no special tokens) as an int array (not to be modified).
 
         Same ids as the tokenizer on the whole text (BERT splits on whitespace first, then on
         punctuation, then WordPiece), but each distinct whitespace-separated chunk is tokenised once
-        and remembered: a 1,000-token prompt costs a `str.split` and dictionary lookups instead of a
-        full tokenizer call; the same text twice in a row (two embedders, one prompt) costs a comparison."""
+        and remembered (as int32 bytes, so that a prompt's ids are one `bytes.join`): a 1,000-token prompt
+        costs a `str.split` and dictionary lookups instead of a full tokenizer call; the same text twice in
+        a row (two embedders, one prompt) costs a comparison. Words are taken up to the one that takes the
+        count past 4 x MAX_TOKENS."""
         last = self._last
         if last[0] is text or last[0] == text:
             return last[1]
-        out: list[int] = []
-        words = self.words
-        for w in text.lower().split():
-            ids = words.get(w)
-            if ids is None:
-                ids = tuple(self._tok.encode(w, add_special_tokens=False).ids)
-                if len(words) < WORD_CACHE_SIZE:
-                    words[w] = ids
-            out.extend(ids)
-            if len(out) > 4 * MAX_TOKENS:
+        cap = 4 * MAX_TOKENS
+        words = text.lower().split()
+        parts: list[bytes] = []
+        total = 0
+        for start in range(0, len(words), cap):  # a chunk of `cap` words has more than `cap` ids only rarely
+            chunk = words[start:start + cap]
+            try:
+                seqs = list(map(self.words.__getitem__, chunk))
+            except KeyError:  # words not seen yet
+                seqs = [self._word_ids(w) for w in chunk]
+            n = sum(map(len, seqs)) // 4
+            if total + n > cap:  # cut after the word that takes the count past the cap
+                for i, b in enumerate(seqs):
+                    total += len(b) // 4
+                    if total > cap:
+                        seqs = seqs[:i + 1]
+                        break
+                parts.append(b"".join(seqs))
                 break
-        self._last = (text, out)
-        return out
+            parts.append(b"".join(seqs))
+            total += n
+        arr = np.frombuffer(b"".join(parts), dtype=np.int32).astype(np.intp)
+        self._last = (text, arr)
+        return arr
+
+    def _word_ids(self, word: str) -> bytes:
+        ids = self.words.get(word)
+        if ids is None:
+            ids = np.array(self._tok.encode(word, add_special_tokens=False).ids, dtype=np.int32).tobytes()
+            if len(self.words) < WORD_CACHE_SIZE:
+                self.words[word] = ids
+        return ids
 
 
 _SHARED_IDS: dict[str, WordPieceIds] = {}
@@ -90,13 +115,14 @@ class StaticEmbedder:
                 table = z["table"].astype(np.float32)
         return cls(table, directory / "tokenizer.json")
 
-    def vector(self, ids: list[int]) -> np.ndarray:
+    def vector(self, ids: list[int] | np.ndarray) -> np.ndarray:
         """The embedding of a token-id sequence."""
-        if not ids:
+        ids = np.asarray(ids, dtype=np.intp)
+        if not len(ids):
             return np.zeros(self.dims, dtype=np.float32)
         if len(ids) > MAX_TOKENS:
             half = MAX_TOKENS // 2
-            ids = ids[:half] + ids[-half:]
+            ids = np.concatenate([ids[:half], ids[-half:]])
         v = self.table[ids].mean(axis=0)
         n = float(np.linalg.norm(v))
         return v / n if n > 0 else v
@@ -105,7 +131,7 @@ class StaticEmbedder:
         """(len(texts), dims) float32."""
         out = np.empty((len(texts), self.dims), dtype=np.float32)
         for i, text in enumerate(texts):
-            out[i] = self.vector(self.token_ids(text))
+            out[i] = self.vector(self.token_ids.array(text))
         return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,14 +52,23 @@ def structural(text: str) -> np.ndarray:
     n = len(text) or 1
     words = text.split()
     nums = _NUMBER.findall(text)
-    big = max((len(t.replace(",", "").split(".")[0].lstrip("0")) or 1 for t in nums[:200]), default=0)
+    big = max((len(t.replace(",", "").split(".")[0].lstrip("0")) or 1 for t in set(nums[:200])), default=0)
     sentences = len(_SENT.findall(text)) + 1
     nwords = len(words) or 1
     lower_text = text.lower()
-    lower = [w.strip(_STRIP) for w in lower_text.split()[:4000]]
-    n_write = sum(w in _WRITE_WORDS for w in lower)
-    n_reason = sum(w in _REASON_WORDS for w in lower) + sum(lower_text.count(p) for p in _REASON_PHRASES)
-    lower = lower[:2000]
+    # the first 4,000 lower-cased words, stripped of punctuation: counted per distinct word
+    lower_words = lower_text.split()
+    counts = Counter(lower_words[:4000])
+    stripped = {w: w.strip(_STRIP) for w in counts}
+    n_write = n_reason = 0
+    for w, s in stripped.items():
+        if s in _WRITE_WORDS:
+            n_write += counts[w]
+        if s in _REASON_WORDS:
+            n_reason += counts[w]
+    n_reason += sum(lower_text.count(p) for p in _REASON_PHRASES)
+    head = min(len(lower_words), 2000)  # distinct stripped words among the first 2,000
+    distinct = set(stripped.values()) if len(lower_words) <= 2000 else {stripped[w] for w in set(lower_words[:2000])}
     return np.array([
         math.log1p(len(text)),
         math.log1p(len(words)),
@@ -76,10 +86,10 @@ def structural(text: str) -> np.ndarray:
         math.log1p(n_write),
         math.log1p(n_reason),
         math.log1p(text.count("?")),
-        sum(map(len, words)) / nwords,
+        len("".join(words)) / nwords,
         (len(text) - len(text.translate(_NO_UPPER))) / n,
         math.log1p(sentences),
-        len(set(lower)) / (len(lower) or 1),
+        len(distinct) / (head or 1),
         math.log1p(text.count("\n\n")),
         len(nums) / sentences,
     ], dtype=np.float32)
@@ -127,11 +137,11 @@ class FeatureExtractor:
         out = np.zeros((n, d + 2 * TOKEN_SLOTS), dtype=np.float32)
         out[:, d:d + TOKEN_SLOTS] = -1.0
         for i, text in enumerate(texts):
-            ids = self.embedder.token_ids(text)
+            ids = self.embedder.token_ids.array(text)
             out[i, : len(STRUCT_NAMES)] = structural(text)
             out[i, len(STRUCT_NAMES):d] = self.embedder.vector(ids)
-            if ids:
-                uniq, first, counts = np.unique(np.asarray(ids), return_index=True, return_counts=True)
+            if len(ids):
+                uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
                 order = np.argsort(first)[:TOKEN_SLOTS]
                 out[i, d:d + len(order)] = uniq[order]
                 out[i, d + TOKEN_SLOTS:d + TOKEN_SLOTS + len(order)] = counts[order]

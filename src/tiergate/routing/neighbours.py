@@ -44,7 +44,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from itertools import pairwise
+from itertools import pairwise, repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +64,9 @@ TOKEN_PATTERN = re.compile(r"(?u)\b\w\w+\b")
 _EMB_START = len(STRUCT_NAMES)
 #: Stride of the sample that sets the kNN head's pre-selection threshold (`_top_k`).
 _TOPK_STRIDE = 16
+#: Elements per block of the kNN head's one-query mat-vec (`_mat_vec`): OpenBLAS runs a matrix-vector product
+#: of fewer than 2304 x 4 elements on the calling thread.
+_GEMV_ELEMENTS = 8192
 _CLIP = 0.01  # scores are clipped to [_CLIP, 1 - _CLIP] before taking logits
 #: A prompt whose gate (resemblance to the file / typical resemblance) is below this keeps the main
 #: model's prediction exactly, and the component is not computed for it (serving cost, and no noise
@@ -173,12 +176,13 @@ class TfidfWords:
     def transform_one(self, text: str | Counter[str]) -> tuple[np.ndarray, np.ndarray]:
         """(column indices, L2-normalised weights) of one text (or its `gram_counts`)."""
         grams = gram_counts(text) if isinstance(text, str) else text
-        index = self.index
-        hits = [(j, c) for g, c in grams.items() if (j := index.get(g)) is not None]
-        if not hits:
+        # column of each gram (-1: not in the vocabulary) and its count, in the grams' order
+        at = np.fromiter(map(self.index.get, grams, repeat(-1)), np.int64, len(grams))
+        known = at >= 0
+        if not known.any():
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        cols = np.fromiter((j for j, _ in hits), np.int64, len(hits))
-        tf = np.fromiter((c for _, c in hits), np.float32, len(hits))
+        cols = at[known]
+        tf = np.fromiter(grams.values(), np.float32, len(grams))[known]
         w = (1.0 + np.log(tf)) * self.idf[cols]
         return cols, w / max(float(np.linalg.norm(w)), 1e-12)
 
@@ -243,12 +247,22 @@ def _knn_means(E_ref: np.ndarray, S_ref: np.ndarray, E_q: np.ndarray, ks: Sequen
 
 def _knn_mean_one(E_ref: np.ndarray, S_ref: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
     """`_knn_means` for one query and one k (serving): the same neighbours, summed in the same order (most
-    similar first), without the batch path's (q, kmax, m) cumulative sums. The mat-vec is a single-threaded
-    einsum: a BLAS call for one vector costs 10x more when its threads wait for busy cores."""
-    sims = np.einsum("ij,j->i", E_ref, q)
+    similar first), without the batch path's (q, kmax, m) cumulative sums."""
+    sims = _mat_vec(E_ref, q)
     idx = _top_k(sims, k)
     idx = idx[np.argsort(-sims[idx])]
     return S_ref[idx].sum(axis=0) / k
+
+
+def _mat_vec(E: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """E @ q for one vector, single-threaded: as a stack of matrix-vector products of `_GEMV_ELEMENTS`
+    elements each (one BLAS call per block, under OpenBLAS's threshold for using threads). One multi-threaded
+    BLAS call costs 10x more when its threads wait for busy cores; an einsum row by row costs 2x more."""
+    E = np.ascontiguousarray(E)
+    rows = max(1, _GEMV_ELEMENTS // E.shape[1])
+    n = len(E) // rows * rows
+    head = (E[:n].reshape(-1, rows, E.shape[1]) @ q).ravel()
+    return head if n == len(E) else np.concatenate([head, E[n:] @ q])
 
 
 def _top_k(sims: np.ndarray, k: int) -> np.ndarray:

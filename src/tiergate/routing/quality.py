@@ -361,7 +361,9 @@ class QualityModel:
         return np.arange(n_struct + min(self.config.within_embed_dims, len(self.mean) - n_struct))
 
     def logits_features(self, X: np.ndarray) -> np.ndarray:
-        Xr, pi = self._inputs(X)
+        return self._logits(X, *self._inputs(X))
+
+    def _logits(self, X: np.ndarray, Xr: np.ndarray, pi: np.ndarray) -> np.ndarray:
         Z = Xr @ self.V + pi @ self.C + self._lexical(np.asarray(X[:, self.n_dense:]))
         return Z @ self.U.T + Xr @ self.W.T + self.b
 
@@ -376,11 +378,10 @@ class QualityModel:
         the pair's strong member is moved to p_weak + the blended gain (routing.steps) on the prompts no
         neighbourhood component covering the pair is computed for; any other candidate
         set (more or fewer candidates, or None) leaves every prediction as it was."""
-        P = _sigmoid(self.logits_features(X)).astype(np.float64)
+        Xr, pi = self._inputs(X)  # pi: the resemblance to each training file, which the components gate on
+        P = _sigmoid(self._logits(X, Xr, pi)).astype(np.float64)
         keys = tuple(self._keys)
         dm, nm = self.difficulty_model, self.neighbour_model
-        if (dm is not None and dm.components) or (nm is not None and texts is not None):
-            pi = self.resemblance(X)
         # --- difficulty component: covered candidates move towards it as the prompt resembles its file ---
         if dm is not None and dm.components:
             P = dm.blend_matrix(P, keys, X, pi[:, [self.sources.index(s) for s in dm.sources]])
@@ -393,18 +394,19 @@ class QualityModel:
         pgm = self.pair_gain_model
         pair = pgm.pair(only) if pgm is not None and texts is not None else None
         if pair is not None:
-            gate = self.neighbour_gate(X, {pair.strong, pair.weak})
+            gate = self.neighbour_gate(X, {pair.strong, pair.weak}, pi)
             out = pgm.blend(out, texts, only, active=gate < GATE_MIN)
         return out
 
-    def neighbour_gate(self, X: np.ndarray, candidates: set[str]) -> np.ndarray:
+    def neighbour_gate(self, X: np.ndarray, candidates: set[str], pi: np.ndarray | None = None) -> np.ndarray:
         """Per prompt, the largest gate (`routing.neighbours`) of a neighbourhood component that covers all
-        of `candidates`: 0 where none does; below GATE_MIN the component is not computed."""
+        of `candidates`: 0 where none does; below GATE_MIN the component is not computed. `pi`: the
+        prompts' `resemblance(X)` when already computed."""
         gate = np.zeros(len(X))
         nm = self.neighbour_model
         comps = [c for c in nm.components if candidates <= set(c.candidates)] if nm is not None else []
         if comps:
-            pi = self.resemblance(X)
+            pi = self.resemblance(X) if pi is None else pi
             for c in comps:
                 g = np.clip(pi[:, self.sources.index(c.source)] / c.typical_resemblance, 0.0, 1.0)
                 gate = np.maximum(gate, g)

@@ -82,7 +82,9 @@ def question_text(prompt: str) -> str:
 
 # ------------------------------------------------------------------------------ reasoning-step counts
 
-_NUMBER = re.compile(r"(?<![\w.])\$?\d+(?:,\d{3})*(?:\.\d+)?%?")
+# The matches of `(?<![\w.])\$?\d+(?:,\d{3})*(?:\.\d+)?%?`, ~2x faster: the first character is matched before the
+# lookbehinds, so that the scan can skip to `$` and digits.
+_NUMBER = re.compile(r"[$\d](?<![\w.][$\d])(?:(?<=\$)\d|(?<=\d))\d*(?:,\d{3})*(?:\.\d+)?%?")
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -144,7 +146,7 @@ def step_features(prompt: str) -> np.ndarray:
     words = q.split()
     nums = _NUMBER.findall(q)
     vals = []
-    for n in nums:
+    for n in set(nums):  # (only their maximum is used)
         try:
             vals.append(abs(float(n.strip("$%").replace(",", ""))))
         except ValueError:
