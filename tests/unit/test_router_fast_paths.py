@@ -9,7 +9,7 @@ import pytest
 
 from tiergate.routing.difficulty import Component, DifficultyModel
 from tiergate.routing.embed import StaticEmbedder, WordPieceIds, word_piece_ids
-from tiergate.routing.neighbours import _knn_means, _mat_vec, _top_k
+from tiergate.routing.neighbours import _knn_means, _top_k
 from tiergate.routing.quality import ARTIFACTS_DIR
 
 
@@ -26,16 +26,6 @@ def test_one_query_knn_mean_equals_batch(n: int, k: int) -> None:
     batch = _knn_means(E, S, Q, (k,))[k]  # several queries: the general path
     one = np.stack([_knn_means(E, S, q[None], (k,))[k][0] for q in Q])
     np.testing.assert_allclose(one, batch, rtol=1e-6)
-
-
-@pytest.mark.parametrize(("n", "d"), [(14_042, 128), (6108, 128), (64, 128), (10, 128), (1000, 7), (1, 3)])
-def test_blocked_mat_vec_equals_mat_vec(n: int, d: int) -> None:
-    rng = np.random.default_rng(n)
-    E, q = rng.standard_normal((n, d)).astype(np.float32), rng.standard_normal(d).astype(np.float32)
-    got = _mat_vec(E, q)
-    assert got.shape == (n,) and got.dtype == np.float32
-    np.testing.assert_allclose(got, E.astype(np.float64) @ q.astype(np.float64), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(_mat_vec(np.asfortranarray(E), q), got, rtol=1e-6, atol=1e-6)
 
 
 def test_top_k_selects_the_k_largest() -> None:
@@ -125,3 +115,20 @@ def test_token_ids_cap_and_long_prompts() -> None:
         np.testing.assert_array_equal(emb.vector(got), emb.vector(ids.array(text)))
     long = ids(" ".join(["tokenisation"] * 20_000))  # 2 ids a word: cut after the word that passes the cap
     assert len(long) == 4 * MAX_TOKENS + 2 and long == reference(" ".join(["tokenisation"] * 5000))
+
+
+def test_token_ids_with_a_full_word_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tokenizers import Tokenizer
+
+    from tiergate.routing import embed
+
+    path = ARTIFACTS_DIR / "tokenizer.json"
+    tok = Tokenizer.from_file(str(path))
+    tok.no_padding()
+    tok.no_truncation()
+    monkeypatch.setattr(embed, "WORD_CACHE_SIZE", 3)
+    ids = WordPieceIds(path)
+    texts = ["alpha beta gamma", "delta alpha epsilon zeta eta delta", "theta theta iota", "alpha beta gamma delta"]
+    for text in texts:  # words past the cache's size are tokenised per prompt, not remembered
+        assert ids(text) == tok.encode(text, add_special_tokens=False).ids
+    assert len(ids.words) == 3

@@ -9,6 +9,8 @@ well under a millisecond for a 1,000-token prompt and needs neither torch nor an
 from __future__ import annotations
 
 import hashlib
+from collections import ChainMap
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +59,8 @@ class WordPieceIds:
             chunk = words[start:start + cap]
             try:
                 seqs = list(map(self.words.__getitem__, chunk))
-            except KeyError:  # words not seen yet
-                seqs = [self._word_ids(w) for w in chunk]
+            except KeyError:  # words not seen yet: each tokenised once
+                seqs = list(map(self._with_new_words(chunk).__getitem__, chunk))
             n = sum(map(len, seqs)) // 4
             if total + n > cap:  # cut after the word that takes the count past the cap
                 for i, b in enumerate(seqs):
@@ -74,13 +76,17 @@ class WordPieceIds:
         self._last = (text, arr)
         return arr
 
-    def _word_ids(self, word: str) -> bytes:
-        ids = self.words.get(word)
-        if ids is None:
+    def _with_new_words(self, chunk: list[str]) -> Mapping[str, bytes]:
+        """Tokenise the words of `chunk` not seen yet and remember them (while the cache has room); a mapping
+        that has every word of `chunk`."""
+        extra: dict[str, bytes] = {}
+        for word in set(chunk).difference(self.words):
             ids = np.array(self._tok.encode(word, add_special_tokens=False).ids, dtype=np.int32).tobytes()
             if len(self.words) < WORD_CACHE_SIZE:
                 self.words[word] = ids
-        return ids
+            else:
+                extra[word] = ids
+        return ChainMap(extra, self.words) if extra else self.words
 
 
 _SHARED_IDS: dict[str, WordPieceIds] = {}

@@ -22,6 +22,10 @@ _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _MATH = re.compile(r"\\frac|\\sqrt|\\cdot|\\le|\\ge|\\sum|\\int|\$[^$\n]+\$|\^\{?\d|\\\(|\\\[|\\pi|\\mathbb")
 _CHOICE = re.compile(r"^\s*(?:\(?[A-Ea-e][).:]|[A-E]\s*[-–]\s)\s*\S", re.MULTILINE)
 _FEWSHOT = re.compile(r"^\s*(?:Question|Q|Answer|A|Problem|Solution|Example)\s*\d*\s*:", re.MULTILINE | re.IGNORECASE)
+# The same patterns after a newline: `_at_line_starts` counts their matches with a scan that skips to newlines
+# (a `^` pattern is tried at every character).
+_CHOICE_NL = re.compile("\n" + _CHOICE.pattern.removeprefix("^"))
+_FEWSHOT_NL = re.compile("\n" + _FEWSHOT.pattern.removeprefix("^"), re.IGNORECASE)
 _BOUND_MARKS = ("10^", "<=", "≤", "\\leq")
 _STARTER_MARKS = ("class Solution", "(self")
 _STRIP = ".,;:!?()[]{}\"'`*"
@@ -45,6 +49,14 @@ STRUCT_NAMES: tuple[str, ...] = (
     "has_starter", "log_write", "log_reason", "question_marks", "avg_word_len", "upper_frac",
     "log_sentences", "unique_word_ratio", "log_paragraphs", "numbers_per_sentence",
 )
+
+
+def _at_line_starts(pattern: re.Pattern[str], after_newline: re.Pattern[str], text: str) -> int:
+    """`len(pattern.findall(text))` for a `^...` MULTILINE pattern, given the same pattern with `\\n` for `^`:
+    a match at the start of the text, then the matches after a newline (a match never ends in a newline, so
+    the newline before the next one is never part of the previous one)."""
+    first = pattern.match(text)
+    return (1 if first else 0) + len(after_newline.findall(text, first.end() if first else 0))
 
 
 def structural(text: str) -> np.ndarray:
@@ -78,8 +90,8 @@ def structural(text: str) -> np.ndarray:
         math.log1p(big),
         math.log1p(sum(text.count(m) for m in _CODE_MARKS)),
         math.log1p(len(_MATH.findall(text))),
-        math.log1p(len(_CHOICE.findall(text))),
-        math.log1p(len(_FEWSHOT.findall(text))),
+        math.log1p(_at_line_starts(_CHOICE, _CHOICE_NL, text)),
+        math.log1p(_at_line_starts(_FEWSHOT, _FEWSHOT_NL, text)),
         math.log1p(sum(text.count(m) for m in _CP_MARKS)),
         1.0 if any(m in text for m in _BOUND_MARKS) else 0.0,
         1.0 if any(m in text for m in _STARTER_MARKS) else 0.0,

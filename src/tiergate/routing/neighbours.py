@@ -64,9 +64,6 @@ TOKEN_PATTERN = re.compile(r"(?u)\b\w\w+\b")
 _EMB_START = len(STRUCT_NAMES)
 #: Stride of the sample that sets the kNN head's pre-selection threshold (`_top_k`).
 _TOPK_STRIDE = 16
-#: Elements per block of the kNN head's one-query mat-vec (`_mat_vec`): OpenBLAS runs a matrix-vector product
-#: of fewer than 2304 x 4 elements on the calling thread.
-_GEMV_ELEMENTS = 8192
 _CLIP = 0.01  # scores are clipped to [_CLIP, 1 - _CLIP] before taking logits
 #: A prompt whose gate (resemblance to the file / typical resemblance) is below this keeps the main
 #: model's prediction exactly, and the component is not computed for it (serving cost, and no noise
@@ -255,14 +252,11 @@ def _knn_mean_one(E_ref: np.ndarray, S_ref: np.ndarray, q: np.ndarray, k: int) -
 
 
 def _mat_vec(E: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """E @ q for one vector, single-threaded: as a stack of matrix-vector products of `_GEMV_ELEMENTS`
-    elements each (one BLAS call per block, under OpenBLAS's threshold for using threads). One multi-threaded
-    BLAS call costs 10x more when its threads wait for busy cores; an einsum row by row costs 2x more."""
-    E = np.ascontiguousarray(E)
-    rows = max(1, _GEMV_ELEMENTS // E.shape[1])
-    n = len(E) // rows * rows
-    head = (E[:n].reshape(-1, rows, E.shape[1]) @ q).ravel()
-    return head if n == len(E) else np.concatenate([head, E[n:] @ q])
+    """E @ q for one vector, single-threaded (einsum). A multi-threaded BLAS call costs 10x more when its threads
+    wait for busy cores; BLAS calls on blocks of rows (single-threaded) are 2x faster while E is in the cache but
+    slower from memory, where E (the MMLU index: 7 MB) is when other work shares the cores; in decisions the
+    two measured the same (MMLU prompts, load average 2.5)."""
+    return np.einsum("ij,j->i", E, q)
 
 
 def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
