@@ -132,3 +132,23 @@ def test_token_ids_with_a_full_word_cache(monkeypatch: pytest.MonkeyPatch) -> No
     for text in texts:  # words past the cache's size are tokenised per prompt, not remembered
         assert ids(text) == tok.encode(text, add_special_tokens=False).ids
     assert len(ids.words) == 3
+
+
+def test_pair_gain_blend_matrix_equals_blend() -> None:
+    from tiergate.routing.steps import N_QUANTILES, STEP_NAMES, PairGain, PairGainModel
+
+    rng = np.random.default_rng(5)
+    d = len(STEP_NAMES)
+    pg = PairGain("strong", "weak", rng.random(d) + 0.5, rng.standard_normal(d),
+                  np.sort(rng.standard_normal(N_QUANTILES)), np.sort(rng.standard_normal(N_QUANTILES) * 0.2))
+    model = PairGainModel([pg])
+    keys = ("other", "weak", "strong")
+    texts = ["Tom has 3 apples and buys 5 more. How many now?", "Write a poem.", "If x = 2, what is 3x + 1?"]
+    B = rng.random((3, 3))
+    base = {k: B[:, j] for j, k in enumerate(keys)}
+    for active in (None, np.array([True, False, True]), np.zeros(3, bool)):
+        out = model.blend(base, texts, {"strong", "weak"}, active)
+        got = model.blend_matrix(B, keys, texts, {"strong", "weak"}, active)
+        np.testing.assert_array_equal(got, np.column_stack([out[k] for k in keys]))
+    assert model.blend_matrix(B, keys, texts, {"strong", "other"}) is B  # not the fitted pair: unchanged
+    assert not np.array_equal(model.blend_matrix(B, keys, texts, {"strong", "weak"})[:, 2], B[:, 2])

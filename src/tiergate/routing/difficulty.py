@@ -176,9 +176,9 @@ class DifficultyModel:
     def __init__(self, components: list[Component] | None = None, config: DifficultyConfig | None = None) -> None:
         self.components = components or []
         self.config = config or DifficultyConfig()
-        self._stack: tuple[np.ndarray, ...] | None = None  # serving caches (`_stacked`, `_scatter`)
+        self._stack: tuple[np.ndarray, ...] | None = None  # serving caches (`_stacked`, `_plan`)
         self._stack_ident: tuple[int, ...] | None = None
-        self._scatters: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._plans: dict[tuple[str, ...], tuple[np.ndarray, ...] | None] = {}
 
     def fit(
         self, rows: Sequence[OutcomeRow], X: np.ndarray, own_resemblance: np.ndarray | None = None
@@ -238,16 +238,17 @@ class DifficultyModel:
         st = self._stacked()
         if st is None:  # components of different feature widths: one at a time
             return self._blend_each(B, keys, X, R)
-        M, Wn, b, L, comp_of_col, link_cols = st
-        scatter, cols = self._scatter(keys)
-        if not len(cols):
+        WnT, offset, link_cols = st
+        plan = self._plan(keys)
+        if plan is None:
             return B
-        Xd = np.asarray(X[:, : M.shape[1]], np.float64)
-        D = np.einsum("ncd,cd->nc", Xd[:, None, :] - M, Wn) + b  # (n, components) predicted difficulty
-        Z = L[cols, 0] + D[:, comp_of_col[cols]] * L[cols, 1] + np.asarray(X[:, link_cols], np.float64) @ L[cols, 2:].T
+        scatter, comp, L0, L1, L2T = plan
+        # (n, components) predicted difficulty: (x - mean) . (coef / std) + intercept
+        D = np.asarray(X[:, : WnT.shape[0]], np.float64) @ WnT + offset
+        Z = L0 + D[:, comp] * L1 + np.asarray(X[:, link_cols], np.float64) @ L2T
         P = 1 / (1 + np.exp(-np.clip(Z, -30, 30)))  # (n, covered columns)
         typical = np.array([c.typical_resemblance for c in self.components], np.float64)
-        G = np.clip(R / typical, 0.0, 1.0)[:, comp_of_col[cols]]
+        G = np.clip(R / typical, 0.0, 1.0)[:, comp]
         num, wsum = (G * P) @ scatter, G @ scatter
         w = np.minimum(wsum, 1.0)
         return (1 - w) * B + w * (num / np.maximum(wsum, 1e-12))
@@ -267,38 +268,40 @@ class DifficultyModel:
         return (1 - w) * B + w * (num / np.maximum(wsum, 1e-12))
 
     def _stacked(self) -> tuple[np.ndarray, ...] | None:
-        """Every component's parameters stacked (cached per `components` list; a component's arrays are not
-        modified in place after fitting or loading): feature means
-        (c, d), ridge weights over the std (c, d), intercepts (c,), links of all (component, candidate)
-        columns (k, 2 + link features), the component of each column, the link feature columns. None when the
-        components differ in feature width."""
+        """Every component's difficulty regression stacked (cached per `components` list; a component's arrays
+        are not modified in place after fitting or loading): (coef / std) as columns (d, c), the intercepts
+        less mean . (coef / std) (c,), the link feature columns. None when the components differ in feature
+        width."""
         ident = tuple(map(id, self.components))
         if self._stack_ident == ident:
             return self._stack
-        widths = {len(c.mean) for c in self.components}
         st: tuple[np.ndarray, ...] | None = None
-        if len(widths) == 1:
-            st = (np.stack([np.asarray(c.mean, np.float64) for c in self.components]),
-                  np.stack([np.asarray(c.coef, np.float64) / np.asarray(c.std, np.float64) for c in self.components]),
-                  np.array([c.intercept for c in self.components], np.float64),
-                  np.concatenate([np.asarray(c.link, np.float64) for c in self.components]),
-                  np.concatenate([np.full(len(c.candidates), i) for i, c in enumerate(self.components)]),
-                  np.array(_LINK_COLS))
-        self._stack, self._stack_ident, self._scatters = st, ident, {}
+        if len({len(c.mean) for c in self.components}) == 1:
+            Wn = np.stack([np.asarray(c.coef, np.float64) / np.asarray(c.std, np.float64) for c in self.components])
+            M = np.stack([np.asarray(c.mean, np.float64) for c in self.components])
+            b = np.array([c.intercept for c in self.components], np.float64)
+            st = (np.ascontiguousarray(Wn.T), b - (M * Wn).sum(axis=1), np.array(_LINK_COLS))
+        self._stack, self._stack_ident, self._plans = st, ident, {}
         return st
 
-    def _scatter(self, keys: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """For base columns `keys`: the (component, candidate) columns among them and the (those columns,
-        len(keys)) 0/1 matrix that adds each column to its candidate's base column (cached per `keys`)."""
-        hit = self._scatters.get(keys)
-        if hit is None:
-            pos = {k: j for j, k in enumerate(keys)}
-            flat = [k for c in self.components for k in c.candidates]
-            cols = np.array([i for i, k in enumerate(flat) if k in pos], np.int64)
-            scatter = np.zeros((len(cols), len(keys)), np.float64)
-            scatter[np.arange(len(cols)), [pos[flat[i]] for i in cols]] = 1.0
-            hit = self._scatters[keys] = (scatter, cols)
-        return hit
+    def _plan(self, keys: tuple[str, ...]) -> tuple[np.ndarray, ...] | None:
+        """For base columns `keys` (cached per `keys`): the (component, candidate) pairs among them as columns
+        - the (columns, len(keys)) 0/1 matrix that adds each to its candidate's base column, the component
+        of each, and their links (intercept, difficulty weight, link-feature weights transposed); None when
+        no component covers any of `keys`."""
+        if keys in self._plans:
+            return self._plans[keys]
+        pos = {k: j for j, k in enumerate(keys)}
+        pairs = [(i, k, row) for i, c in enumerate(self.components) for k, row in zip(c.candidates, c.link, strict=True)
+                 if k in pos]
+        plan: tuple[np.ndarray, ...] | None = None
+        if pairs:
+            scatter = np.zeros((len(pairs), len(keys)), np.float64)
+            scatter[np.arange(len(pairs)), [pos[k] for _, k, _ in pairs]] = 1.0
+            L = np.array([row for _, _, row in pairs], np.float64)
+            plan = (scatter, np.array([i for i, _, _ in pairs]), L[:, 0], L[:, 1], np.ascontiguousarray(L[:, 2:].T))
+        self._plans[keys] = plan
+        return plan
 
     # --------------------------------------------------------------------------------- persistence
 

@@ -270,6 +270,13 @@ class QualityModel:
         """The lexical part of the prompt representation, (n, rank), from the token slots."""
         if self.T is None:
             return np.zeros((len(slots), self.config.rank), np.float32)
+        if len(slots) == 1:  # one prompt (serving): its filled slots only
+            ids = slots[0, :TOKEN_SLOTS].astype(np.int64)
+            filled = ids >= 0
+            ids = ids[filled]
+            w = (np.log1p(slots[0, TOKEN_SLOTS:][filled]) * self.idf[ids]).astype(np.float32)
+            w /= max(float(np.linalg.norm(w)), 1e-6)
+            return (w @ self.T[ids])[None]
         ids, counts = slots[:, :TOKEN_SLOTS].astype(np.int64), slots[:, TOKEN_SLOTS:]
         out = np.empty((len(slots), self.T.shape[1]), np.float32)
         for start in range(0, len(slots), 1024):
@@ -355,10 +362,10 @@ class QualityModel:
         pi = self.source_probs(Xs)
         return ((Xs - pi @ self.src_mean) / self.within_std)[:, self._within_cols()], pi
 
-    def _within_cols(self) -> np.ndarray:
+    def _within_cols(self) -> slice:
         """Columns of the within-benchmark input: all structural features + the leading embedding dims."""
         n_struct = len(STRUCT_NAMES)
-        return np.arange(n_struct + min(self.config.within_embed_dims, len(self.mean) - n_struct))
+        return slice(0, n_struct + min(self.config.within_embed_dims, len(self.mean) - n_struct))
 
     def logits_features(self, X: np.ndarray) -> np.ndarray:
         return self._logits(X, *self._inputs(X))
@@ -378,6 +385,14 @@ class QualityModel:
         the pair's strong member is moved to p_weak + the blended gain (routing.steps) on the prompts no
         neighbourhood component covering the pair is computed for; any other candidate
         set (more or fewer candidates, or None) leaves every prediction as it was."""
+        keys, P = self.predict_matrix(X, texts, only)
+        return {k: P[:, j] for j, k in enumerate(keys)}
+
+    def predict_matrix(
+        self, X: np.ndarray, texts: Sequence[str] | None = None, only: set[str] | None = None
+    ) -> tuple[tuple[str, ...], np.ndarray]:
+        """`predict_features` as (candidate keys, (n, len(keys)) float64 matrix): what the serving router
+        reads, without a dictionary of every candidate's column."""
         Xr, pi = self._inputs(X)  # pi: the resemblance to each training file, which the components gate on
         P = _sigmoid(self._logits(X, Xr, pi)).astype(np.float64)
         keys = tuple(self._keys)
@@ -388,15 +403,14 @@ class QualityModel:
         # --- neighbourhood component: the same, for large files, stacked on the prediction so far ---
         if nm is not None and texts is not None and nm.components:
             P = nm.blend_matrix(P, keys, X, texts, pi[:, [self.sources.index(s) for s in nm.sources]], only)
-        out = {k: P[:, j] for j, k in enumerate(keys)}
         # --- pair-gain component: only when routing between exactly one fitted pair (RouteLLM's setting), for
         # the prompts no neighbourhood component covering the pair is computed for (no in-file evidence) ---
         pgm = self.pair_gain_model
         pair = pgm.pair(only) if pgm is not None and texts is not None else None
         if pair is not None:
             gate = self.neighbour_gate(X, {pair.strong, pair.weak}, pi)
-            out = pgm.blend(out, texts, only, active=gate < GATE_MIN)
-        return out
+            P = pgm.blend_matrix(P, keys, texts, only, active=gate < GATE_MIN)
+        return keys, P
 
     def neighbour_gate(self, X: np.ndarray, candidates: set[str], pi: np.ndarray | None = None) -> np.ndarray:
         """Per prompt, the largest gate (`routing.neighbours`) of a neighbourhood component that covers all

@@ -109,6 +109,7 @@ class Router:
         self.tokens = tokens or TokensModel()
         self._learned = set(quality.candidates())
         self._key_cache: dict[str, str | None] = {}
+        self._columns: dict[tuple[str, ...], dict[str, int]] = {}  # the quality model's keys -> column
         self._canon: dict[str, list[str]] = {}
         if catalog is not None:
             for key in sorted(self._learned, reverse=True):  # later dates first
@@ -224,8 +225,11 @@ class Router:
         text = prompt_text(prompt_or_messages)
         X = self.quality.features([text])
         keys = {k for k in map(self.learned_key, cands) if k is not None}
-        learned = self.quality.predict_features(X, [text], only=keys)
-        everyone: dict[str, np.ndarray] | None = None  # every learned candidate, for the "default" mean
+        learned_keys, learned = self.quality.predict_matrix(X, [text], only=keys)
+        col = self._columns.get(learned_keys)
+        if col is None:
+            col = self._columns[learned_keys] = {k: j for j, k in enumerate(learned_keys)}
+        everyone: float | None = None  # the mean over every learned candidate, the "default" quality
         prof_inputs: tuple[np.ndarray, np.ndarray] | None = None
         if prompt_tokens is None:
             prompt_tokens = self._count(prompt_or_messages, text)
@@ -234,7 +238,7 @@ class Router:
         for cand in cands:
             key = self.learned_key(cand)
             if key is not None:
-                q, source = float(learned[key][0]), "learned"
+                q, source = float(learned[0, col[key]]), "learned"
             else:
                 if prof_inputs is None:
                     dom = self.profiles.domain_probs(self.quality.sources, self.quality.resemblance(X))
@@ -244,8 +248,8 @@ class Router:
                     q, source = float(Profiles.predict(profile, *prof_inputs)[0]), "profile"
                 else:
                     if everyone is None:
-                        everyone = self.quality.predict_features(X, [text])
-                    q = float(np.mean([v[0] for v in everyone.values()]))
+                        everyone = float(np.mean(self.quality.predict_matrix(X, [text])[1][0]))
+                    q = everyone
                     source = "default"
             names = catalog_names or {}
             price_name = names.get(cand.key) or names.get(cand.model) or cand.model

@@ -360,15 +360,39 @@ class PairGainModel:
         pg = self.pair(only)
         if pg is None or texts is None or pg.strong not in base or pg.weak not in base:
             return base
+        strong = self._blended_strong(pg, base[pg.strong], base[pg.weak], texts, active)
+        return base if strong is None else {**base, pg.strong: strong}
+
+    def blend_matrix(
+        self, B: np.ndarray, keys: Sequence[str], texts: Sequence[str] | None, only: Sequence[str] | set[str] | None,
+        active: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """`blend` on a matrix: `B` (n, len(keys)) the predictions of `keys`; `B` itself when nothing changes,
+        else a copy with the strong member's column replaced."""
+        pg = self.pair(only)
+        if pg is None or texts is None or pg.strong not in keys or pg.weak not in keys:
+            return B
+        js, jw = keys.index(pg.strong), keys.index(pg.weak)
+        strong = self._blended_strong(pg, B[:, js], B[:, jw], texts, active)
+        if strong is None:
+            return B
+        B = B.copy()
+        B[:, js] = strong
+        return B
+
+    def _blended_strong(
+        self, pg: PairGain, strong: np.ndarray, weak: np.ndarray, texts: Sequence[str], active: np.ndarray | None,
+    ) -> np.ndarray | None:
+        """The strong member's predictions after the blend (on the `active` prompts); None when none is."""
         rows = np.arange(len(texts)) if active is None else np.flatnonzero(active)
         if not len(rows):
-            return base
-        weak = np.asarray(base[pg.weak], np.float64)
-        strong = np.array(base[pg.strong], np.float64)
+            return None
+        weak = np.asarray(weak, np.float64)
+        strong = np.array(strong, np.float64)
         gain = pg.blended_gain(strong[rows] - weak[rows], steps_matrix([texts[i] for i in rows]),
                                self.config.router_weight)
         strong[rows] = np.clip(weak[rows] + gain, 0.0, 1.0)
-        return {**base, pg.strong: strong}
+        return strong
 
     # --------------------------------------------------------------------------------- persistence
 
