@@ -134,9 +134,17 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
 
 
+#: ASCII characters that `\w` does not match, mapped to a space (`word_grams` on ASCII text).
+_NON_WORD = {i: " " for i in range(128) if not (chr(i).isalnum() or chr(i) == "_")}
+
+
 def word_grams(text: str) -> list[str]:
     """Word 1-2 grams of `text` as sklearn's `TfidfVectorizer(ngram_range=(1, 2))` forms them."""
-    toks = TOKEN_PATTERN.findall(text.lower())
+    low = text.lower()
+    if low.isascii():  # the tokens of TOKEN_PATTERN: runs of 2+ word characters (~2x faster than the regex)
+        toks = [t for t in low.translate(_NON_WORD).split() if len(t) > 1]
+    else:
+        toks = TOKEN_PATTERN.findall(low)
     return toks + list(map(" ".join, pairwise(toks)))
 
 

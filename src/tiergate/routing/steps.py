@@ -86,6 +86,14 @@ def question_text(prompt: str) -> str:
 # lookbehinds, so that the scan can skip to `$` and digits.
 _NUMBER = re.compile(r"[$\d](?<![\w.][$\d])(?:(?<=\$)\d|(?<=\d))\d*(?:,\d{3})*(?:\.\d+)?%?")
 _WORD = re.compile(r"[a-z]+")
+#: ASCII characters other than a-z, mapped to a space: on ASCII text, `_WORD.findall` is a `translate` and a split.
+_NON_AZ = {i: " " for i in range(128) if not "a" <= chr(i) <= "z"}
+
+
+def _words(low: str) -> list[str]:
+    """`_WORD.findall(low)` (~2x faster on ASCII text)."""
+    return low.translate(_NON_AZ).split() if low.isascii() else _WORD.findall(low)
+
 
 
 def _vocab(words: str) -> frozenset[str]:
@@ -142,7 +150,7 @@ def step_features(prompt: str) -> np.ndarray:
     """The question's reasoning-load counts (log1p, float64), in `STEP_NAMES` order."""
     q = question_text(prompt)
     low = q.lower()
-    toks = _WORD.findall(low)
+    toks = _words(low)
     uni = Counter(toks)
     bi = Counter(map(" ".join, itertools.compress(itertools.pairwise(toks), map(_BIGRAM_FIRST.__contains__, toks))))
     words = q.split()
