@@ -44,59 +44,63 @@ ANSWER = "echo: hello there"
 MODES = ("plain", "stream", "responses-stream")
 
 
-async def responses_stream(client: httpx.AsyncClient, model: str, t: float) -> tuple[bool, int, str | None, float]:
-    """One native Responses stream: correct if the deltas spell the answer and `response.completed` came."""
-    body = {"model": model, "input": "hello there", "stream": True}
-    async with client.stream("POST", "/responses", json=body) as r:
+def chat_line(line: str) -> tuple[str, bool, str | None]:
+    """One SSE line of a chat completion stream -> (answer text in it, end of stream?, error type)."""
+    if line == "data: [DONE]":
+        return "", True, None
+    if not line.startswith("data: {"):
+        return "", False, None
+    c = orjson.loads(line[6:])
+    if "error" in c:
+        return "", False, c["error"].get("type") or "error"
+    return "".join(ch["delta"].get("content") or "" for ch in c.get("choices") or ()), False, None
+
+
+def responses_line(line: str) -> tuple[str, bool, str | None]:
+    """One SSE line of a Responses stream -> (answer text in it, `response.completed`?, error type)."""
+    if not line.startswith("data: {"):
+        return "", False, None
+    e = orjson.loads(line[6:])
+    kind = e.get("type")
+    if kind == "response.output_text.delta":
+        return e["delta"], False, None
+    if kind in ("error", "response.failed"):
+        err = e.get("error") or (e.get("response") or {}).get("error") or {}
+        return "", False, err.get("type") or err.get("code") or kind
+    return "", kind == "response.completed", None
+
+
+async def streamed(client: httpx.AsyncClient, path: str, body: dict, read, t: float) -> tuple[bool, int, str | None, float]:
+    """One streaming request: correct if its pieces spell the answer and the stream's end marker came."""
+    async with client.stream("POST", path, json=body) as r:
         if r.status_code != 200:
             d = orjson.loads(await r.aread())
             return False, r.status_code, (d.get("error") or {}).get("type"), time.perf_counter() - t
         text, done = [], False
         async for line in r.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            e = orjson.loads(line[6:])
-            kind = e.get("type")
-            if kind == "response.output_text.delta":
-                text.append(e["delta"])
-            elif kind == "response.completed":
-                done = True
-            elif kind in ("error", "response.failed"):
-                err = e.get("error") or (e.get("response") or {}).get("error") or {}
-                return False, 200, err.get("type") or err.get("code"), time.perf_counter() - t
+            piece, end, err = read(line)
+            if err is not None:
+                return False, 200, err, time.perf_counter() - t
+            text.append(piece)
+            done |= end
         return done and "".join(text) == ANSWER, 200, None, time.perf_counter() - t
 
 
 async def request(client: httpx.AsyncClient, model: str, mode: str) -> tuple[bool, int, str | None, float]:
     """(correct answer?, HTTP status, error type, seconds)."""
-    stream = mode != "plain"
-    body = {"model": model, "messages": [{"role": "user", "content": "hello there"}], "stream": stream}
+    chat = {"model": model, "messages": [{"role": "user", "content": "hello there"}], "stream": mode != "plain"}
     t = time.perf_counter()
     try:
         if mode == "responses-stream":
-            return await responses_stream(client, model, t)
-        if not stream:
-            r = await client.post("/chat/completions", json=body)
-            d = orjson.loads(r.content)
-            if r.status_code == 200:
-                ok = d["choices"][0]["message"]["content"] == ANSWER
-                return ok, 200, None, time.perf_counter() - t
-            return False, r.status_code, (d.get("error") or {}).get("type"), time.perf_counter() - t
-        async with client.stream("POST", "/chat/completions", json=body) as r:
-            if r.status_code != 200:
-                d = orjson.loads(await r.aread())
-                return False, r.status_code, (d.get("error") or {}).get("type"), time.perf_counter() - t
-            text, done = [], False
-            async for line in r.aiter_lines():
-                if line == "data: [DONE]":
-                    done = True
-                elif line.startswith("data: {"):
-                    c = orjson.loads(line[6:])
-                    if "error" in c:
-                        return False, 200, c["error"].get("type"), time.perf_counter() - t
-                    for ch in c.get("choices") or ():
-                        text.append(ch["delta"].get("content") or "")
-            return done and "".join(text) == ANSWER, 200, None, time.perf_counter() - t
+            return await streamed(client, "/responses", {"model": model, "input": "hello there", "stream": True},
+                                  responses_line, t)
+        if mode == "stream":
+            return await streamed(client, "/chat/completions", chat, chat_line, t)
+        r = await client.post("/chat/completions", json=chat)
+        d = orjson.loads(r.content)
+        if r.status_code == 200:
+            return d["choices"][0]["message"]["content"] == ANSWER, 200, None, time.perf_counter() - t
+        return False, r.status_code, (d.get("error") or {}).get("type"), time.perf_counter() - t
     except (httpx.HTTPError, orjson.JSONDecodeError, KeyError, IndexError) as e:
         return False, 0, type(e).__name__, time.perf_counter() - t
 

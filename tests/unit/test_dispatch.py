@@ -247,6 +247,23 @@ async def test_retry_after_too_long_fails_fast_with_429_and_header():
     assert len(CALLS) == 1
 
 
+async def test_request_meeting_the_probe_after_a_429_cooldown_is_rate_limited_not_unhealthy():
+    """After a 429 + Retry-After cooldown the deployment is half-open and one probe is in flight: a request
+    arriving meanwhile is refused as rate limited (429 with Retry-After), not as an unhealthy deployment."""
+    d = Dispatcher(make_config([{"name": "m", "deployments": [{}], "retry": {"max_retry_after_s": 0}}]), None)
+    SCRIPTS["m/0"] = [("status", 429, 0.05), ("slow", 0.3), "ok"]
+    with pytest.raises(GatewayError):
+        await d.dispatch("m", shaper(), stream=False, request_id="r1")
+    await asyncio.sleep(0.08)  # the cooldown is over: the next request becomes the half-open probe
+    probe = asyncio.create_task(d.dispatch("m", shaper(), stream=False, request_id="probe"))
+    await asyncio.sleep(0.05)
+    with pytest.raises(GatewayError) as ei:
+        await d.dispatch("m", shaper(), stream=False, request_id="r2")
+    assert ei.value.status == 429 and ei.value.code == "deployment_rate_limited", ei.value
+    assert ei.value.headers["retry-after"] == "1"
+    assert (await probe).deployment.id == "m/0"
+
+
 async def test_all_attempts_fail_gives_last_error_within_bounds():
     d = Dispatcher(two_deps(retry={"max_retries": 3, "backoff_base_s": 0.01, "backoff_max_s": 0.02}), None)
     SCRIPTS["m/0"] = [("status", 500)]

@@ -29,7 +29,7 @@ from typing import Any
 
 from tiergate.config import GatewayConfig, ModelConfig
 from tiergate.dispatch.balancer import DeploymentState, choose
-from tiergate.dispatch.circuit import CLOSED, OPEN, CircuitBreaker
+from tiergate.dispatch.circuit import CLOSED, CircuitBreaker
 from tiergate.dispatch.errors import (
     ContextWindowExceeded,
     from_upstream,
@@ -288,11 +288,12 @@ class Dispatcher:
     def _usable(st: DeploymentState, now: float, tokens: int, run: _Run) -> bool:
         cb = st.circuit
         if not cb.available(now):
-            if cb.rate_limited and cb.state == OPEN:
+            # open, or half-open with its one probe in flight (then say "about a second" to retry after)
+            if cb.rate_limited:  # the upstream's Retry-After opened it, not failures
                 run.blocked_caps = True
             else:
                 run.blocked_circuit = True
-            run.recover_in = min(run.recover_in, cb.recovers_in(now))
+            run.recover_in = min(run.recover_in, cb.recovers_in(now) or 1.0)
             return False
         if st.capped and not st.under_caps(now, tokens):
             run.blocked_caps = True
