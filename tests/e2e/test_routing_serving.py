@@ -93,6 +93,22 @@ def test_cost_cap_and_target_via_extra_body(env):
     assert float(loose["est_cost_usd"]) <= float(strict["est_cost_usd"])
 
 
+def test_output_bound_caps_the_estimated_cost(env):
+    """A request's max_completion_tokens bounds the answer + reasoning tokens the router prices (o1@high would
+    otherwise be priced at 10,000 reasoning tokens)."""
+    _, client, db = env
+    msgs = [{"role": "user", "content": HARD}]
+
+    def o1_high_cost(**kw) -> float:
+        raw = client.chat.completions.with_raw_response.create(model="auto", messages=msgs, **kw)
+        route = orjson.loads(_ledger(db, raw.headers["x-request-id"])[0][4])
+        return next(c["cost"] for c in route["candidates"] if c["candidate"] == "o1@high")
+
+    unbounded, bounded = o1_high_cost(), o1_high_cost(max_completion_tokens=100)
+    prompt_cost = unbounded - (600 + 10_000) * 60 / 1e6  # o1: $60 per 1M output tokens
+    assert bounded == pytest.approx(prompt_cost + 100 * 60 / 1e6, rel=1e-6)
+
+
 def test_ineligible_candidates_are_skipped(env):
     _, client, db = env
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]

@@ -36,6 +36,9 @@ _SHORT_ASK = re.compile(
     r"respond with (?:only|just)|true or false)\b",
     re.IGNORECASE,
 )
+#: Each `_SHORT_ASK` match contains one of these (lower-case): a substring test rules most prompts out
+#: without running the case-insensitive regex (~0.15 ms on a 1,000-token prompt).
+_SHORT_ASK_KEYS = ("answer with ", "choose the ", "which of the following", "respond with ", "true or false")
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,11 @@ class TokensModel:
 
     def answer_tokens(self, text: str) -> int:
         """Visible answer tokens for a prompt (same for every model)."""
-        if len(_CHOICES.findall(text)) >= 3 or _SHORT_ASK.search(text):
+        if len(_CHOICES.findall(text)) >= 3:
+            return ANSWER_TOKENS_SHORT
+        # str.lower maps a few non-ASCII letters differently from re.IGNORECASE: those texts skip the filter
+        low = text.lower() if text.isascii() else None
+        if (low is None or any(k in low for k in _SHORT_ASK_KEYS)) and _SHORT_ASK.search(text):
             return ANSWER_TOKENS_SHORT
         return ANSWER_TOKENS_OPEN
 

@@ -70,7 +70,11 @@ def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: st
         if gw.config.model(c.partition("@")[0]) is None:
             raise bad_request(f"routing candidate {c!r} is not a configured model", param="tiergate.candidates")
 
-    tokens_cache: dict[str, int] = {}
+    # counted once: the router prices with the o200k_base count, eligibility reuses it per tokenizer
+    prompt_tokens = count_messages(body["messages"])
+    tokens_cache: dict[str, int] = {"o200k_base": prompt_tokens}
+    bound = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_output = bound if isinstance(bound, int) and not isinstance(bound, bool) and bound > 0 else None
 
     def eligible(cand: Any) -> str | None:
         name = cand.model if hasattr(cand, "model") else str(cand).partition("@")[0]
@@ -92,7 +96,8 @@ def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: st
     try:
         decision = gw.router.decide(
             body["messages"], candidates, policy=policy, quality_target=float(target),
-            cost_cap_usd=cap, eligible=eligible, catalog_names=catalog_names,
+            cost_cap_usd=cap, eligible=eligible, catalog_names=catalog_names, max_output_tokens=max_output,
+            prompt_tokens=prompt_tokens,
         )
     except NoEligibleCandidate as e:
         raise bad_request(f"no routing candidate can serve this request: {e}", param="model",
