@@ -167,7 +167,10 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
         )
     info = gw.infos[model]
     check_capabilities(body, info, gw.infos, model)
-    prompt_tokens = count_messages(body["messages"], info)
+    counted = route_info["prompt_tokens"] if route_info is not None else {}  # routing counted the same messages
+    prompt_tokens = counted.get(info.tokenizer)
+    if prompt_tokens is None:
+        prompt_tokens = count_messages(body["messages"], info)
     max_out = _max_output(body)
     if max_out is None:
         max_out = default_output_limit(info)

@@ -120,5 +120,6 @@ def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: st
         "candidates": [{"candidate": a.candidate, "q": round(a.predicted_quality, 4), "cost": a.est_cost_usd,
                         "eligible": a.eligible, "why_not": a.ineligible_reason} for a in decision.assessments],
     }).decode()
+    # prompt tokens per tokenizer, counted here: the pipeline reuses them for the chosen model
     return new_body, {"header": header.encode("ascii", "replace").decode(), "ledger": ledger,
-                      "decision": decision}
+                      "decision": decision, "prompt_tokens": tokens_cache}
