@@ -86,10 +86,49 @@ def weighted_soft_logistic(X, y, w, C=10.0, iters=25):
     return beta
 
 
-def refit_component(comp: D.Component, rows, X, mode: str, tau: float = 0.5) -> D.Component:
+def align_recent_level(link, link_in, Y, seen, dates, share, shrink=50.0, min_z=0.0):
+    """`link` with each candidate's intercept shifted so that its predicted level matches its mean score on
+    the latest-dated `share` of its rows (ties at the date boundary included), shrunk by n / (n + `shrink`)
+    and left alone unless the mean residual (observed - predicted) is at least `min_z` standard errors
+    (sqrt(mean p(1 - p) / n)). `link_in` holds the cross-fitted predicted difficulty the link was fitted on.
+    Idea: older non-reasoning models decline on later problems (likely contamination of the older ones),
+    so a candidate's level should follow its latest training problems. Tried and rejected
+    in docs/router-research.md, temporal section, "Recent-level alignment")."""
+    out = np.array(link, np.float64, copy=True)
+    A = np.hstack([np.ones((len(link_in), 1)), link_in])
+    dates = np.asarray(dates)
+    for j in range(out.shape[0]):
+        rows = np.flatnonzero(seen[:, j])
+        if len(rows) == 0:
+            continue
+        ordered = np.sort(dates[rows])
+        first = ordered[min(len(ordered) - 1, int(np.floor((1 - share) * len(ordered))))]
+        recent = rows[dates[rows] >= first]
+        z = A[recent] @ out[j]
+        p = 1 / (1 + np.exp(-np.clip(z, -30, 30)))
+        y = Y[recent, j]
+        n = len(recent)
+        se = np.sqrt(max(float(np.mean(p * (1 - p))), 1e-9) / n)
+        if abs(y.mean() - p.mean()) < min_z * se:
+            continue
+        target = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
+        delta = 0.0  # Newton on mean(sigmoid(z + delta)) = target
+        for _ in range(20):
+            q = 1 / (1 + np.exp(-np.clip(z + delta, -30, 30)))
+            step = (q.mean() - target) / max(float(np.mean(q * (1 - q))), 1e-6)
+            delta -= step
+            if abs(step) < 1e-8:
+                break
+        out[j, 0] += delta * n / (n + shrink)
+    return out
+
+
+def refit_component(comp: D.Component, rows, X, mode: str, tau: float = 0.5, share: float = 0.25,
+                    shrink: float = 50.0, min_z: float = 0.0) -> D.Component:
     """`routing.difficulty.fit_component` again (same Rasch, same cross-fitted difficulty, same final
     regressor), with the link changed: `date` adds (contest year - latest training year) as a link input
-    and predicts at age 0 (the latest training date), i.e. keeps the link without its date column; `recency` weights link rows by exp(-(latest - date) / tau years)."""
+    and predicts at age 0 (the latest training date), i.e. keeps the link without its date column; `recency` weights link rows by exp(-(latest - date) / tau years); `align` keeps the shipped link and
+    moves its intercepts to the latest `share` of the rows (`align_recent_level`)."""
     cfg = D.DifficultyConfig()
     cands, Y, seen = D._score_matrix(rows, cfg)
     assert cands == comp.candidates
@@ -111,12 +150,17 @@ def refit_component(comp: D.Component, rows, X, mode: str, tau: float = 0.5) -> 
     if mode == "date":
         link_in = np.hstack([link_in, age[:, None]])
         w = np.ones(n)
+    elif mode == "align":
+        w = np.ones(n)
     else:
         w = np.exp(age / tau)
     link = np.stack([weighted_soft_logistic(link_in[seen[:, j]], Y[seen[:, j], j], w[seen[:, j]], cfg.link_c)
                      for j in range(len(cands))])
     if mode == "date":  # predict at the latest training date: age 0, the date column drops out
         link = link[:, :-1]
+    if mode == "align":
+        link = align_recent_level(link, link_in, Y, seen, [r.meta["contest_date"] for r in rows], share, shrink,
+                                  min_z)
     return D.Component(comp.source, comp.candidates, comp.mean, comp.std, comp.coef, comp.intercept, link, comp.skill,
                comp.typical_resemblance)
 
@@ -141,6 +185,12 @@ def _refitted(mode: str, **kw) -> Callable:
 
 VARIANTS: dict[str, Callable] = {
     "shipped": lambda model, rows, X: model,
+    "align-0.25-k50": _refitted("align", share=0.25, shrink=50.0),
+    "align-0.35-k50": _refitted("align", share=0.35, shrink=50.0),
+    "align-0.25-k100": _refitted("align", share=0.25, shrink=100.0),
+    "align-0.35-k100": _refitted("align", share=0.35, shrink=100.0),
+    "align-0.25-k50-z2": _refitted("align", share=0.25, shrink=50.0, min_z=2.0),
+    "align-0.35-k50-z2": _refitted("align", share=0.35, shrink=50.0, min_z=2.0),
     "date-link": _refitted("date"),
     "recency-0.5y": _refitted("recency", tau=0.5),
     "recency-1y": _refitted("recency", tau=1.0),
