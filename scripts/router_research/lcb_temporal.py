@@ -135,23 +135,15 @@ def refit_component(comp: D.Component, rows, X, mode: str, tau: float = 0.5, sha
     d = D.rasch(Y, seen, prior=cfg.rasch_prior)
     X = np.asarray(X[:, : len(comp.mean)], np.float64)
     mean, std = X.mean(0), X.std(0) + 1e-6
-    Z = (X - mean) / std
-    n = len(rows)
-    order = np.random.default_rng(cfg.seed).permutation(n)
-    dhat = np.empty(n)
-    for f in range(cfg.folds):
-        te = order[f :: cfg.folds]
-        tr = np.setdiff1d(order, te)
-        coef, b = D._ridge_cv(Z[tr], d[tr])
-        dhat[te] = Z[te] @ coef + b
+    dhat = D.cross_fitted_difficulty((X - mean) / std, d, cfg)
     age = np.array([_years(r) for r in rows])
     age = age - age.max()  # <= 0, years before the latest training problem
     link_in = np.hstack([dhat[:, None], X[:, D._LINK_COLS]])
     if mode == "date":
         link_in = np.hstack([link_in, age[:, None]])
-        w = np.ones(n)
+        w = np.ones(len(rows))
     elif mode == "align":
-        w = np.ones(n)
+        w = np.ones(len(rows))
     else:
         w = np.exp(age / tau)
     link = np.stack([weighted_soft_logistic(link_in[seen[:, j]], Y[seen[:, j], j], w[seen[:, j]], cfg.link_c)

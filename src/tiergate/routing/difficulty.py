@@ -139,6 +139,20 @@ def _score_matrix(rows: Sequence[OutcomeRow], cfg: DifficultyConfig) -> tuple[li
     return cands, Y, seen
 
 
+def cross_fitted_difficulty(Z: np.ndarray, d: np.ndarray, cfg: DifficultyConfig) -> np.ndarray:
+    """Each prompt's difficulty predicted from its standardised features `Z` by a ridge fitted on the
+    other folds (`cfg.folds`, seeded): what the link is fitted on, as a new prompt's would be."""
+    n = len(d)
+    order = np.random.default_rng(cfg.seed).permutation(n)
+    dhat = np.empty(n)
+    for f in range(cfg.folds):
+        te = order[f::cfg.folds]
+        tr = np.setdiff1d(order, te)
+        coef, b = _ridge_cv(Z[tr], d[tr])
+        dhat[te] = Z[te] @ coef + b
+    return dhat
+
+
 def fit_component(
     source: str, rows: Sequence[OutcomeRow], X: np.ndarray, cfg: DifficultyConfig | None = None
 ) -> Component | None:
@@ -153,14 +167,7 @@ def fit_component(
     X = np.asarray(X, np.float64)
     mean, std = X.mean(0), X.std(0) + 1e-6
     Z = (X - mean) / std
-    n = len(rows)
-    order = np.random.default_rng(cfg.seed).permutation(n)
-    dhat = np.empty(n)
-    for f in range(cfg.folds):
-        te = order[f::cfg.folds]
-        tr = np.setdiff1d(order, te)
-        coef, b = _ridge_cv(Z[tr], d[tr])
-        dhat[te] = Z[te] @ coef + b
+    dhat = cross_fitted_difficulty(Z, d, cfg)
     skill = float(np.corrcoef(dhat, d)[0, 1]) if np.std(dhat) > 0 else 0.0
     if not skill >= cfg.min_skill:
         return None
