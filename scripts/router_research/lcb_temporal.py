@@ -51,6 +51,7 @@ from tiergate.routing import difficulty as D
 from tiergate.routing import evaluate as E
 from tiergate.routing.data import OutcomeRow, dev_files, load_outcomes
 from tiergate.routing.quality import QualityModel
+from tiergate.routing.tokens_model import is_reasoning_model
 
 LCB = ("livecodebench-o1-dev", "livecodebench-o3o4-dev")
 O_SERIES = {
@@ -84,6 +85,50 @@ def weighted_soft_logistic(X, y, w, C=10.0, iters=25):
         if np.abs(step).max() < 1e-7:
             break
     return beta
+
+
+def logistic_with_se(X, y, C=10.0, iters=25):
+    """(coefficients, standard errors): `routing.difficulty.soft_logistic` (same penalty) with the SEs from
+    the inverse of the penalised Fisher information at the fit."""
+    A = np.hstack([np.ones((len(X), 1)), X])
+    beta = weighted_soft_logistic(X, y, np.ones(len(X)), C, iters)
+    p = 1 / (1 + np.exp(-np.clip(A @ beta, -30, 30)))
+    reg = np.full(A.shape[1], 1.0 / C)
+    reg[0] = 1e-6
+    H = (A * (p * (1 - p))[:, None]).T @ A + np.diag(reg)
+    return beta, np.sqrt(np.diag(np.linalg.inv(H)))
+
+
+_REASONING_NAMES = ("o1-preview", "qwq", "thinking", "deepseek-r1", "-r1")
+
+
+def is_reasoning_key(key: str) -> bool:
+    """A candidate key that names a reasoning model: any `model@effort` key, a model that
+    `tokens_model.is_reasoning_model` recognises (o-series, gpt-5), or a known reasoning name without
+    efforts (o1-preview, QwQ, R1, *thinking*)."""
+    model = key.split("@")[0]
+    return "@" in key or is_reasoning_model(model) or any(n in model.lower() for n in _REASONING_NAMES)
+
+
+def date_slope_link(comp, link_in, Y, seen, age, cands, mode, min_z=2.0):
+    """The shipped link `comp.link`, with a date slope for some candidates: the link refitted with
+    (contest year - latest training year) as an extra input and then used at age 0 (the latest training
+    date), i.e. without its date column. `date-nonreasoning`: for every candidate that is not a reasoning
+    model (`is_reasoning_key`); `date-significant`: for every candidate whose date slope is more than
+    `min_z` standard errors from zero (Fisher information of the logistic fit). Returns (link, {candidate:
+    (slope, se)} of the candidates that got one)."""
+    link = np.array(comp.link, np.float64, copy=True)
+    A = np.hstack([link_in, age[:, None]])
+    moved = {}
+    for j, cand in enumerate(cands):
+        if mode == "date-nonreasoning" and is_reasoning_key(cand):
+            continue
+        beta, se = logistic_with_se(A[seen[:, j]], Y[seen[:, j], j], D.DifficultyConfig().link_c)
+        if mode == "date-significant" and abs(beta[-1]) <= min_z * se[-1]:
+            continue
+        link[j] = beta[:-1]
+        moved[cand] = (float(beta[-1]), float(se[-1]))
+    return link, moved
 
 
 def align_recent_level(link, link_in, Y, seen, dates, share, shrink=50.0, min_z=0.0):
@@ -128,7 +173,8 @@ def refit_component(comp: D.Component, rows, X, mode: str, tau: float = 0.5, sha
     """`routing.difficulty.fit_component` again (same Rasch, same cross-fitted difficulty, same final
     regressor), with the link changed: `date` adds (contest year - latest training year) as a link input
     and predicts at age 0 (the latest training date), i.e. keeps the link without its date column; `recency` weights link rows by exp(-(latest - date) / tau years); `align` keeps the shipped link and
-    moves its intercepts to the latest `share` of the rows (`align_recent_level`)."""
+    moves its intercepts to the latest `share` of the rows (`align_recent_level`); `date-nonreasoning` and
+    `date-significant` keep the shipped link except for some candidates' date slope (`date_slope_link`)."""
     cfg = D.DifficultyConfig()
     cands, Y, seen = D._score_matrix(rows, cfg)
     assert cands == comp.candidates
@@ -139,6 +185,12 @@ def refit_component(comp: D.Component, rows, X, mode: str, tau: float = 0.5, sha
     age = np.array([_years(r) for r in rows])
     age = age - age.max()  # <= 0, years before the latest training problem
     link_in = np.hstack([dhat[:, None], X[:, D._LINK_COLS]])
+    if mode in ("date-nonreasoning", "date-significant"):
+        link, moved = date_slope_link(comp, link_in, Y, seen, age, cands, mode)
+        print(f"  {comp.source} {mode}: date slope (logit/year, SE) " + ", ".join(
+            f"{c} {b:+.2f} ({s:.2f})" for c, (b, s) in moved.items()), file=sys.stderr)
+        return D.Component(comp.source, comp.candidates, comp.mean, comp.std, comp.coef, comp.intercept, link,
+                           comp.skill, comp.typical_resemblance)
     if mode == "date":
         link_in = np.hstack([link_in, age[:, None]])
         w = np.ones(len(rows))
@@ -184,6 +236,8 @@ VARIANTS: dict[str, Callable] = {
     "align-0.25-k50-z2": _refitted("align", share=0.25, shrink=50.0, min_z=2.0),
     "align-0.35-k50-z2": _refitted("align", share=0.35, shrink=50.0, min_z=2.0),
     "date-link": _refitted("date"),
+    "date-nonreasoning": _refitted("date-nonreasoning"),
+    "date-significant": _refitted("date-significant"),
     "recency-0.5y": _refitted("recency", tau=0.5),
     "recency-1y": _refitted("recency", tau=1.0),
 }
