@@ -142,3 +142,28 @@ def test_quality_model_integration_and_persistence(tmp_path: Path) -> None:
     off_dir = tmp_path / "off"
     off.save(off_dir)
     assert not (off_dir / "difficulty.npz").exists() and QualityModel.load(off_dir).difficulty_model is None
+
+
+def test_dated_rows_use_non_reasoning_links_at_the_latest_date(extractor_model: QualityModel) -> None:
+    """A non-reasoning candidate that succeeds on old problems and fails on recent ones (memorised old ones)
+    is predicted at its recent level; a reasoning candidate (`@effort`) keeps its all-dates link."""
+    rng = np.random.default_rng(4)
+    cands = [*CANDS[:8], "old-chat-model", "reasoner@high"]
+    rows = []
+    for i, r in enumerate(_rows(cands=cands)):
+        day = np.datetime64("2023-05-01") + i * 2  # oldest first
+        recent = i >= 120
+        outcomes = dict(r.outcomes)
+        outcomes["old-chat-model"] = Outcome(float(rng.random() < (0.2 if recent else 0.9)))
+        outcomes["reasoner@high"] = Outcome(float(rng.random() < 0.7))
+        rows.append(OutcomeRow(r.id, r.source, r.prompt, {"contest_date": str(day)}, outcomes))
+    X = _dense(extractor_model, rows)[:, :extractor_model.extractor.n_dense]
+    dated = fit_component("dated", rows, X)
+    undated = fit_component("dated", rows, X, DifficultyConfig(date_slope_non_reasoning=False))
+    assert dated is not None and undated is not None
+    P, Q = dated.predict(X), undated.predict(X)
+    old, reasoner = cands.index("old-chat-model"), cands.index("reasoner@high")
+    assert Q[:, old].mean() > 0.45 and P[:, old].mean() < 0.35  # its recent level, not the all-dates mean
+    np.testing.assert_allclose(P[:, reasoner], Q[:, reasoner])
+    # candidates without a trend keep about their level (the slope follows only sampling noise)
+    assert np.abs(P[:, :8].mean(0) - Q[:, :8].mean(0)).max() < 0.15

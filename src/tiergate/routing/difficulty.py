@@ -10,7 +10,12 @@ how hard it is - explains most of who succeeds. Per such file ("source"):
    is taken out of fold (5 folds) so that the next step is calibrated on predictions of the kind it sees
    at serving;
 3. per candidate, a logistic link score ~ [predicted difficulty, starter-code flag, competitive-programming
-   sections], fitted on soft labels (the score in [0, 1]).
+   sections], fitted on soft labels (the score in [0, 1]). Where the rows are dated (`meta.contest_date`),
+   the link of each non-reasoning candidate also gets the problem's age and is used at age 0, the latest
+   training date: on LiveCodeBench, older non-reasoning models score lower on later problems (likely
+   memorised older ones; claude-3-5-sonnet-20241022 0.69 -> 0.42 over the dev period) while reasoning
+   models do not, and prompts at serving are newer than any training problem. Measured on a temporal
+   split of the dev files (docs/router-research.md, "Date slope for non-reasoning candidates").
 
 `QualityModel` blends a component's prediction with its own for the candidates the component covers,
 weighted by how much the prompt resembles the component's file. Serving is numpy only (two small dot
@@ -48,6 +53,7 @@ class DifficultyConfig:
     min_skill: float = 0.3  # ... and if out-of-fold predicted difficulty correlates with the latent one this much
     rasch_prior: float = 0.3
     link_c: float = 10.0  # inverse L2 strength of the per-candidate logistic link (as sklearn's C)
+    date_slope_non_reasoning: bool = True  # dated rows: non-reasoning links used at the latest date (module doc)
     folds: int = 5
     seed: int = 0
 
@@ -139,6 +145,31 @@ def _score_matrix(rows: Sequence[OutcomeRow], cfg: DifficultyConfig) -> tuple[li
     return cands, Y, seen
 
 
+#: Reasoning models whose names `tokens_model.is_reasoning_model` does not recognise (it knows the o-series
+#: and gpt-5 by name; any `model@effort` key is a reasoning model too).
+_REASONING_NAMES = ("o1-preview", "qwq", "thinking", "deepseek-r1", "-r1", "gemini-2.5")
+
+
+def is_reasoning_key(key: str) -> bool:
+    """Does this candidate key name a reasoning model?"""
+    from tiergate.routing.tokens_model import is_reasoning_model
+
+    model = key.split("@")[0]
+    return "@" in key or is_reasoning_model(model) or any(n in model.lower() for n in _REASONING_NAMES)
+
+
+def problem_ages(rows: Sequence[OutcomeRow]) -> np.ndarray | None:
+    """Years between each row's `meta.contest_date` and the latest one (<= 0); None unless every row has one."""
+    dates = [r.meta.get("contest_date") for r in rows]
+    if not dates or not all(isinstance(d, str) for d in dates):
+        return None
+    try:
+        days = np.array([np.datetime64(d[:10], "D") for d in dates]).astype(np.int64)
+    except ValueError:
+        return None
+    return (days - days.max()) / 365.25
+
+
 def cross_fitted_difficulty(Z: np.ndarray, d: np.ndarray, cfg: DifficultyConfig) -> np.ndarray:
     """Each prompt's difficulty predicted from its standardised features `Z` by a ridge fitted on the
     other folds (`cfg.folds`, seeded): what the link is fitted on, as a new prompt's would be."""
@@ -174,6 +205,12 @@ def fit_component(
     coef, b = _ridge_cv(Z, d)
     link_in = np.hstack([dhat[:, None], X[:, _LINK_COLS]])
     link = np.stack([soft_logistic(link_in[seen[:, j]], Y[seen[:, j], j], cfg.link_c) for j in range(len(cands))])
+    ages = problem_ages(rows) if cfg.date_slope_non_reasoning else None
+    if ages is not None:
+        dated = np.hstack([link_in, ages[:, None]])
+        for j, cand in enumerate(cands):
+            if not is_reasoning_key(cand):  # the age column's weight drops out at age 0
+                link[j] = soft_logistic(dated[seen[:, j]], Y[seen[:, j], j], cfg.link_c)[:-1]
     return Component(source, cands, mean, std, coef, b, link, skill)
 
 
