@@ -72,19 +72,7 @@ def _years(row: OutcomeRow) -> float:
 
 def weighted_soft_logistic(X, y, w, C=10.0, iters=25):
     """`routing.difficulty.soft_logistic` with row weights."""
-    A = np.hstack([np.ones((len(X), 1)), X])
-    beta = np.zeros(A.shape[1])
-    reg = np.full(A.shape[1], 1.0 / C)
-    reg[0] = 1e-6
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-np.clip(A @ beta, -30, 30)))
-        g = A.T @ (w * (p - y)) + reg * beta
-        H = (A * (w * p * (1 - p))[:, None]).T @ A + np.diag(reg)
-        step = np.linalg.solve(H, g)
-        beta -= step
-        if np.abs(step).max() < 1e-7:
-            break
-    return beta
+    return D.soft_logistic(X, y, C, iters, row_weights=w)
 
 
 def logistic_with_se(X, y, C=10.0, iters=25):

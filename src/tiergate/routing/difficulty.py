@@ -72,17 +72,19 @@ def rasch(Y: np.ndarray, seen: np.ndarray, iters: int = 30, prior: float = 0.3) 
     return d
 
 
-def soft_logistic(X: np.ndarray, y: np.ndarray, C: float = 10.0, iters: int = 25) -> np.ndarray:
+def soft_logistic(X: np.ndarray, y: np.ndarray, C: float = 10.0, iters: int = 25,
+                  row_weights: np.ndarray | None = None) -> np.ndarray:
     """Logistic regression on soft labels y in [0, 1] (Newton; L2 1/(2C) on the weights, not the
-    intercept). Returns [intercept, weights...]."""
+    intercept; optional weights per row). Returns [intercept, weights...]."""
     A = np.hstack([np.ones((len(X), 1)), X])
     w = np.zeros(A.shape[1])
     reg = np.full(A.shape[1], 1.0 / C)
     reg[0] = 1e-6
+    rw = 1.0 if row_weights is None else row_weights
     for _ in range(iters):
         p = 1 / (1 + np.exp(-np.clip(A @ w, -30, 30)))
-        g = A.T @ (p - y) + reg * w
-        H = (A * (p * (1 - p))[:, None]).T @ A + np.diag(reg)
+        g = A.T @ (rw * (p - y)) + reg * w
+        H = (A * (rw * p * (1 - p))[:, None]).T @ A + np.diag(reg)
         step = np.linalg.solve(H, g)
         w -= step
         if np.abs(step).max() < 1e-7:
