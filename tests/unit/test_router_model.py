@@ -9,7 +9,7 @@ from tiergate.routing.data import Outcome, OutcomeRow
 from tiergate.routing.features import STRUCT_NAMES, prompt_text, structural
 from tiergate.routing.profiles import Profiles
 from tiergate.routing.quality import ARTIFACTS_DIR, FitConfig, QualityModel
-from tiergate.routing.router import Candidate, Router
+from tiergate.routing.router import Candidate, Router, UnknownCandidate
 from tiergate.routing.tokens_model import TokensModel, cost_usd
 
 SHORT = ["What is {a} plus {b}?", "Name the capital of country number {a}.", "Is {a} larger than {b}?"]
@@ -98,11 +98,15 @@ def test_candidate_parse() -> None:
 
 def test_profile_fallback_for_unknown_candidates(fitted: QualityModel) -> None:
     router = Router(fitted, Profiles.load(), catalog=None)
-    out = router.assess("What is 2 + 2?", ["weak", "gpt-4.1-nano", "no-such-model"])
+    # a configured model nothing else describes (catalog_names) gets the mean of the learned candidates
+    out = router.assess("What is 2 + 2?", ["weak", "gpt-4.1-nano", "no-such-model"],
+                        catalog_names={"no-such-model": "no-such-model"})
     src = {a.candidate: a.quality_source for a in out}
     assert src == {"weak": "learned", "gpt-4.1-nano": "profile", "no-such-model": "default"}
     for a in out:
         assert 0.0 <= a.predicted_quality <= 1.0
+    with pytest.raises(UnknownCandidate, match="'no-such-model'"):  # unconfigured: nothing describes it
+        router.assess("What is 2 + 2?", ["weak", "no-such-model"])
 
 
 def test_profile_override_file(fitted: QualityModel, tmp_path) -> None:

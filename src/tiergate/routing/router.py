@@ -5,10 +5,16 @@ of each, and one explained choice under a policy.
     router.assess("Prove that ...", ["o1@high", "o3-mini@low", "gpt-4o-mini"])   -> [Assessment]
     router.decide(messages, candidates, policy="auto:balanced", cost_cap_usd=0.01) -> Decision
 
-Quality comes from the learned `QualityModel` when it has outcome data for the candidate (matched by
-exact key, else through the catalogue's canonical name, so `gpt-4o` finds `gpt-4o-2024-08-06`, and a
-reasoning model named without an effort runs at medium), otherwise from its profile
-(`profiles.yaml`), otherwise from the mean of the learned candidates (said so in `quality_source`).
+A configured alias (`catalog_names={"team-default": "gpt-4o"}`, as the gateway passes its config's
+`name -> catalog`) is assessed as its catalogue model: quality, tokens and price. Quality comes from the
+learned `QualityModel` when it has outcome data for the candidate (matched by exact key, else through
+the catalogue's canonical name, so `gpt-4o` finds `gpt-4o-2024-08-06`, and a reasoning model named
+without an effort runs at medium), otherwise from its profile (`profiles.yaml`), otherwise from the mean
+of the learned candidates (said so in `quality_source`). A candidate that nothing describes (a model
+with no catalogue entry, profile, outcome data or `catalog_names` entry; an effort the model does not
+have) is an `UnknownCandidate` error, not a guess. A reasoning candidate whose expected reasoning
+tokens alone reach the request's output bound (`max_output_tokens`) cannot answer and is ineligible,
+unless every candidate is so: then the one with the fewest expected reasoning tokens is kept.
 Cost: prompt tokens (accounting.tokens) x input price + (predicted answer + reasoning tokens) x output
 price, prices from the catalogue. No I/O after `load`; one decision is one feature extraction and a few
 small matrix products.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +97,18 @@ class NoEligibleCandidate(ValueError):
     """Every candidate was ruled out; the message lists each one's reason."""
 
 
-class UnknownCandidate(ValueError):
+class UnknownCandidate(NoEligibleCandidate):
     """A candidate names a model, or a reasoning effort of a model, that nothing describes: no catalogue
-    entry, no profile and no outcome data."""
+    entry, no profile, no outcome data and no `catalog_names` entry. A `ValueError`; also a
+    `NoEligibleCandidate`, so a caller that turns that into a client error (the gateway's 400) does the
+    same for a bad candidate in a request."""
+
+
+#: The efforts a configured model outside the catalogue accepts (`Catalog.unknown` passes any through).
+try:
+    from tiergate.catalog.catalog import ALL_REASONING_EFFORTS as _ANY_EFFORT
+except ImportError:  # pragma: no cover - the catalogue is part of the package
+    _ANY_EFFORT = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
 class Router:
@@ -109,6 +125,7 @@ class Router:
         self.tokens = tokens or TokensModel()
         self._learned = set(quality.candidates())
         self._key_cache: dict[str, str | None] = {}
+        self._problem_cache: dict[tuple[str, str, bool], str | None] = {}
         self._columns: dict[tuple[str, ...], dict[str, int]] = {}  # the quality model's keys -> column
         self._canon: dict[str, list[str]] = {}
         if catalog is not None:
@@ -165,33 +182,66 @@ class Router:
         self._key_cache[cand.key] = found
         return found
 
+    @staticmethod
+    def _target(cand: Candidate, names: dict[str, str] | None) -> Candidate:
+        """The candidate as the catalogue knows it: a configured alias (`catalog_names`, keyed by the
+        candidate key or its model name) becomes its catalogue model, with the same effort."""
+        if names:
+            target = names.get(cand.key) or names.get(cand.model)
+            if target and target != cand.model:
+                return Candidate(str(target), cand.effort)
+        return cand
+
+    def _problem(self, cand: Candidate, names: dict[str, str] | None) -> str | None:
+        """Why nothing describes `cand` (its model or its effort), or None when something does."""
+        target = self._target(cand, names)
+        configured = bool(names) and (cand.key in names or cand.model in names)  # type: ignore[operator]
+        ck = (cand.key, target.key, configured)
+        if ck in self._problem_cache:
+            return self._problem_cache[ck]
+        info = self._info(target.model)
+        model = target.model
+        learned_any = any(k == model or k.startswith(f"{model}@") for k in self._learned)
+        shown = cand.model if target.model == cand.model else f"{cand.model} (catalogue {target.model})"
+        problem: str | None = None
+        if info is None and not configured and not learned_any and self.profiles.find(model, None) is None \
+                and not self._has_profile_effort(model):
+            if names:
+                allowed = "configured models: " + ", ".join(sorted(names))
+            else:
+                close = get_close_matches(model, sorted(self._known_names()), n=3, cutoff=0.6)
+                allowed = f"did you mean {', '.join(close)}?" if close else \
+                    "check the spelling or add it to the catalogue"
+            problem = (f"{cand.key!r}: unknown model {cand.model!r} (not in the model catalogue, no profile, no "
+                       f"outcome data); {allowed}")
+        elif cand.effort is not None:
+            if info is not None:
+                efforts = tuple(info.capabilities.reasoning_efforts or ())
+            else:
+                efforts = _ANY_EFFORT if configured else ()
+            if not (cand.effort in efforts or self.learned_key(target) is not None
+                    or self._has_profile_effort(model, cand.effort)):
+                learned = sorted(k.partition("@")[2] for k in self._learned if k.startswith(f"{model}@"))
+                known = ", ".join(dict.fromkeys([*efforts, *learned])) or "none (not a reasoning model)"
+                problem = f"{cand.key!r}: {shown} has no reasoning effort {cand.effort!r} (efforts: {known})"
+        self._problem_cache[ck] = problem
+        return problem
+
+    def _known_names(self) -> set[str]:
+        names = {k.partition("@")[0] for k in self._learned} | {k.partition("@")[0] for k in self.profiles.entries}
+        names_fn = getattr(self.catalog, "names", None)
+        if callable(names_fn):
+            names |= set(names_fn())
+        return names
+
     def check_candidates(
         self, candidates: Sequence[str | Candidate], catalog_names: dict[str, str] | None = None
     ) -> None:
-        """Raise `UnknownCandidate` for a candidate whose model has no catalogue entry, profile or outcome
-        data, or whose effort is neither one the catalogue lists for the model nor one with a profile or
-        outcome data (`o3-mini@ultra`, `gpt-4o-mini@high`). `assess` itself accepts anything (it falls
-        back to a default quality and an unknown cost), so callers taking user input check first."""
-        problems: list[str] = []
-        names = catalog_names or {}
-        for spec in candidates:
-            cand = Candidate.parse(spec)
-            info = self._info(names.get(cand.key) or names.get(cand.model) or cand.model)
-            learned_any = any(k == cand.model or k.startswith(f"{cand.model}@") for k in self._learned)
-            if info is None and not learned_any and self.profiles.find(cand.model, None) is None \
-                    and not self._has_profile_effort(cand.model):
-                problems.append(f"{cand.key!r}: unknown model {cand.model!r} (not in the model catalogue, no "
-                                "profile, no outcome data); check the spelling or add it to the catalogue")
-                continue
-            if cand.effort is None:
-                continue
-            efforts = tuple(info.capabilities.reasoning_efforts or ()) if info is not None else ()
-            if cand.effort in efforts or self.learned_key(cand) is not None or self._has_profile_effort(
-                    cand.model, cand.effort):
-                continue
-            known = ", ".join(efforts) if efforts else "none (not a reasoning model)"
-            problems.append(f"{cand.key!r}: {cand.model} has no reasoning effort {cand.effort!r} "
-                            f"(efforts: {known})")
+        """Raise `UnknownCandidate` for a candidate whose model has no catalogue entry, profile, outcome
+        data or `catalog_names` entry, or whose effort is neither one the catalogue lists for the model
+        nor one with a profile or outcome data (`o3-mini@ultra`, `gpt-4o-mini@high`); the message names
+        every such candidate and what is allowed. `assess` and `decide` run the same check."""
+        problems = [p for p in (self._problem(Candidate.parse(c), catalog_names) for c in candidates) if p]
         if problems:
             raise UnknownCandidate("unknown routing candidate " + "; ".join(problems))
 
@@ -215,16 +265,42 @@ class Router:
     ) -> list[Assessment]:
         """Predicted quality and estimated cost of every candidate (in the given order).
 
-        `catalog_names` maps a candidate key (or its model name) to the catalogue name to price it with
-        (a configured model's catalogue entry), `prompt_tokens` overrides the token count (the gateway has usually counted already).
-        Only the context window is checked here; `decide` applies the caller's other eligibility rules.
+        `catalog_names` maps a candidate key (or its model name) to its catalogue name (a configured
+        model's `catalog:`): the candidate is assessed as that catalogue model (quality, tokens, price)
+        and counts as known. `max_output_tokens` is the request's output bound: it caps the priced
+        tokens, and a reasoning candidate whose expected reasoning tokens alone reach it is ineligible
+        (unless every candidate is). `prompt_tokens` overrides the token count (the gateway has usually
+        counted already). Raises `UnknownCandidate` (a `ValueError`) for a candidate nothing describes.
+        Only the context window and the output bound are checked here; `decide` applies the caller's
+        other eligibility rules.
         """
+        out, blocked, _ = self._assess(prompt_or_messages, candidates, catalog_names=catalog_names,
+                                       max_output_tokens=max_output_tokens, prompt_tokens=prompt_tokens)
+        self._keep_one(out, blocked)
+        return out
+
+    def _assess(
+        self,
+        prompt_or_messages: str | Sequence[Any],
+        candidates: Sequence[str | Candidate],
+        *,
+        catalog_names: dict[str, str] | None,
+        max_output_tokens: int | None,
+        prompt_tokens: int | None,
+    ) -> tuple[list[Assessment], dict[int, int], list[Candidate]]:
+        """Assessments, {index: expected reasoning tokens} of the candidates ruled out by the output
+        bound alone, and the parsed candidates."""
         cands = [Candidate.parse(c) for c in candidates]
         if not cands:
             raise NoEligibleCandidate("no routing candidates configured (routing.candidates in the config)")
+        names = catalog_names or {}
+        problems = [p for p in (self._problem(c, names) for c in cands) if p]
+        if problems:
+            raise UnknownCandidate("unknown routing candidate " + "; ".join(problems))
+        targets = [self._target(c, names) for c in cands]
         text = prompt_text(prompt_or_messages)
         X = self.quality.features([text])
-        keys = {k for k in map(self.learned_key, cands) if k is not None}
+        keys = {k for k in map(self.learned_key, targets) if k is not None}
         learned_keys, learned = self.quality.predict_matrix(X, [text], only=keys)
         col = self._columns.get(learned_keys)
         if col is None:
@@ -235,15 +311,16 @@ class Router:
             prompt_tokens = self._count(prompt_or_messages, text)
         answer = self.tokens.answer_tokens(text)
         out: list[Assessment] = []
-        for cand in cands:
-            key = self.learned_key(cand)
+        blocked: dict[int, int] = {}
+        for i, (cand, target) in enumerate(zip(cands, targets, strict=True)):
+            key = self.learned_key(target)
             if key is not None:
                 q, source = float(learned[0, col[key]]), "learned"
             else:
                 if prof_inputs is None:
                     dom = self.profiles.domain_probs(self.quality.sources, self.quality.resemblance(X))
                     prof_inputs = (dom, self.quality.difficulty(X))
-                profile = self.profiles.find(cand.model, cand.effort)
+                profile = self.profiles.find(target.model, target.effort)
                 if profile is not None:
                     q, source = float(Profiles.predict(profile, *prof_inputs)[0]), "profile"
                 else:
@@ -251,12 +328,10 @@ class Router:
                         everyone = float(np.mean(self.quality.predict_matrix(X, [text])[1][0]))
                     q = everyone
                     source = "default"
-            names = catalog_names or {}
-            price_name = names.get(cand.key) or names.get(cand.model) or cand.model
-            info = self._info(price_name)
+            info = self._info(target.model)
             efforts = info.capabilities.reasoning_efforts if info is not None else None
             est = self.tokens.estimate(
-                text, cand.model, cand.effort, efforts=efforts, max_output_tokens=max_output_tokens,
+                text, target.model, target.effort, efforts=efforts, max_output_tokens=max_output_tokens,
                 answer_tokens=answer,
             )
             cost = float("nan")
@@ -268,9 +343,31 @@ class Router:
                     eligible, why = False, f"prompt ({prompt_tokens} tokens) exceeds context window {info.context_window}"
                 elif need > info.context_window:
                     eligible, why = False, f"prompt + expected answer ({need} tokens) exceed context window {info.context_window}"
+            if eligible and max_output_tokens is not None:
+                reasoning = self.tokens.reasoning_tokens(target.model, target.effort, efforts)
+                if reasoning and reasoning >= max_output_tokens:
+                    blocked[i] = reasoning
+                    eligible = False
+                    if reasoning > max_output_tokens:
+                        why = (f"max_completion_tokens {max_output_tokens} is below the ~{reasoning} reasoning "
+                               f"tokens {cand.key} is expected to use")
+                    else:
+                        why = (f"max_completion_tokens {max_output_tokens} leaves no room for an answer after the "
+                               f"~{reasoning} reasoning tokens {cand.key} is expected to use")
             out.append(Assessment(cand.key, q, cost, est.output_tokens, est.reasoning_tokens, prompt_tokens,
                                   eligible, why, source))
-        return out
+        return out, blocked, cands
+
+    @staticmethod
+    def _keep_one(assessments: list[Assessment], blocked: dict[int, int]) -> Assessment | None:
+        """When nothing is eligible but some candidates were ruled out by the output bound alone, make
+        the one with the fewest expected reasoning tokens eligible again (and return it)."""
+        if not blocked or any(a.eligible for a in assessments):
+            return None
+        i = min(blocked, key=lambda j: (blocked[j], j))
+        a = assessments[i]
+        a.eligible, a.ineligible_reason = True, None
+        return a
 
     def _count(self, prompt_or_messages: str | Sequence[Any], text: str) -> int:
         try:
@@ -309,15 +406,18 @@ class Router:
             target = None if cost_cap_usd is not None else resolve_target("balanced", None)
         else:
             target = resolve_target(policy, None)
-        cands = [Candidate.parse(c) for c in candidates]
-        assessments = self.assess(prompt_or_messages, cands, catalog_names=catalog_names,
-                                  max_output_tokens=max_output_tokens, prompt_tokens=prompt_tokens)
+        assessments, blocked, cands = self._assess(
+            prompt_or_messages, candidates, catalog_names=catalog_names, max_output_tokens=max_output_tokens,
+            prompt_tokens=prompt_tokens,
+        )
         if eligible is not None:
-            for cand, a in zip(cands, assessments, strict=True):
-                if a.eligible:
+            for i, (cand, a) in enumerate(zip(cands, assessments, strict=True)):
+                if a.eligible or i in blocked:
                     why = eligible(cand)
                     if why:
                         a.eligible, a.ineligible_reason = False, why
+                        blocked.pop(i, None)
+        kept = self._keep_one(assessments, blocked)
         pool = [a for a in assessments if a.eligible]
         if not pool:
             reasons = "; ".join(f"{a.candidate}: {a.ineligible_reason}" for a in assessments)
@@ -326,4 +426,9 @@ class Router:
             [a.candidate for a in pool], [a.predicted_quality for a in pool], [a.est_cost_usd for a in pool],
             target=target, cost_cap=cost_cap_usd,
         )
-        return Decision(pool[choice.index], assessments, choice.reason, policy, target, cost_cap_usd)
+        reason = choice.reason
+        if kept is not None:
+            reason += (f"; kept {kept.candidate} although max_completion_tokens {max_output_tokens} is at or "
+                       f"below its ~{blocked[assessments.index(kept)]} expected reasoning tokens (no candidate "
+                       "fits the bound, it needs the fewest), so its answer may be cut off")
+        return Decision(pool[choice.index], assessments, reason, policy, target, cost_cap_usd)
