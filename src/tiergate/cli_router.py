@@ -55,6 +55,22 @@ def _err(msg: str) -> int:
     return 2
 
 
+def _no_router(directory: str | None, missing: str | None) -> int:
+    """The error for a router directory with no trained router in it (`route`, `router eval`)."""
+    return _err(f"no trained router at {directory or 'the package artefacts'} ({missing} is missing): "
+                "train one with `tiergate router train --outcomes FILE... --out DIR` and pass --router DIR")
+
+
+def _router_file_missing(directory: str) -> str | None:
+    """The file a `--router DIR` lacks to be loaded, or None when it holds a router."""
+    from pathlib import Path
+
+    d = Path(directory)
+    if (d / "mean_baseline.json").is_file() or (d / "quality.json").is_file():
+        return None
+    return str(d / "quality.json")
+
+
 # -------------------------------------------------------------------------------------------- route
 
 
@@ -63,26 +79,34 @@ def _route(args: argparse.Namespace) -> int:
 
     from tiergate.routing.router import Router
 
+    if args.max_cost_usd is not None and not args.max_cost_usd >= 0:
+        return _err(f"--max-cost-usd must be a number of dollars >= 0, got {args.max_cost_usd:g}")
+    if args.quality_target is not None and not 0 < args.quality_target <= 1:
+        return _err(f"--quality-target must be in (0, 1], got {args.quality_target:g}")
     candidates = _csv(args.candidates)
-    if candidates is None:
+    catalog_names: dict[str, str] | None = None
+    if candidates is None or args.config:
         from tiergate.config import ConfigError, load_config
 
         try:
-            candidates = list(load_config(args.config).routing.candidates)
+            config = load_config(args.config)
         except ConfigError as e:
             return _err(f"configuration error: {e}")
+        # configured models are routed as their catalogue entries (`catalog:`), as the gateway does
+        catalog_names = {m.name: m.catalog for m in config.models}
+        if candidates is None:
+            candidates = list(config.routing.candidates)
         if not candidates:
             return _err("no candidates: pass --candidates a,b,... or list them under `routing.candidates` in the config")
     try:
         router = Router.load(args.router)
-        router.check_candidates(candidates)
+        router.check_candidates(candidates, catalog_names)
         decision = router.decide(
             args.prompt, candidates, policy=args.policy, quality_target=args.quality_target,
-            cost_cap_usd=args.max_cost_usd,
+            cost_cap_usd=args.max_cost_usd, catalog_names=catalog_names,
         )
     except FileNotFoundError as e:
-        return _err(f"no trained router at {args.router or 'the package artefacts'} ({e.filename} is missing): "
-                    "train one with `tiergate router train --outcomes FILE... --out DIR` and pass --router DIR")
+        return _no_router(args.router, e.filename)
     except (ValueError, KeyError) as e:
         return _err(str(e).strip("'\""))
     chosen = getattr(decision.chosen, "candidate", decision.chosen)  # an Assessment (or its key)
@@ -134,7 +158,7 @@ def _route(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tiergate.routing.data import OutcomeDataError, load_outcomes
+    from tiergate.routing.data import OutcomeDataError, common_candidates, load_outcomes
     from tiergate.routing.evaluate import EvaluationError, model_class
 
     try:
@@ -142,8 +166,17 @@ def _train(args: argparse.Namespace) -> int:
         cls = model_class(args.model)
     except (OutcomeDataError, EvaluationError) as e:
         return _err(str(e))
+    if not rows:
+        return _err(f"{', '.join(args.outcomes)}: no outcome rows (empty file)")
+    candidates = _csv(args.candidates)
+    if candidates:
+        have = common_candidates(rows, 0.0)
+        unknown = [c for c in candidates if c not in have]
+        if unknown:
+            return _err(f"no row of {', '.join(args.outcomes)} scores {', '.join(unknown)}; "
+                        f"candidates in the file(s): {', '.join(have)}")
     print(f"training on {len(rows)} rows from {len(args.outcomes)} file(s)", file=sys.stderr)
-    model = cls().fit(rows, _csv(args.candidates), progress=not args.quiet)
+    model = cls().fit(rows, candidates, progress=not args.quiet)
     model.save(args.out)
     cands = model.candidates()
     print(f"saved a router for {len(cands)} candidates to {args.out}: {', '.join(cands)}")
@@ -165,8 +198,14 @@ def _eval(args: argparse.Namespace) -> int:
     if args.router and protocol != "fixed":
         return _err("--router evaluates a trained router as is; --protocol kfold/lobo trains its own per fold. "
                     "Pass one of them")
+    if args.router:
+        missing = _router_file_missing(args.router)
+        if missing:
+            return _no_router(args.router, missing)
     try:
         rows = load_outcomes(args.outcomes)
+        if not rows:
+            return _err(f"{', '.join(args.outcomes)}: no outcome rows (empty file)")
         extra = args.with_other_benchmarks
         if protocol == "kfold" and extra is None:
             extra = default_extra_benchmarks(rows)
@@ -182,6 +221,8 @@ def _eval(args: argparse.Namespace) -> int:
         )
     except (OutcomeDataError, EvaluationError) as e:
         return _err(str(e))
+    except FileNotFoundError as e:  # the packaged artefacts, or a router directory emptied meanwhile
+        return _no_router(args.router, e.filename)
     if args.plot:
         from tiergate.routing.plot import plot_evaluation
 
@@ -195,6 +236,21 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         print(render_eval(ev.summary))
     return 0
+
+
+def fixed_protocol_note(info: dict[str, Any]) -> str | None:
+    """Under `--protocol fixed`, the warning that the router may be scored on its own training rows: only
+    when it was trained on the evaluated rows' prompt family (`seen_sources`), conditional when it
+    records nothing about its training rows, none otherwise."""
+    if info.get("train_sources") is None:
+        return ("note: this router does not record what it was trained on; if it was trained on these rows it "
+                "looks better than it is here (--protocol kfold or lobo give out-of-sample figures)")
+    seen = info.get("seen_sources") or []
+    if not seen:
+        return None
+    return (f"note: this router was trained on {', '.join(seen)}, the same prompt family as these rows; scored "
+            "on rows it was trained on it looks better than it is, so use --protocol kfold or lobo for "
+            "out-of-sample figures on them")
 
 
 def render_eval(s: dict[str, Any]) -> str:
@@ -215,8 +271,9 @@ def render_eval(s: dict[str, Any]) -> str:
     out = [(f"{', '.join(s['sources'])}: {s['n']} prompts, {len(s['candidates'])} candidates, protocol {proto}, "
            f"model {s.get('model')}")]
     if s.get("protocol") == "fixed":
-        out.append("note: a router scored on rows it was trained on looks better than it is; the packaged router "
-                   "was trained on the dev files, so use --protocol kfold or lobo for out-of-sample figures on them")
+        note = fixed_protocol_note(info)
+        if note:
+            out.append(note)
     if s.get("excluded_contaminated"):
         out.append(f"left out {s['excluded_contaminated']} prompts RouteLLM marks contaminated "
                    "(--include-contaminated keeps them)")
@@ -316,9 +373,10 @@ def add_router_commands(sub: argparse._SubParsersAction) -> None:
                      default=None,
                      help="kfold: each fold also trains on the other dev files, minus rows sharing its prompts "
                           "(the default when the evaluated file is a dev file: the shipped router is trained "
-                          "on all of them)")
+                          "on all of them; not for held-out MT-bench)")
     oth.add_argument("--within-file-only", dest="with_other_benchmarks", action="store_const", const=False,
-                     help="kfold: train each fold on the evaluated file's other folds only")
+                     help="kfold: train each fold on the evaluated file's other folds only (the default for "
+                          "files outside the dev files, MT-bench included)")
     e.add_argument("--data-dir", help="dev outcome folder for --protocol lobo (default $TIERGATE_DATA_DIR or "
                                       "../shared/data)")
     e.add_argument("--include-contaminated", action="store_true",

@@ -11,7 +11,8 @@ Protocols (split by prompt; nothing is fitted or tuned on the fold it is scored 
   grouped with the fold by prompt text instead), so a test prompt is never in training under any file's
   name. That is the
   out-of-fold analogue of the shipped router, which is trained on every dev file; `extra_benchmarks=False`
-  trains on the evaluated file's other folds only.
+  trains on the evaluated file's other folds only, the default for rows outside the dev files (held-out
+  MT-bench included: `HELD_OUT_FAMILIES`).
 - `lobo` (leave one benchmark out): train on every other dev file, except (a) files of the same
   prompt family (`PROMPT_FAMILIES`: e.g. `routellm-gsm8k` and `zeroeval-gsm` are both GSM8K) and
   (b) any training row that shares a 10-word passage with an evaluated prompt (catches benchmarks
@@ -72,6 +73,10 @@ PROMPT_FAMILIES: dict[str, tuple[str, ...]] = {
     "winogrande": ("routerbench-winogrande",),
     "dcrouter": ("llmrouter-dcrouter",),
 }
+#: Families with no dev file: MT-bench is held out whole (shared/data/README.md section 2), so the shipped
+#: router never trains on it and k-fold on it is within the file by default, as for any non-dev file.
+HELD_OUT_FAMILIES = frozenset({"mt-bench"})
+DEV_FAMILIES = frozenset(PROMPT_FAMILIES) - HELD_OUT_FAMILIES
 PROTOCOLS = ("fixed", "kfold", "lobo")
 SHINGLE_WORDS = 10
 TEMPLATE_FRACTION = 0.02
@@ -284,6 +289,8 @@ def select_candidates(
         notes: list[str] = []
     else:
         cands = common_candidates(rows)
+        if not rows:
+            raise EvaluationError("no outcome rows to evaluate")
         if not cands:
             raise EvaluationError("no candidate is scored on every row; pass --candidates")
         mat = outcome_matrix(rows, cands, prices, counter)
@@ -322,8 +329,9 @@ def _columns(pred: dict[str, np.ndarray], model: Any, candidates: Sequence[str])
 def default_extra_benchmarks(rows: Sequence[OutcomeRow]) -> bool:
     """Whether k-fold should also train every fold on the other dev files by default: yes when the
     evaluated rows are dev-file rows (the shipped router is trained on every dev file, so that is its
-    out-of-fold analogue); no for other outcome files (a router trained on them alone)."""
-    return bool(rows) and all(family_of(r.source) in PROMPT_FAMILIES for r in rows)
+    out-of-fold analogue); no for other outcome files, held-out MT-bench included (a router trained on
+    them alone)."""
+    return bool(rows) and all(family_of(r.source) in DEV_FAMILIES for r in rows)
 
 
 def _extra_keep(extra: Sequence[OutcomeRow], sibling: np.ndarray, test_rows: Sequence[OutcomeRow]) -> np.ndarray:
@@ -339,6 +347,18 @@ def _extra_keep(extra: Sequence[OutcomeRow], sibling: np.ndarray, test_rows: Seq
     if rest.size:
         keep[rest] = ~shared_prompt_mask([extra[i] for i in rest], test_rows)
     return keep
+
+
+def trained_on(model: Any, rows: Sequence[OutcomeRow]) -> dict[str, Any]:
+    """What a trained router records about its training rows, against the evaluated rows: `train_sources`
+    (the `source`s it was fitted on; None when it records none, like the mean baseline) and
+    `seen_sources` (those of an evaluated row's prompt family: scored on them the router may be scored
+    on rows it was trained on; None when unknown)."""
+    sources = getattr(model, "sources", None)
+    if not sources:
+        return {"train_sources": None, "seen_sources": None}
+    fams = {family_of(r.source) for r in rows}
+    return {"train_sources": sorted(sources), "seen_sources": sorted(s for s in sources if family_of(s) in fams)}
 
 
 def _fit_candidates(model_kind: str, cands: Sequence[str]) -> list[str] | None:
@@ -372,7 +392,8 @@ def out_of_fold_predictions(
         model = load_model(router_dir) if model_kind == "learned" or router_dir else None
         if model is None:
             raise EvaluationError("--protocol fixed needs --router DIR for the mean baseline")
-        return _predict(model, mat.rows, cands), {"router": str(router_dir or shipped_router_dir())}
+        info = {"router": str(router_dir or shipped_router_dir()), **trained_on(model, mat.rows)}
+        return _predict(model, mat.rows, cands), info
     cls = model_class(model_kind)
     if protocol == "kfold":
         pred = np.empty((mat.n, len(cands)))
@@ -538,6 +559,9 @@ def evaluate(
     if not include_contaminated:
         kept = [r for r in rows if not r.meta.get("routellm_contaminated")]
         dropped, rows = len(rows) - len(kept), kept
+        if dropped and not rows:
+            raise EvaluationError(f"all {dropped} rows are marked contaminated by RouteLLM "
+                                  "(meta.routellm_contaminated); pass --include-contaminated to score them")
     mat, unpriced = select_candidates(rows, candidates, prices, counter)
     if extra_benchmarks is None:
         extra_benchmarks = protocol == "kfold" and default_extra_benchmarks(mat.rows)
