@@ -1,0 +1,260 @@
+"""The router's Python API and the router commands, on the defects an acceptance audit found: configured
+aliases assessed as their catalogue model, unknown candidates refused by `assess`/`decide`, reasoning
+candidates that cannot answer within the output bound, clear CLI errors (missing router, unknown
+training candidate, empty file, negative cost cap), the fixed-protocol note only where the router saw
+the prompts' family, within-file k-fold for held-out MT-bench, and the documented Python examples
+running as written."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tiergate.cli import main as cli_main
+from tiergate.routing import evaluate as E
+from tiergate.routing.data import Outcome, OutcomeRow
+from tiergate.routing.quality import ARTIFACTS_DIR
+from tiergate.routing.router import NoEligibleCandidate, Router, UnknownCandidate
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = pytest.mark.skipif(not (ARTIFACTS_DIR / "quality.npz").exists(), reason="router artefacts not trained")
+PRIMES = "Prove there are infinitely many primes."
+
+
+@pytest.fixture(scope="module")
+def router() -> Router:
+    if not (ARTIFACTS_DIR / "quality.npz").exists():
+        pytest.skip("router artefacts not trained")
+    return Router.load()
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    rc = cli_main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _write_rows(path: Path, n: int = 40, source: str = "synthetic", mtbench: bool = False) -> Path:
+    lines = []
+    for i in range(n):
+        hard = i % 3 == 0
+        text = ("Prove the hard theorem " if hard else "Say hello to ") + f"item {i} and more words here"
+        row = {"id": f"{source}-{i}", "source": source,
+               "outcomes": {"gpt-4-1106-preview": {"score": 1.0, "cost_usd": 0.01},
+                            "mixtral-8x7b-instruct-v0.1": {"score": 0.0 if hard else 1.0, "cost_usd": 0.001}}}
+        if mtbench:
+            row["messages"] = [{"role": "user", "content": text}, {"role": "user", "content": "And then?"}]
+        else:
+            row["prompt"] = text
+        lines.append(json.dumps(row))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------------------- 1. config aliases
+
+
+def test_a_configured_alias_is_assessed_as_its_catalogue_model(router: Router) -> None:
+    names = {"team-default": "gpt-4o", "gpt-4o": "gpt-4o", "thinker": "o3-mini"}
+    out = router.assess(PRIMES, ["team-default", "gpt-4o", "thinker@high", "o3-mini@high"], catalog_names=names)
+    by = {a.candidate: a for a in out}
+    for alias, model in (("team-default", "gpt-4o"), ("thinker@high", "o3-mini@high")):
+        a, m = by[alias], by[model]
+        assert a.quality_source == m.quality_source == "learned"
+        assert a.predicted_quality == pytest.approx(m.predicted_quality)
+        assert (a.est_cost_usd, a.est_output_tokens, a.est_reasoning_tokens) == (
+            m.est_cost_usd, m.est_output_tokens, m.est_reasoning_tokens)
+    assert by["thinker@high"].est_reasoning_tokens == 10_000
+    # (a learned prediction depends on the set routed between: the pair-gain component, routing.steps)
+    d = router.decide(PRIMES, ["team-default", "gpt-4o-mini"], catalog_names={"team-default": "gpt-4o"},
+                      policy="quality")
+    plain = router.decide(PRIMES, ["gpt-4o", "gpt-4o-mini"], policy="quality")
+    assert [a.predicted_quality for a in d.assessments] == pytest.approx(
+        [a.predicted_quality for a in plain.assessments])
+    assert d.chosen.candidate == {"gpt-4o": "team-default"}.get(plain.chosen.candidate, plain.chosen.candidate)
+
+
+def test_route_resolves_config_aliases(router: Router, tmp_path, capsys) -> None:
+    cfg = tmp_path / "sim.yaml"
+    cfg.write_text("models:\n"
+                   "  - name: gpt-4o-mini\n    deployments: [{provider: sim}]\n"
+                   "  - name: team-default\n    catalog: gpt-4o\n    deployments: [{provider: sim}]\n"
+                   "routing:\n  candidates: [gpt-4o-mini, team-default]\n")
+    rc, out, err = _cli(capsys, "route", PRIMES, "--config", str(cfg), "--json")
+    assert rc == 0, err
+    by = {c["candidate"]: c for c in json.loads(out)["candidates"]}
+    gpt4o = router.assess(PRIMES, ["gpt-4o-mini", "gpt-4o"])[1]
+    assert by["team-default"]["quality_source"] == "learned"
+    assert by["team-default"]["predicted_quality"] == pytest.approx(gpt4o.predicted_quality)
+    assert by["team-default"]["est_cost_usd"] == pytest.approx(gpt4o.est_cost_usd)
+    rc, _, err = _cli(capsys, "route", PRIMES, "--config", str(cfg), "--candidates", "team-default,nope")
+    assert rc == 2 and "'nope'" in err and "configured models: gpt-4o-mini, team-default" in err
+
+
+# --------------------------------------------------------------------------- 2. unknown candidates
+
+
+@pytest.mark.parametrize(("cand", "words"), [
+    ("nope@low", ("'nope@low'", "unknown model 'nope'")),
+    ("o3-mini@ultra", ("'o3-mini@ultra'", "no reasoning effort 'ultra'", "efforts: low, medium, high")),
+    ("gpt-4o-mini@high", ("'gpt-4o-mini@high'", "not a reasoning model")),
+    ("gpt-4o-mii", ("did you mean gpt-4o-mini",)),
+])
+def test_assess_and_decide_refuse_an_unknown_candidate(router: Router, cand, words) -> None:
+    for call in (router.assess, router.decide):
+        with pytest.raises(UnknownCandidate) as e:
+            call("hi", ["gpt-4o-mini", cand])
+        assert isinstance(e.value, ValueError) and isinstance(e.value, NoEligibleCandidate)  # the gateway's 400
+        for w in words:
+            assert w in str(e.value)
+
+
+def test_known_models_without_outcomes_keep_working(router: Router) -> None:
+    out = router.assess("hi", ["gpt-4.1", "gpt-4.1-nano", "my-local", "my-local@high"],
+                        catalog_names={"my-local": "my-local"})
+    assert [a.quality_source for a in out] == ["default", "profile", "default", "default"]
+    assert all(0.0 < a.predicted_quality < 1.0 for a in out)
+    with pytest.raises(UnknownCandidate, match="configured models: my-local"):
+        router.assess("hi", ["other"], catalog_names={"my-local": "my-local"})
+
+
+# ------------------------------------------------------------------- 8. the output bound and reasoning
+
+
+def test_reasoning_candidates_that_cannot_answer_within_the_bound_are_ineligible(router: Router) -> None:
+    cands = ["gpt-4o-mini", "o3-mini@low", "o3-mini@high"]
+    d = router.decide(PRIMES, cands, policy="quality", max_output_tokens=50)
+    by = {a.candidate: a for a in d.assessments}
+    assert d.chosen.candidate == "gpt-4o-mini"
+    assert not by["o3-mini@high"].eligible
+    assert by["o3-mini@high"].ineligible_reason == (
+        "max_completion_tokens 50 is below the ~10000 reasoning tokens o3-mini@high is expected to use")
+    assert not by["o3-mini@low"].eligible and "~1500 reasoning tokens" in by["o3-mini@low"].ineligible_reason
+    # a bound above the expected reasoning tokens leaves them eligible
+    d = router.decide(PRIMES, cands, policy="quality", max_output_tokens=20_000)
+    assert all(a.eligible for a in d.assessments)
+
+
+def test_when_every_candidate_reasons_past_the_bound_the_one_reasoning_least_is_kept(router: Router) -> None:
+    d = router.decide(PRIMES, ["o3-mini@high", "o3-mini@low"], max_output_tokens=50)
+    assert d.chosen.candidate == "o3-mini@low" and d.chosen.eligible and d.chosen.ineligible_reason is None
+    assert "kept o3-mini@low although max_completion_tokens 50" in d.reason
+    assert not d.assessments[0].eligible
+    # ... among those the caller's own rules leave
+    d = router.decide(PRIMES, ["o3-mini@high", "o3-mini@low"], max_output_tokens=50,
+                      eligible=lambda c: "no tools" if c.effort == "low" else None)
+    assert d.chosen.candidate == "o3-mini@high"
+    assert {a.candidate: a.ineligible_reason for a in d.assessments}["o3-mini@low"] == "no tools"
+
+
+# ------------------------------------------------------------------------------------- 3, 4, 9: CLI
+
+
+def test_eval_with_a_missing_router_is_a_clear_error(tmp_path, capsys) -> None:
+    f = _write_rows(tmp_path / "o.jsonl")
+    rc, _, err = _cli(capsys, "router", "eval", "--outcomes", str(f), "--router", str(tmp_path / "nonexist"))
+    assert rc == 2
+    assert f"no trained router at {tmp_path / 'nonexist'}" in err and "tiergate router train" in err
+
+
+def test_train_with_an_unknown_candidate_names_it_and_lists_the_file_candidates(tmp_path, capsys) -> None:
+    f = _write_rows(tmp_path / "o.jsonl")
+    out = tmp_path / "r"
+    rc, _, err = _cli(capsys, "router", "train", "--outcomes", str(f), "--out", str(out),
+                      "--candidates", "gpt-4-1106-preview,nope", "--quiet")
+    assert rc == 2 and not out.exists()
+    assert "scores nope" in err and "gpt-4-1106-preview, mixtral-8x7b-instruct-v0.1" in err
+
+
+def test_negative_cost_cap_and_empty_file_messages(tmp_path, capsys) -> None:
+    rc, _, err = _cli(capsys, "route", "hi", "--candidates", "gpt-4o-mini", "--max-cost-usd", "-1")
+    assert rc == 2 and "--max-cost-usd" in err and "cost_cap_usd" not in err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    for args in (("router", "eval", "--outcomes", str(empty)),
+                 ("router", "train", "--outcomes", str(empty), "--out", str(tmp_path / "r"))):
+        rc, _, err = _cli(capsys, *args)
+        assert rc == 2 and f"{empty}: no outcome rows" in err and "--candidates" not in err
+
+
+# ------------------------------------------------------------------------- 6. the fixed-protocol note
+
+
+def test_fixed_note_only_for_the_prompt_families_the_router_was_trained_on(router: Router, tmp_path) -> None:
+    from tiergate.cli_router import fixed_protocol_note
+
+    rows = [OutcomeRow(f"r-{i}", src, ("Prove the hard theorem " if i % 3 == 0 else "Say hello to ") + f"item {i}",
+                       {}, {"gpt-4-1106-preview": Outcome(1.0, 0.01),
+                            "mixtral-8x7b-instruct-v0.1": Outcome(float(i % 3 != 0), 0.001)})
+            for src in ("routerbench-mbpp", "brand-new-file") for i in range(30)]
+    seen = E.evaluate(rows[:30]).summary["protocol_info"]
+    assert "routerbench-mbpp" in seen["train_sources"] and seen["seen_sources"] == ["routerbench-mbpp"]
+    assert "routerbench-mbpp" in fixed_protocol_note(seen)
+    unseen = E.evaluate(rows[30:]).summary["protocol_info"]
+    assert unseen["seen_sources"] == [] and fixed_protocol_note(unseen) is None
+    E.MeanScoreBaseline().fit(rows[30:]).save(tmp_path)  # records nothing about its training rows
+    blind = E.evaluate(rows[30:], router_dir=tmp_path).summary["protocol_info"]
+    assert blind["train_sources"] is None and fixed_protocol_note(blind).startswith("note: this router does not record")
+
+
+def test_router_eval_prints_the_note_accordingly(router: Router, tmp_path, capsys) -> None:
+    for source, noted in (("routerbench-mbpp", True), ("brand-new-file", False)):
+        f = _write_rows(tmp_path / f"{source}.jsonl", source=source)
+        rc, out, err = _cli(capsys, "router", "eval", "--outcomes", str(f), "--quiet")
+        assert rc == 0, err
+        assert ("looks better than it is" in out) is noted, (source, out)
+
+
+# ------------------------------------------------------------------------------- 7. MT-bench k-fold
+
+
+def test_kfold_on_mtbench_is_within_the_file_by_default(tmp_path, capsys, monkeypatch) -> None:
+    f = _write_rows(tmp_path / "mt.jsonl", source="routellm-mtbench", mtbench=True)
+    rows = E.load_outcomes(f)
+    assert not E.default_extra_benchmarks(rows)
+    assert E.default_extra_benchmarks([OutcomeRow("g-1", "routellm-gsm8k", "p", {}, {})])
+    monkeypatch.setenv("TIERGATE_DATA_DIR", str(tmp_path / "no-dev-files-here"))
+    rc, out, err = _cli(capsys, "router", "eval", "--outcomes", str(f), "--protocol", "kfold", "--model",
+                        "mean-baseline", "--json", "--quiet")
+    assert rc == 0, err
+    info = json.loads(out)["protocol_info"]
+    assert "extra_sources" not in info and "extra_rows_per_fold" not in info
+
+
+# --------------------------------------------------------------------- 5. the documented Python API
+
+
+def _python_blocks(doc: str, heading: str) -> list[str]:
+    """The ```python blocks of one section of a doc page (up to the next heading of the same or a higher
+    level, outside code fences)."""
+    level = len(heading.split(" ", 1)[0])
+    blocks: list[str] = []
+    inside, fence, code = False, None, []
+    for line in (ROOT / "docs" / doc).read_text().splitlines():
+        if fence is None and re.match(r"#{1,6} ", line):
+            if inside and len(line.split(" ", 1)[0]) <= level:
+                break
+            inside = inside or line.strip() == heading
+        elif line.startswith("```"):
+            if fence is None:
+                fence, code = line[3:].strip(), []
+            else:
+                if inside and fence == "python":
+                    blocks.append("\n".join(code) + "\n")
+                fence = None
+        elif fence is not None:
+            code.append(line)
+    return blocks
+
+
+@SHIPPED
+@pytest.mark.parametrize(("doc", "heading"), [("routing.md", "### Python API"), ("routing-model.md", "## Python API")])
+def test_the_python_api_examples_run_as_written(doc, heading, capsys) -> None:
+    blocks = _python_blocks(doc, heading)
+    assert blocks, f"no python example under {heading!r} in docs/{doc}"
+    for code in blocks:
+        exec(compile(code, f"docs/{doc}", "exec"), {"__name__": "__doc_example__"})  # noqa: S102
+    assert capsys.readouterr().out  # the examples print what they show
