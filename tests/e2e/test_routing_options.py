@@ -182,6 +182,16 @@ def test_malformed_routing_options_have_a_code(env, opts, param):
     assert err.param == param and err.code == "invalid_value"
 
 
+@pytest.mark.parametrize(("tg", "param", "code"), [
+    ("fast please", "tiergate", "invalid_type"),
+    ({"qualty_target": 0.9}, "tiergate.qualty_target", "unknown_parameter"),
+])
+def test_malformed_tiergate_object_has_a_code(env, tg, param, code):
+    client, _ = env
+    err = _refused(client, extra_body={"tiergate": tg})
+    assert err.param == param and err.code == code
+
+
 def test_auto_without_routing_config_has_a_code(tmp_path):
     cfg = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]}],
            "storage": f"sqlite:///{tmp_path / 'tg.db'}"}

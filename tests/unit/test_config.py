@@ -95,3 +95,25 @@ def test_explicit_catalog_typo_is_a_config_error_and_implicit_unknown_is_unprice
     infos, unpriced = resolve_catalog(local, cat)
     assert unpriced == ["llama-local"]
     assert infos["team"].input_price == 2.5
+
+
+def test_routing_candidate_efforts_are_checked_against_the_catalogue_at_start():
+    from tiergate.catalog.catalog import Catalog
+    from tiergate.server.gateway import resolve_catalog
+
+    cat = Catalog.load()
+
+    def cfg(cands: list[str]):
+        return parse_config({"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]},
+                                        {"name": "o3-mini", "deployments": [{"provider": "sim"}]},
+                                        {"name": "llama-local", "deployments": [{"provider": "sim"}]}],
+                             "routing": {"candidates": cands}}, env={})
+
+    with pytest.raises(ConfigError, match=r"routing\.candidates\[1\]: 'gpt-4o-mini@high': gpt-4o-mini takes no "
+                                          r"reasoning effort"):
+        resolve_catalog(cfg(["o3-mini@low", "gpt-4o-mini@high"]), cat)
+    with pytest.raises(ConfigError, match=r"routing\.candidates\[0\]: 'o3-mini@minimal': o3-mini has no reasoning "
+                                          r"effort 'minimal' \(efforts: low, medium, high\)"):
+        resolve_catalog(cfg(["o3-mini@minimal"]), cat)
+    _infos, unpriced = resolve_catalog(cfg(["o3-mini@high", "gpt-4o-mini", "llama-local@high"]), cat)
+    assert unpriced == ["llama-local"]  # not in the catalogue: its efforts are unknown, so not checked

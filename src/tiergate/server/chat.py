@@ -99,11 +99,11 @@ def read_options(body: dict[str, Any], requested: Any) -> dict[str, Any]:
     if opts is None:
         return {}
     if not isinstance(opts, dict):
-        raise bad_request("'tiergate' must be an object, e.g. {\"quality_target\": 0.95}.", param="tiergate")
+        raise bad_request("'tiergate' must be an object, e.g. {\"quality_target\": 0.95}.", param="tiergate", code="invalid_type")
     unknown = sorted(set(opts) - _TG_OPTIONS)
     if unknown:
         raise bad_request(f"unknown option 'tiergate.{unknown[0]}'; allowed: {', '.join(sorted(_TG_OPTIONS))}",
-                          param=f"tiergate.{unknown[0]}")
+                          param=f"tiergate.{unknown[0]}", code="unknown_parameter")
     routing_only = [k for k in ROUTING_OPTIONS if opts.get(k) is not None]
     if routing_only and not is_auto(requested):
         name = routing_only[0]

@@ -37,6 +37,13 @@ def resolve_catalog(config: GatewayConfig, catalog: Catalog) -> tuple[dict[str, 
             info = catalog.unknown(m.catalog)
             unpriced.append(m.name)
         infos[m.name] = info
+    for i, cand in enumerate(config.routing.candidates):  # efforts checked against the catalogue entry
+        model, _, effort = cand.partition("@")
+        levels = tuple(infos[model].capabilities.reasoning_efforts or ()) if model in infos else ()
+        if effort and model in infos and model not in unpriced and effort not in levels:
+            why = (f"{model} takes no reasoning effort; write it without '@{effort}'" if not levels else
+                   f"{model} has no reasoning effort {effort!r} (efforts: {', '.join(levels)})")
+            raise ConfigError(f"routing.candidates[{i}]: {cand!r}: {why}.")
     return infos, unpriced
 
 
