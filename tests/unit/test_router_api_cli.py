@@ -258,3 +258,16 @@ def test_the_python_api_examples_run_as_written(doc, heading, capsys) -> None:
     for code in blocks:
         exec(compile(code, f"docs/{doc}", "exec"), {"__name__": "__doc_example__"})  # noqa: S102
     assert capsys.readouterr().out  # the examples print what they show
+
+
+def test_fixed_protocol_reports_the_loaded_routers_kind(tmp_path, capsys) -> None:
+    f = _write_rows(tmp_path / "rows.jsonl")
+    out_dir = tmp_path / "mean"
+    rc, _, err = _cli(capsys, "router", "train", "--outcomes", str(f), "--out", str(out_dir), "--model",
+                      "mean-baseline", "--quiet")
+    assert rc == 0, err
+    rc, out, err = _cli(capsys, "router", "eval", "--outcomes", str(f), "--router", str(out_dir), "--json",
+                        "--quiet")
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert summary["model"] == "mean-baseline" and "model" not in summary["protocol_info"]

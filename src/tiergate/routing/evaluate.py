@@ -392,7 +392,8 @@ def out_of_fold_predictions(
         model = load_model(router_dir) if model_kind == "learned" or router_dir else None
         if model is None:
             raise EvaluationError("--protocol fixed needs --router DIR for the mean baseline")
-        info = {"router": str(router_dir or shipped_router_dir()), **trained_on(model, mat.rows)}
+        info = {"router": str(router_dir or shipped_router_dir()), **trained_on(model, mat.rows),
+                "model": "mean-baseline" if isinstance(model, MeanScoreBaseline) else "learned"}
         return _predict(model, mat.rows, cands), info
     cls = model_class(model_kind)
     if protocol == "kfold":
@@ -570,7 +571,7 @@ def evaluate(
         extra_benchmarks=extra_benchmarks, progress=progress,
     )
     ev = score_predictions(mat, pred, policy)
-    ev.summary.update({"protocol": protocol, "model": model_kind, "protocol_info": info,
+    ev.summary.update({"protocol": protocol, "model": info.pop("model", model_kind), "protocol_info": info,
                        "excluded_unpriced": unpriced, "excluded_contaminated": dropped})
     return ev
 
