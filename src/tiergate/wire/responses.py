@@ -4,8 +4,12 @@
 string, or message / function_call / function_call_output items) -> `messages`; `instructions` ->
 a leading system message; `reasoning.effort` -> `reasoning_effort`; flat function tools -> nested
 ones; `text.format` (flat) -> `response_format` (nested `json_schema`); `max_output_tokens` ->
-`max_completion_tokens`. Things that need server-side state (`previous_response_id`,
-`conversation`, `background`, item references) or a built-in tool are refused with a clear 400.
+`max_completion_tokens`. Things that need server-side state (`conversation`, `background`, item
+references) or a built-in tool are refused with a clear 400; `previous_response_id` is resolved by the
+server (its stored chain becomes leading input items) before this is called.
+
+`input_items(input)` normalises a request's `input` to the item objects OpenAI's input_items list
+returns (ids, `input_text` parts, `status`), which is how the store keeps them.
 
 `to_response(chat, req, …)` turns a `chat.completion` into a Response object (message and
 function_call output items, `status`/`incomplete_details` from `finish_reason`, usage renamed to
@@ -22,11 +26,10 @@ from tiergate.wire.errors import GatewayError, bad_request
 from tiergate.wire.ids import new_id
 
 _UNSUPPORTED_STATE = {
-    "previous_response_id": "previous_response_id is not supported: this gateway does not store responses. "
-                            "Send the whole conversation in `input` (earlier output items can be passed back "
-                            "as input items).",
+    # the server resolves previous_response_id from its store before translating (server/responses.py)
+    "previous_response_id": "previous_response_id must be resolved into input items before translation.",
     "conversation": "conversation is not supported: this gateway does not store conversations. Send the whole "
-                    "conversation in `input`.",
+                    "conversation in `input`, or continue a stored response with previous_response_id.",
     "prompt": "prompt templates are not supported; send `instructions` and `input` instead.",
 }
 _PASS = ("temperature", "top_p", "parallel_tool_calls", "user", "safety_identifier", "prompt_cache_key",
@@ -117,6 +120,38 @@ def _input_messages(inp: Any) -> list[dict[str, Any]]:
         else:
             raise _err(f"input item type {t!r} is not supported here", f"{path}.type")
     return msgs
+
+
+def _content_parts(content: Any, text_type: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        part: dict[str, Any] = {"type": text_type, "text": content}
+        if text_type == "output_text":
+            part["annotations"] = []
+        return [part]
+    return [dict(p) for p in content] if isinstance(content, list) else []
+
+
+def input_items(inp: Any) -> list[dict[str, Any]]:
+    """A request's (already validated) `input` -> item objects as OpenAI's `GET
+    /v1/responses/{id}/input_items` returns them: a string is one user message; messages get an id,
+    `status` and a content list (`input_text` parts; assistant text as `output_text`); function calls
+    and their outputs get an id and `status`. Ids the client sent are kept."""
+    items = [{"role": "user", "content": inp}] if isinstance(inp, str) else list(inp or [])
+    out: list[dict[str, Any]] = []
+    for raw in items:
+        item = dict(raw)
+        t = item.setdefault("type", "message")
+        if t == "message":
+            assistant = item.get("role") == "assistant"
+            item["content"] = _content_parts(item.get("content", ""), "output_text" if assistant else "input_text")
+            item["status"] = item.get("status") or "completed"
+            out.append({"id": item.pop("id", None) or new_id("msg_"), **item})
+            continue
+        prefix = {"function_call": "fc_", "function_call_output": "fco_", "reasoning": "rs_"}.get(t, "item_")
+        if t in ("function_call", "function_call_output"):
+            item["status"] = item.get("status") or "completed"
+        out.append({"id": item.pop("id", None) or new_id(prefix), **item})
+    return out
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
@@ -233,10 +268,10 @@ def skeleton(req: dict[str, Any], resp_id: str, created_at: int, model: str) -> 
         "background": False, "error": None, "incomplete_details": None,
         "instructions": req.get("instructions"), "max_output_tokens": req.get("max_output_tokens"),
         "model": model, "output": [], "parallel_tool_calls": req.get("parallel_tool_calls", True),
-        "previous_response_id": None,
+        "previous_response_id": req.get("previous_response_id"),
         "reasoning": {"effort": (req.get("reasoning") or {}).get("effort"),
                       "summary": (req.get("reasoning") or {}).get("summary")},
-        "service_tier": req.get("service_tier"), "store": False,
+        "service_tier": req.get("service_tier"), "store": req.get("store") is not False,
         "temperature": req.get("temperature", 1.0), "text": text or {"format": {"type": "text"}},
         "tool_choice": req.get("tool_choice", "auto"), "tools": req.get("tools") or [],
         "top_p": req.get("top_p", 1.0), "truncation": req.get("truncation", "disabled"),
