@@ -149,11 +149,14 @@ def test_anthropic_chat_completions_via_sdk(env):
         client.chat.completions.create(model="claude-3-7-sonnet", messages=[{"role": "user", "content": "x"}])
 
 
-def test_previous_response_id_refused(env):
-    client, _, _ = env
-    with pytest.raises(openai.BadRequestError) as e:
-        client.responses.create(model="gpt-4o-mini", input="x", previous_response_id="resp_123")
-    assert "previous_response_id" in str(e.value)
+def test_previous_response_id_native_upstream_translated_from_store(env):
+    client, up, _ = env
+    up.clear()
+    r = client.responses.create(model="gpt-4o-mini", input="x", previous_response_id="resp_upstream_1")
+    assert r.object == "response" and up.last.body["previous_response_id"] == "resp_upstream_1"  # native: as sent
+    with pytest.raises(openai.BadRequestError) as e:  # translated: resolved from the gateway's store
+        client.responses.create(model="gpt-4o", input="x", previous_response_id="resp_123")
+    assert e.value.body["code"] == "previous_response_not_found" and "resp_123" in e.value.body["message"]
 
 
 def test_translated_stream_with_function_calls(env):

@@ -1,21 +1,30 @@
-"""`POST /v1/responses`: the Responses API in front of every deployment (wire facts §5).
+"""`/v1/responses`: the Responses API in front of every deployment (wire facts §5).
 
-Two paths:
+`POST /v1/responses` takes two paths:
 - **native** — an explicit model whose deployments all speak the Responses API (the `openai`
   provider): the body goes to the provider's `responses()` / `responses_stream()` unchanged (model
   name aside), with the same key check, budget reservation, failover across deployments and ledger
   row as a chat call. The SDK gets OpenAI's own Response object, or OpenAI's own stream events
-  (relayed as they come; usage and cost from `response.completed`).
+  (relayed as they come; usage and cost from `response.completed`). `previous_response_id` goes
+  upstream as sent.
 - **translated** — everything else (`model: "auto"`, Chat-Completions-only and Anthropic
   deployments, models with fallbacks): `wire.responses` turns the request into a Chat Completions
   body, the chat pipeline (`server.chat.run_chat`) routes, budgets and dispatches it, and the answer
   (or the chunk stream) is turned back into a Response object (or the Responses stream events).
+  `previous_response_id` is resolved from the store: the chain's input and output items lead the
+  new input; instructions come only from the new request.
+
+Every response returned (both paths, streamed or not) is stored unless the request says
+`store: false` (`store.responses`: the object as returned, the normalised input items, instructions,
+the creating key's id). `GET` / `DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items`
+read it; a key sees only its own responses (the master key and an open gateway see all).
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -39,22 +48,93 @@ from tiergate.server.chat import (
     upstream_error_text,
 )
 from tiergate.server.streaming import BurstStreamingResponse
+from tiergate.store.responses import ChainBroken, ResponseStore
 from tiergate.wire import responses as wr
 from tiergate.wire import sse
-from tiergate.wire.errors import GatewayError, bad_request
+from tiergate.wire.errors import GatewayError, bad_request, not_found
 from tiergate.wire.ids import new_id
 
 if TYPE_CHECKING:
     from tiergate.server.gateway import Gateway
 
+log = logging.getLogger("tiergate")
+
+Saver = Callable[[dict[str, Any]], Awaitable[None]]
+_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
 
 def routes() -> list[Route]:
-    return [Route("/v1/responses", create_response, methods=["POST"]),
-            Route("/responses", create_response, methods=["POST"])]
+    out: list[Route] = []
+    for prefix in ("/v1", ""):
+        out += [Route(f"{prefix}/responses", create_response, methods=["POST"]),
+                Route(f"{prefix}/responses/{{response_id}}", get_response, methods=["GET"]),
+                Route(f"{prefix}/responses/{{response_id}}", delete_response, methods=["DELETE"]),
+                Route(f"{prefix}/responses/{{response_id}}/input_items", list_input_items, methods=["GET"])]
+    return out
 
 
 async def create_response(request: Request) -> Response:
     return await handle_responses(request.app.state.gateway, request)
+
+
+# ---------------------------------------------------------------- storage
+
+
+def response_store(gw: Gateway) -> ResponseStore:
+    rs = gw.extras.get("response_store")
+    if rs is None:
+        rs = gw.extras["response_store"] = ResponseStore(gw.accounting.store)
+    return rs
+
+
+def _owner(key: Any) -> str | None:
+    """The id stored as a response's owner: the key's id ("master" for the master key), None when open."""
+    return None if key is None else key.id
+
+
+def _viewer(key: Any) -> str | None:
+    """Whose responses a caller may read: None (all) for an open gateway or the master key."""
+    return None if key is None or getattr(key, "is_master", False) else key.id
+
+
+def _saver(gw: Gateway, ctx: CallContext, req: dict[str, Any], path: str) -> Saver:
+    """Stores the response as returned to the client, unless the request says `store: false`. A
+    storage failure is logged; the client still gets its answer."""
+    async def save(resp: dict[str, Any]) -> None:
+        if req.get("store") is False or not isinstance(resp, dict) or not isinstance(resp.get("id"), str):
+            return
+        try:
+            await response_store(gw).save(resp, key_id=_owner(ctx.key), path=path,
+                                          input_items=wr.input_items(req.get("input")),
+                                          instructions=req.get("instructions"),
+                                          previous_response_id=req.get("previous_response_id"))
+        except Exception:  # the answer was produced and billed: it must still reach the client
+            log.exception("could not store response %s (request %s)", resp.get("id"), ctx.request_id)
+    return save
+
+
+async def _with_history(gw: Gateway, ctx: CallContext, req: dict[str, Any]) -> dict[str, Any]:
+    """The translated path's request with `previous_response_id` resolved: the stored chain's input
+    and output items, oldest first, then the new input. `instructions` stay the new request's own."""
+    prev = req["previous_response_id"]
+    if not isinstance(prev, str) or not prev:
+        raise bad_request("previous_response_id must be a response id string (resp_...).",
+                          param="previous_response_id", code="invalid_type")
+    try:
+        history = await response_store(gw).conversation(prev, _viewer(ctx.key))
+    except ChainBroken as e:
+        raise bad_request(f"Previous response with id '{e.response_id}' not found.",
+                          param="previous_response_id", code="previous_response_not_found") from None
+    inp = req.get("input")
+    rest = {k: v for k, v in req.items() if k != "previous_response_id"}
+    if isinstance(inp, str):
+        rest["input"] = [*history, {"role": "user", "content": inp}]
+    elif isinstance(inp, list):
+        rest["input"] = [*history, *inp]
+    return rest  # a missing or malformed input is left for to_chat_request to refuse
+
+
+# ---------------------------------------------------------------- POST /v1/responses
 
 
 async def handle_responses(gw: Gateway, request: Request) -> Response:
@@ -66,24 +146,42 @@ async def handle_responses(gw: Gateway, request: Request) -> Response:
         except orjson.JSONDecodeError:
             raise bad_request("We could not parse the JSON body of your request. The body must be valid JSON.") from None
         ctx.key = await gw.accounting.authenticate(request.headers.get("authorization"))
-        chat_body = wr.to_chat_request(req)  # validates; also used for token counting on the native path
-        if _native_ok(gw, req):
+        native = isinstance(req, dict) and _native_ok(gw, req)
+        chat_req = req
+        if isinstance(req, dict) and req.get("previous_response_id") is not None:
+            if native:  # the upstream resolves it; token counting sees only the new input
+                chat_req = {k: v for k, v in req.items() if k != "previous_response_id"}
+            else:
+                chat_req = await _with_history(gw, ctx, req)
+        chat_body = wr.to_chat_request(chat_req)  # validates; also used for token counting on the native path
+        if native:
             opts = read_options(dict(req), req.get("model"))  # the same checks as the chat path
-            return await _native(gw, req, chat_body, ctx, opts)
+            return await _native(gw, req, chat_body, ctx, opts, _saver(gw, ctx, req, "native"))
         out = await run_chat(gw, chat_body, ctx)
     except GatewayError as e:
         record_rejected(gw, ctx, req, e)
         return error_response(e, ctx.request_id)
     resp_id = new_id("resp_")
     created = int(time.time())
+    save = _saver(gw, ctx, req, "translated")
     if out.chunks is not None:
         tr = wr.StreamTranslator(req=req, resp_id=resp_id, created_at=created, model="")
-        return StreamingResponse(_events(out.chunks, tr), media_type="text/event-stream", headers=out.headers)
+        return StreamingResponse(_events(out.chunks, tr, save), media_type="text/event-stream", headers=out.headers)
     body = wr.to_response(out.body or {}, req, resp_id, created)
+    await save(body)
     return Response(orjson.dumps(body), media_type="application/json", headers=out.headers)
 
 
-async def _events(chunks: AsyncIterator[bytes], tr: wr.StreamTranslator) -> AsyncIterator[bytes]:
+async def _terminal(events: list[tuple[str, dict[str, Any]]], save: Saver) -> AsyncIterator[bytes]:
+    """Encode events, storing the final response before its terminal event goes out (so a client that
+    reads `response.completed` and retrieves the id at once finds it)."""
+    for name, ev in events:
+        if name in _TERMINAL and isinstance(ev.get("response"), dict):
+            await save(ev["response"])
+        yield sse.encode_event(name, ev)
+
+
+async def _events(chunks: AsyncIterator[bytes], tr: wr.StreamTranslator, save: Saver) -> AsyncIterator[bytes]:
     """Chat SSE bytes from the pipeline -> Responses SSE events (`event:` + `data:`), no [DONE]."""
     started = False
     failed = False
@@ -100,8 +198,8 @@ async def _events(chunks: AsyncIterator[bytes], tr: wr.StreamTranslator) -> Asyn
             if obj.get("error") is not None:
                 failed = True
                 err = obj["error"]
-                for name, ev in tr.fail(str(err.get("message") or "upstream error"), "server_error"):
-                    yield sse.encode_event(name, ev)
+                async for b in _terminal(tr.fail(str(err.get("message") or "upstream error"), "server_error"), save):
+                    yield b
                 break
             for name, ev in tr.feed(obj):
                 yield sse.encode_event(name, ev)
@@ -109,12 +207,93 @@ async def _events(chunks: AsyncIterator[bytes], tr: wr.StreamTranslator) -> Asyn
             for name, ev in tr.start():
                 yield sse.encode_event(name, ev)
         if not failed:
-            for name, ev in tr.finish():
-                yield sse.encode_event(name, ev)
+            async for b in _terminal(tr.finish(), save):
+                yield b
     finally:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()  # let the pipeline finish its books if the client went away
+
+
+# ---------------------------------------------------------------- GET / DELETE /v1/responses/{id}, input_items
+
+
+def _json(obj: Any, request_id: str) -> Response:
+    return Response(orjson.dumps(obj), media_type="application/json", headers={"x-request-id": request_id})
+
+
+async def _stored(request: Request) -> tuple[Gateway, Any, str]:
+    gw: Gateway = request.app.state.gateway
+    key = await gw.accounting.authenticate(request.headers.get("authorization"))
+    return gw, key, request.path_params["response_id"]
+
+
+def _absent(response_id: str) -> GatewayError:
+    return not_found(f"Response with id '{response_id}' not found.", param="response_id", code="response_not_found")
+
+
+async def get_response(request: Request) -> Response:
+    rid = new_id("req_")
+    try:
+        gw, key, response_id = await _stored(request)
+        if request.query_params.get("stream", "").lower() == "true":
+            raise bad_request("stream=true is for background responses, which this gateway does not run; "
+                              "retrieve the stored response without it.", param="stream",
+                              code="unsupported_parameter")
+        s = await response_store(gw).get(response_id, _viewer(key))
+        if s is None:
+            raise _absent(response_id)
+    except GatewayError as e:
+        return error_response(e, rid)
+    return _json(s.response, rid)
+
+
+async def delete_response(request: Request) -> Response:
+    rid = new_id("req_")
+    try:
+        gw, key, response_id = await _stored(request)
+        if not await response_store(gw).delete(response_id, _viewer(key)):
+            raise _absent(response_id)
+    except GatewayError as e:
+        return error_response(e, rid)
+    return _json({"id": response_id, "object": "response", "deleted": True}, rid)
+
+
+async def list_input_items(request: Request) -> Response:
+    """The stored response's own input items (not earlier turns' of a previous_response_id chain),
+    paginated as OpenAI: `limit` 1-100 (default 20), `order` asc|desc (default desc), `after` an item id."""
+    rid = new_id("req_")
+    q = request.query_params
+    try:
+        gw, key, response_id = await _stored(request)
+        raw_limit = q.get("limit", "20")
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 100:
+            raise bad_request(f"limit must be an integer from 1 to 100, got {raw_limit!r}.", param="limit",
+                              code="invalid_value")
+        order = q.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise bad_request(f"order must be 'asc' or 'desc', got {order!r}.", param="order", code="invalid_value")
+        s = await response_store(gw).get(response_id, _viewer(key))
+        if s is None:
+            raise _absent(response_id)
+        items = s.input_items if order == "asc" else list(reversed(s.input_items))
+        start = 0
+        after = q.get("after")
+        if after:
+            pos = next((i for i, it in enumerate(items) if it.get("id") == after), None)
+            if pos is None:
+                raise bad_request(f"after: response '{response_id}' has no input item with id '{after}'.",
+                                  param="after", code="invalid_value")
+            start = pos + 1
+        page = items[start:start + limit]
+    except GatewayError as e:
+        return error_response(e, rid)
+    return _json({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                  "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(items)}, rid)
 
 
 # ---------------------------------------------------------------- native path
@@ -134,7 +313,7 @@ def _native_ok(gw: Gateway, req: dict[str, Any]) -> bool:
 
 
 async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], ctx: CallContext,
-                  opts: dict[str, Any]) -> Response:
+                  opts: dict[str, Any], save: Saver) -> Response:
     """Send the Responses request unchanged to the deployments' native endpoint, through the
     dispatcher (balancing, retries, circuits as for chat; a stream fails over until its first
     answer-bearing event), budgeted and recorded like chat."""
@@ -171,7 +350,7 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
                    "x-tiergate-responses": "native"}
         if stream:
             settled = True  # the relay's finaliser settles
-            relay = _native_events(gw, ctx, d, admission, info, model, effort, prompt_tokens)
+            relay = _native_events(gw, ctx, d, admission, info, model, effort, prompt_tokens, save)
             return BurstStreamingResponse(relay, media_type="text/event-stream", headers=headers)
         usage = d.result.body.get("usage")
         cost = cost_usd(usage, info) if usage else 0.0
@@ -179,6 +358,7 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
         record_call(gw, ctx, model, model, d.deployment.id, effort, usage, cost, "ok", None, None, False,
                     len(d.attempts) + 1, ttft_ms=(d.ttft_s or 0) * 1000)
         headers["x-tiergate-cost-usd"] = f"{cost:.8f}"
+        await save(d.result.body)
         return Response(orjson.dumps(d.result.body), media_type="application/json", headers=headers)
     finally:
         if not settled:
@@ -195,7 +375,7 @@ def _record_attempts(gw: Gateway, ctx: CallContext, model: str, info: Any, effor
 
 
 async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, info: Any, model: str, effort: Any,
-                         prompt_tokens: int) -> AsyncIterator[bytes]:
+                         prompt_tokens: int, save: Saver) -> AsyncIterator[bytes]:
     """Relay the upstream's Responses events as they come (`event:` + `data:`, no [DONE]); take usage
     from the final `response.completed` / `response.incomplete`, and always finish the books, even
     when the client goes away or the upstream cuts the stream (then the client gets a
@@ -218,6 +398,8 @@ async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, 
             seq = ev.get("sequence_number")
             if isinstance(seq, int):
                 last_seq = seq
+            if etype in _TERMINAL and isinstance(resp, dict):
+                await save(resp)  # before the client sees the end, so an immediate retrieve finds it
             yield sse.encode_event(etype, ev)
         status = "ok"
     except UpstreamError as e:
@@ -226,6 +408,8 @@ async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, 
         failed = {**snapshot, "status": "failed",
                   "error": {"code": e.code or "server_error",
                             "message": f"The upstream stream failed after it started: {e.message}"}}
+        if snapshot.get("id"):
+            await save(failed)
         yield sse.encode_event("response.failed", {"type": "response.failed", "response": failed,
                                                    "sequence_number": last_seq + 1})
     finally:

@@ -4,7 +4,8 @@ Layout: `store/migrations/<dialect>/NNNN_description.sql` for dialect `sqlite` a
 file runs once, in one transaction, in ascending NNNN order; its number is then recorded in the
 `schema_migrations` table (version, name, applied_at). To change the schema, add a new file with the
 next number to *both* dialect folders — never edit an applied file. Numbers 0001-0099 belong to the
-accounting store (keys, ledger, budgets); 0100+ to files/batches; leave gaps for other features.
+accounting store (keys, ledger, budgets); 0100-0199 to files/batches; 0200+ to stored responses;
+leave gaps for other features.
 """
 
 from __future__ import annotations
