@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes.anthropic_upstream import FakeAnthropic
-from tiergate.providers.base import Deployment, Secret, Timeouts, UpstreamError
+from tiergate.providers.base import Deployment, RequestRefused, Secret, Timeouts, UpstreamError
 from tiergate.providers.http import AiohttpSessionFactory
 from tiergate.providers.registry import provider_class
 
@@ -83,9 +83,19 @@ async def test_errors(env):
     assert e.value.status == 401 and not e.value.retryable
     assert "sk-ant-wrong-secret-value" not in str(e.value.message)
     fake.problems.clear()
-    with pytest.raises(UpstreamError) as e:  # refused before sending: unsupported part
+    sent = len(fake.requests)
+    with pytest.raises(RequestRefused) as r:  # refused before sending: unsupported part; not an UpstreamError
         await p.chat({"model": "m", "messages": [{"role": "user", "content": [{"type": "file", "file": {}}]}]}, T)
-    assert e.value.status == 400 and e.value.param == "messages[0].content[0]"
+    assert r.value.status == 400 and r.value.param == "messages[0].content[0]"
+    assert r.value.code == "unsupported_value" and "anthropic:" not in r.value.message
+    with pytest.raises(RequestRefused) as r:  # the dispatcher's pre-send check says the same, sending nothing
+        p.check({"model": "m", "n": 2, "messages": [{"role": "user", "content": "x"}]}, stream=True)
+    assert (r.value.param, r.value.message) == ("n", "Anthropic models return one choice; n must be 1")
+    with pytest.raises(RequestRefused) as r:  # a wrong type the translation trips over: refused, not a crash
+        p.check({"model": "m", "temperature": "hot", "messages": [{"role": "user", "content": "x"}]}, stream=False)
+    assert r.value.status == 400 and r.value.code == "invalid_value"
+    p.check({"model": "m", "messages": [{"role": "user", "content": "x"}]}, stream=False)  # accepted
+    assert len(fake.requests) == sent
 
 
 async def test_stream_error_event_mid_stream(env):

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from tiergate.config import parse_config
-from tiergate.dispatch.circuit import OPEN
+from tiergate.dispatch.circuit import CLOSED, OPEN
 from tiergate.dispatch.dispatcher import Dispatcher
-from tiergate.dispatch.errors import ContextWindowExceeded
+from tiergate.dispatch.errors import ContextWindowExceeded, refused_before_upstream
 from tiergate.metrics import Metrics
-from tiergate.providers.base import ChatResult, Provider, UpstreamError
+from tiergate.providers.base import ChatResult, Provider, RequestRefused, UpstreamError
 from tiergate.providers.registry import register
 from tiergate.wire.errors import GatewayError
 
@@ -613,3 +613,90 @@ async def test_stream_dropped_before_it_is_read_releases_the_deployment():
     gc.collect()
     await asyncio.sleep(0)
     assert d.deployment_states("m")[0].inflight == 0
+
+
+# ---------------------------------------------------------------------------- the gateway's own refusals
+
+
+@register("scripted_picky")
+class PickyProvider(ScriptedProvider):
+    """A scripted provider that, like Anthropic, cannot send `n` > 1: it says so in `check`, before any
+    attempt, and (should a body get that far) from `chat` without calling out (nothing is scripted)."""
+
+    name = "scripted_picky"
+
+    def check(self, body, *, stream, operation="chat"):
+        if (body.get("n") or 1) > 1:
+            raise RequestRefused("one choice only; n must be 1", param="n")
+
+    async def chat(self, body, timeouts):
+        self.check(body, stream=False)
+        return await super().chat(body, timeouts)
+
+
+def shaper_n(n: int):
+    def shape(name: str) -> tuple[dict, list[str]]:
+        return {"model": name, "n": n, "messages": [{"role": "user", "content": "hi"}]}, []
+    return shape
+
+
+def picky_config(**model_kw: Any) -> Any:
+    return make_config([{"name": "m", "deployments": [{"provider": "scripted_picky"}, {"provider": "scripted_picky"}],
+                         "circuit": {"failures": 1}, **model_kw}, {"name": "f", "deployments": [{}]}])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_provider_refusal_is_no_attempt_no_retry_no_failover(stream):
+    metrics = Metrics()
+    d = Dispatcher(picky_config(fallbacks=["f"]), None, metrics=metrics)
+    for _ in range(3):  # one counted failure would open a circuit (failures: 1)
+        with pytest.raises(RequestRefused) as ei:
+            await d.dispatch("m", shaper_n(2), stream=stream, request_id="r")
+        assert ei.value.status == 400 and ei.value.param == "n"
+        assert ei.value.attempts == [] and refused_before_upstream(ei.value)
+    assert CALLS == []  # no deployment called, the fallback `f` neither
+    assert all(st.circuit.state == CLOSED and st.inflight == 0 for st in d.deployment_states("m"))
+    assert metrics.attempts.values == {} and metrics.fallbacks.values == {}
+    out = await d.dispatch("m", shaper_n(1), stream=False, request_id="r")  # an acceptable body is served
+    assert out.model == "m" and out.attempts == []
+
+
+async def test_a_fallback_that_refuses_is_skipped():
+    cfg = make_config([{"name": "m", "deployments": [{}], "fallbacks": ["p", "f"]},
+                       {"name": "p", "deployments": [{"provider": "scripted_picky"}]}, {"name": "f", "deployments": [{}]}])
+    d = Dispatcher(cfg, None)
+    SCRIPTS["m/0"] = [("status", 503)]
+    out = await d.dispatch("m", shaper_n(2), stream=False, request_id="r")
+    assert out.model == "f" and "p/0" not in CALLS and CALLS[-1] == "f/0"
+    assert [a.deployment_id for a in out.attempts] == ["m/0"] * (len(CALLS) - 1)  # m's retries only
+
+
+async def test_a_refusal_at_send_time_passes_through_untouched():
+    """Belt and braces: a `RequestRefused` from the provider call itself (no `check` override caught it)
+    is not an upstream failure either: no attempt, no retry on the other deployment, circuit closed."""
+    d = Dispatcher(picky_config(), None)
+    for st in d.deployment_states("m"):
+        st.circuit.open(0.0)  # cooled down: the next request is the half-open probe
+    d._models["m"].checkers = ()  # as if the check had let it through
+    with pytest.raises(RequestRefused) as ei:
+        await d.dispatch("m", shaper_n(2), stream=False, request_id="r")
+    assert ei.value.attempts == [] and refused_before_upstream(ei.value)
+    states = d.deployment_states("m")
+    assert all(not st.circuit.probing and st.inflight == 0 for st in states)  # the probe was given back
+    out = await d.dispatch("m", shaper_n(1), stream=False, request_id="r")  # and the next request probes
+    assert out.attempts == [] and out.deployment.id in CALLS
+
+
+async def test_shaping_refusals_of_the_requested_model_are_marked_before_upstream():
+    d = Dispatcher(make_config([{"name": "m", "deployments": [{}], "context_window_fallback": "big"},
+                                {"name": "big", "deployments": [{}]}]), None)
+    with pytest.raises(GatewayError) as ei:
+        await d.dispatch("m", shaper(refuse={"m"}), stream=False, request_id="r")
+    assert refused_before_upstream(ei.value) and ei.value.attempts == []
+    with pytest.raises(ContextWindowExceeded) as ei:  # too long for the model and its larger-window fallback
+        await d.dispatch("m", shaper({"m": 5, "big": 5}), stream=False, request_id="r")
+    assert refused_before_upstream(ei.value) and CALLS == []
+    SCRIPTS["m/0"] = [("status", 400)]
+    with pytest.raises(GatewayError) as ei:  # an upstream's own 400 is not
+        await d.dispatch("m", shaper(), stream=False, request_id="r")
+    assert not refused_before_upstream(ei.value) and len(ei.value.attempts) == 1

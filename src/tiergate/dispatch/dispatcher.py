@@ -4,7 +4,11 @@ fail over or fall back until an answer exists or nothing more can be tried withi
 Order of work for `dispatch(model, shape, ...)`:
 1. models in order: the requested one, then its `fallbacks`; a `ContextWindowExceeded` from
    `shape(name)` (or an upstream 400 `context_length_exceeded`) inserts `context_window_fallback`
-   next; any other `GatewayError` from `shape` on a fallback skips that fallback;
+   next; the shaped body is then checked by every deployment's provider that can refuse a request
+   outright (`Provider.check`, e.g. Anthropic with `n` > 1); any other `GatewayError` from `shape` or
+   a check skips a fallback, and on the requested model ends the request at once, marked
+   `before_upstream` (see `refused_before_upstream`): no attempt, no retry, no circuit count, so the
+   server records the gateway's own refusal as `rejected`, not as an upstream failure;
 2. for each model up to `1 + retry.max_retries` attempts, each on an available deployment not yet tried
    (`balancer.choose` by the model's strategy); once all were tried, the same deployment again after
    the upstream's `Retry-After` (when at most `max_retry_after_s`) or an exponential backoff with jitter;
@@ -32,6 +36,7 @@ from tiergate.dispatch.balancer import DeploymentState, choose
 from tiergate.dispatch.circuit import CLOSED, CircuitBreaker
 from tiergate.dispatch.errors import (
     ContextWindowExceeded,
+    before_upstream,
     from_upstream,
     is_context_error,
     no_healthy_deployment,
@@ -39,7 +44,7 @@ from tiergate.dispatch.errors import (
 )
 from tiergate.dispatch.retry import backoff, counts_against_circuit, hinted_wait, retryable
 from tiergate.dispatch.watchdog import Watchdog
-from tiergate.providers.base import ChatResult, Deployment, Timeouts, UpstreamError
+from tiergate.providers.base import ChatResult, Deployment, Provider, RequestRefused, Timeouts, UpstreamError
 from tiergate.providers.registry import provider_class
 from tiergate.wire.errors import GatewayError, not_found
 
@@ -89,7 +94,7 @@ class _Run:
 
 
 class _Model:
-    __slots__ = ("chain", "config", "deps", "name", "strategy")
+    __slots__ = ("chain", "checkers", "config", "deps", "name", "strategy")
 
     def __init__(self, config: ModelConfig, deps: list[DeploymentState]) -> None:
         self.config = config
@@ -97,6 +102,8 @@ class _Model:
         self.deps = tuple(deps)
         self.strategy = config.strategy
         self.chain = (config.name, *config.fallbacks)
+        # the providers that may refuse a request before sending it (empty for most models: no cost)
+        self.checkers = tuple(st.provider for st in deps if type(st.provider).check is not Provider.check)
 
 
 class Dispatcher:
@@ -163,8 +170,8 @@ class Dispatcher:
                         prompt_tokens: int, operation: str, run: _Run) -> Dispatched:
         m = self._models.get(model)
         if m is None:
-            raise not_found(f"The model '{model}' is not configured on this gateway.", param="model",
-                            code="model_not_found")
+            raise before_upstream(not_found(f"The model '{model}' is not configured on this gateway.",
+                                            param="model", code="model_not_found"))
         shared = self.shared
         if shared is not None and not shared.started:
             shared.start()
@@ -188,6 +195,8 @@ class Dispatcher:
                 continue
             try:
                 body, dropped = shape(name)
+                for p in cur.checkers:  # a request no deployment of this model could send: refused here
+                    p.check(body, stream=stream, operation=operation)
             except GatewayError as e:
                 if is_context_error(e):
                     cw = cur.config.context_window_fallback
@@ -197,7 +206,7 @@ class Dispatcher:
                         shape_error = e
                     continue
                 if name == model:
-                    raise
+                    raise before_upstream(e) from None
                 log.info("fallback %s skipped for request %s: %s", name, request_id, e.message)
                 continue
             tried_models.append(name)
@@ -225,7 +234,7 @@ class Dispatcher:
         if run.last is not None:
             raise from_upstream(run.last, run.last_model, run.last_dep, len(run.attempts))
         if shape_error is not None and not tried_models:
-            raise shape_error
+            raise before_upstream(shape_error)
         names = tried_models or [model]
         hint = run.recover_in if run.recover_in != math.inf else None
         if run.blocked_caps and not run.blocked_circuit:
@@ -371,6 +380,9 @@ class Dispatcher:
         except UpstreamError as e:
             await self._failed(m, st, e, loop.time() - start, request_id, run)
             return None
+        except RequestRefused as e:  # the provider refused before sending: the gateway's 400, not a failure
+            cb.abandon()
+            raise before_upstream(e) from None
         except asyncio.CancelledError:
             cb.abandon()
             raise

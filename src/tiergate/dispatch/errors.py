@@ -4,13 +4,17 @@ OpenAI-shaped error the client sees.
 `ContextWindowExceeded` is how the caller's `shape(model)` says "the prompt does not fit this model":
 the dispatcher then tries the model's `context_window_fallback`. Any `GatewayError` whose `code` is
 `context_length_exceeded` is treated the same way, so an upstream 400 of that kind also falls back.
+
+`before_upstream(e)` marks an error the gateway raised on its own before any upstream call (a shaping
+error or a provider's `RequestRefused` on the requested model, a prompt too long for every model):
+`refused_before_upstream(e)` tells the server to record it as `rejected`, not as an upstream `error`.
 """
 
 from __future__ import annotations
 
 import math
 
-from tiergate.providers.base import UpstreamError
+from tiergate.providers.base import RequestRefused, UpstreamError
 from tiergate.wire.errors import GatewayError
 
 CONTEXT_CODE = "context_length_exceeded"
@@ -35,6 +39,18 @@ class ContextWindowExceeded(GatewayError):
 
 def is_context_error(e: BaseException) -> bool:
     return getattr(e, "code", None) == CONTEXT_CODE
+
+
+def before_upstream(e: GatewayError) -> GatewayError:
+    """Mark `e` as the gateway's own refusal, raised before anything was sent upstream."""
+    e.before_upstream = True  # type: ignore[attr-defined]
+    return e
+
+
+def refused_before_upstream(e: BaseException) -> bool:
+    """The gateway refused the request itself, before any upstream call (nothing to count against a
+    deployment; the ledger's `rejected`)."""
+    return isinstance(e, RequestRefused) or bool(getattr(e, "before_upstream", False))
 
 
 def from_upstream(e: UpstreamError, model: str, deployment_id: str, n_attempts: int) -> GatewayError:

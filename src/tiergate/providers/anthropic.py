@@ -3,8 +3,11 @@
 `POST {api_base}/v1/messages` with `x-api-key` and `anthropic-version: 2023-06-01`. The body
 translation lives in `tiergate.wire.anthropic` (pure); this module does the HTTP: timeouts, the SSE
 stream, and mapping Anthropic errors to `UpstreamError` (529 overloaded -> retryable 503, `error`
-events inside a 200 stream -> `stream_cut`). Deployment options: none required; `api_base` defaults
-to https://api.anthropic.com; extra headers (e.g. `anthropic-beta`) come from the deployment.
+events inside a 200 stream -> `stream_cut`). A request the translation cannot express (`n` > 1, an
+audio part, …) raises `RequestRefused` from `check` before the dispatcher's first attempt (and from
+`build`, should it get that far): the gateway's own 400, never sent, never an upstream failure.
+Deployment options: none required; `api_base` defaults to https://api.anthropic.com; extra headers
+(e.g. `anthropic-beta`) come from the deployment.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tiergate.providers.base import ChatResult, Provider, Timeouts, UpstreamError
+from tiergate.providers.base import ChatResult, Provider, RequestRefused, Timeouts, UpstreamError
 from tiergate.providers.http import parse_retry_after, scrub
 from tiergate.providers.registry import register
 from tiergate.wire import anthropic as wa
@@ -46,13 +49,16 @@ class AnthropicProvider(Provider):
             h["x-api-key"] = self.deployment.api_key.value
         return h
 
+    def translate(self, body: dict[str, Any], stream: bool) -> dict[str, Any]:
+        """The Messages request for `body`, or `RequestRefused` (nothing is sent)."""
+        return translate_request(body, stream, self.upstream_model(str(body.get("model", ""))))
+
+    def check(self, body: dict[str, Any], *, stream: bool, operation: str = "chat") -> None:
+        if operation == "chat":
+            self.translate(body, stream)
+
     def build(self, body: dict[str, Any], stream: bool) -> bytes:
-        try:
-            req = wa.to_messages_request({**body, "stream": stream}, self.upstream_model(str(body.get("model", ""))))
-        except wa.TranslationError as e:
-            raise UpstreamError(400, str(e), type="invalid_request_error", param=e.param,
-                                code="unsupported_value") from None
-        return orjson.dumps(req)
+        return orjson.dumps(self.translate(body, stream))
 
     def _secrets(self) -> tuple[str, ...]:
         return (self.deployment.api_key.value,) if self.deployment.api_key else ()
@@ -153,6 +159,20 @@ class AnthropicProvider(Provider):
                                     usage=tr.openai_usage() if sent_any else None) from None
             raise UpstreamError(502, "anthropic: stream ended before message_stop", kind="stream_cut",
                                 usage=tr.openai_usage() if sent_any else None)
+
+
+def translate_request(body: dict[str, Any], stream: bool, model: str) -> dict[str, Any]:
+    """`wire.anthropic.to_messages_request`, its refusals as `RequestRefused` (the gateway's 400, worded
+    as the gateway's: the request never reached Anthropic). A body malformed in a way the translation
+    trips over (a wrong type the validation let through) is refused the same way, not taken for a
+    provider failure."""
+    try:
+        return wa.to_messages_request({**body, "stream": stream}, model)
+    except wa.TranslationError as e:
+        raise RequestRefused(str(e), param=e.param) from None
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise RequestRefused(f"cannot translate this request to Anthropic's Messages API ({type(e).__name__}: {e})",
+                             code="invalid_value") from None
 
 
 async def _timed_reads(resp: aiohttp.ClientResponse, t: Timeouts, deadline: float | None,

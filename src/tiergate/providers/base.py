@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 import aiohttp
 
+from tiergate.wire.errors import GatewayError
+
 
 @dataclass(frozen=True)
 class Secret:
@@ -104,6 +106,17 @@ class UpstreamError(Exception):
         return self.status in self.RETRYABLE_STATUS
 
 
+class RequestRefused(GatewayError):
+    """The provider cannot express this request in its protocol (e.g. `n=2` for Anthropic, which returns
+    one choice): a client error of the gateway's own, found before anything is sent upstream. It is not
+    an upstream failure: the dispatcher passes it through untouched (no retry, no failover to another
+    deployment, no failed attempt, no circuit-breaker count) and the request path records it as
+    `rejected`. The message says it is the gateway's refusal, not the upstream's answer."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = "unsupported_value") -> None:
+        super().__init__(400, message, param=param, code=code)
+
+
 class Provider(abc.ABC):
     """Base class. Subclasses register themselves with `providers.registry.register`."""
 
@@ -140,6 +153,11 @@ class Provider(abc.ABC):
         UpstreamError like `chat_stream` (an `error` event or `response.failed` included; kind
         "stream_cut" once events started, with the usage seen so far). Default: not supported."""
         raise NotImplementedError
+
+    def check(self, body: dict[str, Any], *, stream: bool, operation: str = "chat") -> None:
+        """Raise `RequestRefused` when this provider could not send `body` (shaped for its model) at all;
+        nothing is sent. The dispatcher calls it for every deployment of a model before the first
+        attempt, only for providers that override it (the default accepts everything)."""
 
     def upstream_model(self, catalog_name: str) -> str:
         return self.deployment.upstream_model or catalog_name

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from tiergate.accounting.pricing import cost_usd, max_cost_usd, usage_breakdown
 from tiergate.accounting.tokens import count_messages, count_text
 from tiergate.catalog.shaping import check_capabilities, shape_request
-from tiergate.dispatch.errors import ContextWindowExceeded
+from tiergate.dispatch.errors import ContextWindowExceeded, refused_before_upstream
 from tiergate.logs import log_request
 from tiergate.providers.base import Timeouts, UpstreamError
 from tiergate.providers.registry import provider_class
@@ -141,7 +141,10 @@ def default_output_limit(info: Any) -> int:
 async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
                    _escalated_from: dict[str, Any] | None = None) -> ChatOutcome:
     """The whole pipeline for one Chat Completions request. Raises GatewayError for client-visible
-    failures before any answer exists; records exactly one ledger row for the answer it returns."""
+    failures before any answer exists; records exactly one ledger row for the answer it returns.
+    Upstream failures are recorded here (`failed_attempt` rows + `error`, `e.recorded` set); a refusal
+    of the gateway's own before any upstream call (validation, shaping, a provider's `RequestRefused`)
+    is raised unrecorded, for the HTTP handler's `record_rejected` (a batch line: its error file)."""
     _validate(body)
     requested = body["model"]
     opts = read_options(body, requested if _escalated_from is None else _escalated_from["requested"])
@@ -219,6 +222,8 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
             )
         except GatewayError as e:
             attempts = getattr(e, "attempts", ())
+            if not attempts and refused_before_upstream(e):
+                raise  # the gateway's own refusal (e.g. n=2 for Anthropic): the caller records it as `rejected`
             _record_attempts(gw, ctx, requested, attempts, info, body.get("reasoning_effort"), route_info, stream)
             last_dep = attempts[-1].deployment_id if attempts else None
             record_call(gw, ctx, requested, model, last_dep, body.get("reasoning_effort"), None, 0.0, "error",
