@@ -119,6 +119,9 @@ def test_forwarded_batch_completes_billed_at_batch_price(env):
     assert err["bad"]["response"]["body"]["error"]["code"] == "invalid_request_error"
     assert "fake refusal" in err["bad"]["response"]["body"]["error"]["message"]
     assert err["two"]["response"]["status_code"] == 400 and err["two"]["response"]["body"]["error"]["param"] == "n"
+    two = err["two"]["response"]["body"]["error"]
+    assert two["message"] == "this line cannot be sent to Anthropic: Anthropic models return one choice; n must be 1"
+    assert two["code"] == "unsupported_value"  # the gateway's refusal, not worded as Anthropic's answer
 
     time.sleep(0.5)  # the ledger writer flushes in the background
     with sqlite3.connect(db) as conn:

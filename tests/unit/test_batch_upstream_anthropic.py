@@ -36,3 +36,25 @@ def test_result_types_become_openai_batch_lines() -> None:
     for kind, code in (("canceled", "batch_cancelled"), ("expired", "batch_expired")):
         lost = client._line_result(row, {"type": kind})
         assert lost.status_code is None and lost.body is None and lost.error["code"] == code
+
+
+def test_untranslatable_lines_are_refused_as_the_gateways_own_400() -> None:
+    from types import SimpleNamespace
+
+    from tiergate.catalog.catalog import Catalog
+
+    info = Catalog.load().get("claude-3-7-sonnet")
+    client = AnthropicBatchClient.__new__(AnthropicBatchClient)
+    client.gw, client.model, client.info = SimpleNamespace(infos={"claude-3-7-sonnet": info}), "claude-3-7-sonnet", info
+    client.endpoint, client.upstream_model = "/v1/chat/completions", "claude-3-7-sonnet-20250219"
+    rows = _rows("ok", "two", "hot")
+    for r, extra in zip(rows[1:], ({"n": 2}, {"temperature": "hot"}), strict=True):
+        r["body"] = orjson.dumps({**orjson.loads(r["body"]), **extra}).decode()
+    requests, refused = client._requests(rows, {})
+    assert [r["custom_id"] for r in requests] == ["ok"]
+    two, hot = (x.body["error"] for x in refused)
+    assert [x.status_code for x in refused] == [400, 400]
+    assert two["message"] == "this line cannot be sent to Anthropic: Anthropic models return one choice; n must be 1"
+    assert (two["param"], two["code"]) == ("n", "unsupported_value")
+    assert hot["message"].startswith("this line cannot be sent to Anthropic: ") and hot["code"] == "invalid_value"
+    assert not any(x["message"].startswith("anthropic:") for x in (two, hot))

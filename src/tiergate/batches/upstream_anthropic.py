@@ -11,8 +11,9 @@ not in request order. Headers as for /v1/messages (x-api-key, anthropic-version 
 
 Each line is shaped for the catalogue entry and translated to Messages params exactly as a live call
 would be (`shape_request`, `wire.anthropic.to_messages_request`; `/v1/responses` lines go through
-`wire.responses` first); a line that cannot be translated is answered at once with the 400 the gateway
-would give and is not sent. Custom ids Anthropic refuses (over 64 characters, or outside
+`wire.responses` first); a line that cannot be translated is answered at once with the gateway's own
+400 ("this line cannot be sent to Anthropic: …", the same code and param as the live refusal) and is
+not sent. Custom ids Anthropic refuses (over 64 characters, or outside
 `[A-Za-z0-9_-]`) are sent as `tg-<line>` and mapped back (the map is kept in the batch row).
 Results come back as OpenAI `chat.completion` (or `response`) bodies via `wire.anthropic.from_message`.
 
@@ -36,6 +37,7 @@ import orjson
 
 from tiergate.batches.upstream_common import JsonHttp, LineResult, Polled, Settle
 from tiergate.catalog.shaping import check_capabilities, shape_request
+from tiergate.providers.anthropic import translate_request
 from tiergate.wire import anthropic as wa
 from tiergate.wire import responses as wr
 from tiergate.wire.errors import GatewayError
@@ -100,9 +102,10 @@ class AnthropicBatchClient:
         check_capabilities(chat, self.info, self.gw.infos, self.model)
         shaped, _dropped = shape_request(chat, self.info)
         try:
-            params = wa.to_messages_request(shaped, self.upstream_model)
-        except wa.TranslationError as e:
-            raise GatewayError(400, f"anthropic: {e}", param=e.param, code="unsupported_value") from None
+            params = translate_request(shaped, False, self.upstream_model)
+        except GatewayError as e:  # the live path's RequestRefused, worded for a batch line
+            raise GatewayError(400, f"this line cannot be sent to Anthropic: {e.message}", param=e.param,
+                               code=e.code) from None
         params.pop("stream", None)
         return params
 
@@ -115,7 +118,7 @@ class AnthropicBatchClient:
                 params = self.params(orjson.loads(r["body"]))
             except (GatewayError, TypeError, ValueError, AttributeError, KeyError) as e:
                 if not isinstance(e, GatewayError):
-                    e = GatewayError(400, f"this line cannot be translated for Anthropic ({type(e).__name__}: {e})",
+                    e = GatewayError(400, f"this line cannot be sent to Anthropic ({type(e).__name__}: {e})",
                                      code="invalid_value")
                 refused.append(LineResult(line_no=r["line_no"], ok=False, status_code=e.status, body=e.to_dict()))
                 continue
