@@ -55,13 +55,20 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+EMBEDDED = "<embedded defaults>"  # GatewayConfig.source when no --config was given
+
+
 def _startup_banner(config, args) -> None:
     providers = sorted({d.provider for m in config.models for d in m.deployments})
     print(f"tiergate: config {config.source}; {len(config.models)} models "
           f"({', '.join(m.name for m in config.models)}); providers: {', '.join(providers)}", file=sys.stderr)
     if "sim" in providers:
-        print("tiergate: the `sim` provider is a SIMULATOR: its answers are synthetic (set OPENAI_API_KEY or "
-              "use --config to serve real models)", file=sys.stderr)
+        if config.source == EMBEDDED:  # the defaults serve the simulator when OPENAI_API_KEY is unset
+            hint = "set OPENAI_API_KEY or use --config to serve real models"
+        else:
+            hint = "models served by it: " + ", ".join(
+                m.name for m in config.models if any(d.provider == "sim" for d in m.deployments))
+        print(f"tiergate: the `sim` provider is a SIMULATOR: its answers are synthetic ({hint})", file=sys.stderr)
     print(f"tiergate: storage {config.storage.split('@')[-1] if '@' in config.storage else config.storage}; "
           f"listening on http://{args.host}:{args.port}/v1", file=sys.stderr)
 
