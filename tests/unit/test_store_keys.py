@@ -88,7 +88,9 @@ async def _admission(acc: Accounting) -> None:
     await acc.settle(a1, 0.05, 300)  # settling twice is a no-op
     a2 = await acc.admit(key, "gpt-4o-mini", 10, 0.3, 1000)
     await acc.settle(a2, 0.1, 200)
-    with pytest.raises(GatewayError) as e:  # 4th request within the minute (3 rpm)
+    # the request refused for budget took no RPM slot: a 3rd is admitted, the 4th is over 3 rpm
+    await acc.settle(await acc.admit(key, "gpt-4o-mini", 10, 0.01, 10), 0.0, 10)
+    with pytest.raises(GatewayError) as e:  # 4th admitted request within the minute (3 rpm)
         await acc.admit(key, "gpt-4o-mini", 10, 0.01, 10)
     assert e.value.code == "rate_limit_exceeded" and "retry-after" in e.value.headers
     with pytest.raises(GatewayError) as e:

@@ -55,22 +55,49 @@ class Reservation:
     amount_nusd: int
 
 
+HOLD_RETRY_AFTER_S = 1  # Retry-After on a refusal caused only by holds of requests in flight
+
+
+class BudgetRefused(GatewayError):
+    """429 insufficient_quota: the reservation does not fit. `exhausted` says why, for callers that
+    decide whether to retry (the batch runner, the client via headers):
+    - True: the budget is spent: `spent + amount > budget`, so it cannot fit even if every hold in flight
+      settles for nothing. Sent with `x-should-retry: false` (the openai SDKs then do not retry).
+    - False: it fits the budget but not next to the holds of requests in flight, which settle (and free
+      what they do not spend) when those requests end. Sent with a short `Retry-After`."""
+
+    def __init__(self, message: str, *, exhausted: bool, spent_nusd: int, reserved_nusd: int, amount_nusd: int,
+                 budget_nusd: int) -> None:
+        headers = {"x-should-retry": "false"} if exhausted else {"retry-after": str(HOLD_RETRY_AFTER_S)}
+        super().__init__(429, message, type="insufficient_quota", code="insufficient_quota", headers=headers)
+        self.exhausted = exhausted
+        self.spent_nusd = spent_nusd
+        self.reserved_nusd = reserved_nusd
+        self.amount_nusd = amount_nusd
+        self.budget_nusd = budget_nusd
+
+
 def over_budget(key_name: str, budget_usd: float, spent_nusd: int, reserved_nusd: int, amount_nusd: int,
-                period: str) -> GatewayError:
-    left = max(0, to_nano(budget_usd) - spent_nusd - reserved_nusd) / NANO
+                period: str) -> BudgetRefused:
+    budget = to_nano(budget_usd)
+    exhausted = spent_nusd + amount_nusd > budget
+    left = max(0, budget - spent_nusd - reserved_nusd) / NANO
     when = {"daily": " for today (UTC)", "monthly": " for this month (UTC)"}.get(period, "")
-    return GatewayError(
-        429,
-        f"This request could cost up to ${amount_nusd / NANO:.6f}, but key '{key_name}' has ${left:.6f} left of "
-        f"its ${budget_usd:g} budget{when} (${spent_nusd / NANO:.6f} spent, ${reserved_nusd / NANO:.6f} held by "
-        "requests in flight). Lower max_tokens / max_completion_tokens, wait for in-flight requests, or ask an "
-        "admin to raise the key's budget_usd.",
-        type="insufficient_quota", code="insufficient_quota",
-    )
+    head = (f"This request could cost up to ${amount_nusd / NANO:.6f}, but key '{key_name}' has ${left:.6f} left of "
+            f"its ${budget_usd:g} budget{when} (${spent_nusd / NANO:.6f} spent, ${reserved_nusd / NANO:.6f} held by "
+            "requests in flight). ")
+    if exhausted:
+        tail = ("What is left cannot cover it even once requests in flight finish, so retrying will not help: "
+                "lower max_tokens / max_completion_tokens, or ask an admin to raise the key's budget_usd.")
+    else:
+        tail = ("It fits once requests in flight finish (they release what they do not spend): retry in a moment, "
+                "lower max_tokens / max_completion_tokens, or ask an admin to raise the key's budget_usd.")
+    return BudgetRefused(head + tail, exhausted=exhausted, spent_nusd=spent_nusd, reserved_nusd=reserved_nusd,
+                         amount_nusd=amount_nusd, budget_nusd=budget)
 
 
 class Budget(abc.ABC):
-    """`reserve` raises GatewayError 429 insufficient_quota when the amount does not fit."""
+    """`reserve` raises BudgetRefused (429 insufficient_quota) when the amount does not fit."""
 
     def __init__(self, seed: SeedFn, *, reservation_ttl_s: float = RESERVATION_TTL_S) -> None:
         self.seed = seed

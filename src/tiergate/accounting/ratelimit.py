@@ -5,7 +5,8 @@ limit, refilled continuously at limit/60 per second. A burst of up to the full l
 then requests flow at the sustained rate; there is no window edge where 2x the limit can pass. The
 RPM and TPM buckets are checked and debited together (both or neither). TPM is debited by the
 request's estimate (prompt tokens + its output limit) at admission and corrected to the real usage at
-settlement.
+settlement. A request admitted here but then refused for its budget gets both back (`refund`): only
+requests that went on count against the limits.
 
 Backends: `InProcessRateLimiter` (one replica) and `RedisRateLimiter` (one Lua script, Redis's own
 clock, so every replica shares one bucket). A refusal is a 429 with OpenAI's headers:
@@ -103,6 +104,11 @@ class RateLimiter(abc.ABC):
         """Correct the token bucket after the fact: positive delta = the request used more than its
         estimate (taken now, possibly into debt), negative = it used less (given back, capped)."""
 
+    @abc.abstractmethod
+    async def refund(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> None:
+        """Give back what `acquire` took (one request and `tokens` tokens, capped at the limits) for a
+        request that was refused afterwards (budget) and so never went on."""
+
     async def close(self) -> None:
         return None
 
@@ -133,6 +139,12 @@ class InProcessRateLimiter(RateLimiter):
         now = time.monotonic()
         t = self._level(key_id, "t", tpm, now)
         self._buckets[(key_id, "t")] = (min(float(tpm), t - delta_tokens), now)
+
+    async def refund(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> None:
+        now = time.monotonic()
+        for dim, limit, amount in (("r", rpm, 1), ("t", tpm, tokens)):
+            if limit:
+                self._buckets[(key_id, dim)] = (min(float(limit), self._level(key_id, dim, limit, now) + amount), now)
 
 
 # KEYS: 1 rpm bucket, 2 tpm bucket (hash: level, at_ms). ARGV: rpm (0 = none), tpm (0 = none), tokens
@@ -174,6 +186,23 @@ redis.call('PEXPIRE', KEYS[1], 120000)
 return 1
 """
 
+# KEYS: 1 rpm bucket, 2 tpm bucket. ARGV: rpm (0 = none), tpm (0 = none), tokens. Both or neither.
+_REFUND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function give(key, limit, amount)
+  if limit == 0 then return end
+  local v = redis.call('HMGET', key, 'level', 'at')
+  if not v[1] then return end
+  local lvl = math.min(limit, tonumber(v[1]) + (now - tonumber(v[2])) * limit / 60000)
+  redis.call('HSET', key, 'level', tostring(math.min(limit, lvl + amount)), 'at', now)
+  redis.call('PEXPIRE', key, 120000)
+end
+give(KEYS[1], tonumber(ARGV[1]), 1)
+give(KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3]))
+return 1
+"""
+
 
 class RedisRateLimiter(RateLimiter):
     def __init__(self, redis: Any, prefix: str) -> None:
@@ -181,6 +210,7 @@ class RedisRateLimiter(RateLimiter):
         self.prefix = prefix
         self._acquire = redis.register_script(_ACQUIRE)
         self._adjust = redis.register_script(_ADJUST)
+        self._refund = redis.register_script(_REFUND)
 
     def _keys(self, key_id: str) -> list[str]:
         return [f"{self.prefix}rl:{{{key_id}}}:r", f"{self.prefix}rl:{{{key_id}}}:t"]
@@ -194,3 +224,6 @@ class RedisRateLimiter(RateLimiter):
 
     async def adjust(self, key_id: str, tpm: int, delta_tokens: int) -> None:
         await self._adjust(keys=self._keys(key_id)[1:], args=[tpm, delta_tokens])
+
+    async def refund(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> None:
+        await self._refund(keys=self._keys(key_id), args=[rpm or 0, tpm or 0, tokens])

@@ -166,8 +166,10 @@ class Accounting:
             raise GatewayError(401, f"Incorrect API key provided: {shown}. Ask your gateway admin for a key "
                                "(tiergate keys create).", type="invalid_request_error", code="invalid_api_key")
         if info.revoked_at is not None:
-            raise GatewayError(401, f"The API key {info.prefix}… ('{info.name}') has been revoked. Ask your "
-                               "gateway admin for a new one.", type="invalid_request_error", code="invalid_api_key")
+            e = GatewayError(401, f"The API key {info.prefix}… ('{info.name}') has been revoked. Ask your "
+                             "gateway admin for a new one.", type="invalid_request_error", code="invalid_api_key")
+            e.key_id = info.id  # type: ignore[attr-defined]  # the key is known: its ledger row names it
+            raise e
         return info
 
     async def admit(self, key: KeyInfo | None, model: str, prompt_tokens: int, max_cost_usd: float,
@@ -179,7 +181,8 @@ class Accounting:
         if not key.allows(model):
             raise GatewayError(403, f"Key '{key.name}' may not use model '{model}'. Allowed: "
                                f"{', '.join(key.models or ())}.", param="model", code="model_not_allowed")
-        if key.rpm or key.tpm:
+        limited = bool(key.rpm or key.tpm)
+        if limited:
             if key.tpm and est_tokens > key.tpm:
                 raise too_large(key.name, key.tpm, est_tokens)
             d = await self.limiter.acquire(key.id, key.rpm, key.tpm, est_tokens)
@@ -189,8 +192,11 @@ class Accounting:
         try:
             adm.reservation = await self.budget.reserve(key, max_cost_usd)
         except GatewayError:
-            if key.tpm:  # refused: give the tokens back (the request slot stays used, like OpenAI)
-                await self.limiter.adjust(key.id, key.tpm, -est_tokens)
+            if limited:  # refused for budget: nothing was admitted, so the request and its tokens go back
+                try:
+                    await self.limiter.refund(key.id, key.rpm, key.tpm, est_tokens)
+                except Exception:
+                    log.exception("accounting: giving back the rate-limit slot of key %s failed", key.id)
             raise
         return adm
 
