@@ -4,7 +4,9 @@ Each line is one Chat Completions (or Responses) request sent through the same p
 traffic (`server.chat.run_chat`: routing incl. `model: "auto"`, key budget, dispatch, ledger), with
 the line's stable request id so a re-run after a crash cannot be billed twice. Live traffic keeps
 priority: a batch runs at most `concurrency` lines at once and all batches together at most
-`max_concurrency`; rate-limited lines back off instead of failing.
+`max_concurrency`; rate-limited lines back off instead of failing. A line refused for its key's budget
+only because of holds in flight (often the batch's own other lines) waits for them to settle and tries
+again; it fails on budget only once the budget is really spent (`BudgetRefused.exhausted`).
 
 Durability: lines are claimed from the store with a lease that a heartbeat renews; a replica that
 dies leaves its lines to lapse and be claimed again (by a restart or another replica). Finishing a
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from tiergate.accounting.budget import BudgetRefused
 from tiergate.accounting.pricing import usage_breakdown
 from tiergate.batches.store import BatchStore, Claimed, line_request_id
 from tiergate.wire.errors import GatewayError
@@ -43,6 +46,7 @@ class BatchSettings:
     poll_s: float = 1.0  # how often idle replicas look for work
     max_attempts: int = 3  # claims of one line (crashes while running it) before it is failed
     rate_limit_retries: int = 6  # 429/503 from the gateway itself: back off and retry the line this often
+    budget_wait_s: float = 660.0  # a line refused only for budget holds in flight waits this long for them
     window_s: float = 24 * 3600.0  # completion_window "24h"
     forward_upstream: bool = False  # send batches for one OpenAI or Anthropic model to its own batch API
     run_workers: bool = True  # False: this replica serves the API but runs no batch lines
@@ -90,6 +94,7 @@ class BatchRunner:
         self._inflight: dict[str, Claimed] = {}  # claim+line -> line
         self._wake = asyncio.Event()
         self._stopping = False
+        self._winding_down: set[str] = set()  # batches cancelling or expiring: lines stop waiting on holds
         self._tasks: list[asyncio.Task] = []
 
     # ------------------------------------------------------------ lifecycle
@@ -174,6 +179,8 @@ class BatchRunner:
                 if status == "in_progress" and cur["expires_at"] and time.time() > cur["expires_at"]:
                     await self.store.cancel_pending(bid, "expired")
                     status = "expiring"
+                if status != "in_progress":
+                    self._winding_down.add(bid)
                 if status in ("in_progress",):
                     free = s.concurrency - len(running)
                     claimed = await self.store.claim(bid, self.owner, free, s.lease_s, s.max_attempts)
@@ -194,6 +201,7 @@ class BatchRunner:
                 await self._finalize(cur, status)
                 return
         finally:
+            self._winding_down.discard(bid)
             for t in running:
                 t.cancel()
 
@@ -211,8 +219,7 @@ class BatchRunner:
         self._inflight[ident] = line
         rid = line_request_id(line.batch_id, line.line_no)
         try:
-            async with self._global:
-                status, body, err = await self._attempt_line(batch, key, line, rid)
+            status, body, err = await self._attempt_line(batch, key, line, rid)
             ok = err is None and 200 <= status < 300
             out = {"id": f"batch_req_{rid.removeprefix('breq_')}", "custom_id": line.custom_id,
                    "response": None if err else {"status_code": status, "request_id": rid, "body": body},
@@ -234,14 +241,27 @@ class BatchRunner:
         if batch.get("key_id") and key is None:
             e = GatewayError(401, "The API key that created this batch no longer exists.", code="invalid_api_key")
             return e.status, e.to_dict(), None
-        delay = 1.0
-        for attempt in range(self.settings.rate_limit_retries + 1):
+        delay, retries = 1.0, 0
+        hold_delay, hold_deadline = 0.05, time.monotonic() + self.settings.budget_wait_s
+        while True:
             try:
-                status, resp = await execute_line(self.gw, batch["endpoint"], body, rid, key, batch["id"])
+                async with self._global:  # held while the line runs, not while it waits to try again
+                    status, resp = await execute_line(self.gw, batch["endpoint"], body, rid, key, batch["id"])
                 return status, resp, None
+            except BudgetRefused as e:
+                # Not spent, only held by requests in flight (this batch's other lines, live traffic):
+                # those holds settle when the requests end, so wait (bounded: a crashed replica's holds
+                # lapse after the reservation TTL, so the try after the deadline sees them gone) and try
+                # again. A spent budget fails the line at once, as does a batch being cancelled.
+                if (e.exhausted or self._stopping or batch["id"] in self._winding_down
+                        or time.monotonic() > hold_deadline):
+                    return e.status, e.to_dict(), None
+                await asyncio.sleep(hold_delay)
+                hold_delay = min(hold_delay * 2, 1.0)
             except GatewayError as e:
                 transient = (e.status == 429 and e.code != "insufficient_quota") or e.status == 503
-                if transient and attempt < self.settings.rate_limit_retries and not self._stopping:
+                if transient and retries < self.settings.rate_limit_retries and not self._stopping:
+                    retries += 1
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
                     continue
@@ -251,7 +271,6 @@ class BatchRunner:
             except Exception as e:
                 log.exception("batch %s line %s failed", batch["id"], line.line_no)
                 return 500, {}, {"code": "internal_error", "message": f"the gateway failed on this line ({type(e).__name__})"}
-        return 500, {}, {"code": "internal_error", "message": "unreachable"}
 
     # ------------------------------------------------------------ finishing
 
