@@ -76,6 +76,8 @@ def test_keys_lifecycle_and_enforcement(gateway):
     assert second.headers["x-ratelimit-reset-requests"].endswith("s") and int(second.headers["retry-after"]) >= 1
 
     # revocation: refused within 1 s
+    time.sleep(0.2)
+    rejected_before = _rejected(admin, created["id"])
     revoked = admin.delete(f"/keys/{created['id']}").json()
     assert revoked["revoked_at"] is not None
     time.sleep(1.0)
@@ -83,6 +85,13 @@ def test_keys_lifecycle_and_enforcement(gateway):
         client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
     assert "revoked" in str(e.value)
     assert admin.get("/keys", params={"include_revoked": "false"}).json()["data"] == []
+    time.sleep(0.2)  # the refused call's `rejected` ledger row is tied to the revoked key's id
+    assert _rejected(admin, created["id"]) == rejected_before + 1
+
+
+def _rejected(admin, key_id: str) -> int:
+    rows = admin.get("/spend", params={"group_by": "status", "key_id": key_id}).json()["data"]
+    return sum(r["requests"] for r in rows if r["status"] == "rejected")
 
 
 def test_budget_spend_and_cache(gateway):

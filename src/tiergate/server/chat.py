@@ -371,11 +371,11 @@ def upstream_error_text(e: BaseException | None) -> str | None:
 
 def record_call(gw, ctx: CallContext, requested, served, deployment, effort, usage, cost, status, error, route_info,
             stream, attempt, *, request_id: str | None = None, latency_ms: float | None = None,
-            ttft_ms: float | None = None) -> None:
+            ttft_ms: float | None = None, key_id: str | None = None) -> None:
     row = {
         "request_id": request_id or ctx.request_id,
         "ts": time.time(),
-        "key_id": getattr(ctx.key, "id", None),
+        "key_id": getattr(ctx.key, "id", None) or key_id,
         "kind": ctx.kind,
         "requested_model": requested,
         "served_model": served,
@@ -430,7 +430,8 @@ def record_rejected(gw: Gateway, ctx: CallContext, body: Any, e: GatewayError) -
     model = body.get("model") if isinstance(body, dict) else None
     record_call(gw, ctx, model if isinstance(model, str) else None, None, None, None, None, 0.0,
                 "rejected", f"{e.status} {e.code or e.type}: {e.message}"[:500], None,
-                bool(isinstance(body, dict) and body.get("stream")), 0)
+                bool(isinstance(body, dict) and body.get("stream")), 0,
+                key_id=getattr(e, "key_id", None))  # a revoked key's id (never the key itself)
 
 
 def error_response(e: GatewayError, request_id: str) -> Response:

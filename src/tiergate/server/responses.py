@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from tiergate.accounting.pricing import cost_usd, max_cost_usd
 from tiergate.accounting.tokens import count_messages, count_text
+from tiergate.dispatch.errors import refused_before_upstream
 from tiergate.providers.base import Provider, UpstreamError
 from tiergate.server.chat import (
     CallContext,
@@ -341,6 +342,8 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
                                              timeouts=timeouts, request_id=ctx.request_id,
                                              prompt_tokens=prompt_tokens, operation="responses")
         except GatewayError as e:
+            if not getattr(e, "attempts", ()) and refused_before_upstream(e):
+                raise  # the gateway's own refusal, nothing sent: the handler records it as `rejected`
             _record_attempts(gw, ctx, model, info, effort, getattr(e, "attempts", ()), stream)
             record_call(gw, ctx, model, model, None, effort, None, 0.0, "error", e.message[:500], None, stream, 0)
             e.recorded = True  # type: ignore[attr-defined]
