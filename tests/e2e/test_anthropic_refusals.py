@@ -9,6 +9,7 @@ over, logs a failed attempt nor counts it against the deployment's circuit. The 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import threading
@@ -201,3 +202,34 @@ def test_upstream_400_is_still_a_failed_attempt(env, dispatch_log):
     rid = ei.value.response.headers["x-request-id"]
     assert [(r["request_id"], r["status"]) for r in _rows(db, rid)] == [(rid, "error"), (f"{rid}:a1", "failed_attempt")]
     assert any("attempt on " + DEP in line for line in dispatch_log)
+
+
+def test_auto_does_not_route_to_a_model_that_would_refuse_the_request(tmp_path):
+    """`model: auto` with n=2: the Anthropic candidate is ineligible (its provider would refuse), so the
+    router picks a model that can answer instead of choosing one that ends in a 400."""
+    db = tmp_path / "tiergate.db"
+    with _AnthropicThread() as fake:
+        cfg = {
+            "models": [
+                {"name": CLAUDE, "deployments": [{"provider": "anthropic", "api_base": fake.base_url,
+                                                  "api_key": "env:TG_REF_ANT",
+                                                  "model": "claude-3-7-sonnet-20250219"}]},
+                {"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]},
+            ],
+            "routing": {"candidates": [CLAUDE, "gpt-4o-mini"]},
+            "storage": f"sqlite:///{db}",
+        }
+        with running_gateway(cfg, env={"TG_REF_ANT": "sk-ant-refusals"}) as url:
+            client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+            msgs = [{"role": "user", "content": "Name two colours."}]
+            raw = client.chat.completions.with_raw_response.create(model="auto", messages=msgs, n=2)
+            assert "candidate=gpt-4o-mini" in raw.headers["x-tiergate-route"]
+            assert len(raw.parse().choices) == 2
+            time.sleep(0.3)
+            con = sqlite3.connect(db)
+            route = con.execute("SELECT route FROM ledger WHERE request_id = ?",
+                                (raw.headers["x-request-id"],)).fetchone()[0]
+            con.close()
+            why = {c["candidate"]: c["why_not"] for c in json.loads(route)["candidates"]}
+            assert "one choice" in (why[CLAUDE] or "") and why["gpt-4o-mini"] is None
+            assert not fake.requests  # nothing was sent to Anthropic

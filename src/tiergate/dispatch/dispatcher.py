@@ -152,6 +152,22 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ entry point
 
+    def refusal(self, model: str, shaped: Callable[[], dict[str, Any]], *, stream: bool,
+                operation: str = "chat") -> str | None:
+        """Why `model`'s deployments would refuse the request (`shaped()` builds its body shaped for the
+        model, called only if a provider of the model checks requests) before sending anything (e.g. n=2
+        for an Anthropic model), or None: the router's eligibility asks this before choosing a model."""
+        cur = self._models.get(model)
+        if cur is None or not cur.checkers:
+            return None
+        try:
+            body = shaped()
+            for p in cur.checkers:
+                p.check(body, stream=stream, operation=operation)
+        except GatewayError as e:
+            return e.message
+        return None
+
     async def dispatch(self, model: str, shape: Shape, *, stream: bool, timeouts: Timeouts | None = None,
                        request_id: str, prompt_tokens: int = 0, operation: str = "chat") -> Dispatched:
         """`operation` is "chat" (Chat Completions) or "responses" (a provider's native Responses API;

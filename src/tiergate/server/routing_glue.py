@@ -12,7 +12,7 @@ import orjson
 
 from tiergate.accounting.tokens import count_messages
 from tiergate.catalog.catalog import ALL_REASONING_EFFORTS
-from tiergate.catalog.shaping import check_capabilities
+from tiergate.catalog.shaping import check_capabilities, shape_request
 from tiergate.routing.policy import POLICY_TARGETS
 from tiergate.routing.router import NoEligibleCandidate, UnknownCandidate
 from tiergate.wire.errors import GatewayError, bad_request
@@ -196,7 +196,8 @@ def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: st
             tok = tokens_cache[info.tokenizer] = count_messages(body["messages"], info)
         if tok > info.context_window:
             return f"prompt of {tok} tokens exceeds the {info.context_window}-token context window"
-        return None
+        return gw.dispatcher.refusal(name, lambda: {**shape_request(probe, info)[0], "model": info.name},
+                                     stream=bool(body.get("stream")))
 
     catalog_names = {m.name: m.catalog for m in gw.config.models}
     try:
