@@ -168,3 +168,15 @@ def test_another_key_cannot_see_your_response(gw):
     m = master.responses.create(model="gpt-4o-mini", input="master's")
     with pytest.raises(openai.NotFoundError):
         a.responses.retrieve(m.id)
+
+
+def test_cancel_is_an_explained_400_for_a_stored_response_and_404_for_an_unknown_one(gw):
+    (_, a, b), _, _, _ = gw
+    r = a.responses.create(model="gpt-4o-mini", input="finished before it is returned")
+    with pytest.raises(openai.BadRequestError) as e:
+        a.responses.cancel(r.id)
+    assert "only background responses can be cancelled" in e.value.message and e.value.param == "response_id"
+    for client, rid in ((a, "resp_does_not_exist"), (b, r.id)):  # unknown, and another key's
+        with pytest.raises(openai.NotFoundError) as nf:
+            client.responses.cancel(rid)
+        assert nf.value.body["code"] == "response_not_found"

@@ -70,7 +70,8 @@ def routes() -> list[Route]:
         out += [Route(f"{prefix}/responses", create_response, methods=["POST"]),
                 Route(f"{prefix}/responses/{{response_id}}", get_response, methods=["GET"]),
                 Route(f"{prefix}/responses/{{response_id}}", delete_response, methods=["DELETE"]),
-                Route(f"{prefix}/responses/{{response_id}}/input_items", list_input_items, methods=["GET"])]
+                Route(f"{prefix}/responses/{{response_id}}/input_items", list_input_items, methods=["GET"]),
+                Route(f"{prefix}/responses/{{response_id}}/cancel", cancel_response, methods=["POST"])]
     return out
 
 
@@ -247,6 +248,21 @@ async def get_response(request: Request) -> Response:
     except GatewayError as e:
         return error_response(e, rid)
     return _json(s.response, rid)
+
+
+async def cancel_response(request: Request) -> Response:
+    """Only a background response can be cancelled; this gateway answers every response before it returns
+    it (`background` is refused), so a stored one is finished: a 400 saying so, a 404 for an unknown id."""
+    rid = new_id("req_")
+    try:
+        gw, key, response_id = await _stored(request)
+        if await response_store(gw).get(response_id, _viewer(key)) is None:
+            raise _absent(response_id)
+        raise bad_request(f"Response '{response_id}' is already complete: only background responses can be "
+                          "cancelled, and this gateway does not run background responses.",
+                          param="response_id", code="invalid_value")
+    except GatewayError as e:
+        return error_response(e, rid)
 
 
 async def delete_response(request: Request) -> Response:
