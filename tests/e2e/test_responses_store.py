@@ -180,3 +180,29 @@ def test_cancel_is_an_explained_400_for_a_stored_response_and_404_for_an_unknown
         with pytest.raises(openai.NotFoundError) as nf:
             client.responses.cancel(rid)
         assert nf.value.body["code"] == "response_not_found"
+
+
+def test_native_turn_after_a_translated_one_gets_the_chain_as_input(gw):
+    """The upstream Responses API never saw a translated-path response id: continuing it on a native
+    deployment sends the stored chain as input (no previous_response_id); continuing a native response
+    natively still passes the id upstream."""
+    (_, a, _), up, _, _ = gw
+    up.clear()
+    r1 = a.responses.create(model="gpt-4o", input="my name is Ada")  # translated (chat upstream)
+    r2 = a.responses.create(model="o3-mini", input="what is my name?", previous_response_id=r1.id)  # native
+    sent = up.last.body
+    assert up.last.path.endswith("/responses") and "previous_response_id" not in sent
+    texts = [(i.get("role"), i["content"] if isinstance(i["content"], str) else i["content"][0]["text"])
+             for i in sent["input"]]
+    assert texts == [("user", "my name is Ada"), ("assistant", "echo: my name is Ada"),
+                     ("user", "what is my name?")]
+    assert r2.previous_response_id == r1.id
+    stored = a.responses.retrieve(r2.id)
+    assert stored.previous_response_id == r1.id
+    assert [i.content[0].text for i in a.responses.input_items.list(r2.id).data] == ["what is my name?"]
+    with a.responses.stream(model="o3-mini", input="stream it", previous_response_id=r1.id) as s:
+        streamed = s.get_final_response()
+    assert streamed.previous_response_id == r1.id and "previous_response_id" not in up.last.body
+    assert len(up.last.body["input"]) == 3
+    a.responses.create(model="o3-mini", input="and again?", previous_response_id=r2.id)
+    assert up.last.body["previous_response_id"] == r2.id and up.last.body["input"] == "and again?"

@@ -64,6 +64,7 @@ Faults are checked in order: queued `fail_next` faults first, then `fail_every` 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import struct
 import threading
@@ -73,6 +74,8 @@ from typing import Any, Self
 
 import orjson
 from aiohttp import web
+
+_IDS = itertools.count(1)  # response ids stay unique across `clear()` (the gateway stores them by id)
 
 REASONING_TOKENS = {"none": 0, "minimal": 8, "low": 32, "medium": 128, "high": 512}
 
@@ -455,7 +458,7 @@ class FakeOpenAI:
         reasoning = self.reasoning_tokens.get(effort, 0) if effort else 0
         in_tok = 4 + len(text.split()) + len(str(body.get("instructions") or "").split())
         out_tok = len(content.split()) + reasoning
-        return {"id": f"resp_fake{len(self.requests)}", "object": "response", "created_at": int(time.time()),
+        return {"id": f"resp_fake{len(self.requests)}_{next(_IDS)}", "object": "response", "created_at": int(time.time()),
                 "status": "completed", "error": None, "incomplete_details": None,
                 "model": azure_dep or body.get("model"),
                 "output": [{"type": "message", "id": "msg_fake", "role": "assistant", "status": "completed",

@@ -136,6 +136,15 @@ async def _with_history(gw: Gateway, ctx: CallContext, req: dict[str, Any]) -> d
     return rest  # a missing or malformed input is left for to_chat_request to refuse
 
 
+async def _answered_here(gw: Gateway, ctx: CallContext, response_id: Any) -> bool:
+    """Whether `response_id` is a stored response (visible to this caller) that the translated path
+    produced, i.e. one no upstream Responses API knows."""
+    if not isinstance(response_id, str) or not response_id:
+        return False
+    stored = await response_store(gw).get(response_id, _viewer(ctx.key))
+    return stored is not None and stored.path == "translated"
+
+
 # ---------------------------------------------------------------- POST /v1/responses
 
 
@@ -151,6 +160,14 @@ async def handle_responses(gw: Gateway, request: Request) -> Response:
         native = isinstance(req, dict) and _native_ok(gw, req)
         chat_req = req
         if isinstance(req, dict) and req.get("previous_response_id") is not None:
+            if native and await _answered_here(gw, ctx, req["previous_response_id"]):
+                # the previous turn was answered by the translated path: the upstream has never seen its id,
+                # so the chain is expanded here and sent as input, as on the translated path
+                chat_req = await _with_history(gw, ctx, req)
+                chat_body = wr.to_chat_request(chat_req)
+                opts = read_options(dict(req), req.get("model"))
+                return await _native(gw, chat_req, chat_body, ctx, opts, _saver(gw, ctx, req, "native"),
+                                     echo={"previous_response_id": req["previous_response_id"]})
             if native:  # the upstream resolves it; token counting sees only the new input
                 chat_req = {k: v for k, v in req.items() if k != "previous_response_id"}
             else:
@@ -330,10 +347,12 @@ def _native_ok(gw: Gateway, req: dict[str, Any]) -> bool:
 
 
 async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], ctx: CallContext,
-                  opts: dict[str, Any], save: Saver) -> Response:
+                  opts: dict[str, Any], save: Saver, echo: dict[str, Any] | None = None) -> Response:
     """Send the Responses request unchanged to the deployments' native endpoint, through the
     dispatcher (balancing, retries, circuits as for chat; a stream fails over until its first
-    answer-bearing event), budgeted and recorded like chat."""
+    answer-bearing event), budgeted and recorded like chat. `echo`: fields set on the response
+    objects returned (what the client sent but the upstream was not given, e.g. a resolved
+    `previous_response_id`)."""
     model = req["model"]
     stream = bool(req.get("stream"))
     info = gw.infos[model]
@@ -369,8 +388,10 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
                    "x-tiergate-responses": "native"}
         if stream:
             settled = True  # the relay's finaliser settles
-            relay = _native_events(gw, ctx, d, admission, info, model, effort, prompt_tokens, save)
+            relay = _native_events(gw, ctx, d, admission, info, model, effort, prompt_tokens, save, echo)
             return BurstStreamingResponse(relay, media_type="text/event-stream", headers=headers)
+        if echo and isinstance(d.result.body, dict):
+            d.result.body.update(echo)
         usage = d.result.body.get("usage")
         cost = cost_usd(usage, info) if usage else 0.0
         tokens = int((usage or {}).get("total_tokens") or 0)
@@ -394,7 +415,8 @@ def _record_attempts(gw: Gateway, ctx: CallContext, model: str, info: Any, effor
 
 
 async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, info: Any, model: str, effort: Any,
-                         prompt_tokens: int, save: Saver) -> AsyncIterator[bytes]:
+                         prompt_tokens: int, save: Saver, echo: dict[str, Any] | None = None
+                         ) -> AsyncIterator[bytes]:
     """Relay the upstream's Responses events as they come (`event:` + `data:`, no [DONE]); take usage
     from the final `response.completed` / `response.incomplete`, and always finish the books, even
     when the client goes away or the upstream cuts the stream (then the client gets a
@@ -409,6 +431,8 @@ async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, 
             etype = ev.get("type") or "message"
             resp = ev.get("response")
             if isinstance(resp, dict):
+                if echo:
+                    resp.update(echo)
                 snapshot = resp
                 if resp.get("usage"):
                     usage = resp["usage"]
