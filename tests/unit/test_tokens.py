@@ -110,3 +110,37 @@ def test_a_1000_token_prompt_counts_in_well_under_a_millisecond() -> None:
         tokens.count_messages([{"role": "user", "content": text}])
         times.append(time.perf_counter() - t)
     assert statistics.median(times) < 1e-3, f"{statistics.median(times) * 1e6:.0f} µs for {n} tokens"
+
+
+def test_usage_reported_needs_a_positive_prompt_or_completion_count():
+    from tiergate.accounting.tokens import usage_reported
+
+    assert not usage_reported(None) and not usage_reported({}) and not usage_reported("x")
+    assert not usage_reported({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+    assert not usage_reported({"total_tokens": 12})  # cannot be priced
+    assert usage_reported({"prompt_tokens": 3, "completion_tokens": 0})
+    assert usage_reported({"input_tokens": 0, "output_tokens": 2})
+
+
+def test_count_completion_counts_content_refusal_and_tool_calls_of_every_choice():
+    from tiergate.accounting.tokens import (
+        TOKENS_PER_TOOL_CALL,
+        count_completion,
+        count_messages,
+        count_text,
+        estimate_usage,
+    )
+
+    text = count_text("The answer is 42.")
+    call = {"function": {"name": "lookup", "arguments": '{"q": "answer"}'}}
+    call_tokens = TOKENS_PER_TOOL_CALL + count_text("lookup") + count_text('{"q": "answer"}')
+    assert count_completion([{"message": {"content": "The answer is 42."}}]) == text
+    assert count_completion([{"message": {"content": "The answer is 42."}}] * 2) == 2 * text  # n=2 bills both
+    assert count_completion([{"message": {"content": None, "tool_calls": [call]}}]) == call_tokens
+    assert count_completion([{"message": {"content": None, "function_call": call["function"]}}]) == call_tokens
+    assert count_completion([{"message": {"content": None, "refusal": "No."}}]) == count_text("No.")
+    assert count_completion(None) == 0 and count_completion([{"delta": {}}]) == 0
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    u = estimate_usage(body, [{"message": {"content": "The answer is 42."}}])
+    assert u == {"prompt_tokens": count_messages(body["messages"]), "completion_tokens": text,
+                 "total_tokens": count_messages(body["messages"]) + text, "estimated": True}

@@ -200,3 +200,55 @@ def count_request(body: Mapping[str, Any], info_or_tokenizer: Any = "o200k_base"
     n += count_tools(body.get("tools") or body.get("functions"), info_or_tokenizer)
     n += count_response_format(body.get("response_format"), info_or_tokenizer)
     return n
+
+
+def count_completion(choices: Any, info_or_tokenizer: Any = "o200k_base") -> int:
+    """Estimated completion tokens of a Chat Completions answer's `choices` (all of them, as the
+    upstream bills `n` choices): each message's content (text or parts), refusal, tool calls (name +
+    arguments + TOKENS_PER_TOOL_CALL framing) and legacy function_call. Stream deltas accumulated into
+    the same shape count the same way. Used when the upstream reports no usage."""
+    if not isinstance(choices, list):
+        return 0
+    encode = get_encoding(_tokenizer_of(info_or_tokenizer)).encode_ordinary
+    n = 0
+    for ch in choices:
+        msg = ch.get("message") if isinstance(ch, Mapping) else None
+        if not isinstance(msg, Mapping):
+            continue
+        n += _content_tokens(msg.get("content"), encode)
+        refusal = msg.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            n += len(encode(refusal))
+        calls = msg.get("tool_calls")
+        fcs = [c.get("function") for c in calls if isinstance(c, Mapping)] if isinstance(calls, list) else []
+        if isinstance(msg.get("function_call"), Mapping):
+            fcs.append(msg["function_call"])
+        for fn in fcs:
+            if isinstance(fn, Mapping):
+                n += TOKENS_PER_TOOL_CALL + len(encode(str(fn.get("name") or "")))
+                n += len(encode(str(fn.get("arguments") or "")))
+    return n
+
+
+def usage_reported(usage: Any) -> bool:
+    """Whether an upstream usage object reports any tokens (Chat Completions or Responses names).
+    `null`, a missing or empty object, or one with no positive prompt or completion count (a bare
+    `total_tokens` cannot be priced) is not a report:
+    the gateway then estimates (`estimate_usage`) rather than billing nothing."""
+    if not isinstance(usage, Mapping):
+        return False
+    for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens"):
+        v = usage.get(k)
+        if isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
+            return True
+    return False
+
+
+def estimate_usage(body: Mapping[str, Any], choices: Any, info_or_tokenizer: Any = "o200k_base") -> dict[str, Any]:
+    """A usage object for an answer the upstream did not report usage for: the prompt counted
+    locally from the body sent upstream (`count_request`), the completion from the answer's choices
+    (`count_completion`), and `"estimated": true`."""
+    prompt = count_request(body, info_or_tokenizer)
+    completion = count_completion(choices, info_or_tokenizer)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "estimated": True}

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tiergate.accounting.pricing import cost_usd, max_cost_usd, usage_breakdown
-from tiergate.accounting.tokens import count_messages, count_text
+from tiergate.accounting.tokens import count_messages, estimate_usage, usage_reported
 from tiergate.catalog.shaping import check_capabilities, shape_request
 from tiergate.dispatch.errors import ContextWindowExceeded, refused_before_upstream
 from tiergate.logs import log_request
@@ -247,7 +247,11 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
         if not stream:
             result = d.result.body
             usage = result.get("usage")
-            cost = cost_usd(usage, served_info, batch=ctx.batch_pricing) if usage else 0.0
+            if not usage_reported(usage):  # a host that sends `"usage": null` (or none): estimate, never free
+                usage = estimate_usage(d.body, result.get("choices"), served_info)
+                result["usage"] = usage
+                headers["x-tiergate-usage"] = "estimated"
+            cost = cost_usd(usage, served_info, batch=ctx.batch_pricing)
             headers["x-tiergate-cost-usd"] = f"{cost:.8f}"
             reason = None
             if route_info is not None and _escalated_from is None and gw.config.routing.escalate:
@@ -278,25 +282,25 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
 
 async def _relay(gw, ctx, d, admission, info, requested, route_info, wants_usage) -> AsyncIterator[bytes]:
     """Forward upstream chunks to the client as SSE; always finish the books, even when the client
-    goes away mid-stream (the generator is closed) or the upstream cuts the stream."""
+    goes away mid-stream (the generator is closed) or the upstream cuts the stream. Without an upstream
+    usage report the usage is estimated from what was relayed (`estimate_usage`), and a client that
+    asked for `stream_options.include_usage` gets that estimate as its usage chunk (`"estimated": true`)."""
     usage: dict[str, Any] | None = None
-    text_parts: list[str] = []
+    answer = _StreamedAnswer()
     status, error = "client_disconnected", None
     try:
         async for chunk in d.stream:
             u = chunk.get("usage")
             if u:
                 usage = u
+            answer.meta(chunk)
             if not chunk.get("choices") and u:
                 if wants_usage:
                     yield sse.encode(chunk)
                 continue
             if not wants_usage:
                 chunk.pop("usage", None)
-            for ch in chunk.get("choices") or ():
-                c = (ch.get("delta") or {}).get("content")
-                if c:
-                    text_parts.append(c)
+            answer.add(chunk)
             yield sse.encode(chunk)
         status = "ok"
     except UpstreamError as e:
@@ -305,18 +309,59 @@ async def _relay(gw, ctx, d, admission, info, requested, route_info, wants_usage
         yield sse.encode({"error": {"message": f"The upstream stream failed after it started: {e.message}",
                                     "type": "api_error", "param": None, "code": "upstream_stream_cut"}})
     finally:
-        if usage is None:  # cut or abandoned before the upstream's usage chunk: estimate what was produced
-            completion = count_text("".join(text_parts), info.tokenizer)
-            prompt = count_messages(d.body["messages"], info)
-            usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-                     "total_tokens": prompt + completion, "estimated": True}
+        if not usage_reported(usage):  # no usage chunk (cut, abandoned, or a host that sends none): estimate
+            usage = estimate_usage(d.body, answer.choices(), info)
         cost = cost_usd(usage, info, batch=ctx.batch_pricing)
         record_call(gw, ctx, requested, d.model, d.deployment.id, d.body.get("reasoning_effort"), usage, cost, status,
                 error, route_info, True, len(d.attempts) + 1, ttft_ms=(d.ttft_s or 0) * 1000)
         await gw.accounting.settle(admission, cost, _total_tokens(usage))
     if status == "ok":
+        if usage.get("estimated"):
+            if wants_usage:
+                yield sse.encode({**answer.head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+            yield b": x-tiergate-usage=estimated\n\n"
         yield f": x-tiergate-cost-usd={cost:.8f}\n\n".encode()
         yield sse.DONE
+
+
+class _StreamedAnswer:
+    """What a stream has relayed, accumulated per choice into `choices` (message shape) for
+    `count_completion`, plus the chunk id/created/model for a usage chunk of our own."""
+
+    def __init__(self) -> None:
+        self.head: dict[str, Any] = {}
+        self._msgs: dict[int, dict[str, Any]] = {}
+
+    def meta(self, chunk: dict[str, Any]) -> None:
+        if not self.head:
+            self.head = {k: chunk[k] for k in ("id", "created", "model", "system_fingerprint") if k in chunk}
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        for ch in chunk.get("choices") or ():
+            if not isinstance(ch, dict):
+                continue
+            delta = ch.get("delta") or {}
+            msg = self._msgs.setdefault(ch.get("index") or 0, {"content": "", "refusal": "", "tool_calls": {}})
+            for k in ("content", "refusal"):
+                if isinstance(delta.get(k), str):
+                    msg[k] += delta[k]
+            calls = delta.get("tool_calls")
+            fc = delta.get("function_call")
+            if isinstance(fc, dict):
+                calls = [{"index": -1, "function": fc}]
+            for tc in calls if isinstance(calls, list) else ():
+                if not isinstance(tc, dict):
+                    continue
+                acc = msg["tool_calls"].setdefault(tc.get("index") or 0, {"name": "", "arguments": ""})
+                fn = tc.get("function") or {}
+                for k in ("name", "arguments"):
+                    if isinstance(fn.get(k), str):
+                        acc[k] += fn[k]
+
+    def choices(self) -> list[dict[str, Any]]:
+        return [{"message": {"content": m["content"], "refusal": m["refusal"],
+                             "tool_calls": [{"function": f} for f in m["tool_calls"].values()]}}
+                for m in self._msgs.values()]
 
 
 async def _escalate(gw: Gateway, body: dict[str, Any], ctx: CallContext, requested: str, route_info: dict,
@@ -392,6 +437,8 @@ def record_call(gw, ctx: CallContext, requested, served, deployment, effort, usa
         "attempt": attempt,
         "batch_id": ctx.batch_id,
     }
+    if isinstance(usage, dict) and usage.get("estimated"):
+        row["metadata"] = {"usage_estimated": True}  # counted by the gateway, not reported by the upstream
     gw.accounting.record(row)
     if gw.metrics is not None:
         gw.metrics.observe_request(row)

@@ -1,0 +1,181 @@
+"""An upstream that reports no usage (`"usage": null`, no usage at all, or no usage chunk in a stream,
+as some OpenAI-compatible hosts do) is billed at an estimate, never at $0: the prompt counted locally
+from the body sent upstream, the completion from the returned content and tool calls. The answer says
+so (`x-tiergate-usage: estimated`, `usage.estimated`), the ledger row carries
+`metadata.usage_estimated`, the key's budget is settled with the estimate, and a streaming client that
+asked for `stream_options.include_usage` still gets a usage chunk (the estimate). Driven with the
+official openai SDK against a loopback fake upstream."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.helpers import running_gateway
+from tiergate.accounting.tokens import count_completion, count_request, count_text
+
+MASTER = "sk-usage-estimated-master-0123456789"
+GPT4O_MINI = (0.15, 0.60)  # catalogue $/1M input, output
+
+
+class NoUsageOpenAI(FakeOpenAI):
+    """The fake upstream, but without usage: `mode` "null" sends `"usage": null`, "absent" leaves the
+    field out; streams never send the usage chunk (even when asked)."""
+
+    mode: str = "null"
+
+    def _completion(self, body: dict[str, Any], model: str) -> dict[str, Any]:
+        out = super()._completion(body, model)
+        if self.mode == "null":
+            out["usage"] = None
+        else:
+            out.pop("usage", None)
+        return out
+
+    def _chunks(self, body: dict[str, Any], model: str) -> list[bytes]:
+        kept = []
+        for raw in super()._chunks(body, model):
+            if raw.startswith(b"data: {"):
+                c = json.loads(raw[6:])
+                if not c.get("choices"):
+                    continue  # the usage chunk
+                c.pop("usage", None)
+                raw = b"data: " + json.dumps(c).encode() + b"\n\n"
+            kept.append(raw)
+        return kept
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    db = tmp_path_factory.mktemp("usage-est") / "tiergate.db"
+    with NoUsageOpenAI() as up:
+        dep = {"provider": "openai_compatible", "api_base": up.url, "model": "gpt-4o-mini"}
+        cfg = {"models": [{"name": "gpt-4o-mini", "deployments": [dep]}], "storage": f"sqlite:///{db}"}
+        with running_gateway(cfg, env={"TIERGATE_MASTER_KEY": MASTER}) as base:
+            admin = httpx.Client(base_url=base.removesuffix("/v1") + "/admin",
+                                 headers={"authorization": f"Bearer {MASTER}"}, timeout=10)
+            r = admin.post("/keys", json={"name": "budgeted", "budget_usd": 5.0})
+            assert r.status_code == 200, r.text
+            kid, secret = r.json()["id"], r.json()["key"]
+            yield up, openai.OpenAI(base_url=base, api_key=secret, max_retries=0, timeout=20), admin, kid, db
+            admin.close()
+
+
+def _row(db, request_id: str, timeout: float = 5.0) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        con = sqlite3.connect(db)
+        con.row_factory = sqlite3.Row
+        try:
+            rows = [dict(r) for r in con.execute(
+                "SELECT status, input_tokens, output_tokens, cost_usd, metadata FROM ledger WHERE request_id = ?",
+                (request_id,))]
+        except sqlite3.OperationalError:
+            rows = []
+        con.close()
+        if rows or time.time() > deadline:
+            assert rows, f"no ledger row for {request_id}"
+            return rows[0]
+
+
+def _spent(admin: httpx.Client, kid: str) -> float:
+    return admin.get(f"/keys/{kid}").json()["usage"]["spent_usd"]
+
+
+def _cost(prompt: int, completion: int) -> float:
+    return (prompt * GPT4O_MINI[0] + completion * GPT4O_MINI[1]) / 1e6
+
+
+@pytest.mark.parametrize("mode", ["null", "absent"])
+def test_non_streaming_answer_without_usage_is_estimated_and_billed(env, mode):
+    up, client, admin, kid, db = env
+    up.mode = mode
+    spent_before = _spent(admin, kid)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello there general kenobi"}])
+    r = raw.parse()
+    sent = up.last.body
+    prompt = count_request(sent, "o200k_base")
+    completion = count_text("echo: hello there general kenobi")
+    assert raw.headers["x-tiergate-usage"] == "estimated"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (prompt, completion)
+    assert r.usage.model_extra.get("estimated") is True
+    cost = float(raw.headers["x-tiergate-cost-usd"])
+    assert cost == pytest.approx(_cost(prompt, completion), abs=1e-8) and cost > 0  # before: 0.00000000
+    row = _row(db, raw.headers["x-request-id"])
+    assert (row["status"], row["input_tokens"], row["output_tokens"]) == ("ok", prompt, completion)
+    assert row["cost_usd"] == pytest.approx(_cost(prompt, completion))
+    assert json.loads(row["metadata"])["usage_estimated"] is True
+    assert _spent(admin, kid) - spent_before == pytest.approx(_cost(prompt, completion), abs=1e-8)
+
+
+def test_tool_calls_count_toward_the_estimate(env):
+    up, client, _, _, db = env
+    up.mode = "null"
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}]
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", tools=tools, messages=[{"role": "user", "content": "weather?"}])
+    r = raw.parse()
+    call = r.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    expected = count_completion([{"message": {"tool_calls": [{"function": {
+        "name": "get_weather", "arguments": call.function.arguments}}]}}])
+    assert r.usage.completion_tokens == expected > 3 + len("get_weather") // 4
+    assert r.usage.prompt_tokens == count_request(up.last.body) > count_request({"messages": up.last.body["messages"]})
+    assert _row(db, raw.headers["x-request-id"])["output_tokens"] == expected
+
+
+def test_stream_without_usage_sends_the_estimated_usage_chunk_when_asked(env):
+    up, client, admin, kid, db = env
+    spent_before = _spent(admin, kid)
+    with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hello there general kenobi"}],
+            stream=True, stream_options={"include_usage": True}) as raw:
+        rid = raw.headers["x-request-id"]
+        chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo: hello there general kenobi"
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    assert len(usage_chunks) == 1 and usage_chunks[0] is chunks[-1] and usage_chunks[0].choices == []
+    u = usage_chunks[0].usage
+    prompt, completion = count_request(up.last.body), count_text(text)
+    assert (u.prompt_tokens, u.completion_tokens, u.total_tokens) == (prompt, completion, prompt + completion)
+    assert u.model_extra.get("estimated") is True
+    assert usage_chunks[0].id == chunks[0].id and usage_chunks[0].model == chunks[0].model
+    row = _row(db, rid)
+    assert (row["status"], row["input_tokens"], row["output_tokens"]) == ("ok", prompt, completion)
+    assert json.loads(row["metadata"])["usage_estimated"] is True
+    assert _spent(admin, kid) - spent_before == pytest.approx(_cost(prompt, completion), abs=1e-8)
+
+
+def test_stream_without_usage_and_not_asked_gets_no_usage_chunk(env):
+    _, client, _, _, db = env
+    with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True) as raw:
+        rid = raw.headers["x-request-id"]
+        chunks = list(raw.parse())
+    assert all(c.usage is None for c in chunks) and all(c.choices for c in chunks)
+    row = _row(db, rid)
+    assert row["output_tokens"] == count_text("echo: hi") and row["cost_usd"] > 0
+
+
+def test_a_reported_usage_is_not_marked_estimated(tmp_path):
+    with FakeOpenAI() as up:
+        dep = {"provider": "openai_compatible", "api_base": up.url, "model": "gpt-4o-mini"}
+        cfg = {"models": [{"name": "gpt-4o-mini", "deployments": [dep]}], "storage": f"sqlite:///{tmp_path / 'x.db'}"}
+        with running_gateway(cfg) as base:
+            client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=20)
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}])
+            assert "x-tiergate-usage" not in raw.headers
+            assert "estimated" not in (raw.parse().usage.model_extra or {})
+            row = _row(tmp_path / "x.db", raw.headers["x-request-id"])
+            assert "usage_estimated" not in json.loads(row["metadata"] or "{}") and row["input_tokens"] == 5  # the fake's own count: 4 + 1 word
