@@ -188,3 +188,50 @@ def test_open_circuit_answers_503_fast_then_recovers(tmp_path):
             assert text == "echo: hello there"
             metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
             assert 'tiergate_circuit_state{model="solo-500-plain",deployment="solo-500-plain"} 0' in metrics
+
+
+def _one_slow_deployment(up: FakeOpenAI, db: str, **circuit: float) -> dict[str, Any]:
+    return {"models": [{"name": "m", "catalog": "gpt-4o-mini", "timeouts": TIMEOUTS, "retry": RETRY,
+                        "circuit": {"failures": 3, "window_s": 30, "cooldown_s": 30, **circuit},
+                        "deployments": [{"id": "m/0", "provider": "openai_compatible", "api_base": up.url,
+                                         "model": "gpt-4o-mini"}]}],
+            "storage": f"sqlite:///{db}"}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_clients_own_tight_timeout_does_not_open_the_circuit_for_everyone(tmp_path, stream):
+    """Acceptance audit: a healthy deployment answering in 200 ms, `circuit: {failures: 3}`; a request with
+    its own first_token of 50 ms times out, and the next normal requests are still served."""
+    with FakeOpenAI() as up:
+        up.fail_every("slow", 1, seconds=0.2)
+        with running_gateway(_one_slow_deployment(up, str(tmp_path / "t.db"))) as url:
+            client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=15)
+            msgs = [{"role": "user", "content": "hello there"}]
+            for _ in range(4):  # more than `failures`
+                with pytest.raises(openai.APIStatusError) as ei:
+                    r = client.chat.completions.create(
+                        model="m", messages=msgs, stream=stream,
+                        extra_body={"tiergate": {"timeouts": {"first_token": 0.05}}})
+                    if stream:
+                        list(r)
+                assert ei.value.status_code == 504 and "first_token limit (0.05s)" in ei.value.message
+            assert len(up.requests) == 4  # one attempt each: the same limit would fail the same way again
+            text, headers = ask(client, "m", stream)
+            assert text == "echo: hello there" and headers["x-tiergate-deployment"] == "m/0"
+            metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+            assert 'tiergate_circuit_state{model="m",deployment="m/0"} 0' in metrics
+
+
+def test_a_deployment_slower_than_its_configured_timeout_still_opens_the_circuit(tmp_path):
+    with FakeOpenAI() as up:
+        up.fail_every("slow", 1, seconds=TIMEOUTS["first_token"] + 0.3)
+        with running_gateway(_one_slow_deployment(up, str(tmp_path / "t.db"))) as url:
+            client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=15)
+            with pytest.raises(openai.APIStatusError) as ei:
+                ask(client, "m", False)
+            assert ei.value.status_code == 504 and len(up.requests) == 3
+            with pytest.raises(openai.APIStatusError) as ei:
+                ask(client, "m", False)
+            assert ei.value.status_code == 503 and ei.value.code == "no_healthy_deployment"
+            metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+            assert 'tiergate_circuit_state{model="m",deployment="m/0"} 2' in metrics

@@ -442,6 +442,99 @@ async def test_per_request_timeouts_override_the_model():
     assert time.perf_counter() - t < 0.5
 
 
+def _circuit_model(timeouts: dict, n_deps: int = 1, **extra: Any) -> Any:
+    return make_config([{"name": "m", "deployments": [{} for _ in range(n_deps)], "timeouts": timeouts,
+                         "retry": {"max_retries": 2, "backoff_base_s": 0.01, "backoff_max_s": 0.02},
+                         "circuit": {"failures": 3, "window_s": 30, "cooldown_s": 30}, **extra}])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_a_requests_own_stricter_timeout_does_not_open_the_circuit(stream):
+    """Audit scenario: one healthy 200 ms deployment, failures: 3; a request with first_token 0.05 times
+    out, but the deployment met its configured limit, so its circuit stays closed for everyone."""
+    from tiergate.providers.base import Timeouts
+
+    base = {"connect": 1, "first_token": 2, "stream_idle": 2, "total": 5}
+    d = Dispatcher(_circuit_model(base), None, metrics=Metrics())
+    SCRIPTS["m/0"] = [("slow", 0.2)]
+    strict = Timeouts(connect=1, first_token=0.05, stream_idle=2, total=5)
+    for _ in range(3):  # more than `failures` such requests
+        CALLS.clear()
+        with pytest.raises(GatewayError) as ei:
+            await d.dispatch("m", shaper(), stream=stream, request_id="r", timeouts=strict)
+        assert ei.value.status == 504 and ei.value.type == "timeout_error"
+        assert "first_token limit (0.05s) is stricter than the model's configured 2s" in ei.value.message
+        assert CALLS == ["m/0"]  # no waiting to re-try a deployment the same limit just failed
+    st = d.deployment_states("m")[0]
+    assert st.circuit.state == CLOSED and not st.circuit._failures
+    assert st.ewma_ttft is None  # nor did it feed the latency stats
+    out = await d.dispatch("m", shaper(), stream=stream, request_id="next")  # served, not 503
+    assert out.deployment.id == "m/0"
+    if stream:
+        assert "done" in text_of(await collect(out.stream))
+
+
+async def test_own_timeout_still_fails_over_to_an_untried_deployment():
+    from tiergate.providers.base import Timeouts
+
+    d = Dispatcher(_circuit_model({"first_token": 2, "total": 5}, n_deps=2), None)
+    SCRIPTS["*"] = [("slow", 0.2)]  # the first deployment tried is slow, the other answers at once
+    out = await d.dispatch("m", shaper(), stream=False, request_id="r",
+                           timeouts=Timeouts(connect=1, first_token=0.05, stream_idle=2, total=5))
+    assert len(out.attempts) == 1 and out.deployment.id != out.attempts[0].deployment_id
+    assert all(st.circuit.state == CLOSED and not st.circuit._failures for st in d.deployment_states("m"))
+
+
+@pytest.mark.parametrize("override", [None, 0.15], ids=["configured", "looser-override"])
+async def test_a_genuinely_slow_deployment_still_opens_the_circuit(override):
+    """Timing out under the configured limit (or a looser per-request one) is the deployment's failure."""
+    from tiergate.providers.base import Timeouts
+
+    d = Dispatcher(_circuit_model({"connect": 1, "first_token": 0.05, "stream_idle": 2, "total": 5}), None)
+    SCRIPTS["m/0"] = ["hang"]
+    t = None if override is None else Timeouts(connect=1, first_token=override, stream_idle=2, total=5)
+    with pytest.raises(GatewayError) as ei:
+        await d.dispatch("m", shaper(), stream=False, request_id="r", timeouts=t)
+    assert ei.value.status == 504 and "stricter" not in ei.value.message
+    assert len(CALLS) == 3 and d.deployment_states("m")[0].circuit.state == OPEN
+    with pytest.raises(GatewayError) as ei:
+        await d.dispatch("m", shaper(), stream=False, request_id="r2")
+    assert ei.value.code == "no_healthy_deployment" and len(CALLS) == 3
+
+
+async def test_own_stream_idle_timeout_after_the_first_token_is_not_counted():
+    from tiergate.providers.base import Timeouts
+
+    d = Dispatcher(_circuit_model({"connect": 1, "first_token": 2, "stream_idle": 2, "total": 5},
+                                  circuit={"failures": 1, "window_s": 30, "cooldown_s": 30}), None)
+    SCRIPTS["m/0"] = ["stall"]
+    out = await d.dispatch("m", shaper(), stream=True, request_id="r",
+                           timeouts=Timeouts(connect=1, first_token=2, stream_idle=0.05, total=5))
+    with pytest.raises(UpstreamError) as ei:
+        await collect(out.stream)
+    assert ei.value.kind == "stream_cut" and "stream_idle limit (0.05s)" in ei.value.message
+    assert d.deployment_states("m")[0].circuit.state == CLOSED
+
+
+async def test_own_timeout_on_a_half_open_probe_leaves_it_half_open():
+    from tiergate.providers.base import Timeouts
+
+    d = Dispatcher(_circuit_model({"connect": 1, "first_token": 2, "stream_idle": 2, "total": 5},
+                                  circuit={"failures": 1, "window_s": 30, "cooldown_s": 0.1}), None)
+    SCRIPTS["m/0"] = [("status", 500), ("slow", 0.2), "ok"]
+    with pytest.raises(GatewayError):
+        await d.dispatch("m", shaper(), stream=False, request_id="r")
+    cb = d.deployment_states("m")[0].circuit
+    assert cb.state == OPEN
+    await asyncio.sleep(0.12)
+    with pytest.raises(GatewayError):  # the probe times out by its own 0.05 s: no verdict
+        await d.dispatch("m", shaper(), stream=False, request_id="probe",
+                         timeouts=Timeouts(connect=1, first_token=0.05, stream_idle=2, total=5))
+    assert cb.state != OPEN and not cb.probing
+    await d.dispatch("m", shaper(), stream=False, request_id="probe2")
+    assert cb.state == CLOSED
+
+
 async def test_external_cancellation_is_not_a_timeout():
     d = Dispatcher(make_config([{"name": "m", "deployments": [{}]}]), None)
     SCRIPTS["m/0"] = ["hang"]

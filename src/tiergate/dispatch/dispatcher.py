@@ -42,7 +42,7 @@ from tiergate.dispatch.errors import (
     no_healthy_deployment,
     rate_limited,
 )
-from tiergate.dispatch.retry import backoff, counts_against_circuit, hinted_wait, retryable
+from tiergate.dispatch.retry import backoff, counts_against_circuit, hinted_wait, own_timeout, retryable
 from tiergate.dispatch.watchdog import Watchdog
 from tiergate.providers.base import ChatResult, Deployment, Provider, RequestRefused, Timeouts, UpstreamError
 from tiergate.providers.registry import provider_class
@@ -91,6 +91,7 @@ class _Run:
     blocked_circuit: bool = False  # a deployment was skipped: circuit open after failures
     blocked_caps: bool = False  # skipped: at its rpm/tpm cap, or cooling down after an upstream 429
     recover_in: float = math.inf
+    last_own: bool = False  # the last failure was a timeout of the request's own stricter limit (see _failed)
 
 
 class _Model:
@@ -269,7 +270,7 @@ class Dispatcher:
             now = loop.time()
             st = self._pick(m, now, tried, tokens, run)
             if st is None:
-                if err is None:
+                if err is None or run.last_own:  # the same strict limit would fail the same way again
                     return None
                 hint = hinted_wait(err, policy)
                 if hint == math.inf:
@@ -394,7 +395,7 @@ class Dispatcher:
             relay = self._relay(m, st, None if exhausted else it, buffered, wd, t, start, ttft, _Lease(st), responses)
             return Dispatched(m.name, st.dep, body, [], None, run.attempts, stream=relay, ttft_s=ttft)
         except UpstreamError as e:
-            await self._failed(m, st, e, loop.time() - start, request_id, run)
+            await self._failed(m, st, e, loop.time() - start, request_id, run, t)
             return None
         except RequestRefused as e:  # the provider refused before sending: the gateway's 400, not a failure
             cb.abandon()
@@ -407,7 +408,7 @@ class Dispatcher:
             err = UpstreamError(502, f"upstream {st.id} failed: internal error in provider "
                                 f"{st.dep.provider} ({type(e).__name__})", kind="protocol", type="api_error",
                                 code="provider_error")
-            await self._failed(m, st, err, loop.time() - start, request_id, run)
+            await self._failed(m, st, err, loop.time() - start, request_id, run, t)
             return None
         finally:
             if not handed_over:
@@ -453,10 +454,16 @@ class Dispatcher:
             ok = True
         except UpstreamError as e:
             loop = asyncio.get_running_loop()
-            await self._count_failure(st, e, loop.time())
+            own = own_timeout(e, t, m.config.timeouts)
+            if own:
+                _note_own(e, own, t, m.config.timeouts)
+                st.circuit.abandon()
+            else:
+                await self._count_failure(st, e, loop.time())
             if self.metrics is not None:
                 self.metrics.upstream(m.name, st.id, "stream_cut", loop.time() - start, ttft)
-            log.warning("stream from %s cut after the first token: %s", st.id, e.message)
+            log.warning("stream from %s cut after the first token: %s%s", st.id, e.message,
+                        f" [{e.detail}]" if e.detail else "")
             raise UpstreamError(e.status if e.status >= 500 else 502, e.message, kind="stream_cut",
                                 type=e.type or "api_error", code=e.code or "upstream_stream_cut",
                                 usage=e.usage or usage) from None
@@ -494,14 +501,25 @@ class Dispatcher:
             log.warning("circuit for %s opened for %ss", st.id, cb.policy.cooldown_s)
 
     async def _failed(self, m: _Model, st: DeploymentState, e: UpstreamError, latency: float, request_id: str,
-                      run: _Run) -> None:
+                      run: _Run, t: Timeouts | None = None) -> None:
+        """Book a failed attempt. A timeout of the request's own limit where it is stricter than the model's
+        configured one (`own_timeout`) is the request's doing, not the deployment's: it is not counted
+        against the circuit (with Redis: not against any replica's), and the request does not wait to re-try
+        a deployment it already timed out on; untried deployments and fallback models are still tried."""
         loop = asyncio.get_running_loop()
-        await self._count_failure(st, e, loop.time())
+        own = own_timeout(e, t, m.config.timeouts) if t is not None else None
+        run.last_own = own is not None
+        if own:
+            _note_own(e, own, t, m.config.timeouts)  # type: ignore[arg-type]
+            st.circuit.abandon()  # a half-open probe ends without a verdict
+        else:
+            await self._count_failure(st, e, loop.time())
         run.attempts.append(Attempt(st.id, m.name, False, e, latency, None, e.usage))
         run.last, run.last_model, run.last_dep = e, m.name, st.id
         if self.metrics is not None:
             self.metrics.upstream(m.name, st.id, _outcome(e), latency, None)
-        log.warning("request %s: attempt on %s failed (%s %s): %s", request_id, st.id, e.status, e.kind, e.message)
+        log.warning("request %s: attempt on %s failed (%s %s): %s%s", request_id, st.id, e.status, e.kind, e.message,
+                    f" [{e.detail}]" if e.detail else "")
 
 
 class _Lease:
@@ -520,6 +538,14 @@ class _Lease:
             st.inflight -= 1
 
     __del__ = release
+
+
+def _note_own(e: UpstreamError, phase: str, t: Timeouts, configured: Timeouts) -> None:
+    """Say in the client-facing message that the request's own limit fired (and spared the deployment)."""
+    theirs = getattr(configured, phase)
+    e.message = (f"{e.message}; this request's {phase} limit ({getattr(t, phase):g}s) is stricter than the "
+                 f"model's configured {'none' if theirs is None else f'{theirs:g}s'}, so the deployment was not "
+                 "marked unhealthy")
 
 
 def _outcome(e: UpstreamError) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 from tiergate.config import RetryPolicy
-from tiergate.providers.base import UpstreamError
+from tiergate.providers.base import Timeouts, UpstreamError
 
 NEVER_RETRY = frozenset({400, 401, 403, 404, 422})
 
@@ -23,6 +23,21 @@ def retryable(e: UpstreamError) -> bool:
 def counts_against_circuit(e: UpstreamError) -> bool:
     """A failure that says the deployment is unhealthy (not that the request was bad)."""
     return retryable(e)
+
+
+def own_timeout(e: UpstreamError, requested: Timeouts, configured: Timeouts) -> str | None:
+    """The phase (connect, first_token, stream_idle, total) when `e` is a timeout that fired only because the
+    request's own limit for that phase (`tiergate.timeouts`) is stricter than the model's configured one: the
+    deployment was not shown to be slow by its own standard, so this is not its failure. None otherwise
+    (not a timeout, no phase known, or the configured limit was not stricter than the request's)."""
+    phase = e.phase
+    if phase is None or requested is configured:
+        return None
+    mine = getattr(requested, phase, None)
+    if mine is None:
+        return None
+    theirs = getattr(configured, phase)
+    return phase if theirs is None or mine < theirs else None
 
 
 def backoff(attempt: int, policy: RetryPolicy, rnd: random.Random) -> float:

@@ -166,4 +166,5 @@ class Watchdog:
             msg = f"upstream {deployment_id} sent no answer within {self.limit:g}s (first_token timeout)"
         else:
             msg = f"upstream {deployment_id} sent nothing for {self.limit:g}s mid-stream (stream_idle timeout)"
-        return UpstreamError(504, msg, kind="timeout", type="timeout_error", code="upstream_timeout", usage=usage)
+        return UpstreamError(504, msg, kind="timeout", type="timeout_error", code="upstream_timeout", usage=usage,
+                             phase=self._why or self.phase)

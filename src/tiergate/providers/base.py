@@ -70,8 +70,9 @@ class ChatResult:
 
 
 class UpstreamError(Exception):
-    """The upstream failed. `error` is an OpenAI-shaped error object (the inner dict), already
-    scrubbed of credentials. `kind` says how it failed, for retry decisions and metrics."""
+    """The upstream failed. `message` is client-facing: plain words naming the deployment id, already
+    scrubbed of credentials, never a host, port or exception repr (those go in `detail`, for the log).
+    `kind` says how it failed, for retry decisions and metrics."""
 
     RETRYABLE_STATUS: ClassVar[frozenset[int]] = frozenset({408, 409, 429, 500, 502, 503, 504})
 
@@ -87,6 +88,8 @@ class UpstreamError(Exception):
         retry_after: float | None = None,
         headers: dict[str, str] | None = None,
         usage: dict[str, Any] | None = None,
+        phase: str | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -98,6 +101,11 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
         self.headers = headers or {}
         self.usage = usage  # what the upstream reported before failing, if anything
+        # for timeouts: the limit that fired (connect | first_token | stream_idle | total), so the dispatcher
+        # can tell a deployment's slowness from a request's own stricter `tiergate.timeouts`
+        self.phase = phase
+        # operator-only detail (the transport exception, scrubbed of secrets): logged, never sent to clients
+        self.detail = detail
 
     @property
     def retryable(self) -> bool:

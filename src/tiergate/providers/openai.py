@@ -321,15 +321,17 @@ class OpenAIProvider(Provider):
     ) -> UpstreamError:
         dep = self.deployment.id
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return _timeout(f"could not connect to upstream {dep} within {t.connect}s (connect timeout)", usage)
+            return _timeout(f"could not connect to upstream {dep} within {t.connect}s (connect timeout)", usage,
+                            "connect")
         if isinstance(exc, aiohttp.SocketTimeoutError):
             if phase == "stream_idle":
-                return _timeout(f"upstream {dep} sent nothing for {t.stream_idle}s (stream_idle timeout)", usage)
+                return _timeout(f"upstream {dep} sent nothing for {t.stream_idle}s (stream_idle timeout)", usage,
+                                "stream_idle")
             what = "the first chunk" if after_headers else "a response"
             return _timeout(f"upstream {dep} sent {what} after more than {t.first_token}s (first_token timeout)",
-                            usage)
+                            usage, "first_token")
         if isinstance(exc, asyncio.TimeoutError):
-            return _timeout(f"upstream {dep} did not finish within {t.total}s (total timeout)", usage)
+            return _timeout(f"upstream {dep} did not finish within {t.total}s (total timeout)", usage, "total")
         detail = scrub(str(exc) or type(exc).__name__, self._secrets)
         if after_headers:
             return UpstreamError(502, f"upstream {dep} closed the connection mid-response ({detail})",
@@ -349,8 +351,9 @@ class OpenAIProvider(Provider):
                              param=_str_or_none(err.get("param")), usage=usage)
 
 
-def _timeout(message: str, usage: dict[str, Any] | None) -> UpstreamError:
-    return UpstreamError(504, message, kind="timeout", type="timeout_error", code="upstream_timeout", usage=usage)
+def _timeout(message: str, usage: dict[str, Any] | None, phase: str) -> UpstreamError:
+    return UpstreamError(504, message, kind="timeout", type="timeout_error", code="upstream_timeout", usage=usage,
+                         phase=phase)
 
 
 def _str_or_none(v: Any) -> str | None:
