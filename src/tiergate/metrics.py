@@ -8,7 +8,8 @@ standard library. One `Metrics` object is built at start-up and passed to the di
 What is recorded, and by whom:
 - dispatcher: `tiergate_upstream_attempts_total{model,deployment,outcome}`, `tiergate_errors_total
   {model,deployment,type}`, `tiergate_retries_total`, `tiergate_fallbacks_total{from_model,to_model}`,
-  `tiergate_circuit_state{model,deployment}` (0 closed, 1 half-open, 2 open),
+  `tiergate_circuit_state{model,deployment}` (0 closed, 1 half-open, 2 open; computed from the breakers
+  when /metrics is rendered, through a collector the dispatcher registers, so it is never stale),
   `tiergate_upstream_latency_seconds` and `tiergate_upstream_ttft_seconds{model,deployment}`;
 - server (`observe_request(row)` with each ledger row): `tiergate_requests_total{model,deployment,status}`,
   `tiergate_request_duration_seconds`, `tiergate_ttft_seconds{model,deployment}`,
@@ -18,7 +19,7 @@ What is recorded, and by whom:
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -135,6 +136,12 @@ class Metrics:
         self._all = (self.requests, self.request_duration, self.ttft, self.tokens, self.cost, self.attempts,
                      self.errors, self.retries, self.fallbacks, self.circuit, self.upstream_latency,
                      self.upstream_ttft)
+        self._collectors: list[Callable[[], None]] = []
+
+    def add_collector(self, fn: Callable[[], None]) -> None:
+        """`fn()` runs at the start of every `render()` to set gauges that must reflect the state at scrape
+        time (e.g. circuit breakers whose cooldown ended while no request came)."""
+        self._collectors.append(fn)
 
     # ------------------------------------------------------------ dispatcher
 
@@ -185,6 +192,8 @@ class Metrics:
     # ------------------------------------------------------------ exposition
 
     def render(self) -> bytes:
+        for fn in self._collectors:
+            fn()
         out: list[str] = []
         for m in self._all:
             out.append(f"# HELP {m.name} {m.help}")

@@ -183,7 +183,10 @@ def test_open_circuit_answers_503_fast_then_recovers(tmp_path):
             assert ei.value.status_code == 503 and ei.value.code == "no_healthy_deployment"
             assert ei.value.response.headers.get("retry-after")
             bad.clear_faults()
-            time.sleep(1.1)
+            gauge = 'tiergate_circuit_state{model="solo-500-plain",deployment="solo-500-plain"} '
+            assert gauge + "2" in httpx.get(url.removesuffix("/v1") + "/metrics").text
+            time.sleep(1.1)  # no request in between: the gauge still reads the state at scrape time
+            assert gauge + "1" in httpx.get(url.removesuffix("/v1") + "/metrics").text
             text, _ = ask(client, "solo-500-plain", False)
             assert text == "echo: hello there"
             metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text

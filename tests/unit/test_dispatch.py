@@ -358,6 +358,31 @@ async def test_circuit_opens_then_half_open_probe_closes_it():
     assert out.deployment.id == "m/0" and st.circuit.state == 0 and metrics.circuit.get(("m", "m/0")) == 0
 
 
+def _gauge(metrics: Metrics, model: str, dep: str) -> str:
+    line = f'tiergate_circuit_state{{model="{model}",deployment="{dep}"}} '
+    return next(ln for ln in metrics.render().decode().splitlines() if ln.startswith(line)).removeprefix(line)
+
+
+async def test_circuit_gauge_reflects_the_state_at_scrape_time():
+    """The gauge is computed when /metrics is rendered: open -> half-open once the cooldown has ended,
+    with no request in between to move the breaker; closed after the probe succeeds."""
+    cfg = make_config([{"name": "m", "deployments": [{}], "retry": {"max_retries": 0},
+                        "circuit": {"failures": 1, "window_s": 10, "cooldown_s": 0.2}}])
+    metrics = Metrics()
+    d = Dispatcher(cfg, None, metrics=metrics)
+    assert _gauge(metrics, "m", "m/0") == "0"
+    SCRIPTS["m/0"] = [("status", 500), "ok"]
+    with pytest.raises(GatewayError):
+        await d.dispatch("m", shaper(), stream=False, request_id="r")
+    assert _gauge(metrics, "m", "m/0") == "2"
+    await asyncio.sleep(0.25)
+    assert d.deployment_states("m")[0].circuit.state == OPEN  # nothing has touched the breaker...
+    assert _gauge(metrics, "m", "m/0") == "1"  # ...but a probe would be let through: half-open
+    assert d.deployment_states("m")[0].circuit.state == OPEN  # scraping changed nothing
+    await d.dispatch("m", shaper(), stream=False, request_id="probe")
+    assert _gauge(metrics, "m", "m/0") == "0"
+
+
 async def test_half_open_lets_a_single_probe_through():
     cfg = make_config([{"name": "m", "deployments": [{}], "retry": {"max_retries": 0},
                         "circuit": {"failures": 1, "window_s": 10, "cooldown_s": 0.1}}])

@@ -107,6 +107,14 @@ class CircuitBreaker:
         self.probing = self.probe_elsewhere = False
         self._set(CLOSED)
 
+    def state_at(self, now: float) -> int:
+        """The state as of `now`, without changing anything: an open breaker whose cooldown has ended is
+        half-open (the next request would be let through as the probe), even if no request has come to
+        move it there yet. For the metrics gauge at scrape time."""
+        if self.state == OPEN and now >= self.open_until:
+            return HALF_OPEN
+        return self.state
+
     def recovers_in(self, now: float) -> float:
         """Seconds until a request may be tried again (0 when available)."""
         if self.state == OPEN:

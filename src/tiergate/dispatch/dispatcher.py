@@ -27,6 +27,7 @@ import asyncio
 import logging
 import math
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,6 +140,8 @@ class Dispatcher:
             from tiergate.dispatch.shared import SharedCircuits
 
             self.shared = SharedCircuits(redis, self.states)
+        if metrics is not None:
+            metrics.add_collector(self._collect_circuits)
 
     async def close(self) -> None:
         if self.shared is not None:
@@ -146,6 +149,23 @@ class Dispatcher:
         if self._own_redis is not None:
             await self._own_redis.aclose()
             self._own_redis = None
+
+    def _collect_circuits(self) -> None:
+        """Set `tiergate_circuit_state` from every breaker as of now (called by `Metrics.render`): an open
+        circuit whose cooldown has ended reads half-open although no request has moved it there yet. With
+        Redis, a scrape also starts the background refresh, so a replica that has had no traffic yet still
+        reports the state the other replicas share."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None and self.shared is not None and not self.shared.started:
+            self.shared.start()
+        now = loop.time() if loop is not None else time.monotonic()
+        metrics = self.metrics
+        for m in self._models.values():
+            for st in m.deps:
+                metrics.circuit_state(m.name, st.id, st.circuit.state_at(now))
 
     def deployment_states(self, model: str) -> tuple[DeploymentState, ...]:
         m = self._models.get(model)
