@@ -8,6 +8,7 @@ provider, or from OpenAI when OPENAI_API_KEY is set.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,7 +24,10 @@ STRATEGIES = ("weighted_random", "least_inflight", "lowest_latency", "lowest_cos
 
 
 class ConfigError(ValueError):
-    """A problem in the config file, phrased for the person who wrote it."""
+    """A problem in the config file, phrased for the person who wrote it; `path` is the key's path
+    (`models[0].retry.max_retries`) when the problem is one key's."""
+
+    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,9 @@ class GatewayConfig:
 
 
 def _err(path: str, msg: str) -> ConfigError:
-    return ConfigError(f"{path}: {msg}")
+    e = ConfigError(f"{path}: {msg}")
+    e.path = path
+    return e
 
 
 def _expect(value: Any, typ: type | tuple[type, ...], path: str, what: str) -> Any:
@@ -130,29 +136,91 @@ def resolve_secret(ref: Any, path: str, env: dict[str, str]) -> Secret:
     return Secret(ref=ref, value=value)
 
 
-def _float(d: dict, key: str, path: str, default: float | None) -> float | None:
+def _number(d: dict, key: str, path: str, default: Any, *, lo: float, hi: float, lo_open: bool = False,
+            integer: bool = False, unit: str = "", nullable: bool = False) -> Any:
+    """`d[key]` checked against its allowed range (`lo` < or <= value <= `hi`), else `default`. Booleans,
+    strings, NaN and infinities are refused; the error names the key path and the range."""
     if key not in d:
         return default
     v = d[key]
-    if v is None:
+    if v is None and nullable:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-        raise _err(f"{path}.{key}", f"expected a non-negative number of seconds, got {v!r}")
-    return float(v)
+    kind = "an integer" if integer else "a number"
+    rng = f"{'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
+    what = f"{kind} {rng}{unit}" + (" (or null for no limit)" if nullable else "")
+    ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok_type or math.isnan(v) or (v <= lo if lo_open else v < lo) or v > hi:
+        raise _err(f"{path}.{key}", f"expected {what}, got {v!r:.60}")
+    return int(v) if integer else float(v)
+
+
+MAX_TIMEOUT_S = 86_400.0  # a day: longer is a unit mistake (milliseconds written as seconds)
 
 
 def parse_timeouts(d: Any, path: str, base: Timeouts | None = None) -> Timeouts:
+    """`connect` / `first_token` / `stream_idle` / `total`: seconds > 0 (at most a day), or null for no
+    limit. 0 is refused: it would mean "time out at once" to some phases and "no limit" to others."""
     base = base or Timeouts()
     if d is None:
         return base
     _expect(d, dict, path, "a mapping of connect / first_token / stream_idle / total seconds")
     _unknown_keys(d, {"connect", "first_token", "stream_idle", "total"}, path)
-    return Timeouts(
-        connect=_float(d, "connect", path, base.connect),
-        first_token=_float(d, "first_token", path, base.first_token),
-        stream_idle=_float(d, "stream_idle", path, base.stream_idle),
-        total=_float(d, "total", path, base.total),
+
+    def t(key: str) -> float | None:
+        return _number(d, key, path, getattr(base, key), lo=0, hi=MAX_TIMEOUT_S, lo_open=True,
+                       unit=" seconds", nullable=True)
+
+    return Timeouts(connect=t("connect"), first_token=t("first_token"), stream_idle=t("stream_idle"),
+                    total=t("total"))
+
+
+def _parse_retry(d: Any, path: str) -> RetryPolicy:
+    _expect(d, dict, path, "a mapping")
+    _unknown_keys(d, {"max_retries", "backoff_base_s", "backoff_max_s", "max_retry_after_s"}, path)
+    r = RetryPolicy()
+    base = _number(d, "backoff_base_s", path, r.backoff_base_s, lo=0, hi=60, unit=" seconds")
+    policy = RetryPolicy(
+        max_retries=_number(d, "max_retries", path, r.max_retries, lo=0, hi=10, integer=True),
+        backoff_base_s=base,
+        backoff_max_s=_number(d, "backoff_max_s", path, max(r.backoff_max_s, base), lo=0, hi=300, unit=" seconds"),
+        max_retry_after_s=_number(d, "max_retry_after_s", path, r.max_retry_after_s, lo=0, hi=3600, unit=" seconds"),
     )
+    if policy.backoff_max_s < policy.backoff_base_s:
+        raise _err(f"{path}.backoff_max_s", f"expected a number >= backoff_base_s ({policy.backoff_base_s:g}), "
+                   f"got {policy.backoff_max_s:g}")
+    return policy
+
+
+def _parse_circuit(d: Any, path: str) -> CircuitPolicy:
+    _expect(d, dict, path, "a mapping")
+    _unknown_keys(d, {"failures", "window_s", "cooldown_s"}, path)
+    c = CircuitPolicy()
+    return CircuitPolicy(
+        failures=_number(d, "failures", path, c.failures, lo=1, hi=1000, integer=True),
+        window_s=_number(d, "window_s", path, c.window_s, lo=0, hi=MAX_TIMEOUT_S, lo_open=True, unit=" seconds"),
+        cooldown_s=_number(d, "cooldown_s", path, c.cooldown_s, lo=0, hi=MAX_TIMEOUT_S, lo_open=True, unit=" seconds"),
+    )
+
+
+# Query parameters that carry credentials (API keys, SAS signatures, Azure Functions codes, tokens).
+_CREDENTIAL_PARAMS = frozenset({
+    "key", "api_key", "api-key", "apikey", "x-api-key", "token", "access_token", "auth", "sig", "signature",
+    "code", "secret", "client_secret", "password",
+})
+
+
+def _credential_query_param(url: str) -> str | None:
+    """The name of the first query parameter of `url` that carries a credential, or None."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        return None
+    for name, _ in parse_qsl(query, keep_blank_values=True):
+        if name.strip().lower() in _CREDENTIAL_PARAMS:
+            return name
+    return None
 
 
 _DEPLOYMENT_KEYS = {
@@ -175,6 +243,10 @@ def _parse_deployment(d: Any, path: str, model_name: str, index: int, env: dict[
         _expect(api_base, str, f"{path}.api_base", "a URL such as https://api.openai.com/v1")
         if "@" in api_base.split("//", 1)[-1].split("/", 1)[0]:
             raise _err(f"{path}.api_base", "credentials in the URL are not allowed; use api_key: env:NAME")
+        secret_param = _credential_query_param(api_base)
+        if secret_param is not None:  # the name only: the value is a secret
+            raise _err(f"{path}.api_base", f"credentials in the URL are not allowed (query parameter "
+                       f"{secret_param!r}); use api_key: env:NAME, or headers for a non-secret header")
     if provider in _NEEDS_BASE and not api_base:
         raise _err(f"{path}.api_base", f"required for provider {provider}")
     if provider == "azure" and not d.get("deployment") and not api_base.rstrip("/").endswith("/openai/v1"):
@@ -186,13 +258,9 @@ def _parse_deployment(d: Any, path: str, model_name: str, index: int, env: dict[
     elif provider in ("openai", "azure", "anthropic"):
         raise _err(f"{path}.api_key", f"required for provider {provider}, e.g. api_key: env:"
                    f"{ {'openai': 'OPENAI_API_KEY', 'azure': 'AZURE_OPENAI_API_KEY', 'anthropic': 'ANTHROPIC_API_KEY'}[provider] }")
-    weight = d.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
-        raise _err(f"{path}.weight", f"expected a positive number, got {weight!r}")
+    weight = _number(d, "weight", path, 1.0, lo=0, hi=1e6, lo_open=True)
     for k in ("rpm", "tpm"):
-        v = d.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-            raise _err(f"{path}.{k}", f"expected a positive integer, got {v!r}")
+        _number(d, k, path, None, lo=1, hi=1e12, integer=True, nullable=True)
     headers = d.get("headers") or {}
     _expect(headers, dict, f"{path}.headers", "a mapping of header name to value")
     options = d.get("options") or {}
@@ -239,12 +307,8 @@ def _parse_model(d: Any, path: str, env: dict[str, str]) -> ModelConfig:
         raise _err(f"{path}.strategy", f"unknown strategy {strategy!r}. Choose one of: {', '.join(STRATEGIES)}")
     fallbacks = d.get("fallbacks") or []
     _expect(fallbacks, list, f"{path}.fallbacks", "a list of configured model names")
-    retry = d.get("retry") or {}
-    _expect(retry, dict, f"{path}.retry", "a mapping")
-    _unknown_keys(retry, {"max_retries", "backoff_base_s", "backoff_max_s", "max_retry_after_s"}, f"{path}.retry")
-    circuit = d.get("circuit") or {}
-    _expect(circuit, dict, f"{path}.circuit", "a mapping")
-    _unknown_keys(circuit, {"failures", "window_s", "cooldown_s"}, f"{path}.circuit")
+    retry = _parse_retry(d.get("retry") or {}, f"{path}.retry")
+    circuit = _parse_circuit(d.get("circuit") or {}, f"{path}.circuit")
     return ModelConfig(
         name=name,
         catalog=str(d.get("catalog") or name),
@@ -256,8 +320,8 @@ def _parse_model(d: Any, path: str, env: dict[str, str]) -> ModelConfig:
         fallbacks=tuple(str(x) for x in fallbacks),
         context_window_fallback=d.get("context_window_fallback"),
         timeouts=parse_timeouts(d.get("timeouts"), f"{path}.timeouts"),
-        retry=RetryPolicy(**{**RetryPolicy().__dict__, **retry}),
-        circuit=CircuitPolicy(**{**CircuitPolicy().__dict__, **circuit}),
+        retry=retry,
+        circuit=circuit,
     )
 
 

@@ -117,3 +117,82 @@ def test_routing_candidate_efforts_are_checked_against_the_catalogue_at_start():
         resolve_catalog(cfg(["o3-mini@minimal"]), cat)
     _infos, unpriced = resolve_catalog(cfg(["o3-mini@high", "gpt-4o-mini", "llama-local@high"]), cat)
     assert unpriced == ["llama-local"]  # not in the catalogue: its efforts are unknown, so not checked
+
+
+def _with(section: str, values: dict, model: int = 1) -> dict:
+    d = yaml.safe_load(ACCEPTANCE)
+    d["models"][model][section] = values
+    return d
+
+
+@pytest.mark.parametrize("section, key, value, allowed", [
+    ("retry", "max_retries", -1, "an integer >= 0 and <= 10"),  # was: started, then every request 503
+    ("retry", "max_retries", 11, "an integer >= 0 and <= 10"),
+    ("retry", "max_retries", 1.5, "an integer >= 0 and <= 10"),
+    ("retry", "max_retries", True, "an integer >= 0 and <= 10"),
+    ("retry", "backoff_base_s", -1, "a number >= 0 and <= 60 seconds"),
+    ("retry", "backoff_max_s", -0.5, "a number >= 0 and <= 300 seconds"),
+    ("retry", "max_retry_after_s", -3, "a number >= 0 and <= 3600 seconds"),
+    ("retry", "max_retry_after_s", "30s", "a number >= 0 and <= 3600 seconds"),
+    ("circuit", "failures", 0, "an integer >= 1 and <= 1000"),
+    ("circuit", "failures", -2, "an integer >= 1 and <= 1000"),
+    ("circuit", "window_s", 0, "a number > 0 and <= 86400 seconds"),
+    ("circuit", "cooldown_s", -5, "a number > 0 and <= 86400 seconds"),
+    ("circuit", "cooldown_s", float("nan"), "a number > 0 and <= 86400 seconds"),
+    ("timeouts", "first_token", 0, "a number > 0 and <= 86400 seconds (or null for no limit)"),
+    ("timeouts", "total", 0, "a number > 0 and <= 86400 seconds (or null for no limit)"),
+    ("timeouts", "connect", -1, "a number > 0 and <= 86400 seconds (or null for no limit)"),
+    ("timeouts", "stream_idle", float("inf"), "a number > 0 and <= 86400 seconds (or null for no limit)"),
+    ("timeouts", "total", 600_000, "a number > 0 and <= 86400 seconds (or null for no limit)"),
+])
+def test_numeric_settings_are_range_checked_at_load(section, key, value, allowed):
+    with pytest.raises(ConfigError) as ei:
+        parse_config(_with(section, {key: value}), env=ENV)
+    path = f"models[1].{section}.{key}"
+    assert str(ei.value).startswith(f"{path}: expected {allowed}, got "), str(ei.value)
+    assert ei.value.path == path
+
+
+@pytest.mark.parametrize("key, value", [("rpm", 0), ("tpm", -5), ("rpm", 2.5), ("weight", 0), ("weight", -1)])
+def test_deployment_numbers_are_range_checked(key, value):
+    d = yaml.safe_load(ACCEPTANCE)
+    d["models"][1]["deployments"][0][key] = value
+    with pytest.raises(ConfigError, match=rf"^models\[1\]\.deployments\[0\]\.{key}: expected an? (integer|number) >"):
+        parse_config(d, env=ENV)
+
+
+def test_backoff_max_below_base_is_refused():
+    with pytest.raises(ConfigError, match=r"models\[1\]\.retry\.backoff_max_s: expected a number >= backoff_base_s"):
+        parse_config(_with("retry", {"backoff_base_s": 2, "backoff_max_s": 1}), env=ENV)
+
+
+def test_boundary_values_and_null_timeouts_are_accepted():
+    d = _with("retry", {"max_retries": 0, "backoff_base_s": 0, "backoff_max_s": 0, "max_retry_after_s": 0})
+    d["models"][1]["circuit"] = {"failures": 1, "window_s": 0.5, "cooldown_s": 0.1}
+    d["models"][1]["timeouts"] = {"connect": None, "first_token": 0.05, "stream_idle": None, "total": None}
+    d["models"][1]["deployments"][0].update(rpm=1, tpm=1, weight=0.5)
+    m = parse_config(d, env=ENV).model("gpt-4o-mini")
+    assert (m.retry.max_retries, m.retry.backoff_base_s, m.retry.max_retry_after_s) == (0, 0.0, 0.0)
+    assert (m.circuit.failures, m.circuit.cooldown_s) == (1, 0.1)
+    assert (m.timeouts.connect, m.timeouts.first_token, m.timeouts.total) == (None, 0.05, None)
+    # a base above the default maximum raises the default maximum with it
+    assert parse_config(_with("retry", {"backoff_base_s": 20}), env=ENV).model("gpt-4o-mini").retry.backoff_max_s == 20
+
+
+@pytest.mark.parametrize("query", ["key=AIzaSECRET123", "api_key=SECRET123", "api-key=SECRET123",
+                                   "token=SECRET123", "sig=SECRET123", "code=SECRET123",
+                                   "api-version=2024-10-21&Sig=SECRET123", "API_KEY=SECRET123"])
+def test_api_base_with_credentials_in_the_query_is_refused_without_echoing_them(query):
+    d = yaml.safe_load(ACCEPTANCE)
+    d["models"][0]["deployments"][0]["api_base"] = f"https://api.example.com/v1?{query}"
+    with pytest.raises(ConfigError) as ei:
+        parse_config(d, env=ENV)
+    msg = str(ei.value)
+    assert msg.startswith("models[0].deployments[0].api_base: credentials in the URL are not allowed"), msg
+    assert "SECRET123" not in msg and "env:NAME" in msg
+
+
+def test_api_base_with_a_harmless_query_is_accepted():
+    d = yaml.safe_load(ACCEPTANCE)
+    d["models"][0]["deployments"][0]["api_base"] = "https://api.example.com/v1?api-version=2024-10-21&region=eu"
+    assert parse_config(d, env=ENV).models[0].deployments[0].api_base.endswith("region=eu")

@@ -125,7 +125,7 @@ def request_timeouts(base: Timeouts, override: Any) -> Timeouts:
     try:
         return parse_timeouts(override, "tiergate.timeouts", base)
     except ConfigError as e:
-        raise bad_request(str(e), param="tiergate.timeouts") from None
+        raise bad_request(str(e), param=e.path or "tiergate.timeouts", code="invalid_value") from None
 
 
 def _max_output(body: dict[str, Any]) -> int | None:
@@ -197,6 +197,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
     if prompt_tokens > info.context_window and not mc.context_window_fallback:
         raise ContextWindowExceeded(model, prompt_tokens, info.context_window)
 
+    timeouts = request_timeouts(mc.timeouts, opts.get("timeouts"))  # a bad override is a 400 before admission
     admission = await gw.accounting.admit(
         ctx.key, model, prompt_tokens, max_cost_usd(prompt_tokens, max_out, info), prompt_tokens + max_out
     )
@@ -214,7 +215,6 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
                 settled = True
                 return ChatOutcome(headers=headers, body=hit)
             headers["x-tiergate-cache"] = "miss"
-        timeouts = request_timeouts(mc.timeouts, opts.get("timeouts"))
         try:
             d = await gw.dispatcher.dispatch(
                 model, shape, stream=stream, timeouts=timeouts, request_id=ctx.request_id,
