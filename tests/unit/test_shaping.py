@@ -241,3 +241,21 @@ def test_shaping_is_cheap(cat: Catalog) -> None:
         shape_request(body, info)
     per_call = (time.perf_counter() - t) / n
     assert per_call < 200e-6, f"{per_call * 1e6:.1f} µs per call"  # typically ~5 µs; loose for shared CI
+
+
+def test_output_limit_above_the_catalogue_maximum_is_a_400(cat: Catalog, configured: dict) -> None:
+    info = cat.get("gpt-4o-mini")
+    for field in ("max_tokens", "max_completion_tokens"):
+        with pytest.raises(GatewayError) as ei:
+            check_capabilities(_body("gpt-4o-mini", **{field: 16385}), info, configured, "gpt-4o-mini")
+        e = ei.value
+        assert (e.status, e.param, e.code, e.type) == (400, field, "invalid_value", "invalid_request_error")
+        assert e.message == (f"{field} is too large: 16385. This model supports at most 16384 completion tokens, "
+                             "whereas you provided 16385.")
+        check_capabilities(_body("gpt-4o-mini", **{field: 16384}), info, configured, "gpt-4o-mini")
+    # both sent: the first too large one is named
+    with pytest.raises(GatewayError) as ei:
+        check_capabilities(_body("gpt-4o-mini", max_tokens=100, max_completion_tokens=20000), info, configured, "x")
+    assert ei.value.param == "max_completion_tokens"
+    unknown = cat.unknown("llama3.1:8b")
+    check_capabilities(_body("llama3.1:8b", max_tokens=5_000_000), unknown, configured, "llama3.1:8b")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tiergate.catalog.catalog import ModelInfo
+from tiergate.catalog.catalog import UNKNOWN_CONTEXT_WINDOW, ModelInfo
 from tiergate.wire.errors import GatewayError
 
 # capability -> the request field a 400 points at, and how the message names it
@@ -100,11 +100,13 @@ def check_capabilities(
     configured: Mapping[str, ModelInfo],
     model_name: str,
 ) -> None:
-    """Raise a 400 `unsupported_capability` for the first capability the body needs and `info` lacks.
+    """Raise a 400 `unsupported_capability` for the first capability the body needs and `info` lacks,
+    and OpenAI's 400 `invalid_value` for an output limit above the model's maximum (`check_output_limit`).
 
     `configured` maps the client-facing model names of this gateway to their catalogue entries.
     `reasoning_effort` is not checked here: `shape_request` drops it for models without effort
     levels and rejects a level the model does not offer."""
+    check_output_limit(body, info)
     caps = info.capabilities
     if (body.get("tools") or body.get("functions")) and not caps.tools:
         raise capability_error("tools", model_name, configured, param="tools" if body.get("tools") else "functions")
@@ -121,6 +123,25 @@ def check_capabilities(
             raise capability_error("vision", model_name, configured, param=where)
     if body.get("stream") and not caps.streaming:
         raise capability_error("streaming", model_name, configured)
+
+
+def check_output_limit(body: Mapping[str, Any], info: ModelInfo) -> None:
+    """A 400 `invalid_value` (OpenAI's shape and words, `param` = the field the client sent) when
+    `max_completion_tokens` or `max_tokens` is above the catalogue's `max_output_tokens` for the model.
+    Models the catalogue does not list (no known maximum) are not checked."""
+    most = info.max_output_tokens
+    if not most or most >= UNKNOWN_CONTEXT_WINDOW:
+        return
+    for field in ("max_completion_tokens", "max_tokens"):
+        v = body.get(field)
+        if isinstance(v, int) and not isinstance(v, bool) and v > most:
+            raise GatewayError(
+                400,
+                f"{field} is too large: {v}. This model supports at most {most} completion tokens, "
+                f"whereas you provided {v}.",
+                param=field,
+                code="invalid_value",
+            )
 
 
 # ------------------------------------------------------------------ messages
