@@ -146,12 +146,16 @@ def _number(d: dict, key: str, path: str, default: Any, *, lo: float, hi: float,
     if v is None and nullable:
         return None
     kind = "an integer" if integer else "a number"
-    rng = f"{'>' if lo_open else '>='} {lo:g} and <= {hi:g}"
+    rng = f"{'>' if lo_open else '>='} {_num_text(lo)} and <= {_num_text(hi)}"
     what = f"{kind} {rng}{unit}" + (" (or null for no limit)" if nullable else "")
     ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
     if isinstance(v, bool) or not ok_type or math.isnan(v) or (v <= lo if lo_open else v < lo) or v > hi:
         raise _err(f"{path}.{key}", f"expected {what}, got {v!r:.60}")
     return int(v) if integer else float(v)
+
+
+def _num_text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 MAX_TIMEOUT_S = 86_400.0  # a day: longer is a unit mistake (milliseconds written as seconds)
@@ -196,7 +200,7 @@ def _parse_circuit(d: Any, path: str) -> CircuitPolicy:
     _unknown_keys(d, {"failures", "window_s", "cooldown_s"}, path)
     c = CircuitPolicy()
     return CircuitPolicy(
-        failures=_number(d, "failures", path, c.failures, lo=1, hi=1000, integer=True),
+        failures=_number(d, "failures", path, c.failures, lo=1, hi=1_000_000, integer=True),
         window_s=_number(d, "window_s", path, c.window_s, lo=0, hi=MAX_TIMEOUT_S, lo_open=True, unit=" seconds"),
         cooldown_s=_number(d, "cooldown_s", path, c.cooldown_s, lo=0, hi=MAX_TIMEOUT_S, lo_open=True, unit=" seconds"),
     )
