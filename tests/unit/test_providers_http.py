@@ -115,3 +115,38 @@ def test_fake_upstream_sync_mode_and_fault_control():
         up.clear()
         assert n > 10 and up.requests == []
     assert up._thread is None
+
+
+def test_transport_failure_words_each_exception_plainly():
+    import errno
+
+    import aiohttp
+    from aiohttp.client_reqrep import ConnectionKey
+
+    from tiergate.providers.http import transport_failure
+
+    key = ConnectionKey("10.1.2.3", 47199, False, True, None, None, None)
+    refused = aiohttp.ClientConnectorError(key, ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed"))
+    cases = [
+        (refused, False, "connect", "could not connect to deployment d/0 (the connection was refused)"),
+        (aiohttp.ClientConnectorError(key, OSError(errno.EHOSTUNREACH, "no route")), False, "connect",
+         "could not connect to deployment d/0 (the upstream is unreachable)"),
+        (aiohttp.ClientPayloadError("Response payload is not completed: <TransferEncodingError: 400, message="
+                                    "'Not enough data to satisfy transfer length header.'>"), True, "stream_cut",
+         "deployment d/0: the upstream closed the connection before the answer was complete"),
+        (aiohttp.ServerDisconnectedError(), True, "stream_cut",
+         "deployment d/0: the upstream closed the connection before the answer was complete"),
+        (aiohttp.ServerDisconnectedError(), False, "connect",
+         "deployment d/0: the upstream closed the connection without answering"),
+        (aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer"), True, "stream_cut",
+         "deployment d/0: the connection to the upstream was reset before the answer was complete"),
+        (aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer"), False, "connect",
+         "deployment d/0: the connection to the upstream was reset before it answered"),
+    ]
+    for exc, after, kind, message in cases:
+        k, code, msg, detail = transport_failure(exc, "d/0", after_headers=after, secrets=("sk-secret",))
+        assert (k, msg) == (kind, message)
+        assert code == ("upstream_stream_cut" if kind == "stream_cut" else "upstream_unreachable")
+        for leak in ("10.1.2.3", "47199", "400", "Transfer", "Errno", "<"):
+            assert leak not in msg
+        assert type(exc).__name__ in detail  # the operator log keeps what the library said

@@ -325,3 +325,24 @@ async def test_clean_end_without_done(up, sessions):
     with pytest.raises(UpstreamError) as ei:
         await collect(p, BODY)
     assert ei.value.kind == "stream_cut" and "before it was complete" in ei.value.message
+
+
+async def test_transport_errors_name_the_deployment_not_the_host(up, sessions):
+    """A refused connection and a cut body read as plain words with the deployment id; the host, port and
+    aiohttp's text stay in `detail` (for the operator log)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = make(up, sessions, api_base=f"http://127.0.0.1:{port}/v1")
+    for call in (lambda: p.chat(BODY, FAST), lambda: collect(p, BODY)):
+        with pytest.raises(UpstreamError) as ei:
+            await call()
+        dep = p.deployment.id
+        assert ei.value.message == f"could not connect to deployment {dep} (the connection was refused)"
+        assert str(port) in (ei.value.detail or "")
+    up.fail_next("cut", after=2)
+    with pytest.raises(UpstreamError) as ei:
+        await collect(make(up, sessions), BODY)
+    assert ei.value.kind == "stream_cut" and ei.value.message.startswith(f"deployment {dep}: the ")
+    assert "before the answer was complete" in ei.value.message
+    assert "127.0.0.1" not in ei.value.message and "400" not in ei.value.message

@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 
 from tiergate.providers.base import ChatResult, Provider, RequestRefused, Timeouts, UpstreamError
-from tiergate.providers.http import parse_retry_after, scrub
+from tiergate.providers.http import parse_retry_after, scrub, transport_failure
 from tiergate.providers.registry import register
 from tiergate.wire import anthropic as wa
 from tiergate.wire.sse import iter_data
@@ -63,6 +63,25 @@ class AnthropicProvider(Provider):
     def _secrets(self) -> tuple[str, ...]:
         return (self.deployment.api_key.value,) if self.deployment.api_key else ()
 
+    def _timeout(self, phase: str, t: Timeouts, usage: dict[str, Any] | None = None) -> UpstreamError:
+        dep = self.deployment.id
+        v = getattr(t, phase)
+        if v is None:  # that phase has no limit: aiohttp's own total timer fired
+            phase, v = "total", t.total
+        limit = "?" if v is None else f"{v:g}"
+        msg = {"connect": f"could not connect to upstream {dep} within {limit}s (connect timeout)",
+               "first_token": f"upstream {dep} sent no answer within {limit}s (first_token timeout)",
+               "stream_idle": f"upstream {dep} sent nothing for {limit}s mid-stream (stream_idle timeout)",
+               }.get(phase, f"upstream {dep} did not finish within {limit}s (total timeout)")
+        return UpstreamError(504, msg, kind="timeout", type="timeout_error", code="upstream_timeout", usage=usage,
+                             phase=phase)
+
+    def _transport(self, e: BaseException, *, after_headers: bool,
+                   usage: dict[str, Any] | None = None) -> UpstreamError:
+        kind, code, message, detail = transport_failure(e, self.deployment.id, after_headers=after_headers,
+                                                        secrets=self._secrets())
+        return UpstreamError(502, message, kind=kind, type="api_error", code=code, usage=usage, detail=detail)
+
     async def _error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
         raw = await resp.read()
         err_type, message = None, raw[:500].decode("utf-8", "replace") or resp.reason or "upstream error"
@@ -81,8 +100,10 @@ class AnthropicProvider(Provider):
 
     async def chat(self, body: dict[str, Any], timeouts: Timeouts) -> ChatResult:
         data = self.build(body, stream=False)
+        cm = asyncio.timeout(timeouts.total)
+        resp = None
         try:
-            async with asyncio.timeout(timeouts.total):
+            async with cm:
                 resp = await asyncio.wait_for(
                     self.session.post(self.url(), data=data, headers=self.headers(),
                                       timeout=_client_timeout(timeouts)),
@@ -94,10 +115,12 @@ class AnthropicProvider(Provider):
                     hdrs = _pick({k.lower(): v for k, v in resp.headers.items()})
         except UpstreamError:
             raise
-        except TimeoutError:
-            raise UpstreamError(504, "anthropic: upstream timed out", kind="timeout") from None
+        except TimeoutError as e:
+            phase = ("total" if cm.expired() else "connect" if isinstance(e, aiohttp.ConnectionTimeoutError)
+                     else "first_token")
+            raise self._timeout(phase, timeouts) from None
         except aiohttp.ClientError as e:
-            raise UpstreamError(502, f"anthropic: connection failed ({type(e).__name__})", kind="connect") from None
+            raise self._transport(e, after_headers=resp is not None) from None
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -122,10 +145,11 @@ class AnthropicProvider(Provider):
             resp = await asyncio.wait_for(
                 self.session.post(self.url(), data=data, headers=self.headers(), timeout=_client_timeout(timeouts)),
                 timeouts.first_token)
-        except TimeoutError:
-            raise UpstreamError(504, "anthropic: upstream timed out", kind="timeout") from None
+        except TimeoutError as e:
+            raise self._timeout("connect" if isinstance(e, aiohttp.ConnectionTimeoutError) else "first_token",
+                                timeouts) from None
         except aiohttp.ClientError as e:
-            raise UpstreamError(502, f"anthropic: connection failed ({type(e).__name__})", kind="connect") from None
+            raise self._transport(e, after_headers=False) from None
         async with resp:
             if resp.status != 200:
                 raise await self._error(resp)
@@ -152,11 +176,15 @@ class AnthropicProvider(Provider):
             except UpstreamError:
                 raise
             except TimeoutError:
-                raise UpstreamError(504, "anthropic: stream stalled", kind="stream_cut" if sent_any else "timeout",
-                                    usage=tr.openai_usage() if sent_any else None) from None
+                phase = ("total" if deadline is not None and loop.time() >= deadline - 0.01
+                         else "stream_idle" if sent_any else "first_token")
+                err = self._timeout(phase, timeouts, usage=tr.openai_usage() if sent_any else None)
+                if sent_any:
+                    err.kind = "stream_cut"
+                raise err from None
             except aiohttp.ClientError as e:
-                raise UpstreamError(502, f"anthropic: stream broke ({type(e).__name__})", kind="stream_cut",
-                                    usage=tr.openai_usage() if sent_any else None) from None
+                raise self._transport(e, after_headers=True,
+                                      usage=tr.openai_usage() if sent_any else None) from None
             raise UpstreamError(502, "anthropic: stream ended before message_stop", kind="stream_cut",
                                 usage=tr.openai_usage() if sent_any else None)
 

@@ -6,12 +6,14 @@ keep-alive connector, no cookie jar, no per-request JSON helpers) and closes it 
 
 The helpers are pure: `scrub` removes credentials from any text that may reach a client or a log,
 `parse_retry_after` reads the upstream's back-off hints, `pick_headers` keeps the upstream response
-headers worth passing on (request id, rate limits).
+headers worth passing on (request id, rate limits), `transport_failure` words a transport exception for
+clients (plain words and the deployment id; never a host, port or exception repr).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 from collections.abc import Iterable, Mapping
 from email.utils import parsedate_to_datetime
@@ -121,6 +123,49 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     if "sk-" in text:
         text = _KEYLIKE.sub(r"\1***", text)
     return text
+
+
+# ---------------------------------------------------------------- transport failures
+
+
+def transport_failure(exc: BaseException, dep_id: str, *, after_headers: bool,
+                      secrets: Iterable[str] = ()) -> tuple[str, str, str, str]:
+    """A transport exception (aiohttp / OS) on deployment `dep_id` -> (kind, code, client message, operator
+    detail). The client message says in plain words what happened and names the deployment, never the
+    upstream's host or port, nor the library's exception text (aiohttp's payload errors quote a misleading
+    "400"). The detail (exception type and text, secrets scrubbed) is for the operator log only.
+    `after_headers`: the response had started, so the answer was cut (kind `stream_cut`); before, the
+    upstream could not be reached or did not answer (kind `connect`)."""
+    detail = scrub(f"{type(exc).__name__}: {exc}", secrets)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "connect", "upstream_unreachable", f"deployment {dep_id}: its api_base is not a valid URL", detail
+    if isinstance(exc, aiohttp.ClientConnectorError):  # could not open the connection at all
+        if isinstance(exc, aiohttp.ClientSSLError):
+            why = "the TLS handshake with the upstream failed"
+        elif isinstance(exc, getattr(aiohttp, "ClientConnectorDNSError", ())):
+            why = "the upstream's host name could not be resolved"
+        elif getattr(exc, "errno", None) == errno.ECONNREFUSED:
+            why = "the connection was refused"
+        else:
+            why = "the upstream is unreachable"
+        return "connect", "upstream_unreachable", f"could not connect to deployment {dep_id} ({why})", detail
+    if after_headers:
+        if isinstance(exc, (aiohttp.ClientOSError, ConnectionResetError)):
+            what = "the connection to the upstream was reset before the answer was complete"
+        elif isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+            what = "the upstream closed the connection before the answer was complete"
+        else:
+            what = "the upstream's answer broke off before it was complete"
+        return "stream_cut", "upstream_stream_cut", f"deployment {dep_id}: {what}", detail
+    if isinstance(exc, (aiohttp.ClientOSError, ConnectionResetError)):
+        what = "the connection to the upstream was reset before it answered"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        what = "the upstream closed the connection without answering"
+    elif isinstance(exc, aiohttp.ClientResponseError):
+        what = "the upstream sent an invalid HTTP response"
+    else:
+        what = "the connection to the upstream failed before it answered"
+    return "connect", "upstream_unreachable", f"deployment {dep_id}: {what}", detail
 
 
 # ---------------------------------------------------------------- upstream headers

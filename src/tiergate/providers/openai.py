@@ -24,7 +24,7 @@ import orjson
 from yarl import URL
 
 from tiergate.providers.base import ChatResult, Deployment, Provider, SessionFactory, Timeouts, UpstreamError
-from tiergate.providers.http import parse_retry_after, pick_headers, scrub
+from tiergate.providers.http import parse_retry_after, pick_headers, scrub, transport_failure
 from tiergate.providers.registry import register
 from tiergate.wire.sse import iter_data_batches
 
@@ -332,12 +332,9 @@ class OpenAIProvider(Provider):
                             usage, "first_token")
         if isinstance(exc, asyncio.TimeoutError):
             return _timeout(f"upstream {dep} did not finish within {t.total}s (total timeout)", usage, "total")
-        detail = scrub(str(exc) or type(exc).__name__, self._secrets)
-        if after_headers:
-            return UpstreamError(502, f"upstream {dep} closed the connection mid-response ({detail})",
-                                 kind="stream_cut", type="api_error", code="upstream_stream_cut", usage=usage)
-        return UpstreamError(502, f"cannot reach upstream {dep}: {detail}", kind="connect", type="api_error",
-                             code="upstream_unreachable")
+        kind, code, message, detail = transport_failure(exc, dep, after_headers=after_headers, secrets=self._secrets)
+        return UpstreamError(502, message, kind=kind, type="api_error", code=code,
+                             usage=usage if kind == "stream_cut" else None, detail=detail)
 
     def _stream_error_event(self, err: Any, usage: dict[str, Any] | None) -> UpstreamError:
         if not isinstance(err, dict):
