@@ -39,6 +39,14 @@ class NoUsageOpenAI(FakeOpenAI):
             out.pop("usage", None)
         return out
 
+    def _response_obj(self, body: dict[str, Any], azure_dep: str | None) -> dict[str, Any]:
+        out = super()._response_obj(body, azure_dep)  # native Responses API answers lose their usage too
+        if self.mode == "null":
+            out["usage"] = None
+        else:
+            out.pop("usage", None)
+        return out
+
     def _chunks(self, body: dict[str, Any], model: str) -> list[bytes]:
         kept = []
         for raw in super()._chunks(body, model):
@@ -179,3 +187,19 @@ def test_a_reported_usage_is_not_marked_estimated(tmp_path):
             assert "estimated" not in (raw.parse().usage.model_extra or {})
             row = _row(tmp_path / "x.db", raw.headers["x-request-id"])
             assert "usage_estimated" not in json.loads(row["metadata"] or "{}") and row["input_tokens"] == 5  # the fake's own count: 4 + 1 word
+
+
+def test_native_responses_answer_without_usage_is_estimated_and_billed(env):
+    up, client, admin, kid, db = env
+    up.mode = "null"
+    spent_before = _spent(admin, kid)
+    raw = client.responses.with_raw_response.create(model="gpt-4o-mini", input="hello there general kenobi")
+    assert raw.headers["x-tiergate-responses"] == "native" and up.last.path.endswith("/responses")
+    assert raw.headers["x-tiergate-usage"] == "estimated"
+    cost = float(raw.headers["x-tiergate-cost-usd"])
+    assert cost > 0  # before: 0.00000000
+    row = _row(db, raw.headers["x-request-id"])
+    assert row["status"] == "ok" and row["input_tokens"] > 0 and row["output_tokens"] > 0
+    assert row["cost_usd"] == pytest.approx(cost, abs=1e-8)
+    assert json.loads(row["metadata"])["usage_estimated"] is True
+    assert _spent(admin, kid) - spent_before == pytest.approx(cost, abs=1e-8)

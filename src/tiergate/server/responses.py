@@ -33,7 +33,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tiergate.accounting.pricing import cost_usd, max_cost_usd
-from tiergate.accounting.tokens import count_messages, count_text
+from tiergate.accounting.tokens import count_messages, count_text, estimate_usage, usage_reported
 from tiergate.dispatch.errors import refused_before_upstream
 from tiergate.providers.base import Provider, UpstreamError
 from tiergate.server.chat import (
@@ -393,6 +393,9 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
         if echo and isinstance(d.result.body, dict):
             d.result.body.update(echo)
         usage = d.result.body.get("usage")
+        if not usage_reported(usage):  # an upstream that reports no usage is estimated, never free
+            usage = estimate_usage(chat_body, _as_choices(d.result.body), info)
+            headers["x-tiergate-usage"] = "estimated"
         cost = cost_usd(usage, info) if usage else 0.0
         tokens = int((usage or {}).get("total_tokens") or 0)
         record_call(gw, ctx, model, model, d.deployment.id, effort, usage, cost, "ok", None, None, False,
@@ -403,6 +406,23 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
     finally:
         if not settled:
             await gw.accounting.settle(admission, cost, tokens)
+
+
+def _as_choices(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Responses `response`'s output as Chat Completions choices, for counting its tokens: output
+    text, refusals and function calls (name + arguments)."""
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for item in response.get("output") or ():
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "function_call":
+            calls.append({"function": {"name": str(item.get("name") or ""),
+                                       "arguments": str(item.get("arguments") or "")}})
+        for part in item.get("content") or ():
+            if isinstance(part, dict):
+                texts.append(str(part.get("text") or part.get("refusal") or ""))
+    return [{"message": {"content": "".join(texts), "tool_calls": calls}}]
 
 
 def _record_attempts(gw: Gateway, ctx: CallContext, model: str, info: Any, effort: Any, attempts: Any,
