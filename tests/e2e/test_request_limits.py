@@ -84,3 +84,23 @@ def test_request_timeouts_in_range_and_null_are_accepted(env):
     r = client.chat.completions.create(model="gpt-4o-mini", messages=MSG,
                                        extra_body={"tiergate": {"timeouts": {"first_token": 5, "total": None}}})
     assert r.choices[0].message.content == "echo: hi" and len(up.requests) == 1
+
+
+def test_responses_output_limit_is_named_as_the_client_sent_it(env, tmp_path):
+    """/v1/responses: the translated path (here `sim`) checks the converted request, and the error still
+    names `max_output_tokens`, the field the client sent."""
+    cfg = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]}],
+           "storage": f"sqlite:///{tmp_path / 'tg.db'}"}
+    with running_gateway(cfg) as base:
+        client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=20)
+        with pytest.raises(openai.BadRequestError) as ei:
+            client.responses.create(model="gpt-4o-mini", input="hi", max_output_tokens=100000)
+    e = ei.value
+    assert e.code == "invalid_value" and e.param == "max_output_tokens"
+    assert e.body["message"].startswith("max_output_tokens is too large: 100000.")
+    up, native = env  # the fake serves the native Responses API: refused before it too
+    up.clear()
+    with pytest.raises(openai.BadRequestError) as ei:
+        native.responses.create(model="gpt-4o-mini", input="hi", max_output_tokens=100000)
+    assert ei.value.param == "max_output_tokens" and up.requests == []
+    assert native.responses.create(model="gpt-4o-mini", input="hi", max_output_tokens=16384).output_text

@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from tiergate.accounting.pricing import cost_usd, max_cost_usd
 from tiergate.accounting.tokens import count_messages, count_text, estimate_usage, usage_reported
+from tiergate.catalog.shaping import check_output_limit
 from tiergate.dispatch.errors import refused_before_upstream
 from tiergate.providers.base import Provider, UpstreamError
 from tiergate.server.chat import (
@@ -136,6 +137,14 @@ async def _with_history(gw: Gateway, ctx: CallContext, req: dict[str, Any]) -> d
     return rest  # a missing or malformed input is left for to_chat_request to refuse
 
 
+def _in_responses_terms(e: GatewayError, req: Any) -> None:
+    """An error raised on the translated request names the Chat Completions field; the client sent the
+    Responses one (`max_output_tokens` became `max_completion_tokens`): say it in the client's terms."""
+    if e.param == "max_completion_tokens" and isinstance(req, dict) and "max_output_tokens" in req:
+        e.param = "max_output_tokens"
+        e.message = e.message.replace("max_completion_tokens", "max_output_tokens")
+
+
 async def _answered_here(gw: Gateway, ctx: CallContext, response_id: Any) -> bool:
     """Whether `response_id` is a stored response (visible to this caller) that the translated path
     produced, i.e. one no upstream Responses API knows."""
@@ -178,6 +187,7 @@ async def handle_responses(gw: Gateway, request: Request) -> Response:
             return await _native(gw, req, chat_body, ctx, opts, _saver(gw, ctx, req, "native"))
         out = await run_chat(gw, chat_body, ctx)
     except GatewayError as e:
+        _in_responses_terms(e, req)
         record_rejected(gw, ctx, req, e)
         return error_response(e, ctx.request_id)
     resp_id = new_id("resp_")
@@ -356,6 +366,7 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
     model = req["model"]
     stream = bool(req.get("stream"))
     info = gw.infos[model]
+    check_output_limit(chat_body, info)  # max_output_tokens above the model's maximum: refused as on chat
     timeouts = request_timeouts(gw.config.model(model).timeouts, opts.get("timeouts"))
     prompt_tokens = count_messages(chat_body["messages"], info)
     max_out = req.get("max_output_tokens")
