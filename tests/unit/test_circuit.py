@@ -125,6 +125,44 @@ async def test_replicas_share_circuit_state_through_redis():
 
 
 @pytest.mark.redis
+async def test_a_probe_ending_without_a_verdict_frees_the_shared_probe_lock():
+    """Replica a's half-open probe times out by the request's own (stricter) limit: no verdict on the
+    deployment, and replica b may probe at once instead of waiting for a's lock (5 s here) to expire."""
+    from tests.unit.test_dispatch import CALLS, SCRIPTS, make_config, shaper
+    from tiergate.dispatch.dispatcher import Dispatcher
+    from tiergate.providers.base import Timeouts
+    from tiergate.wire.errors import GatewayError
+
+    SCRIPTS.clear()
+    CALLS.clear()
+    r = await _redis_or_skip()
+    dep_id = f"probe-{os.urandom(4).hex()}"
+    cfg = make_config([{"name": "m", "deployments": [{"id": dep_id}], "retry": {"max_retries": 0},
+                        "timeouts": {"connect": 1, "first_token": 2, "stream_idle": 2, "total": 5},
+                        "circuit": {"failures": 1, "window_s": 10, "cooldown_s": 0.3}}])
+    a = Dispatcher(cfg, None, shared_state=r)
+    b = Dispatcher(cfg, None, shared_state=r)
+    a.shared.refresh_s = b.shared.refresh_s = 0.05
+    try:
+        SCRIPTS[dep_id] = [("status", 500), ("slow", 0.2), "ok"]
+        with pytest.raises(GatewayError):
+            await a.dispatch("m", shaper(), stream=False, request_id="r")
+        await asyncio.sleep(0.4)  # cooldown over: half-open on both replicas
+        with pytest.raises(GatewayError):  # a's probe: its own first_token 0.05 s fires, no verdict
+            await a.dispatch("m", shaper(), stream=False, request_id="p1",
+                             timeouts=Timeouts(connect=1, first_token=0.05, stream_idle=2, total=5))
+        assert await r.get(f"tiergate:cb:{dep_id}:probe") is None  # the lock is gone, not left for 5 s
+        out = await b.dispatch("m", shaper(), stream=False, request_id="p2")  # b probes and closes it
+        assert out.deployment.id == dep_id and len(CALLS) == 3
+        assert b.deployment_states("m")[0].circuit.state == CLOSED
+    finally:
+        await a.close()
+        await b.close()
+        await r.delete(f"tiergate:cb:{dep_id}:state", f"tiergate:cb:{dep_id}:fails", f"tiergate:cb:{dep_id}:probe")
+        await r.aclose()
+
+
+@pytest.mark.redis
 async def test_retry_after_trip_is_shared():
     from tests.unit.test_dispatch import SCRIPTS, make_config, shaper
     from tiergate.dispatch.dispatcher import Dispatcher

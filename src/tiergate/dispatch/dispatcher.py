@@ -418,7 +418,7 @@ class Dispatcher:
             await self._failed(m, st, e, loop.time() - start, request_id, run, t)
             return None
         except RequestRefused as e:  # the provider refused before sending: the gateway's 400, not a failure
-            cb.abandon()
+            await self._abandon(st)
             raise before_upstream(e) from None
         except asyncio.CancelledError:
             cb.abandon()
@@ -502,6 +502,15 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ health bookkeeping
 
+    async def _abandon(self, st: DeploymentState) -> None:
+        """A request on `st` ended without a verdict on its health; if it was the half-open probe, the
+        probe slot is freed here and, with Redis, the shared probe lock too (other replicas need not wait
+        for it to expire)."""
+        probing = st.circuit.probing
+        st.circuit.abandon()
+        if probing and self.shared is not None:
+            await self.shared.release_probe(st)
+
     async def _closed(self, st: DeploymentState) -> None:
         if st.circuit.success() and self.shared is not None:
             await self.shared.success(st)
@@ -510,7 +519,7 @@ class Dispatcher:
     async def _count_failure(self, st: DeploymentState, e: UpstreamError, now: float) -> None:
         cb = st.circuit
         if not counts_against_circuit(e):
-            cb.abandon()
+            await self._abandon(st)
             return
         if e.status == 429 and e.retry_after:
             cb.trip(now, min(e.retry_after, 3600.0))
@@ -531,7 +540,7 @@ class Dispatcher:
         run.last_own = own is not None
         if own:
             _note_own(e, own, t, m.config.timeouts)  # type: ignore[arg-type]
-            st.circuit.abandon()  # a half-open probe ends without a verdict
+            await self._abandon(st)  # a half-open probe ends without a verdict
         else:
             await self._count_failure(st, e, loop.time())
         run.attempts.append(Attempt(st.id, m.name, False, e, latency, None, e.usage))

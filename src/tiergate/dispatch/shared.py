@@ -55,6 +55,12 @@ end
 return 0
 """
 
+# KEYS: probe. ARGV: token. Delete the probe lock only if this replica holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # KEYS: state, probe. ARGV: until_ms, ttl_ms
 _TRIP = """
 local st = redis.call('GET', KEYS[1])
@@ -87,6 +93,8 @@ class SharedCircuits:
         self._task: asyncio.Task | None = None
         self._failure = redis.register_script(_FAILURE)
         self._trip = redis.register_script(_TRIP)
+        self._release = redis.register_script(_RELEASE)
+        self.token = os.urandom(8).hex()  # this replica's value in a probe lock it holds
         self._last_warn = 0.0
         self._stopping = False
         self.healthy = True
@@ -218,12 +226,22 @@ class SharedCircuits:
     async def acquire_probe(self, st: DeploymentState, ttl_s: float) -> bool:
         try:
             async with asyncio.timeout(self.call_timeout_s):
-                got = await self.redis.set(f"{self.prefix}{st.id}:probe", "1", nx=True,
+                got = await self.redis.set(f"{self.prefix}{st.id}:probe", self.token, nx=True,
                                            px=max(1, int(ttl_s * 1000)))
         except _ERRORS as e:
             self._warn(e)
             return True  # Redis down: the local breaker alone decides
         return bool(got)
+
+    async def release_probe(self, st: DeploymentState) -> None:
+        """The probe this replica holds ended without a verdict (a client error, the request's own
+        timeout): free the lock now, so another replica may probe without waiting for its expiry. Only
+        this replica's own lock is deleted (compare-and-delete on its token)."""
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                await self._release(keys=[f"{self.prefix}{st.id}:probe"], args=[self.token])
+        except _ERRORS as e:
+            self._warn(e)
 
     async def success(self, st: DeploymentState) -> None:
         p = f"{self.prefix}{st.id}"
