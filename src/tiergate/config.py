@@ -329,7 +329,27 @@ def _parse_model(d: Any, path: str, env: dict[str, str]) -> ModelConfig:
     )
 
 
-_TOP_KEYS = {"models", "storage", "redis", "routing", "master_key", "server", "cache", "batches", "logging"}
+_TOP_KEYS = {"models", "storage", "redis", "routing", "master_key", "server", "cache", "batches", "logging",
+             "responses"}
+RESPONSES_RETENTION_DAYS = 30.0  # stored /v1/responses objects, as OpenAI keeps them by default
+
+
+def responses_retention_s(d: Any) -> float | None:
+    """`responses.retention_days` in seconds: default 30 days, `null` = keep until deleted; a ConfigError
+    naming the key for anything but a positive number or null."""
+    if d is None:
+        return RESPONSES_RETENTION_DAYS * 86400
+    _expect(d, dict, "responses", "a mapping such as {retention_days: 30}")
+    _unknown_keys(d, {"retention_days"}, "responses")
+    if "retention_days" not in d:
+        return RESPONSES_RETENTION_DAYS * 86400
+    v = d["retention_days"]
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 36500:
+        raise _err("responses.retention_days", f"expected a number of days > 0 and <= 36500, or null to keep "
+                   f"stored responses until deleted; got {v!r}")
+    return float(v) * 86400
 
 
 def parse_config(raw: Any, *, source: str = "<config>", env: dict[str, str] | None = None) -> GatewayConfig:
@@ -366,7 +386,8 @@ def parse_config(raw: Any, *, source: str = "<config>", env: dict[str, str] | No
         master = resolve_secret(raw["master_key"], "master_key", env)
     elif env.get("TIERGATE_MASTER_KEY"):
         master = Secret(ref="env:TIERGATE_MASTER_KEY", value=env["TIERGATE_MASTER_KEY"])
-    extra = {k: raw[k] for k in ("server", "cache", "batches", "logging") if k in raw}
+    responses_retention_s(raw.get("responses"))  # validated now; read by server/responses.py
+    extra = {k: raw[k] for k in ("server", "cache", "batches", "logging", "responses") if k in raw}
     return GatewayConfig(models=models, storage=storage, redis=redis_url, routing=routing,
                          master_key=master, source=source, extra=extra)
 

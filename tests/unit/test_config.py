@@ -196,3 +196,11 @@ def test_api_base_with_a_harmless_query_is_accepted():
     d = yaml.safe_load(ACCEPTANCE)
     d["models"][0]["deployments"][0]["api_base"] = "https://api.example.com/v1?api-version=2024-10-21&region=eu"
     assert parse_config(d, env=ENV).models[0].deployments[0].api_base.endswith("region=eu")
+
+
+def test_responses_section_is_validated_at_load():
+    base = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]}]}
+    cfg = parse_config({**base, "responses": {"retention_days": 7}}, env={})
+    assert cfg.extra["responses"] == {"retention_days": 7}
+    with pytest.raises(ConfigError, match=r"responses\.retention_days: expected a number of days > 0"):
+        parse_config({**base, "responses": {"retention_days": 0}}, env={})

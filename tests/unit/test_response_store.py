@@ -69,3 +69,37 @@ def test_input_items_normalised():
     assert items[3]["id"].startswith("fco_") and items[3]["output"] == "42"
     assert items[4]["id"].startswith("msg_") and items[4]["content"] == [{"type": "input_text", "text": "c"}]
     assert len({i["id"] for i in items}) == 5
+
+
+async def test_retention_hides_and_purges_old_responses(store_url):
+    import time
+
+    store = await open_store(store_url)
+    try:
+        rs = ResponseStore(store, retention_s=3600.0)
+        now = time.time()
+        old, new = _resp("resp_old", "old"), _resp("resp_new", "new")
+        old["created_at"], new["created_at"] = now - 7200, now
+        await rs.save(old, key_id="k", path="native", input_items=[])  # the save also purges (first time)
+        await rs.save(new, key_id="k", path="native", input_items=[])
+        assert await rs.get("resp_old", None) is None and await rs.get("resp_new", "k") is not None
+        assert await store.fetchone("SELECT id FROM responses WHERE id = ?", "resp_old") is None  # purged
+        keep = ResponseStore(store)  # retention None: kept until deleted
+        await keep.save(old, key_id="k", path="native", input_items=[])
+        assert await keep.get("resp_old", "k") is not None and await keep.purge() == 0
+        assert await rs.purge() == 1
+    finally:
+        await store.close()
+
+
+def test_responses_retention_setting():
+    from tiergate.config import ConfigError, responses_retention_s
+
+    assert responses_retention_s(None) == 30 * 86400
+    assert responses_retention_s({"retention_days": 7}) == 7 * 86400
+    assert responses_retention_s({"retention_days": None}) is None
+    for bad in (0, -1, "30", True, float("nan")):
+        with pytest.raises(ConfigError, match=r"responses\.retention_days"):
+            responses_retention_s({"retention_days": bad})
+    with pytest.raises(ConfigError, match="responses"):
+        responses_retention_s({"retention": 3})

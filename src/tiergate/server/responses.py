@@ -35,6 +35,7 @@ from starlette.routing import Route
 from tiergate.accounting.pricing import cost_usd, max_cost_usd
 from tiergate.accounting.tokens import count_messages, count_text, estimate_usage, usage_reported
 from tiergate.catalog.shaping import check_output_limit
+from tiergate.config import responses_retention_s
 from tiergate.dispatch.errors import refused_before_upstream
 from tiergate.providers.base import Provider, UpstreamError
 from tiergate.server.chat import (
@@ -86,7 +87,8 @@ async def create_response(request: Request) -> Response:
 def response_store(gw: Gateway) -> ResponseStore:
     rs = gw.extras.get("response_store")
     if rs is None:
-        rs = gw.extras["response_store"] = ResponseStore(gw.accounting.store)
+        retention = responses_retention_s(gw.config.extra.get("responses"))
+        rs = gw.extras["response_store"] = ResponseStore(gw.accounting.store, retention_s=retention)
     return rs
 
 

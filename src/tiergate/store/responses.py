@@ -6,6 +6,10 @@ client got it, the request's own input items (normalised to item objects with id
 input_items list returns them), its `instructions`, the `previous_response_id` it continued, the id of
 the key that created it (never the key itself) and which path served it (`native` / `translated`).
 
+Retention: with `retention_s` (config `responses.retention_days`, default 30 as OpenAI's), a response older
+than that reads as absent at once, and rows past it are deleted after a save, at most once per
+`PURGE_EVERY_S` per process; `None` keeps them until deleted.
+
 Visibility: a virtual key sees only the responses it created; the master key and an open gateway
 (`viewer=None`) see all. Anything a caller may not see reads as absent, so another key's response id
 is a plain 404, never a 403 that would confirm it exists.
@@ -22,6 +26,7 @@ import orjson
 from tiergate.store.base import Store
 
 MAX_CHAIN = 1000  # previous_response_id links followed at most (a cycle cannot form, but stay bounded)
+PURGE_EVERY_S = 600.0  # expired rows are deleted after a save at most this often (per process)
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,20 @@ def _visible(key_id: str | None, viewer: str | None) -> bool:
 
 
 class ResponseStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, retention_s: float | None = None) -> None:
         self.db = store
+        self.retention_s = retention_s
+        self._purged_at = 0.0
+
+    def _expired(self, created_at: float) -> bool:
+        return self.retention_s is not None and created_at < time.time() - self.retention_s
+
+    async def purge(self) -> int:
+        """Delete the responses past the retention period; the number deleted."""
+        if self.retention_s is None:
+            return 0
+        self._purged_at = time.monotonic()
+        return await self.db.execute("DELETE FROM responses WHERE created_at < ?", time.time() - self.retention_s)
 
     async def save(self, response: dict[str, Any], *, key_id: str | None, path: str,
                    input_items: list[dict[str, Any]], instructions: Any = None,
@@ -72,13 +89,15 @@ class ResponseStore:
             response.get("model"), path, previous_response_id,
             None if instructions is None else orjson.dumps(instructions).decode(),
             orjson.dumps(input_items).decode(), orjson.dumps(response).decode())
+        if self.retention_s is not None and time.monotonic() - self._purged_at >= PURGE_EVERY_S:
+            await self.purge()
         return n == 1
 
     async def get(self, response_id: str, viewer: str | None) -> StoredResponse | None:
         r = await self.db.fetchone(
             "SELECT id, key_id, created_at, path, previous_response_id, instructions, input_items, response "
             "FROM responses WHERE id = ?", response_id)
-        if r is None or not _visible(r["key_id"], viewer):
+        if r is None or not _visible(r["key_id"], viewer) or self._expired(float(r["created_at"])):
             return None
         return _row(r)
 
