@@ -8,41 +8,22 @@ over, logs a failed attempt nor counts it against the deployment's circuit. The 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sqlite3
-import threading
 import time
 
 import httpx
 import openai
 import pytest
 
-from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.anthropic_upstream import FakeAnthropicThread
 from tests.helpers import running_gateway
 
 CLAUDE = "claude-3-7-sonnet"
 DEP = f"{CLAUDE}/0"
 
 
-class _AnthropicThread:
-    """The fake Anthropic upstream on its own event loop in a thread (the SDK calls are synchronous)."""
-
-    def __init__(self) -> None:
-        self.fake = FakeAnthropic(api_key="sk-ant-refusals")
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> FakeAnthropic:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.fake.start(), self.loop).result(10)
-        return self.fake
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.fake.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 class _Warnings(logging.Handler):
@@ -57,7 +38,7 @@ class _Warnings(logging.Handler):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     db = tmp_path_factory.mktemp("refusals") / "tiergate.db"
-    with _AnthropicThread() as fake:
+    with FakeAnthropicThread("sk-ant-refusals") as fake:
         cfg = {
             "models": [
                 # one failure would open the circuit, retries and a fallback are there to be (not) used
@@ -208,7 +189,7 @@ def test_auto_does_not_route_to_a_model_that_would_refuse_the_request(tmp_path):
     """`model: auto` with n=2: the Anthropic candidate is ineligible (its provider would refuse), so the
     router picks a model that can answer instead of choosing one that ends in a 400."""
     db = tmp_path / "tiergate.db"
-    with _AnthropicThread() as fake:
+    with FakeAnthropicThread("sk-ant-refusals") as fake:
         cfg = {
             "models": [
                 {"name": CLAUDE, "deployments": [{"provider": "anthropic", "api_base": fake.base_url,

@@ -5,42 +5,21 @@ upstream) and for models with fallbacks, streamed or not."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 
 import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.anthropic_upstream import FakeAnthropicThread
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.helpers import running_gateway
-
-
-class _AnthropicThread:
-    """The fake Anthropic upstream on its own event loop in a thread (the SDK tests are synchronous)."""
-
-    def __init__(self) -> None:
-        self.fake = FakeAnthropic(api_key="sk-ant-e2e")
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> FakeAnthropic:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.fake.start(), self.loop).result(10)
-        return self.fake
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.fake.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     db = tmp_path_factory.mktemp("responses") / "tiergate.db"
-    with FakeOpenAI(api_key="sk-oai-e2e") as up, _AnthropicThread() as ant:
+    with FakeOpenAI(api_key="sk-oai-e2e") as up, FakeAnthropicThread("sk-ant-e2e") as ant:
         cfg = {
             "models": [
                 {"name": "gpt-4o-mini", "deployments": [{"provider": "openai", "api_base": up.url,

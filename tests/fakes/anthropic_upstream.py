@@ -450,3 +450,25 @@ class FakeAnthropic:
         b["results"] = results
         batch.update(processing_status="ended", request_counts=counts, ended_at=time.strftime("%Y-%m-%dT%H:%M:%SZ"),
                      results_url=f"{self.base_url}/v1/messages/batches/{batch['id']}/results")
+
+
+class FakeAnthropicThread:
+    """The fake on its own event loop in a thread, for synchronous tests (the official SDK's sync client):
+    `with FakeAnthropicThread(api_key) as fake: ...`."""
+
+    def __init__(self, api_key: str) -> None:
+        import threading
+
+        self.fake = FakeAnthropic(api_key=api_key)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> FakeAnthropic:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.fake.start(), self.loop).result(10)
+        return self.fake
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.fake.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
