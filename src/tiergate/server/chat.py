@@ -326,11 +326,14 @@ async def _relay(gw, ctx, d, admission, info, requested, route_info, wants_usage
 
 class _StreamedAnswer:
     """What a stream has relayed, accumulated per choice into `choices` (message shape) for
-    `count_completion`, plus the chunk id/created/model for a usage chunk of our own."""
+    `count_completion`, plus the chunk id/created/model for a usage chunk of our own. Pieces are kept in
+    lists and joined once at the end (a chunk costs a few dict look-ups and an append)."""
+
+    __slots__ = ("_msgs", "head")
 
     def __init__(self) -> None:
         self.head: dict[str, Any] = {}
-        self._msgs: dict[int, dict[str, Any]] = {}
+        self._msgs: dict[int, tuple[list[str], list[str], dict[int, tuple[list[str], list[str]]]]] = {}
 
     def meta(self, chunk: dict[str, Any]) -> None:
         if not self.head:
@@ -338,30 +341,42 @@ class _StreamedAnswer:
 
     def add(self, chunk: dict[str, Any]) -> None:
         for ch in chunk.get("choices") or ():
-            if not isinstance(ch, dict):
+            delta = ch.get("delta") if isinstance(ch, dict) else None
+            if not delta:
                 continue
-            delta = ch.get("delta") or {}
-            msg = self._msgs.setdefault(ch.get("index") or 0, {"content": "", "refusal": "", "tool_calls": {}})
-            for k in ("content", "refusal"):
-                if isinstance(delta.get(k), str):
-                    msg[k] += delta[k]
+            i = ch.get("index") or 0
+            msg = self._msgs.get(i)
+            if msg is None:
+                msg = self._msgs[i] = ([], [], {})
+            c = delta.get("content")
+            if c and isinstance(c, str):
+                msg[0].append(c)
+            r = delta.get("refusal")
+            if r and isinstance(r, str):
+                msg[1].append(r)
             calls = delta.get("tool_calls")
             fc = delta.get("function_call")
             if isinstance(fc, dict):
                 calls = [{"index": -1, "function": fc}]
-            for tc in calls if isinstance(calls, list) else ():
+            if not calls or not isinstance(calls, list):
+                continue
+            for tc in calls:
                 if not isinstance(tc, dict):
                     continue
-                acc = msg["tool_calls"].setdefault(tc.get("index") or 0, {"name": "", "arguments": ""})
+                acc = msg[2].get(tc.get("index") or 0)
+                if acc is None:
+                    acc = msg[2][tc.get("index") or 0] = ([], [])
                 fn = tc.get("function") or {}
-                for k in ("name", "arguments"):
-                    if isinstance(fn.get(k), str):
-                        acc[k] += fn[k]
+                if isinstance(fn.get("name"), str):
+                    acc[0].append(fn["name"])
+                if isinstance(fn.get("arguments"), str):
+                    acc[1].append(fn["arguments"])
 
     def choices(self) -> list[dict[str, Any]]:
-        return [{"message": {"content": m["content"], "refusal": m["refusal"],
-                             "tool_calls": [{"function": f} for f in m["tool_calls"].values()]}}
-                for m in self._msgs.values()]
+        return [{"message": {"content": "".join(content), "refusal": "".join(refusal),
+                             "tool_calls": [{"function": {"name": "".join(n), "arguments": "".join(a)}}
+                                            for n, a in calls.values()]}}
+                for content, refusal, calls in self._msgs.values()]
 
 
 async def _escalate(gw: Gateway, body: dict[str, Any], ctx: CallContext, requested: str, route_info: dict,
