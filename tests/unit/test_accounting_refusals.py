@@ -10,17 +10,17 @@ import pytest
 
 from tests.unit.test_store_fixtures import (  # noqa: F401 (fixtures)
     REDIS_URL,
+    fx_budget_backend,
     fx_pg_available,
     fx_pg_url,
     fx_redis_available,
     fx_redis_prefix,
 )
-from tiergate.accounting.budget import BudgetRefused, InProcessBudget, RedisBudget, StoreBudget
+from tiergate.accounting.budget import BudgetRefused
 from tiergate.accounting.keys import KeyInfo
 from tiergate.accounting.ratelimit import InProcessRateLimiter, RedisRateLimiter
 from tiergate.accounting.service import Accounting, connect_redis
 from tiergate.config import parse_config
-from tiergate.store import open_store
 
 
 async def _zero(key_id: str, since: float) -> float:
@@ -49,24 +49,9 @@ async def _held_then_exhausted(budget) -> None:
     assert e.value.exhausted
 
 
-async def test_refusal_reason_in_process():
-    await _held_then_exhausted(InProcessBudget(_zero))
-
-
-async def test_refusal_reason_redis(redis_prefix):
-    r = connect_redis(REDIS_URL)
-    try:
-        await _held_then_exhausted(RedisBudget(r, redis_prefix, _zero))
-    finally:
-        await r.aclose()
-
-
-async def test_refusal_reason_postgres(pg_url):
-    store = await open_store(pg_url)
-    try:
-        await _held_then_exhausted(StoreBudget(store, _zero))
-    finally:
-        await store.close()
+async def test_refusal_reason(budget_backend):
+    async with budget_backend() as b:
+        await _held_then_exhausted(b)
 
 
 async def _refund(limiter) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from tests.unit.test_store_fixtures import (  # noqa: F401 (fixtures)
     REDIS_URL,
+    fx_budget_backend,
     fx_pg_available,
     fx_pg_url,
     fx_redis_available,
@@ -59,24 +60,9 @@ async def _burst(budget_obj, n: int = 200, covers: int = 50) -> tuple[int, float
     return admitted, spent
 
 
-async def test_inprocess_burst_never_overspends():
-    await _burst(InProcessBudget(_zero))
-
-
-async def test_redis_burst_never_overspends(redis_prefix):
-    r = connect_redis(REDIS_URL)
-    try:
-        await _burst(RedisBudget(r, redis_prefix, _zero))
-    finally:
-        await r.aclose()
-
-
-async def test_postgres_burst_never_overspends(pg_url):
-    store = await open_store(pg_url)
-    try:
-        await _burst(StoreBudget(store, _zero))
-    finally:
-        await store.close()
+async def test_burst_never_overspends(budget_backend):
+    async with budget_backend() as b:
+        await _burst(b)
 
 
 async def _contract(b) -> None:
@@ -98,24 +84,9 @@ async def _contract(b) -> None:
     assert (await b.usage(other))[0] == pytest.approx(0.25)
 
 
-async def test_contract_inprocess():
-    await _contract(InProcessBudget(_zero))
-
-
-async def test_contract_redis(redis_prefix):
-    r = connect_redis(REDIS_URL)
-    try:
-        await _contract(RedisBudget(r, redis_prefix, _zero))
-    finally:
-        await r.aclose()
-
-
-async def test_contract_postgres(pg_url):
-    store = await open_store(pg_url)
-    try:
-        await _contract(StoreBudget(store, _zero))
-    finally:
-        await store.close()
+async def test_contract(budget_backend):
+    async with budget_backend() as b:
+        await _contract(b)
 
 
 async def test_expired_holds_are_released(redis_prefix, pg_url):

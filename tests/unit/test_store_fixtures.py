@@ -91,3 +91,41 @@ def fx_store_url(request, tmp_path, pg_available):
     schema = f"tg_t_{secrets.token_hex(6)}"
     yield f"{PG_BASE}?schema={schema}"
     asyncio.run(drop_schema(schema))
+
+
+async def _nothing_spent(key_id: str, since: float) -> float:
+    return 0.0
+
+
+@pytest.fixture(params=["in-process", "redis", "postgresql"], name="budget_backend")
+def fx_budget_backend(request):
+    """Each budget backend in turn, as an async context manager to open in the test's event loop
+    (`async with budget_backend() as b:`; nothing spent in the ledger yet); skipped where Redis or
+    PostgreSQL is not reachable."""
+    from contextlib import asynccontextmanager
+
+    from tiergate.accounting.budget import InProcessBudget, RedisBudget, StoreBudget
+    from tiergate.accounting.service import connect_redis
+    from tiergate.store import open_store
+
+    where = {"redis": "redis_prefix", "postgresql": "pg_url"}.get(request.param)
+    place = request.getfixturevalue(where) if where else None
+
+    @asynccontextmanager
+    async def open_budget():
+        if request.param == "in-process":
+            yield InProcessBudget(_nothing_spent)
+        elif request.param == "redis":
+            r = connect_redis(REDIS_URL)
+            try:
+                yield RedisBudget(r, place, _nothing_spent)
+            finally:
+                await r.aclose()
+        else:
+            store = await open_store(place)
+            try:
+                yield StoreBudget(store, _nothing_spent)
+            finally:
+                await store.close()
+
+    return open_budget
