@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,21 @@ def running_gateway(raw_config: dict[str, Any], env: dict[str, str] | None = Non
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def ledger_rows(db: str | Path, where: str, *params: Any, columns: str = "*", timeout: float = 5.0,
+                ready: Callable[[list[dict[str, Any]]], bool] = bool) -> list[dict[str, Any]]:
+    """The gateway's SQLite ledger rows `SELECT columns FROM ledger WHERE where` as dicts, polled until
+    `ready(rows)` (default: any row) or `timeout` seconds (rows are written just after the answer)."""
+    deadline = time.time() + timeout
+    while True:
+        con = sqlite3.connect(db)
+        con.row_factory = sqlite3.Row
+        try:
+            rows = [dict(r) for r in con.execute(f"SELECT {columns} FROM ledger WHERE {where}", params)]
+        except sqlite3.OperationalError:  # the table is created at the gateway's start
+            rows = []
+        finally:
+            con.close()
+        if ready(rows) or time.time() > deadline:
+            return rows

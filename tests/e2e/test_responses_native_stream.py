@@ -6,14 +6,11 @@ over to the next deployment, and a cut after it ends the stream with `response.f
 
 from __future__ import annotations
 
-import sqlite3
-import time
-
 import openai
 import pytest
 
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.helpers import running_gateway
+from tests.helpers import ledger_rows, running_gateway
 
 EXPECTED_TYPES = ["response.created", "response.in_progress", "response.output_item.added",
                   "response.content_part.added", "response.output_text.delta", "response.output_text.delta",
@@ -38,20 +35,12 @@ def env(tmp_path_factory):
             yield openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=20), up, db
 
 
-def _rows(db, request_id: str, timeout: float = 5.0) -> list[dict]:
-    deadline = time.time() + timeout
-    while True:
-        con = sqlite3.connect(db)
-        con.row_factory = sqlite3.Row
-        try:
-            rows = [dict(r) for r in con.execute(
-                "SELECT request_id, status, kind, stream, deployment, input_tokens, output_tokens, cost_usd, error "
-                "FROM ledger WHERE request_id LIKE ? ORDER BY request_id", (request_id + "%",))]
-        except sqlite3.OperationalError:
-            rows = []
-        con.close()
-        if (rows and any(r["status"] != "failed_attempt" for r in rows)) or time.time() > deadline:
-            return rows
+def _rows(db, request_id: str) -> list[dict]:
+    """The request's ledger rows (its failed attempts `<id>:aN` included), once its final row is there."""
+    return ledger_rows(db, "request_id LIKE ? ORDER BY request_id", request_id + "%",
+                       columns="request_id, status, kind, stream, deployment, input_tokens, output_tokens, "
+                               "cost_usd, error",
+                       ready=lambda rows: any(r["status"] != "failed_attempt" for r in rows))
 
 
 def test_native_stream_relays_upstream_events_and_bills_from_completed(env):

@@ -6,14 +6,11 @@ message that does not repeat itself."""
 
 from __future__ import annotations
 
-import sqlite3
-import time
-
 import openai
 import orjson
 import pytest
 
-from tests.helpers import running_gateway
+from tests.helpers import ledger_rows, running_gateway
 
 MODELS = ("gpt-4o-mini", "o1-mini", "o3-mini", "o1")
 CANDIDATES = ["gpt-4o-mini", "o1-mini", "o3-mini@low", "o3-mini@medium", "o3-mini@high", "o1@high"]
@@ -40,18 +37,9 @@ def _route_header(raw) -> dict[str, str]:
     return dict(part.split("=", 1) for part in raw.headers["x-tiergate-route"].split("; "))
 
 
-def _ledger(db, request_id: str, timeout: float = 5.0) -> tuple:
-    deadline = time.time() + timeout
-    while True:
-        con = sqlite3.connect(db)
-        try:
-            row = con.execute("SELECT status, served_model, reasoning_effort, route, error FROM ledger "
-                              "WHERE request_id = ?", (request_id,)).fetchone()
-        except sqlite3.OperationalError:
-            row = None
-        con.close()
-        if row or time.time() > deadline:
-            return row
+def _ledger(db, request_id: str) -> tuple | None:
+    rows = ledger_rows(db, "request_id = ?", request_id, columns="status, served_model, reasoning_effort, route, error")
+    return tuple(rows[0].values()) if rows else None
 
 
 def _auto(client, db, **kw) -> tuple[dict[str, str], dict, tuple]:

@@ -9,8 +9,6 @@ official openai SDK against a loopback fake upstream."""
 from __future__ import annotations
 
 import json
-import sqlite3
-import time
 from typing import Any
 
 import httpx
@@ -18,7 +16,7 @@ import openai
 import pytest
 
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.helpers import running_gateway
+from tests.helpers import ledger_rows, running_gateway
 from tiergate.accounting.tokens import count_completion, count_request, count_text
 
 MASTER = "sk-usage-estimated-master-0123456789"
@@ -76,21 +74,11 @@ def env(tmp_path_factory):
             admin.close()
 
 
-def _row(db, request_id: str, timeout: float = 5.0) -> dict:
-    deadline = time.time() + timeout
-    while True:
-        con = sqlite3.connect(db)
-        con.row_factory = sqlite3.Row
-        try:
-            rows = [dict(r) for r in con.execute(
-                "SELECT status, input_tokens, output_tokens, cost_usd, metadata FROM ledger WHERE request_id = ?",
-                (request_id,))]
-        except sqlite3.OperationalError:
-            rows = []
-        con.close()
-        if rows or time.time() > deadline:
-            assert rows, f"no ledger row for {request_id}"
-            return rows[0]
+def _row(db, request_id: str) -> dict:
+    rows = ledger_rows(db, "request_id = ?", request_id,
+                       columns="status, input_tokens, output_tokens, cost_usd, metadata")
+    assert rows, f"no ledger row for {request_id}"
+    return rows[0]
 
 
 def _spent(admin: httpx.Client, kid: str) -> float:

@@ -23,10 +23,6 @@ from tiergate.accounting.service import Accounting, connect_redis
 from tiergate.config import parse_config
 
 
-async def _zero(key_id: str, since: float) -> float:
-    return 0.0
-
-
 async def _held_then_exhausted(budget) -> None:
     key = KeyInfo(id="key_r", prefix="tg-x", name="team-r", budget_usd=1.0)
     first = await budget.reserve(key, 0.6)
