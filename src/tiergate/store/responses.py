@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any
 
 import orjson
@@ -65,7 +66,7 @@ class ResponseStore:
     def __init__(self, store: Store, retention_s: float | None = None) -> None:
         self.db = store
         self.retention_s = retention_s
-        self._purged_at = 0.0
+        self._purged_at: float | None = None  # monotonic time of the last purge; None: not yet
 
     def _expired(self, created_at: float) -> bool:
         return self.retention_s is not None and created_at < time.time() - self.retention_s
@@ -74,7 +75,7 @@ class ResponseStore:
         """Delete the responses past the retention period; the number deleted."""
         if self.retention_s is None:
             return 0
-        self._purged_at = time.monotonic()
+        self._purged_at = monotonic()
         return await self.db.execute("DELETE FROM responses WHERE created_at < ?", time.time() - self.retention_s)
 
     async def save(self, response: dict[str, Any], *, key_id: str | None, path: str,
@@ -89,7 +90,8 @@ class ResponseStore:
             response.get("model"), path, previous_response_id,
             None if instructions is None else orjson.dumps(instructions).decode(),
             orjson.dumps(input_items).decode(), orjson.dumps(response).decode())
-        if self.retention_s is not None and time.monotonic() - self._purged_at >= PURGE_EVERY_S:
+        if self.retention_s is not None and (
+                self._purged_at is None or monotonic() - self._purged_at >= PURGE_EVERY_S):
             await self.purge()
         return n == 1
 
