@@ -191,7 +191,10 @@ async def test_retry_after_trip_is_shared():
         await r.aclose()
 
 
-async def test_unreachable_redis_falls_back_to_local_state():
+async def test_unreachable_redis_falls_back_to_local_state(monkeypatch, caplog):
+    import time
+    import types
+
     redis = pytest.importorskip("redis.asyncio")
     from tests.unit.test_dispatch import SCRIPTS, make_config, shaper
     from tiergate.dispatch.dispatcher import Dispatcher
@@ -202,6 +205,9 @@ async def test_unreachable_redis_falls_back_to_local_state():
     cfg = make_config([{"name": "m", "deployments": [{"id": "x"}], "retry": {"max_retries": 0},
                         "circuit": {"failures": 2, "cooldown_s": 30}}])
     d = Dispatcher(cfg, None, shared_state=dead)
+    # a process on a machine up for under a minute (monotonic clock 5 s) still warns the first time
+    monkeypatch.setattr("tiergate.dispatch.shared.time", types.SimpleNamespace(monotonic=lambda: 5.0, time=time.time))
+    caplog.set_level("WARNING", logger="tiergate")
     try:
         SCRIPTS["x"] = [("status", 500), ("status", 500), "ok"]
         for _ in range(2):
@@ -209,6 +215,8 @@ async def test_unreachable_redis_falls_back_to_local_state():
                 await d.dispatch("m", shaper(), stream=False, request_id="r")
             assert ei.value.status == 500
         assert d.deployment_states("m")[0].circuit.state == OPEN and not d.shared.healthy
+        warned = [r.getMessage() for r in caplog.records if "redis unavailable" in r.getMessage()]
+        assert len(warned) == 1, warned  # once, not once per failed call
     finally:
         await d.close()
         await dead.aclose()

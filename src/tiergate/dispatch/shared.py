@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -95,7 +96,7 @@ class SharedCircuits:
         self._trip = redis.register_script(_TRIP)
         self._release = redis.register_script(_RELEASE)
         self.token = os.urandom(8).hex()  # this replica's value in a probe lock it holds
-        self._last_warn = 0.0
+        self._last_warn = -math.inf  # monotonic time of the last warning (none yet)
         self._stopping = False
         self.healthy = True
 
