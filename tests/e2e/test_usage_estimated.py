@@ -191,3 +191,115 @@ def test_native_responses_answer_without_usage_is_estimated_and_billed(env):
     assert row["cost_usd"] == pytest.approx(cost, abs=1e-8)
     assert json.loads(row["metadata"])["usage_estimated"] is True
     assert _spent(admin, kid) - spent_before == pytest.approx(cost, abs=1e-8)
+
+
+# ------------------------------------------------------------------ reasoning models: the unseen reasoning
+
+O3_MINI = (1.10, 4.40)  # catalogue $/1M input, output
+
+
+@pytest.fixture(scope="module")
+def reasoning_env(tmp_path_factory):
+    db = tmp_path_factory.mktemp("usage-est-reasoning") / "tiergate.db"
+    with NoUsageOpenAI() as up:
+        def dep(model: str) -> dict:
+            return {"provider": "openai_compatible", "api_base": up.url, "model": model}
+
+        cfg = {"models": [{"name": "o3-mini", "deployments": [dep("o3-mini")]},
+                          {"name": "local-reasoner", "deployments": [dep("local-reasoner")]}],  # not catalogued
+               "storage": f"sqlite:///{db}"}
+        with running_gateway(cfg) as base:
+            yield up, openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=20), db
+
+
+@pytest.mark.parametrize(("effort", "limit", "reasoning"), [
+    ("high", None, 10_000), ("low", None, 1_500), (None, None, 4_000),  # no effort: the model's default, medium
+    ("high", 3_000, None),  # capped: what the output limit leaves after the visible answer
+])
+def test_reasoning_model_answer_without_usage_bills_the_assumed_reasoning(reasoning_env, effort, limit, reasoning):
+    """Reasoning is billed as output but never relayed: an estimate from the visible text alone billed
+    o3-mini@high as if it had not reasoned (here 7 tokens instead of ~10,000)."""
+    up, client, db = reasoning_env
+    up.mode = "null"
+    extra = {k: v for k, v in (("reasoning_effort", effort), ("max_completion_tokens", limit)) if v is not None}
+    raw = client.chat.completions.with_raw_response.create(
+        model="o3-mini", messages=[{"role": "user", "content": "hello there general kenobi"}], **extra)
+    r = raw.parse()
+    visible = count_text("echo: hello there general kenobi")
+    prompt = count_request(up.last.body)
+    reasoning = limit - visible if reasoning is None else reasoning
+    assert raw.headers["x-tiergate-usage"] == "estimated"
+    assert r.usage.completion_tokens == visible + reasoning
+    assert r.usage.completion_tokens_details.reasoning_tokens == reasoning
+    cost = (prompt * O3_MINI[0] + (visible + reasoning) * O3_MINI[1]) / 1e6
+    assert float(raw.headers["x-tiergate-cost-usd"]) == pytest.approx(cost, abs=1e-8)
+    row = ledger_rows(db, "request_id = ?", raw.headers["x-request-id"],
+                      columns="output_tokens, reasoning_tokens, cost_usd")[0]
+    assert (row["output_tokens"], row["reasoning_tokens"]) == (visible + reasoning, reasoning)
+    assert row["cost_usd"] == pytest.approx(cost)
+
+
+def test_reasoning_stream_without_usage_reports_the_assumed_reasoning(reasoning_env):
+    _, client, db = reasoning_env
+    with client.chat.completions.with_streaming_response.create(
+            model="o3-mini", reasoning_effort="low", messages=[{"role": "user", "content": "hi"}],
+            stream=True, stream_options={"include_usage": True}) as raw:
+        rid = raw.headers["x-request-id"]
+        chunks = list(raw.parse())
+    u = chunks[-1].usage
+    assert u.completion_tokens == count_text("echo: hi") + 1_500 and u.completion_tokens_details.reasoning_tokens == 1_500
+    row = ledger_rows(db, "request_id = ?", rid, columns="output_tokens, reasoning_tokens")[0]
+    assert row["reasoning_tokens"] == 1_500
+
+
+def test_client_leaving_a_reasoning_stream_is_billed_the_assumed_reasoning(reasoning_env):
+    """A client that closes the stream before the end (no usage chunk ever reaches the gateway) is billed
+    the reasoning the upstream did before answering, not only the text relayed so far."""
+    up, client, db = reasoning_env
+    up.chunk_delay = 0.05
+    try:
+        with client.chat.completions.with_streaming_response.create(
+                model="o3-mini", reasoning_effort="medium", stream=True,
+                messages=[{"role": "user", "content": "one two three four five six seven eight nine ten"}]) as raw:
+            rid = raw.headers["x-request-id"]
+            for _ in raw.parse():
+                break  # leave after the first chunk
+        rows = ledger_rows(db, "request_id = ?", rid, columns="status, output_tokens, reasoning_tokens, metadata")
+    finally:
+        up.chunk_delay = 0.0
+    assert rows[0]["status"] == "client_disconnected"
+    assert rows[0]["reasoning_tokens"] == 4_000 and rows[0]["output_tokens"] >= 4_000
+    assert json.loads(rows[0]["metadata"])["usage_estimated"] is True
+
+
+def test_a_model_the_catalogue_does_not_list_gets_no_assumed_reasoning(reasoning_env):
+    up, client, db = reasoning_env
+    up.mode = "null"
+    raw = client.chat.completions.with_raw_response.create(
+        model="local-reasoner", reasoning_effort="high", messages=[{"role": "user", "content": "hello"}])
+    assert raw.parse().usage.completion_tokens == count_text("echo: hello")
+    row = ledger_rows(db, "request_id = ?", raw.headers["x-request-id"], columns="reasoning_tokens")[0]
+    assert row["reasoning_tokens"] == 0
+
+
+def test_native_responses_reasoning_answer_without_usage_bills_the_assumed_reasoning(reasoning_env):
+    up, client, db = reasoning_env
+    up.mode = "null"
+    raw = client.responses.with_raw_response.create(model="o3-mini", input="hello", reasoning={"effort": "high"})
+    assert raw.headers["x-tiergate-responses"] == "native" and raw.headers["x-tiergate-usage"] == "estimated"
+    row = ledger_rows(db, "request_id = ?", raw.headers["x-request-id"], columns="output_tokens, reasoning_tokens")[0]
+    assert row["reasoning_tokens"] == 10_000 and row["output_tokens"] > 10_000
+
+
+def test_native_responses_reasoning_stream_without_usage_bills_the_assumed_reasoning(reasoning_env):
+    up, client, db = reasoning_env
+    up.mode = "null"
+    with client.responses.with_streaming_response.create(model="o3-mini", input="hello", stream=True,
+                                                         reasoning={"effort": "low"}, max_output_tokens=1_000) as raw:
+        rid = raw.headers["x-request-id"]
+        events = list(raw.parse())
+    assert events[-1].type == "response.completed"
+    row = ledger_rows(db, "request_id = ?", rid, columns="status, output_tokens, reasoning_tokens")[0]
+    visible = row["output_tokens"] - row["reasoning_tokens"]
+    assert row["status"] == "ok" and 0 < visible < 20
+    assert row["reasoning_tokens"] == 1_000 - visible  # 1,500 assumed for low, capped by max_output_tokens

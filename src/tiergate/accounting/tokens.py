@@ -244,11 +244,46 @@ def usage_reported(usage: Any) -> bool:
     return False
 
 
+def estimated_reasoning_tokens(info: Any, body: Mapping[str, Any], visible_tokens: int) -> int:
+    """Reasoning tokens to bill for an answer whose usage the upstream did not report (cut, abandoned by
+    its client, or a host that sends none): reasoning is billed as output but never relayed, so counting
+    the relayed text alone would bill an o-series answer as if it had not reasoned. For a catalogue
+    model that reasons: the router's assumption for its effort (`routing.tokens_model`: low / medium /
+    high = 1,500 / 4,000 / 10,000, o1-mini and o1-preview 4,000), per choice (`n`), capped by what the
+    request's output limit (or the model's maximum) leaves after the visible tokens. 0 otherwise,
+    including models the catalogue does not list."""
+    from tiergate.routing.tokens_model import FIXED_REASONING_TOKENS, TokensModel
+
+    if not getattr(info, "listed", False) or not (info.reasoning or info.name in FIXED_REASONING_TOKENS):
+        return 0
+    effort = body.get("reasoning_effort")
+    if effort is None and isinstance(body.get("reasoning"), Mapping):  # Responses: reasoning.effort
+        effort = body["reasoning"].get("effort")
+    per_choice = TokensModel().reasoning_tokens(info.name, effort if isinstance(effort, str) else None,
+                                                info.capabilities.reasoning_efforts)
+    n = body.get("n")
+    n = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+    limit = next((v for k in ("max_completion_tokens", "max_output_tokens", "max_tokens")
+                  if isinstance(v := body.get(k), int) and not isinstance(v, bool) and v > 0), info.max_output_tokens)
+    return max(0, min(per_choice * n, limit * n - visible_tokens))
+
+
 def estimate_usage(body: Mapping[str, Any], choices: Any, info_or_tokenizer: Any = "o200k_base") -> dict[str, Any]:
     """A usage object for an answer the upstream did not report usage for: the prompt counted
     locally from the body sent upstream (`count_request`), the completion from the answer's choices
-    (`count_completion`), and `"estimated": true`."""
+    (`count_completion`) plus, given the model's catalogue entry, the reasoning it is assumed to have
+    done (`estimated_reasoning_tokens`), and `"estimated": true`."""
     prompt = count_request(body, info_or_tokenizer)
-    completion = count_completion(choices, info_or_tokenizer)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "estimated": True}
+    visible = count_completion(choices, info_or_tokenizer)
+    return estimated_usage(prompt, visible, estimated_reasoning_tokens(info_or_tokenizer, body, visible))
+
+
+def estimated_usage(prompt_tokens: int, visible_tokens: int, reasoning_tokens: int) -> dict[str, Any]:
+    """The usage object of an estimate (Chat Completions names; reasoning is part of the completion
+    tokens, as OpenAI reports it)."""
+    completion = visible_tokens + reasoning_tokens
+    usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                             "total_tokens": prompt_tokens + completion, "estimated": True}
+    if reasoning_tokens:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+    return usage

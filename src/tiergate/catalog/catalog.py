@@ -88,6 +88,7 @@ class ModelInfo:
     aliases: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict, hash=False)
     notes: str = ""
+    listed: bool = True  # False for `Catalog.unknown`'s stand-in: nothing about the model is known
 
     @property
     def reasoning(self) -> bool:
@@ -171,6 +172,7 @@ class Catalog:
             batch_price_factor=1.0,
             sources={group: "not in the catalogue; add an entry (docs/catalog.md)" for group in REQUIRED_SOURCES},
             notes="Unknown model: unpriced, limits and capabilities not checked.",
+            listed=False,
         )
 
     def __getitem__(self, name: str) -> ModelInfo:

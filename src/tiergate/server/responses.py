@@ -33,7 +33,14 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tiergate.accounting.pricing import cost_usd, max_cost_usd
-from tiergate.accounting.tokens import count_messages, count_text, estimate_usage, usage_reported
+from tiergate.accounting.tokens import (
+    count_messages,
+    count_text,
+    estimate_usage,
+    estimated_reasoning_tokens,
+    estimated_usage,
+    usage_reported,
+)
 from tiergate.catalog.shaping import check_output_limit
 from tiergate.config import responses_retention_s
 from tiergate.dispatch.errors import refused_before_upstream
@@ -493,9 +500,8 @@ async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, 
         if aclose is not None:
             await aclose()  # the deployment's in-flight slot goes back now, not at garbage collection
         if usage is None:  # cut or abandoned before the final event: estimate what was produced
-            completion = count_text("".join(text_parts), info.tokenizer)
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                     "total_tokens": prompt_tokens + completion, "estimated": True}
+            visible = count_text("".join(text_parts), info.tokenizer)
+            usage = estimated_usage(prompt_tokens, visible, estimated_reasoning_tokens(info, d.body, visible))
         cost = cost_usd(usage, info)
         record_call(gw, ctx, model, model, d.deployment.id, effort, usage, cost, status, error, None, True,
                     len(d.attempts) + 1, ttft_ms=(d.ttft_s or 0) * 1000)
