@@ -144,3 +144,27 @@ def test_count_completion_counts_content_refusal_and_tool_calls_of_every_choice(
     u = estimate_usage(body, [{"message": {"content": "The answer is 42."}}])
     assert u == {"prompt_tokens": count_messages(body["messages"]), "completion_tokens": text,
                  "total_tokens": count_messages(body["messages"]) + text, "estimated": True}
+
+
+@pytest.mark.parametrize(("model", "body", "visible", "expected"), [
+    ("o3-mini", {"reasoning_effort": "high"}, 10, 10_000),
+    ("o3-mini", {}, 10, 4_000),  # no effort: the model's default, medium
+    ("o3-mini", {"reasoning_effort": "low", "n": 2}, 20, 3_000),  # every choice reasons
+    ("o3-mini", {"reasoning_effort": "high", "max_completion_tokens": 500}, 100, 400),  # what the limit leaves
+    ("o3-mini", {"reasoning": {"effort": "low"}, "max_output_tokens": 5_000}, 10, 1_500),  # Responses body
+    ("o1-mini", {}, 10, 4_000),  # reasons without an effort parameter
+    ("gpt-4o-mini", {"reasoning_effort": "high"}, 10, 0),  # does not reason
+    ("claude-3-7-sonnet", {}, 10, 0),  # Claude thinks only when asked
+    ("claude-3-7-sonnet", {"reasoning_effort": "low"}, 10, 1_024),  # capped by the thinking budget sent
+    ("claude-3-7-sonnet", {"reasoning_effort": "high", "max_tokens": 100}, 10, 10_000),  # budget on top of the limit
+    ("o3-mini", {"reasoning_effort": "none"}, 10, 0),
+])
+def test_estimated_reasoning_tokens(model, body, visible, expected):
+    info = Catalog.load().get(model)
+    assert tokens.estimated_reasoning_tokens(info, body, visible) == expected
+
+
+def test_a_model_the_catalogue_does_not_list_is_assumed_not_to_reason():
+    info = Catalog.load().unknown("o9-mini")  # looks like a reasoning model, but nothing is known of it
+    assert tokens.estimated_reasoning_tokens(info, {"reasoning_effort": "high"}, 10) == 0
+    assert tokens.estimated_reasoning_tokens("o200k_base", {"reasoning_effort": "high"}, 10) == 0  # a tokenizer name

@@ -250,19 +250,27 @@ def estimated_reasoning_tokens(info: Any, body: Mapping[str, Any], visible_token
     the relayed text alone would bill an o-series answer as if it had not reasoned. For a catalogue
     model that reasons: the router's assumption for its effort (`routing.tokens_model`: low / medium /
     high = 1,500 / 4,000 / 10,000, o1-mini and o1-preview 4,000), per choice (`n`), capped by what the
-    request's output limit (or the model's maximum) leaves after the visible tokens. 0 otherwise,
-    including models the catalogue does not list."""
+    request's output limit (or the model's maximum) leaves after the visible tokens. Claude thinks only
+    when asked (`reasoning_effort`, translated to a thinking budget that comes on top of the client's
+    limit: `wire/anthropic.py`), so without an effort it is 0 and with one it is capped by that budget.
+    0 for `reasoning_effort: "none"` and for models the catalogue does not list."""
     from tiergate.routing.tokens_model import FIXED_REASONING_TOKENS, TokensModel
+    from tiergate.wire.anthropic import THINKING_BUDGETS
 
     if not getattr(info, "listed", False) or not (info.reasoning or info.name in FIXED_REASONING_TOKENS):
         return 0
     effort = body.get("reasoning_effort")
     if effort is None and isinstance(body.get("reasoning"), Mapping):  # Responses: reasoning.effort
         effort = body["reasoning"].get("effort")
-    per_choice = TokensModel().reasoning_tokens(info.name, effort if isinstance(effort, str) else None,
-                                                info.capabilities.reasoning_efforts)
+    effort = effort if isinstance(effort, str) else None
+    anthropic = info.family == "anthropic"
+    if effort == "none" or (anthropic and effort is None):
+        return 0
+    per_choice = TokensModel().reasoning_tokens(info.name, effort, info.capabilities.reasoning_efforts)
     n = body.get("n")
     n = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+    if anthropic:
+        return min(per_choice, THINKING_BUDGETS.get(effort, per_choice)) * n
     limit = next((v for k in ("max_completion_tokens", "max_output_tokens", "max_tokens")
                   if isinstance(v := body.get(k), int) and not isinstance(v, bool) and v > 0), info.max_output_tokens)
     return max(0, min(per_choice * n, limit * n - visible_tokens))
