@@ -238,14 +238,25 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def fixed_protocol_note(info: dict[str, Any]) -> str | None:
-    """Under `--protocol fixed`, the warning that the router may be scored on its own training rows: only
-    when it was trained on the evaluated rows' prompt family (`seen_sources`), conditional when it
-    records nothing about its training rows, none otherwise."""
+def fixed_protocol_note(info: dict[str, Any], n: int | None = None) -> str | None:
+    """Under `--protocol fixed`, whether the router is scored on prompts it was trained on. From the
+    fingerprints of its training prompts when it keeps them (`seen_prompts`): how many of the `n`
+    evaluated prompts it was trained on, or that none was although it was trained on their prompt family
+    (e.g. later LiveCodeBench problems). Without them: a warning when it was trained on the evaluated
+    rows' prompt family (`seen_sources`), a conditional one when it records nothing, none otherwise."""
     if info.get("train_sources") is None:
         return ("note: this router does not record what it was trained on; if it was trained on these rows it "
                 "looks better than it is here (--protocol kfold or lobo give out-of-sample figures)")
     seen = info.get("seen_sources") or []
+    k = info.get("seen_prompts")
+    these = "these" if n is None else f"these {n}"
+    if k == 0:
+        return None if not seen else (
+            f"note: none of {these} prompts is among this router's training prompts (it was trained on "
+            f"{', '.join(seen)}, the same prompt family, on other prompts): these figures are out of sample")
+    if k is not None:
+        return (f"note: {k} of {these} prompts are among this router's training prompts; scored on them it "
+                "looks better than it is, so use --protocol kfold or lobo for out-of-sample figures on them")
     if not seen:
         return None
     return (f"note: this router was trained on {', '.join(seen)}, the same prompt family as these rows; scored "
@@ -271,7 +282,7 @@ def render_eval(s: dict[str, Any]) -> str:
     out = [(f"{', '.join(s['sources'])}: {s['n']} prompts, {len(s['candidates'])} candidates, protocol {proto}, "
            f"model {s.get('model')}")]
     if s.get("protocol") == "fixed":
-        note = fixed_protocol_note(info)
+        note = fixed_protocol_note(info, s.get("n"))
         if note:
             out.append(note)
     if s.get("excluded_contaminated"):

@@ -200,12 +200,52 @@ def test_fixed_note_only_for_the_prompt_families_the_router_was_trained_on(route
     assert blind["train_sources"] is None and fixed_protocol_note(blind).startswith("note: this router does not record")
 
 
+def test_fixed_note_counts_the_evaluated_prompts_the_router_was_trained_on(tmp_path, capsys) -> None:
+    """A saved router keeps fingerprints of its training prompts, so `router eval` can tell a held-out file of
+    a trained family (later LiveCodeBench problems) from its training rows instead of warning on both."""
+    from tiergate.routing.quality import QualityModel
+
+    f = _write_rows(tmp_path / "routerbench-mbpp.jsonl", n=30, source="routerbench-mbpp")
+    rows = E.load_outcomes(f)
+    QualityModel().fit(rows[:20]).save(tmp_path / "r")
+    assert (tmp_path / "r" / "training_prompts.npz").exists()
+    cases = ((rows, "note: 20 of these 30 prompts are among this router's training prompts"),
+             (rows[20:], "note: none of these 10 prompts is among this router's training prompts"))
+    for subset, note in cases:
+        sub = tmp_path / f"sub{len(subset)}.jsonl"
+        sub.write_text("".join(line + "\n" for line in f.read_text().splitlines()[-len(subset):]))
+        rc, out, err = _cli(capsys, "router", "eval", "--outcomes", str(sub), "--router", str(tmp_path / "r"), "--quiet")
+        assert rc == 0, err
+        assert note in out, out
+    info = E.evaluate(rows[20:], router_dir=tmp_path / "r").summary["protocol_info"]
+    assert info["seen_prompts"] == 0 and info["seen_sources"] == ["routerbench-mbpp"]
+
+
+def test_the_shipped_router_knows_its_training_prompts() -> None:
+    from tiergate.routing.data import OutcomeDataError, count_seen, dev_files, load_outcomes
+    from tiergate.routing.quality import QualityModel
+
+    model = QualityModel.load()
+    assert model.prompt_prints is not None and model.prompt_prints.size > 25_000
+    assert count_seen(["What is the capital of France?"], model.prompt_prints) == 0  # not a dev prompt
+    try:
+        files = [f for f in dev_files() if f.name.startswith("routerbench-mbpp")]
+    except OutcomeDataError:
+        files = []
+    if not files:
+        pytest.skip("shared/data not available (set TIERGATE_DATA_DIR)")
+    rows = load_outcomes(files)  # the shipped router was trained on every dev row
+    assert count_seen([r.prompt for r in rows], model.prompt_prints) == len(rows)
+    assert count_seen([r.prompt.upper() + "  " for r in rows[:5]], model.prompt_prints) == 5  # case, spaces
+
+
 def test_router_eval_prints_the_note_accordingly(router: Router, tmp_path, capsys) -> None:
-    for source, noted in (("routerbench-mbpp", True), ("brand-new-file", False)):
+    for source, note in (("routerbench-mbpp", "note: none of these 40 prompts is among"), ("brand-new-file", None)):
         f = _write_rows(tmp_path / f"{source}.jsonl", source=source)
         rc, out, err = _cli(capsys, "router", "eval", "--outcomes", str(f), "--quiet")
         assert rc == 0, err
-        assert ("looks better than it is" in out) is noted, (source, out)
+        assert "looks better than it is" not in out, (source, out)  # the shipped router never saw these prompts
+        assert (note in out) if note else ("note:" not in out), (source, out)
 
 
 # ------------------------------------------------------------------------------- 7. MT-bench k-fold

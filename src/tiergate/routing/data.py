@@ -22,6 +22,7 @@ Cost of a cell where the row has no `cost_usd` (README section 4, one formula fo
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import re
@@ -140,6 +141,28 @@ def load_outcomes(paths: str | Path | Iterable[str | Path]) -> list[OutcomeRow]:
         except (OSError, EOFError, gzip.BadGzipFile) as e:
             raise OutcomeDataError(f"{p}: cannot read ({e})") from None
     return rows
+
+
+def normalise_prompt(text: str) -> str:
+    """A prompt compared as text: case and runs of whitespace do not count."""
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def prompt_fingerprints(prompts: Iterable[str]) -> np.ndarray:
+    """Sorted, distinct 64-bit fingerprints (BLAKE2b of `normalise_prompt`) of prompts: what a trained
+    router keeps of its training prompts, so that an evaluation can say which evaluated prompts it was
+    trained on without shipping the texts (8 bytes a prompt; a chance collision ~1e-11 per pair)."""
+    digests = {hashlib.blake2b(normalise_prompt(p).encode(), digest_size=8).digest() for p in prompts}
+    return np.sort(np.frombuffer(b"".join(digests), dtype="<u8")) if digests else np.zeros(0, dtype="<u8")
+
+
+def count_seen(prompts: Sequence[str], fingerprints: np.ndarray) -> int:
+    """How many of `prompts` have a fingerprint in `fingerprints` (sorted, as `prompt_fingerprints`)."""
+    if not len(prompts) or not fingerprints.size:
+        return 0
+    mine = np.frombuffer(b"".join(hashlib.blake2b(normalise_prompt(p).encode(), digest_size=8).digest()
+                                  for p in prompts), dtype="<u8")
+    return int(np.isin(mine, fingerprints, assume_unique=False).sum())
 
 
 def find_data_dir() -> Path:

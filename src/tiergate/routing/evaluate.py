@@ -54,8 +54,10 @@ from tiergate.routing.data import (
     PriceLookup,
     TokenCounter,
     common_candidates,
+    count_seen,
     dev_files,
     load_outcomes,
+    normalise_prompt,
     outcome_matrix,
 )
 from tiergate.routing.policy import POLICY_TARGETS, choose_batch, resolve_target, two_model_score
@@ -180,8 +182,7 @@ def policy_targets() -> dict[str, float]:
 # ------------------------------------------------------------------------------------------- splits
 
 
-def normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().lower()
+normalise = normalise_prompt  # the name the splits below use
 
 
 def family_of(source: str) -> str:
@@ -351,14 +352,18 @@ def _extra_keep(extra: Sequence[OutcomeRow], sibling: np.ndarray, test_rows: Seq
 
 def trained_on(model: Any, rows: Sequence[OutcomeRow]) -> dict[str, Any]:
     """What a trained router records about its training rows, against the evaluated rows: `train_sources`
-    (the `source`s it was fitted on; None when it records none, like the mean baseline) and
+    (the `source`s it was fitted on; None when it records none, like the mean baseline),
     `seen_sources` (those of an evaluated row's prompt family: scored on them the router may be scored
-    on rows it was trained on; None when unknown)."""
+    on rows it was trained on; None when unknown) and `seen_prompts` (how many evaluated rows' prompts
+    are among its training prompts, from the fingerprints it keeps; None for a router saved without
+    them)."""
     sources = getattr(model, "sources", None)
     if not sources:
-        return {"train_sources": None, "seen_sources": None}
+        return {"train_sources": None, "seen_sources": None, "seen_prompts": None}
     fams = {family_of(r.source) for r in rows}
-    return {"train_sources": sorted(sources), "seen_sources": sorted(s for s in sources if family_of(s) in fams)}
+    prints = getattr(model, "prompt_prints", None)
+    return {"train_sources": sorted(sources), "seen_sources": sorted(s for s in sources if family_of(s) in fams),
+            "seen_prompts": None if prints is None else count_seen([r.prompt for r in rows], prints)}
 
 
 def _fit_candidates(model_kind: str, cands: Sequence[str]) -> list[str] | None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tiergate.routing.data import prompt_fingerprints
 from tiergate.routing.difficulty import DifficultyModel
 from tiergate.routing.embed import StaticEmbedder
 from tiergate.routing.features import STRUCT_NAMES, TOKEN_SLOTS, FeatureExtractor
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 ARTIFACTS_DIR = Path(__file__).parent / "artifacts"
 FORMAT_VERSION = 1
+TRAINING_PROMPTS = "training_prompts.npz"  # fingerprints of the prompts a saved router was trained on
 #: Mixed into the benchmark-resemblance probabilities so no file is ever ruled out entirely.
 SOURCE_SMOOTHING = 0.05
 #: Rows per outcome file used to fit the benchmark-resemblance classifier (a balanced sample).
@@ -113,6 +115,7 @@ class QualityModel:
         self.b: np.ndarray | None = None
         self.n_rows: dict[str, int] = {}
         self.sources: list[str] = []
+        self.prompt_prints: np.ndarray | None = None  # fingerprints of the training prompts (data.prompt_fingerprints)
         self.C: np.ndarray | None = None
         self.src_mean: np.ndarray | None = None
         self.within_std: np.ndarray | None = None
@@ -188,6 +191,7 @@ class QualityModel:
         self.std = X.std(axis=0) + 1e-6
         Xs = (X - self.mean) / self.std
         self.sources = sources
+        self.prompt_prints = prompt_fingerprints(r.prompt for r in rows)
         self.src_mean = (S.T @ Xs) / S.sum(axis=0)[:, None]
         resid = Xs - S @ self.src_mean
         self.within_std = resid.std(axis=0) + 1e-3
@@ -469,6 +473,10 @@ class QualityModel:
             else:  # a stale artefact of an earlier fit would be loaded with this model
                 for name in files:
                     (directory / name).unlink(missing_ok=True)
+        if self.prompt_prints is not None:  # lets `router eval` say which evaluated prompts were trained on
+            np.savez_compressed(directory / TRAINING_PROMPTS, fingerprints=self.prompt_prints)
+        else:
+            (directory / TRAINING_PROMPTS).unlink(missing_ok=True)
         for name in ("static_embedding.npz", "tokenizer.json"):
             if not (directory / name).exists():
                 (directory / name).write_bytes((ARTIFACTS_DIR / name).read_bytes())
@@ -491,6 +499,9 @@ class QualityModel:
             model.T = z["T"].astype(np.float32) if "T" in z else None
         model.n_dense = int(meta["n_dense"])
         model.sources = list(meta["sources"])
+        if (directory / TRAINING_PROMPTS).exists():  # routers saved before it was kept have none
+            with np.load(directory / TRAINING_PROMPTS) as z:
+                model.prompt_prints = z["fingerprints"]
         model._keys = list(meta["candidates"])
         model.n_rows = dict(meta.get("n_rows", {}))
         model.difficulty_model = DifficultyModel.load(directory) if model.config.difficulty else None
