@@ -25,7 +25,11 @@ What is new here (see docs/router-research-gsm8k.md):
 - `A & B`: rank average of recipes within the evaluated set (label-free but transductive); `A ~ B`:
   the serving-feasible form, each score mapped through its empirical CDF over 3,000 training prompts
   of the pair files; `len` = log words of the question; `shipped` = the production router
-  (`quality.QualityModel`) trained on the same LOBO rows (cached: ~3 min per file).
+  (`quality.QualityModel`) trained on the same LOBO rows (cached: ~3 min per file), as served between
+  the pair (since session 2 that includes the pair-gain blend of `routing.steps`); `base` = the same fit
+  without the blend (what session 1's `shipped` rows were; session 1's `shipped ~ X` is `base ~ X`).
+- session 5: `rare` (8 o200k token-rarity features, `rare_features`) and `arith` (5 arithmetic-load
+  features, `arith_features`), as feature kinds (`pair:steps+rare@win`, ...); `singles --kinds rare+arith`.
 
 Commands (from the repository root; `recipes` takes ~14 min the first time, training the production
 router once per file, then ~2 min on one shared core):
@@ -35,7 +39,8 @@ router once per file, then ~2 min on one shared core):
     python scripts/router_research/gsm8k_transfer.py recipes      # the recipe table
     python scripts/router_research/gsm8k_transfer.py recipes --recipes "pair:steps;pair:steps@win"
     python scripts/router_research/gsm8k_transfer.py detail --recipe pair:steps --ref pair:se
-    python scripts/router_research/gsm8k_transfer.py detail --recipe "shipped ~ pair:steps@win" --ref shipped
+    python scripts/router_research/gsm8k_transfer.py detail --recipe "base ~ pair:steps@win" --ref base
+    python scripts/router_research/gsm8k_transfer.py recipes --recipes "pair:steps+arith;base ~ pair:steps+rare@win"
 """
 
 from __future__ import annotations
@@ -161,6 +166,119 @@ def steps_matrix(rows: list[OutcomeRow]) -> np.ndarray:
     return steps_matrix(rows)
 
 
+# ----------------------------------------------------------------- session 5: token rarity, arithmetic load
+# Designed before any figure of them was seen (docs/router-research-gsm8k.md, session 5). Both on the question
+# part cut to 2,000 characters (the serving cap of `routing.steps`).
+
+RARE_NAMES = ["r_meanlog", "r_q90log", "r_maxlog", "r_gt20k", "r_gt50k", "r_gt100k", "r_multiword", "r_tokperword"]
+ARITH_NAMES = ["a_optypes", "a_hardnums", "a_maxdec", "a_derived", "a_convs"]
+QCAP = 2000
+_ENC = None
+_ALPHA_START: np.ndarray | None = None
+_ALPHA_END: np.ndarray | None = None
+
+
+def _o200k():
+    """o200k_base and, per token id, whether its bytes start / end with an ASCII letter (built once)."""
+    global _ENC, _ALPHA_START, _ALPHA_END
+    if _ENC is None:
+        from tiergate.accounting.tokens import get_encoding
+
+        enc = get_encoding("o200k_base")
+        n = enc.n_vocab
+        st, en = np.zeros(n, bool), np.zeros(n, bool)
+        for i in range(n):
+            try:
+                b = enc.decode_single_token_bytes(i)
+            except KeyError:
+                continue
+            if b:
+                st[i] = 65 <= b[0] <= 90 or 97 <= b[0] <= 122
+                en[i] = 65 <= b[-1] <= 90 or 97 <= b[-1] <= 122
+        _ENC, _ALPHA_START, _ALPHA_END = enc, st, en
+    return _ENC, _ALPHA_START, _ALPHA_END
+
+
+def rare_features(prompt: str) -> np.ndarray:
+    """Vocabulary rarity of the question from its o200k token ids (ids ~ BPE merge order ~ rarity)."""
+    q = question_text(prompt)[:QCAP]
+    enc, st, en = _o200k()
+    ids = np.array(enc.encode_ordinary(q), dtype=np.int64)
+    if not len(ids):
+        return np.zeros(len(RARE_NAMES))
+    lg = np.log1p(ids)
+    cont = st[ids[1:]] & en[ids[:-1]]  # a letter token glued to a letter token: the same word continues
+    multi = int((cont & ~np.concatenate([[False], cont[:-1]])).sum())  # words with >= 1 continuation
+    nwords = max(1, len(q.split()))
+    return np.array([lg.mean(), np.quantile(lg, 0.9), lg.max(), (ids > 20_000).mean(), (ids > 50_000).mean(),
+                     (ids > 100_000).mean(), math.log1p(multi), len(ids) / nwords])
+
+
+_I = re.IGNORECASE
+_A_NUM = re.compile(r"(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)?")
+_A_KINDS = {
+    "percent": re.compile(r"%|\bpercent", _I),
+    "fraction": re.compile(r"\d+/\d+|\b(?:half|halves|third|thirds|quarter|quarters|fourths?|fifths?|tenths?)\b", _I),
+    "rate": re.compile(r"\b(?:per|each|every|mph)\b|\ban? (?:hour|minute|day|week|month|year)\b", _I),
+    "mult": re.compile(r"\b(?:twice|double|triple|thrice|quadruple)\b|\b\d+ times\b|\btimes as\b", _I),
+    "add": re.compile(r"\b(?:more|less|fewer|greater|older|younger|longer|shorter|taller) than\b", _I),
+    "average": re.compile(r"\b(?:average|mean)\b", _I),
+    "share": re.compile(r"\b(?:split|share|shares|shared|divided|divide|equally|evenly)\b", _I),
+}
+_A_DERIVED = re.compile(
+    r"(?:\d+(?:\.\d+)?%|\d+/\d+|\b(?:half|third|thirds|quarter|quarters|fourths?|fifths?|tenths?|twice|double|"
+    r"triple|thrice)|\b\d+ times)\s+(?:of\b|as\s+\w+(?:\s+\w+)?\s+as\b)", _I)
+_A_UNITS = {
+    "time": ["second", "minute", "hour", "day", "week", "month", "year"],
+    "length": ["inch", "foot", "feet", "yard", "mile", "meter", "metre", "kilometer", "km", "centimeter", "cm"],
+    "weight": ["ounce", "pound", "gram", "kilogram", "kg", "ton"],
+    "money": ["dollar", "cent", "$"],
+    "volume": ["cup", "pint", "quart", "gallon", "liter", "litre", "ml"],
+}
+_A_UNIT_RE = {d: [re.compile(r"\$" if u == "$" else rf"\b{u}(?:s|es)?\b", _I) for u in us] for d, us in _A_UNITS.items()}
+_A_DOZEN = re.compile(r"\b(?:dozens?|pairs?)\b", _I)
+
+
+def arith_features(prompt: str) -> np.ndarray:
+    """Arithmetic load beyond counts: kinds of operation, hard operands, decimals, derived quantities,
+    unit conversions."""
+    q = question_text(prompt)[:QCAP]
+    kinds = sum(bool(r.search(q)) for r in _A_KINDS.values())
+    dims = sum(sum(bool(r.search(q)) for r in rs) >= 2 for rs in _A_UNIT_RE.values())
+    conv = dims + (1 if _A_DOZEN.search(q) else 0)
+    kinds += conv > 0
+    hard, maxdec = 0, 0
+    for n in _A_NUM.findall(q):
+        n = n.replace(",", "")
+        digits = n.replace(".", "").lstrip("0").rstrip("0")
+        hard += len(digits) >= 3
+        if "." in n:
+            maxdec = max(maxdec, len(n.split(".", 1)[1]))
+    return np.array([kinds, math.log1p(hard), maxdec, math.log1p(len(_A_DERIVED.findall(q))), conv], dtype=np.float64)
+
+
+def _cached(name: str, fn, width: int, rows: list[OutcomeRow]) -> np.ndarray:
+    path = CACHE / f"{name}.npz"
+    if path.exists():
+        z = np.load(path, allow_pickle=False)
+        pos = {i: k for k, i in enumerate(z["ids"])}
+        if z["X"].shape[1] == width and all(r.id in pos for r in rows):
+            return z["X"][[pos[r.id] for r in rows]]
+    allr = all_rows()
+    X = np.stack([fn(r.prompt) for r in allr])
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.savez(path, ids=np.array([r.id for r in allr]), X=X.astype(np.float32))
+    return _cached(name, fn, width, rows)
+
+
+def rare_matrix(rows: list[OutcomeRow]) -> np.ndarray:
+    return _cached("rare", rare_features, len(RARE_NAMES), rows)
+
+
+def arith_matrix(rows: list[OutcomeRow]) -> np.ndarray:
+    return _cached("arith", arith_features, len(ARITH_NAMES), rows)
+
+
 def qse_matrix(rows: list[OutcomeRow]) -> np.ndarray:
     """struct + extra counts of `question_text` (not the whole prompt), cached in .cache/qse.npz."""
     path = CACHE / "qse.npz"
@@ -183,7 +301,8 @@ def qse_matrix(rows: list[OutcomeRow]) -> np.ndarray:
 def feats(rows: list[OutcomeRow], kinds: str) -> np.ndarray:
     """Feature kinds joined by '+': `se` = struct,extra (30 counts on the whole prompt), `qse` = the
     same 30 counts on the question part, `steps` = `step_features`."""
-    get = {"se": lambda r: feature_matrix(r, ("struct", "extra")), "qse": qse_matrix, "steps": steps_matrix}
+    get = {"se": lambda r: feature_matrix(r, ("struct", "extra")), "qse": qse_matrix, "steps": steps_matrix,
+           "rare": rare_matrix, "arith": arith_matrix}
     return np.hstack([get[k](rows) for k in kinds.split("+")]).astype(np.float64)
 
 
@@ -296,23 +415,32 @@ def reference_rows(tr: list[OutcomeRow], n: int = 3000) -> list[OutcomeRow]:
     return [pool[i] for i in sorted(pick)]
 
 
-def shipped_lobo(ev: list[OutcomeRow], tr: list[OutcomeRow]) -> tuple[np.ndarray, np.ndarray]:
+def shipped_lobo(ev: list[OutcomeRow], tr: list[OutcomeRow], base: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """s(p) of the production router (`quality.QualityModel`, default config, what
     `evaluate.out_of_fold_predictions` trains for protocol lobo) trained on the LOBO rows `tr`, for the
-    evaluated rows and for `reference_rows(tr)`; cached per benchmark (one training takes minutes)."""
+    evaluated rows and for `reference_rows(tr)`; cached per benchmark (one training takes minutes).
+    Since session 2 the production router includes the pair-gain blend (`routing.steps`): `shipped` =
+    as served (routed between the pair, blend on); `base=True` = the same fit without the blend (the
+    router the doc's session-1 `shipped` rows describe, the base of the `base ~ ...` blends)."""
     ref = reference_rows(tr)
     path = CACHE / f"shipped_lobo_{ev[0].source}.npz"
+    key = "s_base" if base else "s"
     if path.exists():
         z = np.load(path, allow_pickle=False)
-        if "s_ref" in z and list(z["ids"]) == [r.id for r in ev] and list(z["ids_ref"]) == [r.id for r in ref]:
-            return z["s"], z["s_ref"]
+        if "s_base" in z and list(z["ids"]) == [r.id for r in ev] and list(z["ids_ref"]) == [r.id for r in ref]:
+            return z[key], z[key + "_ref"]
     model = E.model_class("learned")().fit(tr, None)
-    pred = E._predict(model, ev + ref, [STRONG, WEAK])
-    s = E.two_model_score(pred[:, 0], pred[:, 1])
+    rows = ev + ref
+    prompts = [r.prompt for r in rows]
+    X = model.features(prompts)
+    out = {}
+    for k, only in (("s", {STRONG, WEAK}), ("s_base", None)):
+        pred = model.predict_features(X, prompts, only=only)
+        s = E.two_model_score(np.asarray(pred[STRONG], float), np.asarray(pred[WEAK], float))
+        out[k], out[k + "_ref"] = s[:len(ev)], s[len(ev):]
     CACHE.mkdir(parents=True, exist_ok=True)
-    np.savez(path, ids=np.array([r.id for r in ev]), s=s[:len(ev)], ids_ref=np.array([r.id for r in ref]),
-             s_ref=s[len(ev):])
-    return s[:len(ev)], s[len(ev):]
+    np.savez(path, ids=np.array([r.id for r in ev]), ids_ref=np.array([r.id for r in ref]), **out)
+    return out[key], out[key + "_ref"]
 
 
 def cdf_blend(parts: list[str], tr, ev) -> np.ndarray:
@@ -321,8 +449,8 @@ def cdf_blend(parts: list[str], tr, ev) -> np.ndarray:
     ref = reference_rows(tr)
     out = []
     for p in parts:
-        if p == "shipped":
-            s_ev, s_ref = shipped_lobo(ev, tr)
+        if p in ("shipped", "base"):
+            s_ev, s_ref = shipped_lobo(ev, tr, base=p == "base")
         else:
             s_all = recipe_score(p, tr, ev + ref)
             s_ev, s_ref = s_all[:len(ev)], s_all[len(ev):]
@@ -339,8 +467,8 @@ def recipe_score(name: str, tr, ev) -> np.ndarray:
         return np.mean([rank(recipe_score(p, tr, ev)) for p in parts], 0)
     if " ~ " in name:
         return cdf_blend(name.split(" ~ "), tr, ev)
-    if name == "shipped":
-        return shipped_lobo(ev, tr)[0]
+    if name in ("shipped", "base"):
+        return shipped_lobo(ev, tr, base=name == "base")[0]
     if name == "len":
         return steps_matrix(ev)[:, STEP_NAMES.index("q_words")].astype(np.float64)
     if name.startswith("feat:"):
@@ -368,14 +496,15 @@ def _labels(ev):
     return (np.array([r.outcomes[STRONG].score for r in ev]), np.array([r.outcomes[WEAK].score for r in ev]))
 
 
-def singles(sets) -> None:
+def singles(sets, kinds: str = "steps") -> None:
     rng = np.random.default_rng(0)
     print(f"{'feature (question part)':24s} " + " ".join(f"{b.split('-', 1)[1][:10]:>10s}" for b in BENCHES) + "    val")
-    for j, n in enumerate(STEP_NAMES):
+    mats = {"steps": (STEP_NAMES, steps_matrix), "rare": (RARE_NAMES, rare_matrix), "arith": (ARITH_NAMES, arith_matrix)}
+    for n, j, mat in [(n, j, m) for k in kinds.split("+") for j, n in enumerate(mats[k][0]) for m in [mats[k][1]]]:
         a = []
         for _b, ev, _tr in sets:
             st, wk = _labels(ev)
-            a.append(two_model(steps_matrix(ev)[:, j] + 1e-9 * rng.random(len(ev)), st, wk)["apgr"])
+            a.append(two_model(mat(ev)[:, j] + 1e-9 * rng.random(len(ev)), st, wk)["apgr"])
         print(f"{n:24s} " + " ".join(f"{v:10.3f}" for v in a) + f"  {np.mean(a[1:]):.3f}")
 
 
@@ -424,7 +553,9 @@ def detail(sets, name: str, ref: str, boots: int = 300) -> None:
     if " & " not in name and base.split(":")[0] in PAIRS:
         pairs, kinds = base.split(":")
         coef = ridge_gap(tr, ev, kinds, pairs, win="win" in flags)[1]
-        names = {"steps": STEP_NAMES}.get(kinds, [f"f{j}" for j in range(len(coef))])
+        known = {"steps": STEP_NAMES, "rare": RARE_NAMES, "arith": ARITH_NAMES}
+        names = ([n for k in kinds.split("+") for n in known[k]] if all(k in known for k in kinds.split("+"))
+                 else [f"f{j}" for j in range(len(coef))])
         print(f"{name} coefficients (GSM8K fold, standardised):",
               ", ".join(f"{n} {c:+.3f}" for n, c in sorted(zip(names, coef, strict=True), key=lambda t: -abs(t[1]))))
     s = recipe_score(name, tr, ev)
@@ -458,12 +589,13 @@ if __name__ == "__main__":
     ap.add_argument("what", choices=["singles", "recipes", "detail"])
     ap.add_argument("--recipe", default="pair:steps", help="detail: the recipe to examine")
     ap.add_argument("--ref", default="pair:se", help="detail: the recipe to compare with (paired bootstrap)")
+    ap.add_argument("--kinds", default="steps", help="singles: feature kinds joined by '+' (steps, rare, arith)")
     ap.add_argument("--recipes", default=";".join(RECIPES), help="';'-separated recipe names")
     a = ap.parse_args()
     t0 = time.time()
     sets = eval_sets()
     if a.what == "singles":
-        singles(sets)
+        singles(sets, a.kinds)
     elif a.what == "detail":
         detail(sets, a.recipe, a.ref)
     else:
