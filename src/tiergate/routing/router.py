@@ -34,7 +34,7 @@ from tiergate.routing.features import prompt_text
 from tiergate.routing.policy import choose, resolve_target
 from tiergate.routing.profiles import Profiles
 from tiergate.routing.quality import ARTIFACTS_DIR, QualityModel
-from tiergate.routing.tokens_model import TokensModel, cost_usd, is_reasoning_model
+from tiergate.routing.tokens_model import TokenEstimate, TokensModel, cost_usd, is_reasoning_model
 
 
 @dataclass(frozen=True)
@@ -262,6 +262,7 @@ class Router:
         catalog_names: dict[str, str] | None = None,
         max_output_tokens: int | None = None,
         prompt_tokens: int | None = None,
+        choices: int = 1,
     ) -> list[Assessment]:
         """Predicted quality and estimated cost of every candidate (in the given order).
 
@@ -270,12 +271,16 @@ class Router:
         and counts as known. `max_output_tokens` is the request's output bound: it caps the priced
         tokens, and a reasoning candidate whose expected reasoning tokens alone reach it is ineligible
         (unless every candidate is). `prompt_tokens` overrides the token count (the gateway has usually
-        counted already). Raises `UnknownCandidate` (a `ValueError`) for a candidate nothing describes.
+        counted already). `choices` is the request's `n`: every choice is a separate answer (and reasoning)
+        billed on one prompt, so the estimated cost counts the output and reasoning tokens that many times
+        (the token columns stay per answer). Raises `UnknownCandidate` (a `ValueError`) for a candidate
+        nothing describes.
         Only the context window and the output bound are checked here; `decide` applies the caller's
         other eligibility rules.
         """
         out, blocked, _ = self._assess(prompt_or_messages, candidates, catalog_names=catalog_names,
-                                       max_output_tokens=max_output_tokens, prompt_tokens=prompt_tokens)
+                                       max_output_tokens=max_output_tokens, prompt_tokens=prompt_tokens,
+                                       choices=choices)
         self._keep_one(out, blocked)
         return out
 
@@ -287,9 +292,12 @@ class Router:
         catalog_names: dict[str, str] | None,
         max_output_tokens: int | None,
         prompt_tokens: int | None,
+        choices: int = 1,
     ) -> tuple[list[Assessment], dict[int, int], list[Candidate]]:
         """Assessments, {index: expected reasoning tokens} of the candidates ruled out by the output
         bound alone, and the parsed candidates."""
+        if isinstance(choices, bool) or not isinstance(choices, int) or choices < 1:
+            raise ValueError(f"choices must be a positive integer, got {choices!r}")
         cands = [Candidate.parse(c) for c in candidates]
         if not cands:
             raise NoEligibleCandidate("no routing candidates configured (routing.candidates in the config)")
@@ -337,7 +345,9 @@ class Router:
             cost = float("nan")
             eligible, why = True, None
             if info is not None:
-                cost = cost_usd(prompt_tokens, est, info.input_price, info.output_price)
+                billed = est if choices == 1 else TokenEstimate(est.output_tokens * choices,
+                                                                 est.reasoning_tokens * choices)
+                cost = cost_usd(prompt_tokens, billed, info.input_price, info.output_price)
                 need = prompt_tokens + est.output_tokens + est.reasoning_tokens
                 if prompt_tokens > info.context_window:
                     eligible, why = False, f"prompt ({prompt_tokens} tokens) exceeds context window {info.context_window}"
@@ -392,12 +402,14 @@ class Router:
         catalog_names: dict[str, str] | None = None,
         max_output_tokens: int | None = None,
         prompt_tokens: int | None = None,
+        choices: int = 1,
     ) -> Decision:
         """Assess every candidate, drop the ineligible ones (`eligible(c)` returns a reason to drop, or
         None), and choose: the cheapest within `target` x the best predicted quality, the target being
         `quality_target` if given, else the policy's ("cost" | "balanced" | "quality", "auto:" prefix
         allowed). With `cost_cap_usd` only candidates estimated at or under the cap compete; with
-        `policy=None` and a cap (no target) the best predicted quality under the cap wins."""
+        `policy=None` and a cap (no target) the best predicted quality under the cap wins. `choices`: the
+        request's `n` (see `assess`): the cap applies to the cost of all of them."""
         if cost_cap_usd is not None and cost_cap_usd < 0:
             raise ValueError(f"cost_cap_usd must be >= 0, got {cost_cap_usd!r}")
         if quality_target is not None:
@@ -408,7 +420,7 @@ class Router:
             target = resolve_target(policy, None)
         assessments, blocked, cands = self._assess(
             prompt_or_messages, candidates, catalog_names=catalog_names, max_output_tokens=max_output_tokens,
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=prompt_tokens, choices=choices,
         )
         if eligible is not None:
             for i, (cand, a) in enumerate(zip(cands, assessments, strict=True)):
