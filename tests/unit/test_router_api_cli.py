@@ -311,3 +311,36 @@ def test_fixed_protocol_reports_the_loaded_routers_kind(tmp_path, capsys) -> Non
     assert rc == 0, err
     summary = json.loads(out)
     assert summary["model"] == "mean-baseline" and "model" not in summary["protocol_info"]
+
+
+# ------------------------------------------------------------------ F9. an empty effort is refused
+
+
+def test_an_empty_effort_is_refused_not_routed_at_the_default_effort(router: Router, capsys) -> None:
+    from tiergate.routing.router import Candidate
+
+    for spec in ("o3-mini@", " o3-mini@ "):
+        with pytest.raises(UnknownCandidate, match="empty reasoning effort") as e:
+            Candidate.parse(spec)
+        assert isinstance(e.value, ValueError)  # the gateway answers UnknownCandidate with a 400
+    for call in (lambda c: router.assess("hi", c), lambda c: router.decide("hi", c), router.check_candidates):
+        with pytest.raises(UnknownCandidate, match="'o3-mini@': empty reasoning effort"):
+            call(["gpt-4o-mini", "o3-mini@"])
+    rc, out, err = _cli(capsys, "route", "hi", "--candidates", "gpt-4o-mini,o3-mini@")
+    assert rc == 2 and not out and "'o3-mini@': empty reasoning effort" in err
+
+
+def test_the_gateway_answers_an_empty_effort_candidate_with_a_400(tmp_path) -> None:
+    import openai
+
+    from tests.helpers import running_gateway
+
+    cfg = {"models": [{"name": m, "deployments": [{"provider": "sim"}]} for m in ("gpt-4o-mini", "o3-mini")],
+           "routing": {"candidates": ["gpt-4o-mini", "o3-mini@low"]}, "storage": f"sqlite:///{tmp_path / 'l.db'}"}
+    with running_gateway(cfg) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=20)
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="auto", messages=[{"role": "user", "content": PRIMES}],
+                                           extra_body={"tiergate": {"candidates": ["gpt-4o-mini", "o3-mini@"]}})
+    body = e.value.body if isinstance(e.value.body, dict) else {}
+    assert "empty reasoning effort" in str(e.value) and body.get("param") == "tiergate.candidates"

@@ -44,12 +44,17 @@ class Candidate:
 
     @classmethod
     def parse(cls, spec: str | Candidate) -> Candidate:
-        """"o3-mini@low" -> Candidate("o3-mini", "low"); "gpt-4o-mini" -> Candidate("gpt-4o-mini", None)."""
+        """"o3-mini@low" -> Candidate("o3-mini", "low"); "gpt-4o-mini" -> Candidate("gpt-4o-mini", None).
+        An empty model (`@high`) or an empty effort (`o3-mini@`) is an `UnknownCandidate` (a `ValueError`,
+        which the gateway answers with a 400), not a candidate at the model's default effort."""
         if isinstance(spec, Candidate):
             return spec
-        model, _, effort = str(spec).strip().partition("@")
+        model, at, effort = str(spec).strip().partition("@")
         if not model:
-            raise ValueError(f"empty model name in routing candidate {spec!r}")
+            raise UnknownCandidate(f"routing candidate {spec!r}: empty model name; write `model` or `model@effort`")
+        if at and not effort:
+            raise UnknownCandidate(f"routing candidate {spec!r}: empty reasoning effort after '@'; write "
+                                   f"{model!r} (the model's default effort) or {model + '@low'!r} (an effort)")
         return cls(model, effort or None)
 
     @property
