@@ -344,3 +344,73 @@ def test_the_gateway_answers_an_empty_effort_candidate_with_a_400(tmp_path) -> N
                                            extra_body={"tiergate": {"candidates": ["gpt-4o-mini", "o3-mini@"]}})
     body = e.value.body if isinstance(e.value.body, dict) else {}
     assert "empty reasoning effort" in str(e.value) and body.get("param") == "tiergate.candidates"
+
+
+# --------------------------------------------------------- F6. capability eligibility in the Python API
+
+
+IMAGE_MSGS = [{"role": "user", "content": [
+    {"type": "text", "text": "What is in this image?"},
+    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+
+
+def _why(assessments) -> dict[str, str | None]:
+    return {a.candidate: a.ineligible_reason for a in assessments}
+
+
+def test_image_parts_need_vision_without_any_other_argument(router: Router) -> None:
+    cands = ["o1@high", "o3-mini@low", "gpt-4o-mini"]
+    for out in (router.assess(IMAGE_MSGS, cands), router.decide(IMAGE_MSGS, cands).assessments):
+        why = _why(out)
+        assert why["o3-mini@low"].startswith("model 'o3-mini' does not support vision (image input)")
+        assert why["o1@high"] is None and why["gpt-4o-mini"] is None
+    assert router.decide(IMAGE_MSGS, cands, policy="cost").chosen.candidate != "o3-mini@low"
+    with pytest.raises(NoEligibleCandidate, match="o3-mini@low: model 'o3-mini' does not support vision"):
+        router.decide(IMAGE_MSGS, ["o3-mini@low", "o3-mini@high"])
+    # the same text without the image leaves o3-mini eligible
+    assert all(a.eligible for a in router.assess([{"role": "user", "content": "What is in this image?"}], cands))
+
+
+def test_tools_response_format_and_stream_are_checked_as_the_gateway_checks_them(router: Router) -> None:
+    cands = ["o1-mini", "o3-mini@low", "gpt-4o-mini"]
+    assert all(a.eligible for a in router.assess(PRIMES, cands))
+    why = _why(router.assess(PRIMES, cands, tools=TOOLS))
+    assert why["o1-mini"].startswith("model 'o1-mini' does not support tools")
+    assert why["o3-mini@low"] is None and why["gpt-4o-mini"] is None
+    why = _why(router.assess(PRIMES, cands, response_format=SCHEMA))
+    assert why["o1-mini"].startswith("model 'o1-mini' does not support json_schema")
+    # the whole Chat Completions body, as the gateway receives it, gives the same answer
+    body = {"model": "auto", "messages": [{"role": "user", "content": PRIMES}], "tools": TOOLS, "stream": True}
+    d = router.decide(body["messages"], cands, request=body)
+    assert _why(d.assessments)["o1-mini"].startswith("model 'o1-mini' does not support tools")
+    assert d.chosen.candidate != "o1-mini"
+    # a capability every candidate has rules nothing out
+    assert all(a.eligible for a in router.assess(PRIMES, cands, stream=True))
+
+
+def test_capability_checks_match_the_gateway_for_the_same_request(router: Router, tmp_path) -> None:
+    """The in-process decision and the gateway's (same candidates, same body) rule out the same candidates
+    for the same reasons and pick the same one."""
+    import openai
+    import orjson
+
+    from tests.helpers import ledger_rows, running_gateway
+
+    models = ("gpt-4o-mini", "o1-mini", "o3-mini", "o1")
+    cands = ["gpt-4o-mini", "o1-mini", "o3-mini@low", "o1@high"]
+    db = tmp_path / "l.db"
+    cfg = {"models": [{"name": m, "deployments": [{"provider": "sim"}]} for m in models],
+           "routing": {"candidates": cands}, "storage": f"sqlite:///{db}"}
+    names = {m: m for m in models}
+    with running_gateway(cfg) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=20)
+        for kw in ({"messages": IMAGE_MSGS}, {"messages": [{"role": "user", "content": PRIMES}], "tools": TOOLS},
+                   {"messages": [{"role": "user", "content": PRIMES}], "response_format": SCHEMA}):
+            raw = client.chat.completions.with_raw_response.create(model="auto", **kw)
+            rows = ledger_rows(db, "request_id = ?", raw.headers["x-request-id"], columns="route")
+            served = orjson.loads(rows[0]["route"])
+            d = router.decide(kw["messages"], cands, request={"model": "auto", **kw}, catalog_names=names)
+            assert {c["candidate"]: c["why_not"] for c in served["candidates"]} == _why(d.assessments), kw
+            assert served["chosen"] == d.chosen.candidate, kw

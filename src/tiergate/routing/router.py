@@ -15,6 +15,10 @@ with no catalogue entry, profile, outcome data or `catalog_names` entry; an effo
 have) is an `UnknownCandidate` error, not a guess. A reasoning candidate whose expected reasoning
 tokens alone reach the request's output bound (`max_output_tokens`) cannot answer and is ineligible,
 unless every candidate is so: then the one with the fewest expected reasoning tokens is kept.
+Capabilities are checked as the gateway checks them (`catalog.shaping.check_capabilities`): image parts
+in the messages need vision, and `tools=`, `response_format=`, `stream=` or a whole Chat Completions
+`request=` body need tools, json_schema/json_object and streaming; a candidate whose catalogue entry
+lacks one is ineligible with the gateway's reason.
 Cost: prompt tokens (accounting.tokens) x input price + (predicted answer + reasoning tokens) x output
 price, prices from the catalogue. No I/O after `load`; one decision is one feature extraction and a few
 small matrix products.
@@ -22,7 +26,7 @@ small matrix products.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
@@ -107,6 +111,20 @@ class UnknownCandidate(NoEligibleCandidate):
     entry, no profile, no outcome data and no `catalog_names` entry. A `ValueError`; also a
     `NoEligibleCandidate`, so a caller that turns that into a client error (the gateway's 400) does the
     same for a bad candidate in a request."""
+
+
+def _needs_capabilities(body: Mapping[str, Any]) -> bool:
+    """Whether a Chat Completions body needs a capability the catalogue may lack: tools, a JSON response
+    format, streaming, or image input (`catalog.shaping.required_capabilities`)."""
+    try:
+        from tiergate.catalog.shaping import required_capabilities
+    except ImportError:  # pragma: no cover - the catalogue is part of the package
+        return False
+    return bool(required_capabilities(body) - {"reasoning_effort"})
+
+
+def _bounded(body: Mapping[str, Any]) -> bool:
+    return body.get("max_completion_tokens") is not None or body.get("max_tokens") is not None
 
 
 #: The efforts a configured model outside the catalogue accepts (`Catalog.unknown` passes any through).
@@ -267,7 +285,11 @@ class Router:
         catalog_names: dict[str, str] | None = None,
         max_output_tokens: int | None = None,
         prompt_tokens: int | None = None,
-        choices: int = 1,
+        choices: int | None = None,
+        request: Mapping[str, Any] | None = None,
+        tools: Sequence[Any] | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        stream: bool | None = None,
     ) -> list[Assessment]:
         """Predicted quality and estimated cost of every candidate (in the given order).
 
@@ -278,16 +300,126 @@ class Router:
         (unless every candidate is). `prompt_tokens` overrides the token count (the gateway has usually
         counted already). `choices` is the request's `n`: every choice is a separate answer (and reasoning)
         billed on one prompt, so the estimated cost counts the output and reasoning tokens that many times
-        (the token columns stay per answer). Raises `UnknownCandidate` (a `ValueError`) for a candidate
-        nothing describes.
-        Only the context window and the output bound are checked here; `decide` applies the caller's
+        (the token columns stay per answer; default: the request's `n`, else 1). Raises `UnknownCandidate`
+        (a `ValueError`) for a candidate nothing describes.
+
+        Capabilities, as the gateway checks them (`catalog.shaping.check_capabilities`): `request` is the
+        Chat Completions body (`messages`, `tools`/`functions`, `response_format`, `stream`,
+        `max_completion_tokens`/`max_tokens`, `n`); `tools`, `response_format` and `stream` set those
+        fields on their own. A candidate whose catalogue entry lacks what the request needs (vision for
+        image parts in the messages, detected with no other argument; tools; `json_schema` or
+        `json_object`; streaming; an output bound above the model's maximum) is ineligible, with the
+        gateway's reason in `ineligible_reason` ("model 'o3-mini' does not support vision (image input);
+        ..."). The request's output bound and `n` are used when `max_output_tokens` / `choices` are not
+        given. Also checked: the context window and the output bound; `decide` applies the caller's
         other eligibility rules.
         """
-        out, blocked, _ = self._assess(prompt_or_messages, candidates, catalog_names=catalog_names,
-                                       max_output_tokens=max_output_tokens, prompt_tokens=prompt_tokens,
-                                       choices=choices)
+        body = self.request_body(prompt_or_messages, request, tools=tools, response_format=response_format,
+                                 stream=stream)
+        max_output_tokens, choices = self._bounds(body, max_output_tokens, choices)
+        out, blocked, cands = self._assess(prompt_or_messages, candidates, catalog_names=catalog_names,
+                                           max_output_tokens=max_output_tokens, prompt_tokens=prompt_tokens,
+                                           choices=choices)
+        self._check_capabilities(body, cands, out, blocked, catalog_names)
         self._keep_one(out, blocked)
         return out
+
+    @staticmethod
+    def request_body(
+        prompt_or_messages: str | Sequence[Any],
+        request: Mapping[str, Any] | None = None,
+        *,
+        tools: Sequence[Any] | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        stream: bool | None = None,
+    ) -> dict[str, Any]:
+        """The Chat Completions body whose capabilities `assess`/`decide` check: `request` (or an empty
+        body), its `messages` defaulting to the routed messages, and `tools`, `response_format` and
+        `stream` set when given."""
+        body = dict(request or {})
+        if "messages" not in body and not isinstance(prompt_or_messages, str):
+            body["messages"] = list(prompt_or_messages)
+        for key, value in (("tools", tools), ("response_format", response_format), ("stream", stream)):
+            if value is not None:
+                body[key] = value
+        return body
+
+    @staticmethod
+    def _bounds(body: Mapping[str, Any], max_output_tokens: int | None, choices: int | None) -> tuple[int | None, int]:
+        """`max_output_tokens` and `choices`, defaulting to the request's output bound (as the gateway
+        reads it: `max_completion_tokens`, else `max_tokens`, a positive integer) and `n` (else 1)."""
+        if max_output_tokens is None:
+            bound = body.get("max_completion_tokens", body.get("max_tokens"))
+            if isinstance(bound, int) and not isinstance(bound, bool) and bound > 0:
+                max_output_tokens = bound
+        if choices is None:
+            n = body.get("n")
+            choices = n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
+        return max_output_tokens, choices
+
+    def capability_problem(
+        self, body: Mapping[str, Any], cand: str | Candidate, catalog_names: dict[str, str] | None = None,
+        configured: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """Why `cand`'s model cannot serve the Chat Completions `body` (the gateway's 400 message from
+        `catalog.shaping.check_capabilities`: tools, json_schema/json_object, vision, streaming, an output
+        bound above the model's maximum), or None when it can or the catalogue does not describe it
+        (a model outside the catalogue is assumed capable, as the gateway serves it). `configured` maps
+        model names to catalogue entries for the message's "configured models that do: ..." (default:
+        `catalog_names`' models)."""
+        from tiergate.catalog.shaping import check_capabilities
+        from tiergate.wire.errors import GatewayError
+
+        c = Candidate.parse(cand)
+        info = self._info(self._target(c, catalog_names).model)
+        if info is None:
+            return None
+        if configured is None:
+            configured = self._configured(catalog_names or {}, [c])
+        probe = body if not c.effort else {**body, "reasoning_effort": c.effort}
+        try:
+            check_capabilities(probe, info, configured, c.model)
+        except GatewayError as e:
+            return e.message
+        return None
+
+    def _configured(self, names: Mapping[str, str], cands: Sequence[Candidate]) -> dict[str, Any]:
+        """Client-facing model name -> catalogue entry, as the gateway's `infos`: every `catalog_names`
+        model, and the candidates' models; a model outside the catalogue gets its permissive stand-in."""
+        out: dict[str, Any] = {}
+        for name in [*names, *(c.model for c in cands)]:
+            if name in out:
+                continue
+            target = self._target(Candidate(name), dict(names)).model
+            info = self._info(target)
+            if info is None and callable(getattr(self.catalog, "unknown", None)):
+                info = self.catalog.unknown(target)
+            if info is not None:
+                out[name] = info
+        return out
+
+    def _check_capabilities(
+        self,
+        body: Mapping[str, Any],
+        cands: Sequence[Candidate],
+        assessments: list[Assessment],
+        blocked: dict[int, int],
+        catalog_names: dict[str, str] | None,
+    ) -> None:
+        """Rule out (with the gateway's reason) the candidates still in the running whose model lacks a
+        capability `body` needs; nothing to do for a plain text request without an output bound."""
+        if self.catalog is None or not (_needs_capabilities(body) or _bounded(body)):
+            return
+        configured: dict[str, Any] | None = None
+        for i, (cand, a) in enumerate(zip(cands, assessments, strict=True)):
+            if not (a.eligible or i in blocked):
+                continue
+            if configured is None:
+                configured = self._configured(catalog_names or {}, cands)
+            why = self.capability_problem(body, cand, catalog_names, configured)
+            if why:
+                a.eligible, a.ineligible_reason = False, why
+                blocked.pop(i, None)
 
     def _assess(
         self,
@@ -297,10 +429,12 @@ class Router:
         catalog_names: dict[str, str] | None,
         max_output_tokens: int | None,
         prompt_tokens: int | None,
-        choices: int = 1,
+        choices: int | None = 1,
     ) -> tuple[list[Assessment], dict[int, int], list[Candidate]]:
         """Assessments, {index: expected reasoning tokens} of the candidates ruled out by the output
         bound alone, and the parsed candidates."""
+        if choices is None:
+            choices = 1
         if isinstance(choices, bool) or not isinstance(choices, int) or choices < 1:
             raise ValueError(f"choices must be a positive integer, got {choices!r}")
         cands = [Candidate.parse(c) for c in candidates]
@@ -407,14 +541,21 @@ class Router:
         catalog_names: dict[str, str] | None = None,
         max_output_tokens: int | None = None,
         prompt_tokens: int | None = None,
-        choices: int = 1,
+        choices: int | None = None,
+        request: Mapping[str, Any] | None = None,
+        tools: Sequence[Any] | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        stream: bool | None = None,
     ) -> Decision:
         """Assess every candidate, drop the ineligible ones (`eligible(c)` returns a reason to drop, or
         None), and choose: the cheapest within `target` x the best predicted quality, the target being
         `quality_target` if given, else the policy's ("cost" | "balanced" | "quality", "auto:" prefix
         allowed). With `cost_cap_usd` only candidates estimated at or under the cap compete; with
         `policy=None` and a cap (no target) the best predicted quality under the cap wins. `choices`: the
-        request's `n` (see `assess`): the cap applies to the cost of all of them."""
+        request's `n` (see `assess`): the cap applies to the cost of all of them. `request`, `tools`,
+        `response_format`, `stream`: the request's capabilities, checked as `assess` says (after the
+        caller's `eligible`, so its reasons come first); image parts in the messages need vision even
+        without them."""
         if cost_cap_usd is not None and cost_cap_usd < 0:
             raise ValueError(f"cost_cap_usd must be >= 0, got {cost_cap_usd!r}")
         if quality_target is not None:
@@ -423,6 +564,9 @@ class Router:
             target = None if cost_cap_usd is not None else resolve_target("balanced", None)
         else:
             target = resolve_target(policy, None)
+        body = self.request_body(prompt_or_messages, request, tools=tools, response_format=response_format,
+                                 stream=stream)
+        max_output_tokens, choices = self._bounds(body, max_output_tokens, choices)
         assessments, blocked, cands = self._assess(
             prompt_or_messages, candidates, catalog_names=catalog_names, max_output_tokens=max_output_tokens,
             prompt_tokens=prompt_tokens, choices=choices,
@@ -434,6 +578,7 @@ class Router:
                     if why:
                         a.eligible, a.ineligible_reason = False, why
                         blocked.pop(i, None)
+        self._check_capabilities(body, cands, assessments, blocked, catalog_names)
         kept = self._keep_one(assessments, blocked)
         pool = [a for a in assessments if a.eligible]
         if not pool:
