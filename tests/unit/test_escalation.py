@@ -23,6 +23,13 @@ def test_good_answers_are_usable():
     assert unusable_reason({}, _resp("hello")) is None
     assert unusable_reason(SCHEMA_REQ, _resp('{"n": 3}')) is None
     assert unusable_reason(TOOL_REQ, _resp(None, "tool_calls", '{"x": "a"}')) is None
+    # a custom tool's call carries free-form input, not JSON arguments (was: "arguments for None are not
+    # valid JSON", so a good answer was escalated and paid twice)
+    custom_req = {"tools": [{"type": "custom", "custom": {"name": "code_exec"}}, *TOOL_REQ["tools"]]}
+    custom = {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None, "tool_calls": [
+            {"id": "c", "type": "custom", "custom": {"name": "code_exec", "input": "print(1 + 1)"}}]}}]}
+    assert unusable_reason(custom_req, custom) is None
 
 
 def test_unusable_answers():
@@ -46,9 +53,15 @@ class A:
 class D:
     chosen: A
     assessments: list
+    cost_cap: float | None = None
 
 
 def test_next_candidate_up():
     cheap, mid, top, bad = A("mini", 0.6, 0.001), A("o3@low", 0.8, 0.01), A("o1@high", 0.9, 0.5), A("x", 0.99, 1, False)
     assert next_candidate_up(D(cheap, [cheap, mid, top, bad])).candidate == "o3@low"
     assert next_candidate_up(D(top, [cheap, mid, top, bad])) is None
+    # a cost cap also bounds the escalation: a candidate estimated above it never competed (it used to
+    # escalate a $0.001-capped request to o1@high, estimated at $0.64)
+    assert next_candidate_up(D(cheap, [cheap, mid, top, bad], cost_cap=0.02)).candidate == "o3@low"
+    assert next_candidate_up(D(mid, [cheap, mid, top, bad], cost_cap=0.02)) is None
+    assert next_candidate_up(D(cheap, [cheap, mid, top, bad], cost_cap=0.005)) is None

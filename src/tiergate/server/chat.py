@@ -81,6 +81,20 @@ def _validate(body: Any) -> None:
     n = body.get("n")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128):
         raise bad_request("'n' must be an integer between 1 and 128.", param="n", code="invalid_value")
+    for name in ("max_completion_tokens", "max_tokens"):
+        v = body.get(name)
+        if v is None:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise bad_request(f"Invalid type for '{name}': expected an integer, but got {type(v).__name__} instead.",
+                              param=name, code="invalid_type")
+        if v < 1:
+            raise bad_request(f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {v} "
+                              "instead.", param=name, code="integer_below_min_value")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request(f"Invalid type for 'stream': expected a boolean, but got {type(stream).__name__} instead.",
+                          param="stream", code="invalid_type")
     so = body.get("stream_options")
     if so is not None and not body.get("stream"):
         raise bad_request("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
@@ -174,11 +188,13 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
     prompt_tokens = counted.get(info.tokenizer)
     if prompt_tokens is None:
         prompt_tokens = count_messages(body["messages"], info)
+    routed_body = body  # what an escalation re-sends: without a default limit chosen for this model
     max_out = _max_output(body)
     if max_out is None:
         max_out = default_output_limit(info)
         if getattr(ctx.key, "budget_usd", None) is not None:
             body = {**body, "max_completion_tokens": max_out}  # a budgeted key's cost stays under its reservation
+    all_out = max_out * (body.get("n") or 1)  # every choice is an answer billed on the one prompt
 
     def shape(name: str) -> tuple[dict[str, Any], list[str]]:
         target_info = gw.infos[name]
@@ -199,7 +215,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
 
     timeouts = request_timeouts(mc.timeouts, opts.get("timeouts"))  # a bad override is a 400 before admission
     admission = await gw.accounting.admit(
-        ctx.key, model, prompt_tokens, max_cost_usd(prompt_tokens, max_out, info), prompt_tokens + max_out
+        ctx.key, model, prompt_tokens, max_cost_usd(prompt_tokens, all_out, info), prompt_tokens + all_out
     )
     headers.update(getattr(admission, "headers", None) or {})
     settled = False
@@ -265,7 +281,8 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
             await gw.accounting.settle(admission, cost, _total_tokens(usage))
             settled = True
             if nxt is not None:
-                return await _escalate(gw, body, ctx, requested, route_info, nxt, reason, d.model, cost)
+                first = ChatOutcome(headers=headers, body=result)
+                return await _escalate(gw, routed_body, ctx, requested, route_info, nxt, reason, cost, first)
             if cache is not None:
                 await cache.set(body, result)
             return ChatOutcome(headers=headers, body=result)
@@ -380,18 +397,36 @@ class _StreamedAnswer:
 
 
 async def _escalate(gw: Gateway, body: dict[str, Any], ctx: CallContext, requested: str, route_info: dict,
-                    nxt: Any, reason: str, first_model: str, first_cost: float) -> ChatOutcome:
-    """Retry once on the next candidate up; the first call is already in the ledger as `escalated`."""
+                    nxt: Any, reason: str, first_cost: float, first: ChatOutcome) -> ChatOutcome:
+    """Retry once on the next candidate up; the first call is already in the ledger as `escalated`. `body`
+    is the routed request as the client sent it (a default output limit chosen for the first model is
+    chosen again for the next). The answer's `x-tiergate-cost-usd` is what the client pays for it: both
+    calls. When the retry cannot be served (an upstream error, a refusal of the gateway's), the first
+    answer is returned rather than an error about a model the client never named, and the header says so."""
     model, _, effort = nxt.candidate.partition("@")
     body2 = {k: v for k, v in body.items() if k != "reasoning_effort"}
     body2["model"] = model
     if effort:
         body2["reasoning_effort"] = effort
-    first = route_info["decision"].chosen.candidate
-    header = f"from={first}; to={nxt.candidate}; reason={reason}; first_cost_usd={first_cost:.8f}"
-    out = await run_chat(gw, body2, ctx, _escalated_from={
-        "requested": requested, "route_info": route_info, "header": header.encode("ascii", "replace").decode()})
+    chosen = route_info["decision"].chosen.candidate
+    header = f"from={chosen}; to={nxt.candidate}; reason={reason}; first_cost_usd={first_cost:.8f}"
+    try:
+        out = await run_chat(gw, body2, ctx, _escalated_from={
+            "requested": requested, "route_info": route_info, "header": _ascii(header)})
+    except GatewayError as e:
+        if not getattr(e, "recorded", False):  # refused before any upstream call: still one row for it
+            record_call(gw, ctx, requested, model, None, effort or None, None, 0.0, "rejected", e.message[:500],
+                        route_info, False, 0, request_id=f"{ctx.request_id}:escalation")
+        failed = e.message[:200].replace(";", ",")
+        first.headers["x-tiergate-escalated"] = _ascii(f"{header}; failed={e.status} {failed}")
+        return first
+    second = float(out.headers.get("x-tiergate-cost-usd") or 0.0)
+    out.headers["x-tiergate-cost-usd"] = f"{first_cost + second:.8f}"
     return out
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode()
 
 
 def _record_attempts(gw: Gateway, ctx: CallContext, requested: str, attempts, info, effort, route_info,

@@ -39,8 +39,10 @@ def unusable_reason(request: dict[str, Any], response: dict[str, Any]) -> str | 
     if choice.get("finish_reason") == "length" and not content and not tool_calls:
         return "finish_reason length with no content (output budget spent on reasoning)"
     tools = {t.get("function", {}).get("name"): t.get("function", {}) for t in request.get("tools") or []
-             if isinstance(t, dict)}
+             if isinstance(t, dict) and t.get("type", "function") == "function"}
     for call in tool_calls:
+        if not isinstance(call, dict) or call.get("type", "function") != "function":
+            continue  # a custom tool's free-form input has no JSON arguments or schema to check
         fn = call.get("function") or {}
         spec = tools.get(fn.get("name"))
         if tools and spec is None:
@@ -66,10 +68,13 @@ def unusable_reason(request: dict[str, Any], response: dict[str, Any]) -> str | 
 
 def next_candidate_up(decision: Any) -> Any | None:
     """The eligible candidate with the next higher predicted quality than the chosen one (ties broken
-    by higher estimated cost), or None when the chosen one is already the best."""
+    by higher estimated cost) within the request's cost cap (`decision.cost_cap`: a candidate estimated
+    above it never competed, so it is not escalated to either), or None when there is none."""
     chosen = decision.chosen
+    cap = decision.cost_cap
     better = [a for a in decision.assessments
               if a.eligible and a.candidate != chosen.candidate
+              and (cap is None or a.est_cost_usd <= cap)
               and (a.predicted_quality, a.est_cost_usd) > (chosen.predicted_quality, chosen.est_cost_usd)]
     if not better:
         return None

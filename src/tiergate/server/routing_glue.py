@@ -39,19 +39,23 @@ def _policy(gw: Gateway, requested: str, option: Any) -> str | None:
     the CLI), else None (plain `auto`: the caller applies the configured default); naming two different
     ones is a 400 rather than a silent choice."""
     in_model = requested.partition(":")[2]
+    if requested.endswith(":") and not in_model:
+        raise bad_request(f"model {requested!r} names no policy; use \"auto\" or \"auto:<policy>\" "
+                          f"({', '.join('auto:' + k for k in sorted({**POLICY_TARGETS, **gw.config.routing.policies}))}).",
+                          param="model", code="invalid_value")
     if option is None:
         return in_model or None
     if not isinstance(option, str) or not option.removeprefix("auto:"):
         raise bad_request("'tiergate.policy' must be a policy name such as \"balanced\" (or \"auto:balanced\").",
                           param="tiergate.policy", code="invalid_value")
     name = option.removeprefix("auto:")
-    if in_model and in_model != name:
-        raise bad_request(f"model {requested!r} and 'tiergate.policy' {option!r} name different policies; "
-                          "set the policy in one place.", param="tiergate.policy", code="invalid_value")
     known = sorted({**POLICY_TARGETS, **gw.config.routing.policies})
     if name not in known:
         raise bad_request(f"unknown routing policy {option!r} in 'tiergate.policy'; use one of: {', '.join(known)}",
                           param="tiergate.policy", code="invalid_value")
+    if in_model and in_model != name:
+        raise bad_request(f"model {requested!r} and 'tiergate.policy' {option!r} name different policies; "
+                          "set the policy in one place.", param="tiergate.policy", code="invalid_value")
     return name
 
 
@@ -205,7 +209,7 @@ def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: st
             body["messages"], candidates, policy=policy,
             quality_target=float(target) if target is not None else None,
             cost_cap_usd=cap, eligible=eligible, catalog_names=catalog_names, max_output_tokens=max_output,
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=prompt_tokens, choices=body.get("n") or 1,  # every choice is billed (validated 1..128)
         )
     except UnknownCandidate as e:  # a candidate the router cannot describe (checked above for the catalogue)
         raise bad_request(str(e), param="tiergate.candidates" if option is not None else "model",
