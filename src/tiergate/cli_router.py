@@ -74,22 +74,101 @@ def _router_file_missing(directory: str) -> str | None:
 # -------------------------------------------------------------------------------------------- route
 
 
+#: The value given to an `env:NAME` secret that is not set, for the read-only `tiergate route`: routing
+#: reads candidates, policies and catalogue names, never a key, so it needs none to be exported.
+UNSET_SECRET = "<unset: not needed by tiergate route>"
+
+
+def _env_refs(node: Any) -> set[str]:
+    """Every NAME of an `env:NAME` string in a parsed YAML document."""
+    if isinstance(node, str):
+        return {node[4:]} if node.startswith("env:") and len(node) > 4 else set()
+    if isinstance(node, dict):
+        return set().union(*(_env_refs(v) for v in node.values()), set())
+    if isinstance(node, list):
+        return set().union(*(_env_refs(v) for v in node), set())
+    return set()
+
+
+def routing_env(path: str | None, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment to read a config with when only its routing is needed: the real one, plus a
+    placeholder for every `env:NAME` secret the file references that is not set, so `tiergate route
+    --config FILE` works on a machine without the gateway's API keys (the values are never used; a
+    malformed file is reported by `load_config` as usual)."""
+    import os
+
+    import yaml
+
+    env = dict(os.environ if environ is None else environ)
+    if path is None:
+        return env
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return env
+    for name in _env_refs(raw):
+        if not env.get(name):
+            env[name] = UNSET_SECRET
+    return env
+
+
+def route_target(
+    policy: str | None,
+    quality_target: float | None,
+    cost_cap_usd: float | None,
+    *,
+    default_policy: str = "balanced",
+    overrides: dict[str, float] | None = None,
+) -> tuple[str | None, float | None]:
+    """(policy name, quality target) as the gateway resolves them (server/routing_glue.py `route`): a
+    named policy (`auto:` prefix allowed; plain `auto` names none), else the config's `default_policy`;
+    its target from the built-in table with the config's `routing.policies` on top; an explicit
+    `quality_target` wins; a cost cap with no named policy and no target gives (None, None): the best
+    predicted quality under the cap. A `ValueError` names an unknown policy and the known ones."""
+    from tiergate.routing.policy import POLICY_TARGETS
+
+    named = None
+    if policy is not None:
+        named = policy.removeprefix("auto:") if policy != "auto" else None
+        if named is not None and not named.strip():
+            raise ValueError(f"{policy!r} names no policy; use one of: "
+                             f"{', '.join('auto:' + k for k in sorted({**POLICY_TARGETS, **(overrides or {})}))}")
+    table = {**POLICY_TARGETS, **(overrides or {})}
+    name = named or default_policy
+    if quality_target is not None:
+        if named is not None and named not in table:
+            raise ValueError(_unknown_policy(policy, table))
+        return name, float(quality_target)
+    if cost_cap_usd is not None and named is None:
+        return None, None
+    if name not in table:
+        raise ValueError(_unknown_policy(policy if named else f"auto:{name}", table)
+                         + ("" if named else " (the config's routing.default_policy)"))
+    return name, float(table[name])
+
+
+def _unknown_policy(given: str | None, table: dict[str, float]) -> str:
+    return f"unknown routing policy {given!r}; use one of: {', '.join('auto:' + k for k in sorted(table))}"
+
+
 def _route(args: argparse.Namespace) -> int:
     import orjson
 
     from tiergate.routing.router import Router
 
-    if args.max_cost_usd is not None and not args.max_cost_usd >= 0:
-        return _err(f"--max-cost-usd must be a number of dollars >= 0, got {args.max_cost_usd:g}")
+    if args.max_cost_usd is not None and not (args.max_cost_usd > 0 and math.isfinite(args.max_cost_usd)):
+        return _err(f"--max-cost-usd must be a positive number of dollars, got {args.max_cost_usd:g}")
     if args.quality_target is not None and not 0 < args.quality_target <= 1:
         return _err(f"--quality-target must be in (0, 1], got {args.quality_target:g}")
     candidates = _csv(args.candidates)
     catalog_names: dict[str, str] | None = None
+    default_policy, overrides, router_dir = "balanced", {}, args.router
     if candidates is None or args.config:
         from tiergate.config import ConfigError, load_config
 
         try:
-            config = load_config(args.config)
+            config = load_config(args.config, env=routing_env(args.config))
         except ConfigError as e:
             return _err(f"configuration error: {e}")
         # configured models are routed as their catalogue entries (`catalog:`), as the gateway does
@@ -98,15 +177,24 @@ def _route(args: argparse.Namespace) -> int:
             candidates = list(config.routing.candidates)
         if not candidates:
             return _err("no candidates: pass --candidates a,b,... or list them under `routing.candidates` in the config")
+        # the gateway's policy table, default policy and router
+        default_policy, overrides = config.routing.default_policy, dict(config.routing.policies)
+        if router_dir is None:
+            router_dir = config.routing.router_dir
     try:
-        router = Router.load(args.router)
+        policy, target = route_target(args.policy, args.quality_target, args.max_cost_usd,
+                                      default_policy=default_policy, overrides=overrides)
+    except ValueError as e:
+        return _err(f"--policy: {e}" if args.policy is not None else f"configuration error: {e}")
+    try:
+        router = Router.load(router_dir)
         router.check_candidates(candidates, catalog_names)
         decision = router.decide(
-            args.prompt, candidates, policy=args.policy, quality_target=args.quality_target,
+            args.prompt, candidates, policy=policy, quality_target=target,
             cost_cap_usd=args.max_cost_usd, catalog_names=catalog_names,
         )
     except FileNotFoundError as e:
-        return _no_router(args.router, e.filename)
+        return _no_router(router_dir, e.filename)
     except (ValueError, KeyError) as e:
         return _err(str(e).strip("'\""))
     chosen = getattr(decision.chosen, "candidate", decision.chosen)  # an Assessment (or its key)
@@ -149,7 +237,7 @@ def _route(args: argparse.Namespace) -> int:
                 rows, right=[False, True, True, True, False, False]))
     target = "none" if decision.target is None else f"{decision.target:g}"
     cap = "none" if decision.cost_cap is None else _usd(decision.cost_cap)
-    print(f"\nchosen: {chosen}  (policy {decision.policy}, quality target {target}, cost cap {cap})")
+    print(f"\nchosen: {chosen}  (policy {decision.policy or 'none'}, quality target {target}, cost cap {cap})")
     print(f"reason: {decision.reason}")
     return 0
 
@@ -345,11 +433,17 @@ def add_router_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("prompt", help="the prompt text")
     r.add_argument("--candidates", help="comma-separated `model` or `model@effort` (default: the config's "
                                         "routing.candidates)")
-    r.add_argument("--policy", default="balanced", choices=POLICY_CHOICES, help="named policy (default balanced)")
+    r.add_argument("--policy", help="named policy, `auto:` prefix allowed: cost, balanced, quality or one the "
+                                    "config's routing.policies defines (default: the config's "
+                                    "routing.default_policy, balanced without a config)")
     r.add_argument("--quality-target", type=float, help="own quality target in (0, 1] (overrides --policy)")
-    r.add_argument("--max-cost-usd", type=float, help="cost cap per request in USD")
-    r.add_argument("--router", help="trained router directory (default: the one shipped in the package)")
-    r.add_argument("--config", "-c", help="YAML config whose routing.candidates to use")
+    r.add_argument("--max-cost-usd", type=float, help="cost cap per request in USD (> 0); without --policy or "
+                                                      "--quality-target: the best predicted quality under it")
+    r.add_argument("--router", help="trained router directory (default: the config's routing.router_dir, else "
+                                    "the one shipped in the package)")
+    r.add_argument("--config", "-c", help="gateway YAML config: its models (aliases, catalog:), "
+                                          "routing.candidates, policies, default_policy and router_dir are used "
+                                          "as the gateway uses them; env: API keys need not be set")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(func=_route)
 
