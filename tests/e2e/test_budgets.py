@@ -22,6 +22,7 @@ MSG = [{"role": "user", "content": "Say hi"}]
 @pytest.fixture(params=["process", "redis"])
 def gateway(request, tmp_path):
     cfg = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]},
+                      {"name": "claude-3-7-sonnet", "deployments": [{"provider": "sim"}]},
                       {"name": "slow", "catalog": "gpt-4o-mini",
                        "deployments": [{"provider": "sim", "options": {"latency_ms": 1500}}]}],
            "storage": f"sqlite:///{tmp_path / 'tg.db'}"}
@@ -111,3 +112,17 @@ def test_refusal_for_holds_in_flight_says_retry_after(gateway):
     assert out.choices[0].message.content
     usage = admin.get(f"/keys/{kid}").json()["usage"]
     assert usage["reserved_usd"] == 0 and 0 < usage["spent_usd"] <= 0.0105
+
+
+def test_claude_thinking_budget_is_reserved(gateway):
+    """`reasoning_effort: high` on Claude sends `max_tokens` + a 16,384-token thinking budget upstream: up to
+    $0.25 of output for `max_tokens: 100`. A $0.002 key used to be admitted (only the 100 tokens were
+    reserved); now it is refused before any upstream call, and the same request without thinking fits."""
+    base, _, key = gateway
+    _, secret = key(name="thinker", budget_usd=0.002)
+    client = openai.OpenAI(base_url=base, api_key=secret, max_retries=0, timeout=20)
+    with pytest.raises(openai.RateLimitError) as ei:
+        client.chat.completions.create(model="claude-3-7-sonnet", messages=MSG, max_tokens=100,
+                                       reasoning_effort="high")
+    assert ei.value.code == "insufficient_quota"
+    assert client.chat.completions.create(model="claude-3-7-sonnet", messages=MSG, max_tokens=100).choices

@@ -25,6 +25,7 @@ from tiergate.server import routing_glue
 from tiergate.server.escalation import next_candidate_up, unusable_reason
 from tiergate.server.streaming import BurstStreamingResponse
 from tiergate.wire import sse
+from tiergate.wire.anthropic import THINKING_BUDGETS
 from tiergate.wire.errors import GatewayError, bad_request, not_found
 from tiergate.wire.ids import new_id
 
@@ -194,7 +195,11 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
         max_out = default_output_limit(info)
         if getattr(ctx.key, "budget_usd", None) is not None:
             body = {**body, "max_completion_tokens": max_out}  # a budgeted key's cost stays under its reservation
-    all_out = max_out * (body.get("n") or 1)  # every choice is an answer billed on the one prompt
+    # every choice is an answer billed on the one prompt; Claude's thinking budget comes on top of the
+    # client's limit upstream (wire/anthropic.py), so it is reserved too
+    effort = body.get("reasoning_effort")
+    thinking = THINKING_BUDGETS.get(effort, 0) if info.family == "anthropic" and isinstance(effort, str) else 0
+    all_out = (max_out + thinking) * (body.get("n") or 1)
 
     def shape(name: str) -> tuple[dict[str, Any], list[str]]:
         target_info = gw.infos[name]
