@@ -134,6 +134,13 @@ def test_admin_auth_errors_and_schema(gateway):
     assert r.status_code == 400 and r.json()["error"]["param"] == "budget_period"
     r = admin.post("/keys", json={"name": "x", "rpm": -1})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    # an infinite or astronomical budget was stored and then failed every request with a 500
+    for raw_budget in (b"1e309", b"1e300"):
+        r = admin.post("/keys", content=b'{"name": "x", "budget_usd": ' + raw_budget + b"}",
+                       headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "budget_usd", r.text
+    r = admin.post("/keys", json={"name": "x", "models": []})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "models" and "non-empty" in r.text
     r = admin.patch("/keys/key_missing", json={"rpm": 3})
     assert r.status_code == 404 and r.json()["error"]["code"] == "key_not_found"
     r = admin.get("/spend", params={"start": "last tuesday"})

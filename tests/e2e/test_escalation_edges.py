@@ -163,3 +163,24 @@ def test_auto_with_an_empty_policy_is_400(env):
     with pytest.raises(openai.BadRequestError) as ei:
         client().chat.completions.create(model="auto:", messages=MSG)
     assert ei.value.param == "model" and "auto:balanced" in ei.value.message
+
+
+def test_a_key_allow_list_limits_routing_and_the_model_list(env):
+    """A key that may use only o3-mini: `auto` routes among the candidates it may use (it used to pick
+    gpt-4o-mini and then refuse it with 403 model_not_allowed), and /v1/models lists only what it may use."""
+    up, client, db = env
+    up.clear()
+    c = client(models=["o3-mini"])
+    raw = c.chat.completions.with_raw_response.create(model="auto", messages=MSG, extra_body=_cheap_first())
+    assert raw.headers["x-tiergate-model"] == "o3-mini"
+    route = json.loads(ledger_rows(db, "request_id = ?", raw.headers["x-request-id"], columns="route")[0]["route"])
+    mini = next(x for x in route["candidates"] if x["candidate"] == "gpt-4o-mini")
+    assert mini["eligible"] is False and "may not use gpt-4o-mini" in mini["why_not"]
+    listed = [m.id for m in c.models.list()]
+    assert listed == ["o3-mini", "auto", "auto:cost", "auto:balanced", "auto:quality"]
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("gpt-4o-mini")
+    assert c.models.retrieve("o3-mini").id == "o3-mini"
+    assert {"gpt-4o-mini", "o3-mini", "o1"} <= {m.id for m in client().models.list()}  # no allow-list: all
+    only_o1 = [m.id for m in client(models=["o1"]).models.list()]
+    assert only_o1 == ["o1"]  # o1 is no routing candidate: no auto aliases

@@ -22,6 +22,7 @@ from tiergate.wire.errors import GatewayError
 
 PERIODS = ("none", "daily", "monthly")
 KEY_PREFIX = "tg-"
+MAX_BUDGET_USD = 1_000_000_000  # $1e9 = 1e18 nano-dollars, inside a signed 64-bit counter
 _UPDATABLE = ("name", "budget_usd", "budget_period", "rpm", "tpm", "models", "metadata", "cache")
 
 
@@ -80,9 +81,11 @@ def validate_fields(fields: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(v, str) or not v.strip() or len(v) > 200:
                 raise GatewayError(400, "`name` must be a non-empty string of at most 200 characters.", param=k)
         elif k == "budget_usd":
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
-                raise GatewayError(400, "`budget_usd` must be a non-negative number or null (no budget).",
-                                   param=k)
+            # bounded so that the nano-dollar counters (64-bit in Redis and PostgreSQL) cannot overflow;
+            # infinity used to be stored as null-looking and then fail every request with a 500
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_BUDGET_USD):
+                raise GatewayError(400, f"`budget_usd` must be a number from 0 to {MAX_BUDGET_USD:,} or null (no "
+                                   "budget).", param=k)
             v = float(v) if v is not None else None
         elif k == "budget_period":
             if v not in PERIODS:
@@ -91,8 +94,9 @@ def validate_fields(fields: dict[str, Any]) -> dict[str, Any]:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**53):
                 raise GatewayError(400, f"`{k}` must be a positive integer or null (no limit).", param=k)
         elif k == "models":
-            if v is not None and (not isinstance(v, list) or not all(isinstance(m, str) for m in v)):
-                raise GatewayError(400, "`models` must be a list of model names or null (all models).", param=k)
+            if v is not None and (not isinstance(v, list) or not v or not all(isinstance(m, str) for m in v)):
+                raise GatewayError(400, "`models` must be a non-empty list of model names or null (all models).",
+                                   param=k)
         elif k == "metadata":
             if v is not None and not isinstance(v, dict):
                 raise GatewayError(400, "`metadata` must be a JSON object.", param=k)

@@ -172,7 +172,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
         headers["x-tiergate-escalated"] = _escalated_from["header"]
 
     if is_auto(requested) and _escalated_from is None:  # an escalation already names its candidate
-        body, route_info = routing_glue.route(gw, body, opts, requested)
+        body, route_info = routing_glue.route(gw, body, opts, requested, key=ctx.key)
         headers["x-tiergate-route"] = route_info["header"]
     model = body["model"]
     mc = gw.config.model(model)

@@ -146,7 +146,11 @@ def _pin_effort(gw: Gateway, candidates: list[str], effort: Any) -> tuple[list[s
     return out, ruled_out
 
 
-def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: str) -> tuple[dict[str, Any], dict]:
+def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: str,
+          key: Any = None) -> tuple[dict[str, Any], dict]:
+    """Decide the (model, effort) for an `auto` request: the new body (model and effort set) and the route
+    info (header, ledger JSON, decision, prompt tokens per tokenizer). With `key`, candidates whose model
+    the key may not use are ineligible (they would be refused after routing)."""
     if gw.router is None or not gw.config.routing.candidates:
         raise bad_request(
             "model 'auto' needs a `routing: candidates:` list in the gateway config (docs/routing.md).",
@@ -182,6 +186,10 @@ def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: st
     bound = body.get("max_completion_tokens", body.get("max_tokens"))
     max_output = bound if isinstance(bound, int) and not isinstance(bound, bool) and bound > 0 else None
     plain = {k: v for k, v in body.items() if k != "reasoning_effort"}
+    allowed = None if key is None or getattr(key, "is_master", False) else getattr(key, "models", None)
+
+    def may_use(name: str) -> bool:
+        return allowed is None or name in allowed
 
     def eligible(cand: Any) -> str | None:
         name = cand.model if hasattr(cand, "model") else str(cand).partition("@")[0]
@@ -189,6 +197,8 @@ def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: st
         key = f"{name}@{effort}" if effort else name
         if key in ruled_out:
             return ruled_out[key]
+        if not may_use(name):
+            return f"this API key may not use {name} (its models: {', '.join(allowed or ())})"
         info = gw.infos[name]
         probe = plain if not effort else {**plain, "reasoning_effort": effort}
         try:
