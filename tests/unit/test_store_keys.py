@@ -96,6 +96,8 @@ async def _admission(acc: Accounting) -> None:
     with pytest.raises(GatewayError) as e:
         await acc.admit(key, "gpt-4o-mini", 10, 0.01, 20_000)
     assert "Request too large" in e.value.message
+    assert e.value.headers["x-should-retry"] == "false"  # it can never fit: the SDKs must not retry it
+    assert "retry-after" not in e.value.headers and e.value.headers["x-should-retry"] != "true"
     assert (await acc.key_usage(key))["spent_usd"] == pytest.approx(0.15)
     master = await acc.authenticate(f"Bearer {MASTER}")
     assert (await acc.admit(master, "o3-mini", 10, 1e6, 10)).reservation is None

@@ -88,9 +88,12 @@ def refusal(key_name: str, rpm: int | None, tpm: int | None, tokens: int, d: Dec
 def too_large(key_name: str, tpm: int, tokens: int) -> GatewayError:
     return GatewayError(
         429, f"Request too large for key '{key_name}': it needs up to {tokens} tokens (prompt + output limit) "
-        f"but the key's limit is {tpm} tokens per minute. Lower max_tokens or shorten the prompt.",
+        f"but the key's limit is {tpm} tokens per minute. Set a lower max_tokens / max_completion_tokens (without "
+        "one the model's default output limit is counted) or shorten the prompt; retrying it unchanged cannot "
+        "succeed.",
         type="tokens", code="rate_limit_exceeded",
-        headers={"x-ratelimit-limit-tokens": str(tpm)},
+        # it can never fit the key's minute: tell the SDKs not to retry it (they retry every 429 otherwise)
+        headers={"x-ratelimit-limit-tokens": str(tpm), "x-should-retry": "false"},
     )
 
 
