@@ -170,6 +170,21 @@ async def test_key_echoed_by_upstream_is_scrubbed(up, sessions):
     assert "***" in ei.value.message and "proxy.local" in ei.value.message
 
 
+async def test_another_deployments_key_echoed_by_upstream_is_scrubbed(up, sessions):
+    """An upstream message quoting a *different* configured deployment's key (e.g. an Azure key behind a
+    shared proxy, with no `sk-` shape) was relayed to the client and the ledger: every configured key is
+    masked, not only the answering deployment's."""
+    other = "azkey0123456789abcdef0123456789ab"  # not key-shaped: only the registry can find it
+    make(up, sessions, api_key=Secret("env:AZ", other))  # configuring the deployment registers its key
+    p = make(up, sessions)
+    body = {"error": {"message": f"proxy: upstream key {other} rejected", "type": "invalid_request_error",
+                      "code": "invalid_request_error", "param": None}}
+    up.fail_next("status", status=400, body=body)
+    with pytest.raises(UpstreamError) as ei:
+        await p.chat(BODY, FAST)
+    assert other not in ei.value.message and "upstream key *** rejected" in ei.value.message
+
+
 async def test_hang_is_a_first_token_timeout(up, sessions):
     up.fail_next("hang")
     t0 = time.perf_counter()

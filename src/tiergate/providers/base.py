@@ -135,6 +135,10 @@ class Provider(abc.ABC):
     def __init__(self, deployment: Deployment, session_factory: SessionFactory) -> None:
         self.deployment = deployment
         self._session_factory = session_factory
+        if deployment.api_key is not None:  # masked in every deployment's scrubbed messages
+            from tiergate.providers.http import register_secret
+
+            register_secret(deployment.api_key.value)
 
     @property
     def session(self) -> aiohttp.ClientSession:

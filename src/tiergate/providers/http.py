@@ -109,10 +109,24 @@ _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_-]{3})[A-Za-z0-9_*-]{8,}")
 
 
+#: Every upstream credential of this process's configured deployments (`register_secret`): an upstream's
+#: message can quote another deployment's key (a shared proxy, a misrouted header), so each is masked
+#: wherever a message is scrubbed, not only the answering deployment's.
+_KNOWN_SECRETS: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Mask `value` in every scrubbed text from now on (values under 8 characters are too short to find
+    safely and are only masked where passed explicitly)."""
+    if value and len(value) >= 8:
+        _KNOWN_SECRETS.add(value)
+
+
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """Remove credentials from `text`: the given secret values, `user:pass@` in URLs, key-like query
-    parameters, bearer tokens and `sk-…` keys. Safe to call on any upstream message."""
-    for s in secrets:
+    """Remove credentials from `text`: the given secret values and every registered one
+    (`register_secret`), `user:pass@` in URLs, key-like query parameters, bearer tokens and `sk-…` keys.
+    Safe to call on any upstream message."""
+    for s in (*secrets, *_KNOWN_SECRETS):
         if s and s in text:
             text = text.replace(s, "***")
     if "@" in text:
