@@ -27,7 +27,7 @@ import orjson
 
 from tiergate.accounting.budget import BudgetRefused
 from tiergate.accounting.pricing import usage_breakdown
-from tiergate.batches.store import BatchStore, Claimed, line_request_id
+from tiergate.batches.store import UNRUN, BatchStore, Claimed, line_request_id, unrun_error
 from tiergate.wire.errors import GatewayError
 from tiergate.wire.ids import new_id
 
@@ -291,9 +291,12 @@ class BatchRunner:
 
 async def finalize_files(store: BatchStore, batch_id: str, key_id: str | None) -> None:
     """Write the output file (successful lines) and the error file (failed lines) for a batch, in input
-    order. Idempotent: the file ids are derived from the batch id."""
+    order: every input line is in one of them. Lines the batch ended without running (expired, cancelled)
+    become failed lines with OpenAI's `batch_expired` / `batch_cancelled` error (so `request_counts`
+    has completed + failed == total). Idempotent: the file ids are derived from the batch id."""
     out_lines: list[bytes] = []
     err_lines: list[bytes] = []
+    unrun: list[tuple] = []
     rid_base = batch_id.removeprefix("batch_")
     for r in await store.results(batch_id):
         if r["state"] == "done":
@@ -304,6 +307,14 @@ async def finalize_files(store: BatchStore, batch_id: str, key_id: str | None) -
                 "error": {"code": "line_failed", "message": "no result was produced for this line (the gateway "
                           "stopped while running it too many times, or the upstream batch returned none)"}}).decode()
             err_lines.append(res.encode())
+        elif r["state"] in UNRUN:
+            res = orjson.dumps({"id": f"batch_req_{rid_base}_{r['line_no']}", "custom_id": r["custom_id"],
+                                "response": None, "error": unrun_error(r["state"])}).decode()
+            err_lines.append(res.encode())
+            unrun.append((res, time.time(), batch_id, r["line_no"], r["state"]))
+    if unrun:  # counted as failed from now on (request_counts), with the error line as their result
+        await store.db.executemany("UPDATE batch_lines SET state = 'failed', result = ?, updated_at = ? "
+                                   "WHERE batch_id = ? AND line_no = ? AND state = ?", unrun)
     fields: dict[str, Any] = {}
     if out_lines:
         f = await store.create_file(key_id, f"{batch_id}_output.jsonl", "batch_output",

@@ -24,6 +24,16 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 _TS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at",
        "cancelled_at")
 
+# Lines a batch ended without running (`cancel_pending` marks them `expired` / `cancelled`): each gets
+# OpenAI's error line, in the error file (`runner.finalize_files`) and the forwarded path alike.
+UNRUN = {"expired": ("batch_expired", "This request could not be executed before the completion window expired."),
+         "cancelled": ("batch_cancelled", "This request was not executed because the batch was cancelled.")}
+
+
+def unrun_error(state: str) -> dict[str, str]:
+    code, message = UNRUN[state]
+    return {"code": code, "message": message}
+
 
 def line_request_id(batch_id: str, line_no: int) -> str:
     """The stable request id of one batch line (ledger key and `response.request_id`)."""

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from tiergate.batches.store import UNRUN
 from tiergate.batches.upstream_common import JsonHttp, LineResult, Polled, Settle
 from tiergate.catalog.shaping import check_capabilities, shape_request
 from tiergate.providers.anthropic import translate_request
@@ -55,8 +56,7 @@ CUSTOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what Anthropic accepts as a cu
 ADOPT_WINDOW_S = 300.0  # an orphaned upstream batch is looked for this long either side of the create call
 ADOPT_PAGES = 10  # pages of 100 batches listed at most when looking for it
 
-LOST = {"canceled": ("batch_cancelled", "The batch was cancelled before this request ran."),
-        "expired": ("batch_expired", "This request could not be executed before the completion window expired.")}
+LOST = {"canceled": UNRUN["cancelled"], "expired": UNRUN["expired"]}  # OpenAI's error lines for lines that never ran
 
 
 def upstream_custom_ids(lines: list[dict[str, Any]]) -> dict[str, int]:
