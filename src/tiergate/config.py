@@ -404,13 +404,26 @@ def _parse_routing(d: Any, names: list[str]) -> RoutingConfig:
         model, _, effort = c.partition("@")
         if model not in names:
             raise _err(f"routing.candidates[{i}]", f"{model!r} is not a configured model ({', '.join(names)})")
+        if "@" in c and not effort:
+            raise _err(f"routing.candidates[{i}]", f"empty effort after '@' in {c!r}; write {model!r} alone "
+                       f"(its default effort) or {model}@low|medium|high")
         if effort and effort not in ("minimal", "low", "medium", "high"):
             raise _err(f"routing.candidates[{i}]", f"unknown effort {effort!r}; use low, medium or high")
     policies = d.get("policies") or {}
     _expect(policies, dict, "routing.policies", "a mapping of policy name to quality target in (0, 1]")
+    for name, target in policies.items():
+        if not isinstance(name, str) or not name or ":" in name:
+            raise _err("routing.policies", f"policy name {name!r} must be a plain word such as `fast`")
+        if isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1:
+            raise _err(f"routing.policies.{name}", f"quality target {target!r} must be a number in (0, 1]")
+    default_policy = d.get("default_policy", "balanced")
+    known = {"cost", "balanced", "quality", *policies}
+    if default_policy not in known:
+        raise _err("routing.default_policy", f"{default_policy!r} is not a policy; use one of "
+                   f"{', '.join(sorted(map(str, known)))}")
     return RoutingConfig(
         candidates=tuple(cands),
-        default_policy=str(d.get("default_policy", "balanced")),
+        default_policy=str(default_policy),
         router_dir=d.get("router_dir"),
         policies={str(k): float(v) for k, v in policies.items()},
         escalate=bool(d.get("escalate", True)),

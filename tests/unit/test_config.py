@@ -119,6 +119,24 @@ def test_routing_candidate_efforts_are_checked_against_the_catalogue_at_start():
     assert unpriced == ["llama-local"]  # not in the catalogue: its efforts are unknown, so not checked
 
 
+def test_routing_section_values_are_checked_at_load():
+    def cfg(**routing):
+        return parse_config({"models": [{"name": "o3-mini", "deployments": [{"provider": "sim"}]}],
+                             "routing": {"candidates": ["o3-mini@low"], **routing}}, env={})
+
+    # an empty effort used to load and then answer every `auto` request with a 400
+    with pytest.raises(ConfigError, match=r"routing\.candidates\[0\]: empty effort after '@'"):
+        cfg(candidates=["o3-mini@"])
+    with pytest.raises(ConfigError, match=r"routing\.policies\.fast: quality target 'high' must be a number"):
+        cfg(policies={"fast": "high"})  # was a ValueError traceback
+    with pytest.raises(ConfigError, match=r"routing\.policies\.fast: quality target 1\.5"):
+        cfg(policies={"fast": 1.5})
+    with pytest.raises(ConfigError, match=r"routing\.default_policy: 'fastest' is not a policy; use one of "
+                                          r"balanced, cost, fast, quality"):
+        cfg(policies={"fast": 0.9}, default_policy="fastest")
+    assert cfg(policies={"fast": 0.9}, default_policy="fast").routing.default_policy == "fast"
+
+
 def _with(section: str, values: dict, model: int = 1) -> dict:
     d = yaml.safe_load(ACCEPTANCE)
     d["models"][model][section] = values
