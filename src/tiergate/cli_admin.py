@@ -118,7 +118,7 @@ async def _direct(a: argparse.Namespace, op: str) -> Any:
     """The same operations against the store, through the same Accounting code the server runs."""
     from tiergate.accounting.service import Accounting
     from tiergate.config import parse_config
-    from tiergate.server.admin import parse_time
+    from tiergate.server.admin import spend_body, spend_window
     from tiergate.wire.errors import GatewayError
 
     raw = {"models": [{"name": "_", "deployments": [{"provider": "sim"}]}], "storage": a.storage}
@@ -141,11 +141,8 @@ async def _direct(a: argparse.Namespace, op: str) -> Any:
             return info.public()
         import time
 
-        end = parse_time(a.end, time.time() + 1)
-        start = parse_time(a.start, end - 30 * 86400)
-        rows = await acc.spend(a.group_by, start, end, a.key_id)
-        return {"group_by": a.group_by, "start": start, "end": end, "total_usd": sum(r["cost_usd"] for r in rows),
-                "data": rows}
+        start, end = spend_window(a.start, a.end, time.time())
+        return spend_body(a.group_by, start, end, await acc.spend(a.group_by, start, end, a.key_id), a.key_id)
     except GatewayError as e:
         raise SystemExit(f"tiergate: {e.message}") from None
     finally:

@@ -273,6 +273,8 @@ async def spend_report(store: Store, group_by: str = "key", start: float | None 
         g = r.pop("grp")
         if group_by == "day" and g is not None:
             g = time.strftime("%Y-%m-%d", time.gmtime(int(g) * 86400))
-        out.append({group_by: g, **{k: (float(v) if k == "cost_usd" else int(v or 0)) for k, v in r.items()}})
+        # sums of float costs carry binary noise (0.00045719999999999995): rounded to the nano-dollar
+        out.append({group_by: g, **{k: (round(float(v or 0.0), 9) if k == "cost_usd" else int(v or 0))
+                                    for k, v in r.items()}})
     out.sort(key=(lambda x: x["day"] or "") if group_by == "day" else (lambda x: -x["cost_usd"]))
     return out

@@ -118,6 +118,24 @@ def parse_time(value: str | None, default: float) -> float:
                            "epoch seconds.") from None
 
 
+def spend_window(start: str | None, end: str | None, now: float) -> tuple[float, float]:
+    """A spend report's [start, end) in epoch seconds (defaults: the last 30 days); a window that ends
+    before it starts is a 400 (it used to return an empty report, which reads as "nothing spent")."""
+    t_end = parse_time(end, now + 1)
+    t_start = parse_time(start, t_end - 30 * 86400)
+    if t_start >= t_end:
+        raise GatewayError(400, f"The spend window is empty: start ({start}) is not before end ({end}).",
+                           param="start")
+    return t_start, t_end
+
+
+def spend_body(group_by: str, t_start: float, t_end: float, rows: list[dict[str, Any]],
+               key_id: str | None = None) -> dict[str, Any]:
+    """The spend report object (API and CLI): the total rounded to the nano-dollar, like each row."""
+    return {"group_by": group_by, "start": t_start, "end": t_end, "key_id": key_id,
+            "total_usd": round(sum(r["cost_usd"] for r in rows), 9), "data": rows}
+
+
 def check_key_models(models: list[str] | None, configured: list[str], catalogue: list[str], *,
                      hint: str = "") -> None:
     """A key's model allow-list may name configured models and catalogue models; anything else is a
@@ -240,11 +258,8 @@ def build_admin_app(accounting: Accounting) -> FastAPI:
         end: str | None = Query(None, description="exclusive (default: now)"),
         key_id: str | None = None,
     ) -> dict[str, Any]:
-        now = time.time()
-        t_end = parse_time(end, now + 1)
-        t_start = parse_time(start, t_end - 30 * 86400)
+        t_start, t_end = spend_window(start, end, time.time())
         rows = await accounting.spend(group_by, t_start, t_end, key_id)
-        return {"group_by": group_by, "start": t_start, "end": t_end, "key_id": key_id,
-                "total_usd": sum(r["cost_usd"] for r in rows), "data": rows}
+        return spend_body(group_by, t_start, t_end, rows, key_id)
 
     return app
