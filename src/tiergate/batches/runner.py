@@ -4,7 +4,8 @@ Each line is one Chat Completions (or Responses) request sent through the same p
 traffic (`server.chat.run_chat`: routing incl. `model: "auto"`, key budget, dispatch, ledger), with
 the line's stable request id so a re-run after a crash cannot be billed twice. Live traffic keeps
 priority: a batch runs at most `concurrency` lines at once and all batches together at most
-`max_concurrency`; rate-limited lines back off instead of failing. A line refused for its key's budget
+`max_concurrency`; a rate-limited line waits (Retry-After) and tries again until the batch's window ends
+or it is cancelled, instead of failing (one that can never fit the key's TPM fails at once). A line refused for its key's budget
 only because of holds in flight (often the batch's own other lines) waits for them to settle and tries
 again; it fails on budget only once the budget is really spent (`BudgetRefused.exhausted`).
 
@@ -45,7 +46,7 @@ class BatchSettings:
     lease_s: float = 30.0  # a claimed line returns to the pool this long after its replica stops heart-beating
     poll_s: float = 1.0  # how often idle replicas look for work
     max_attempts: int = 3  # claims of one line (crashes while running it) before it is failed
-    rate_limit_retries: int = 6  # 429/503 from the gateway itself: back off and retry the line this often
+    rate_limit_retries: int = 6  # 503 from the gateway itself: back off and retry the line this often
     budget_wait_s: float = 660.0  # a line refused only for budget holds in flight waits this long for them
     window_s: float = 24 * 3600.0  # completion_window "24h"
     forward_upstream: bool = False  # send batches for one OpenAI or Anthropic model to its own batch API
@@ -95,6 +96,8 @@ class BatchRunner:
         self._wake = asyncio.Event()
         self._stopping = False
         self._winding_down: set[str] = set()  # batches cancelling or expiring: lines stop waiting on holds
+        self._ending: dict[str, asyncio.Event] = {}  # set when the batch winds down: wakes lines that wait
+        self._end_state: dict[str, str] = {}  # batch id -> "cancelled" | "expired" once it winds down
         self._tasks: list[asyncio.Task] = []
 
     # ------------------------------------------------------------ lifecycle
@@ -181,6 +184,8 @@ class BatchRunner:
                     status = "expiring"
                 if status != "in_progress":
                     self._winding_down.add(bid)
+                    self._end_state[bid] = "expired" if status == "expiring" else "cancelled"
+                    self._ending.setdefault(bid, asyncio.Event()).set()
                 if status in ("in_progress",):
                     free = s.concurrency - len(running)
                     claimed = await self.store.claim(bid, self.owner, free, s.lease_s, s.max_attempts)
@@ -202,6 +207,8 @@ class BatchRunner:
                 return
         finally:
             self._winding_down.discard(bid)
+            self._ending.pop(bid, None)
+            self._end_state.pop(bid, None)
             for t in running:
                 t.cancel()
 
@@ -220,7 +227,7 @@ class BatchRunner:
         rid = line_request_id(line.batch_id, line.line_no)
         try:
             status, body, err = await self._attempt_line(batch, key, line, rid)
-            ok = err is None and 200 <= status < 300
+            ok = err is None and status is not None and 200 <= status < 300
             out = {"id": f"batch_req_{rid.removeprefix('breq_')}", "custom_id": line.custom_id,
                    "response": None if err else {"status_code": status, "request_id": rid, "body": body},
                    "error": err}
@@ -230,7 +237,7 @@ class BatchRunner:
             self._inflight.pop(ident, None)
 
     async def _attempt_line(self, batch: dict[str, Any], key: Any, line: Claimed, rid: str
-                            ) -> tuple[int, dict[str, Any], dict[str, Any] | None]:
+                            ) -> tuple[int | None, dict[str, Any], dict[str, Any] | None]:
         try:
             body = orjson.loads(line.body)
         except orjson.JSONDecodeError:
@@ -259,8 +266,21 @@ class BatchRunner:
                 await asyncio.sleep(hold_delay)
                 hold_delay = min(hold_delay * 2, 1.0)
             except GatewayError as e:
-                transient = (e.status == 429 and e.code != "insufficient_quota") or e.status == 503
-                if transient and retries < self.settings.rate_limit_retries and not self._stopping:
+                if e.status == 429 and e.code != "insufficient_quota" and not self._stopping:
+                    # A rate limit (the key's RPM/TPM, or the upstream's): the line has the batch's whole
+                    # completion window, so it waits (the Retry-After when given) and tries again until
+                    # the window ends or the batch is cancelled; then it is an unrun line. A request that
+                    # can never fit the key's TPM fails at once.
+                    if never_fits(e):
+                        return e.status, e.to_dict(), None
+                    wait = retry_after_s(e)
+                    if wait is None:
+                        wait, delay = delay, min(delay * 2, 30.0)
+                    ended = await self._wait_in_window(batch, max(wait, 0.1))  # never a busy loop
+                    if ended is not None:
+                        return None, {}, unrun_error(ended)
+                    continue
+                if e.status == 503 and retries < self.settings.rate_limit_retries and not self._stopping:
                     retries += 1
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
@@ -271,6 +291,22 @@ class BatchRunner:
             except Exception as e:
                 log.exception("batch %s line %s failed", batch["id"], line.line_no)
                 return 500, {}, {"code": "internal_error", "message": f"the gateway failed on this line ({type(e).__name__})"}
+
+    async def _wait_in_window(self, batch: dict[str, Any], wait_s: float) -> str | None:
+        """Sleep `wait_s` (no longer than the batch's completion window lasts); None, or why the batch
+        ended meanwhile ("expired" / "cancelled"): a cancel or expiry wakes the line at once."""
+        bid = batch["id"]
+        if bid in self._end_state:
+            return self._end_state[bid]
+        left = float(batch.get("expires_at") or float("inf")) - time.time()
+        if left <= 0:
+            return "expired"
+        ending = self._ending.setdefault(bid, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ending.wait(), min(max(wait_s, 0.0), left))
+        if bid in self._end_state:
+            return self._end_state[bid]
+        return "expired" if batch.get("expires_at") and time.time() >= float(batch["expires_at"]) else None
 
     # ------------------------------------------------------------ finishing
 
@@ -287,6 +323,23 @@ class BatchRunner:
                                     output_file_id=fresh.get("output_file_id"),
                                     error_file_id=fresh.get("error_file_id"))
         log.info("batch %s %s", bid, final)
+
+
+def never_fits(e: GatewayError) -> bool:
+    """The key's TPM refusal of a request larger than the whole limit (`Request too large`): no wait helps."""
+    return e.code == "rate_limit_exceeded" and "retry-after" not in {k.lower() for k in e.headers} and \
+        e.message.startswith("Request too large")
+
+
+def retry_after_s(e: GatewayError) -> float | None:
+    """The refusal's Retry-After (`retry-after-ms` or `retry-after` seconds), None when it gives none."""
+    h = {k.lower(): v for k, v in (e.headers or {}).items()}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            return max(0.0, float(h[name]) * scale)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
 
 
 async def finalize_files(store: BatchStore, batch_id: str, key_id: str | None) -> None:
