@@ -7,7 +7,12 @@ tool_use, temperature range, thinking budget rules). A violation is answered wit
 
 Answers: with tools and no tool_result in the last turn -> a `tool_use` of the first tool (input
 filled from the schema's required properties); otherwise text `echo: <last user text>`. With
-thinking enabled a thinking block comes first. Failures on demand: `fail_next` holds (status,
+thinking enabled a thinking block comes first (its text names the last user text; its signature is
+derived from that text, and a thinking block sent back is refused unless its signature matches, as the
+real API refuses an altered one), then, with `redacted_thinking` set, a `redacted_thinking` block
+(its `data` self-checking the same way). Assistant turns sent back are checked as the real API does:
+thinking blocks first, never last, and with thinking enabled a tool-using turn must start with one.
+Failures on demand: `fail_next` holds (status,
 error type) answers for the next requests; `stream_error_after` sends an `error` event mid-stream.
 
 Message Batches (`/v1/messages/batches`: create, list, retrieve, cancel, results): every request's
@@ -22,6 +27,7 @@ when the connection drops after Anthropic has taken it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -39,8 +45,23 @@ IMAGE_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
 CUSTOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def check_request(body: Any, headers: dict[str, str], api_key: str) -> list[str]:
-    """Everything wrong with this request, as the real API would refuse it."""
+def sign(text: str) -> str:
+    """The fake's thinking-block signature (the real one is opaque; this one lets altered thinking be caught)."""
+    return "sig-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def redacted_data(n: int) -> str:
+    return f"redacted-{n}-{sign(str(n))}"
+
+
+def _redacted_ok(data: Any) -> bool:
+    parts = data.split("-", 2) if isinstance(data, str) else []
+    return len(parts) == 3 and parts[0] == "redacted" and parts[2] == sign(parts[1])
+
+
+def check_request(body: Any, headers: dict[str, str], api_key: str, signed: bool = False) -> list[str]:
+    """Everything wrong with this request, as the real API would refuse it. `signed`: thinking and
+    redacted_thinking blocks must be ones this fake issued, unaltered (the server always checks this)."""
     p: list[str] = []
     if headers.get("x-api-key") != api_key:
         p.append("x-api-key missing or wrong")
@@ -145,8 +166,20 @@ def check_request(body: Any, headers: dict[str, str], api_key: str) -> list[str]
                     p.append(f"{where}: thinking only in assistant turns")
                 if bt == "thinking" and not b.get("signature"):
                     p.append(f"{where}.signature: required")
+                elif bt == "thinking" and signed and (not isinstance(b.get("thinking"), str)
+                                                      or b["signature"] != sign(b["thinking"])):
+                    p.append(f"{where}: Invalid `signature` in `thinking` block")
+                if bt == "redacted_thinking" and signed and not _redacted_ok(b.get("data")):
+                    p.append(f"{where}.data: Invalid `data` in `redacted_thinking` block")
             else:
                 p.append(f"{where}.type: unknown block type {bt!r}")
+        kinds = [b.get("type") if isinstance(b, dict) else None for b in blocks]
+        thinking_kinds = ("thinking", "redacted_thinking")
+        if role == "assistant" and any(k in thinking_kinds for k in kinds) and kinds[0] not in thinking_kinds:
+            p.append(f"messages.{i}.content.0: If an assistant message contains any thinking blocks, the first "
+                     f"block must be `thinking` or `redacted_thinking`. Found `{kinds[0]}`.")
+        if role == "assistant" and kinds[-1] in thinking_kinds:
+            p.append(f"messages.{i}: The final block in an assistant message cannot be `{kinds[-1]}`.")
         if role == "assistant" and th is not None and ids_here and blocks[0].get("type") not in (
                 "thinking", "redacted_thinking"):
             p.append(f"messages.{i}: with thinking, an assistant turn using tools must start with a thinking block")
@@ -183,6 +216,7 @@ class FakeAnthropic:
     requests: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     batch_polls_to_end: int = 2
+    redacted_thinking: bool = False  # with thinking, also answer a redacted_thinking block
     lose_next_batch_create: bool = False
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {batch, requests, polls, results}
     batch_creates: list[dict[str, Any]] = field(default_factory=list)
@@ -231,8 +265,10 @@ class FakeAnthropic:
         msgs = body["messages"]
         content: list[dict[str, Any]] = []
         if body.get("thinking"):
-            content.append({"type": "thinking", "thinking": "Let me think step by step about this.",
-                            "signature": "sig-fake"})
+            thought = f"Let me think step by step about this: {_last_user_text(msgs)[:60]!r}."
+            content.append({"type": "thinking", "thinking": thought, "signature": sign(thought)})
+            if self.redacted_thinking:
+                content.append({"type": "redacted_thinking", "data": redacted_data(len(self.requests))})
         last = msgs[-1]
         last_has_result = isinstance(last["content"], list) and any(
             b.get("type") == "tool_result" for b in last["content"])
@@ -267,7 +303,7 @@ class FakeAnthropic:
             self.problems.append("body is not JSON")
             return self._err(400, "invalid_request_error", "body is not JSON")
         self.requests.append(body)
-        problems = check_request(body, headers, self.api_key)
+        problems = check_request(body, headers, self.api_key, signed=True)
         if problems:
             self.problems.extend(problems)
             status, typ = (401, "authentication_error") if "x-api-key" in problems[0] else (
@@ -297,6 +333,7 @@ class FakeAnthropic:
         for i, block in enumerate(msg["content"]):
             bt = block["type"]
             empty = {"text": {"type": "text", "text": ""}, "thinking": {"type": "thinking", "thinking": ""},
+                     "redacted_thinking": block,
                      "tool_use": {"type": "tool_use", "id": block.get("id"), "name": block.get("name"), "input": {}}}
             await send({"type": "content_block_start", "index": i, "content_block": empty[bt]})
             if bt == "text":
@@ -310,6 +347,8 @@ class FakeAnthropic:
                                 "delta": {"type": "text_delta", "text": w if k == 0 else " " + w}})
                     deltas += 1
                     await asyncio.sleep(0)
+            elif bt == "redacted_thinking":
+                pass  # it comes whole in content_block_start
             elif bt == "thinking":
                 await send({"type": "content_block_delta", "index": i,
                             "delta": {"type": "thinking_delta", "thinking": block["thinking"]}})
@@ -368,7 +407,7 @@ class FakeAnthropic:
             params = r.get("params")
             if isinstance(params, dict) and "stream" in params:
                 problems.append(f"requests.{i}.params.stream: not supported in batches")
-            problems += [f"requests.{i}.params.{p}" for p in check_request(params, headers, self.api_key)]
+            problems += [f"requests.{i}.params.{p}" for p in check_request(params, headers, self.api_key, signed=True)]
         if problems:
             self.problems.extend(problems)
             return self._err(400, "invalid_request_error", "; ".join(problems))

@@ -11,7 +11,8 @@ tokens, raising `max_tokens` so the visible answer keeps its room, and dropping 
 
 Response (`from_message`, `StreamTranslator`): text -> `message.content`, `tool_use` ->
 `tool_calls` (input object -> JSON string arguments), thinking -> `reasoning_content` (+
-`thinking_blocks`, passed back on the next turn so tool loops with thinking keep working),
+`thinking_blocks`, passed back on the next turn so tool loops with thinking keep working; streamed,
+each finished block comes as one `delta.thinking_blocks` chunk, signature included),
 `stop_reason` -> `finish_reason`, usage -> `prompt_tokens` (input + cache read + cache write),
 `cached_tokens` (cache read), `cache_write_tokens`, and `reasoning_tokens` (thinking; estimated from
 the thinking text when Anthropic does not report it, and always a part of `completion_tokens`,
@@ -155,7 +156,7 @@ def _convert_messages(messages: Any) -> tuple[list[dict[str, Any]], list[str]]:
         elif role == "user":
             push("user", _blocks(m.get("content"), path))
         elif role == "assistant":
-            blocks = [dict(b) for b in (m.get("thinking_blocks") or []) if isinstance(b, dict)]
+            blocks = [dict(b) for b in (m.get("thinking_blocks") or []) if _is_thinking(b)]
             blocks += _blocks(m.get("content"), path)
             blocks += _tool_use_blocks(m.get("tool_calls"), path)
             push("assistant", blocks)
@@ -167,13 +168,39 @@ def _convert_messages(messages: Any) -> tuple[list[dict[str, Any]], list[str]]:
             raise TranslationError("role 'function' is deprecated; use tool messages", f"{path}.role")
         else:
             raise TranslationError(f"unknown role {role!r}", f"{path}.role")
-    # Empty turns are refused by the API; drop them (e.g. an assistant turn that was only "").
-    turns = [t for t in turns if t["content"]]
+    turns = _tidy(turns)
     if not turns:
         raise TranslationError("at least one user message with content is required", "messages")
     if turns[0]["role"] != "user":
         turns.insert(0, {"role": "user", "content": [{"type": "text", "text": "(continue)"}]})
     return turns, system
+
+
+def _is_thinking(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") in ("thinking", "redacted_thinking")
+
+
+def _tidy(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Turns the API accepts: empty turns dropped (e.g. an assistant turn that was only ""), and so are
+    assistant turns of thinking alone (its final block may not be thinking); the turns left around them
+    merged when they now have the same role; in an assistant turn, its thinking blocks first (the API
+    requires it of any assistant turn that has them; two assistant messages in a row become one turn)."""
+    out: list[dict[str, Any]] = []
+    for t in turns:
+        content = t["content"]
+        if t["role"] == "assistant" and all(_is_thinking(b) for b in content):
+            content = []
+        if not content:
+            continue
+        if out and out[-1]["role"] == t["role"]:
+            out[-1]["content"].extend(content)
+        else:
+            out.append({"role": t["role"], "content": list(content)})
+    for t in out:
+        if t["role"] == "assistant" and any(_is_thinking(b) for b in t["content"][1:]):
+            t["content"] = ([b for b in t["content"] if _is_thinking(b)]
+                            + [b for b in t["content"] if not _is_thinking(b)])
+    return out
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
@@ -397,6 +424,7 @@ class StreamTranslator:
     _tool_index: dict[int, int] = field(default_factory=dict)  # anthropic block index -> OpenAI tool index
     _thinking: list[str] = field(default_factory=list)
     _content_blocks: set[int] = field(default_factory=set)  # structured-output tool blocks
+    _thinking_blocks: dict[int, dict[str, Any]] = field(default_factory=dict)  # open (redacted_)thinking blocks
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
@@ -423,6 +451,15 @@ class StreamTranslator:
                                                                   "arguments": ""}}]})]
             if block.get("type") == "text" and block.get("text"):
                 return [self._chunk({"content": block["text"]})]
+            if block.get("type") == "thinking":
+                self._thinking_blocks[int(ev.get("index", 0))] = {
+                    "type": "thinking", "thinking": str(block.get("thinking") or ""),
+                    "signature": str(block.get("signature") or "")}
+                if block.get("thinking"):
+                    self._thinking.append(block["thinking"])
+                    return [self._chunk({"reasoning_content": block["thinking"]})]
+            elif block.get("type") == "redacted_thinking":
+                self._thinking_blocks[int(ev.get("index", 0))] = dict(block)
             return []
         if t == "content_block_delta":
             d = ev.get("delta") or {}
@@ -435,10 +472,19 @@ class StreamTranslator:
                 idx = self._tool_index.get(int(ev.get("index", 0)), 0)
                 return [self._chunk({"tool_calls": [{"index": idx,
                                                      "function": {"arguments": d.get("partial_json", "")}}]})]
+            open_block = self._thinking_blocks.get(int(ev.get("index", 0)))
             if dt == "thinking_delta":
                 self._thinking.append(d.get("thinking", ""))
+                if open_block is not None:
+                    open_block["thinking"] = open_block.get("thinking", "") + d.get("thinking", "")
                 return [self._chunk({"reasoning_content": d.get("thinking", "")})]
-            return []  # signature_delta, citations_delta
+            if dt == "signature_delta" and open_block is not None:
+                open_block["signature"] = open_block.get("signature", "") + d.get("signature", "")
+            return []  # citations_delta, unknown deltas
+        if t == "content_block_stop":
+            # a finished (redacted_)thinking block, signed, as the client must pass it back (thinking_blocks)
+            done = self._thinking_blocks.pop(int(ev.get("index", 0)), None)
+            return [] if done is None else [self._chunk({"thinking_blocks": [done]})]
         if t == "message_delta":
             d = ev.get("delta") or {}
             self.usage.update({k: v for k, v in (ev.get("usage") or {}).items() if v is not None})
@@ -460,7 +506,7 @@ class StreamTranslator:
         if t == "error":
             err = ev.get("error") or {}
             raise AnthropicStreamError(str(err.get("type") or "api_error"), str(err.get("message") or "stream error"))
-        return []  # ping, content_block_stop, unknown future events
+        return []  # ping, unknown future events
 
     def openai_usage(self) -> dict[str, Any]:
         return usage_to_openai(self.usage, "".join(self._thinking))

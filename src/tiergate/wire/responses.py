@@ -11,16 +11,28 @@ server (its stored chain becomes leading input items) before this is called.
 `input_items(input)` normalises a request's `input` to the item objects OpenAI's input_items list
 returns (ids, `input_text` parts, `status`), which is how the store keeps them.
 
-`to_response(chat, req, …)` turns a `chat.completion` into a Response object (message and
+`to_response(chat, req, …)` turns a `chat.completion` into a Response object (reasoning, message and
 function_call output items, `status`/`incomplete_details` from `finish_reason`, usage renamed to
-input/output tokens). `StreamTranslator` turns `chat.completion.chunk` dicts into the Responses
+input/output tokens).
+
+Claude's thinking (chat `reasoning_content` + signed `thinking_blocks`) becomes a `reasoning` item:
+the text as its summary, the blocks losslessly in `encrypted_content` (`encode_thinking`). Passed
+back in `input` (or through `previous_response_id`), `to_chat_request(..., thinking_blocks=True)` —
+for a request only Anthropic deployments can serve — puts the blocks back on the assistant message
+that follows the item, so the Anthropic translation sends the signed thinking and a tool loop keeps
+thinking on; otherwise reasoning items are dropped. `without_gateway_reasoning` removes them from a
+native request's input. `StreamTranslator` turns `chat.completion.chunk` dicts into the Responses
 stream events, in the order the SDK's stream accumulator expects, each with a `sequence_number`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from tiergate.wire.errors import GatewayError, bad_request
 from tiergate.wire.ids import new_id
@@ -38,6 +50,46 @@ _PASS = ("temperature", "top_p", "parallel_tool_calls", "user", "safety_identifi
 
 def _err(message: str, param: str, code: str = "unsupported_parameter") -> GatewayError:
     return bad_request(message, param=param, code=code)
+
+
+# ---------------------------------------------------------------- reasoning items <-> Claude's thinking blocks
+
+THINKING_PREFIX = "tg-thinking.v1."  # starts the encrypted_content of a reasoning item made here
+
+
+def encode_thinking(blocks: list[dict[str, Any]]) -> str:
+    """Claude's signed thinking / redacted_thinking blocks (chat `thinking_blocks`) -> the opaque
+    `encrypted_content` of a reasoning item: lossless, so the blocks can be sent back to Anthropic."""
+    return THINKING_PREFIX + base64.urlsafe_b64encode(orjson.dumps(blocks)).decode()
+
+
+def is_gateway_reasoning(item: Any) -> bool:
+    """A reasoning item this gateway made from Claude's thinking (no other API can read it)."""
+    return (isinstance(item, dict) and item.get("type") == "reasoning"
+            and str(item.get("encrypted_content") or "").startswith(THINKING_PREFIX))
+
+
+def decode_thinking(item: dict[str, Any], path: str) -> list[dict[str, Any]]:
+    """The thinking blocks in a reasoning item's `encrypted_content` (see `encode_thinking`); a 400 when
+    they were altered past reading."""
+    raw = str(item.get("encrypted_content"))[len(THINKING_PREFIX):]
+    try:
+        blocks = orjson.loads(base64.urlsafe_b64decode(raw.encode()))
+    except (binascii.Error, ValueError):
+        blocks = None
+    if not isinstance(blocks, list) or not blocks or not all(
+            isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking") for b in blocks):
+        raise _err("encrypted_content of this reasoning item could not be read; pass the item back exactly as "
+                   "it was returned", f"{path}.encrypted_content", "invalid_encrypted_content")
+    return blocks
+
+
+def without_gateway_reasoning(inp: Any) -> Any:
+    """`input` without the reasoning items made here from Claude's thinking, for an upstream Responses
+    API (which cannot read them, and would refuse their ids)."""
+    if not isinstance(inp, list):
+        return inp
+    return [item for item in inp if not is_gateway_reasoning(item)]
 
 
 # ---------------------------------------------------------------- request
@@ -79,12 +131,19 @@ def _output_to_text(output: Any) -> str | list[dict[str, Any]]:
     return "" if output is None else str(output)
 
 
-def _input_messages(inp: Any) -> list[dict[str, Any]]:
+def _input_messages(inp: Any, thinking_blocks: bool = False) -> list[dict[str, Any]]:
     if isinstance(inp, str):
         return [{"role": "user", "content": inp}]
     if not isinstance(inp, list) or not inp:
         raise _err("input must be a string or a non-empty list of input items", "input", "invalid_value")
     msgs: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []  # thinking blocks of reasoning items, for the assistant turn they lead to
+
+    def attach() -> None:  # to the assistant message just added or extended
+        if pending:
+            msgs[-1].setdefault("thinking_blocks", []).extend(pending)
+            pending.clear()
+
     for i, item in enumerate(inp):
         path = f"input[{i}]"
         if not isinstance(item, dict):
@@ -98,6 +157,10 @@ def _input_messages(inp: Any) -> list[dict[str, Any]]:
             if role == "assistant" and not isinstance(content, str):
                 content = "".join(p.get("text", "") for p in content if p["type"] == "text")
             msgs.append({"role": role, "content": content})
+            if role == "assistant":
+                attach()
+            else:
+                pending.clear()
         elif t == "function_call":
             call = {"id": item.get("call_id") or item.get("id") or new_id("call_"), "type": "function",
                     "function": {"name": item.get("name", ""), "arguments": item.get("arguments") or "{}"}}
@@ -108,12 +171,22 @@ def _input_messages(inp: Any) -> list[dict[str, Any]]:
                 last["tool_calls"] = [call]
             else:
                 msgs.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            attach()
         elif t == "function_call_output":
             if not item.get("call_id"):
                 raise _err("function_call_output needs call_id", f"{path}.call_id", "missing_required_parameter")
             msgs.append({"role": "tool", "tool_call_id": item["call_id"], "content": _output_to_text(item.get("output"))})
+            pending.clear()
         elif t == "reasoning":
-            continue  # reasoning from an earlier turn: Chat Completions has no place for it
+            # Claude's signed thinking, made here, goes back on the assistant message it led to (chat
+            # `thinking_blocks`, which the Anthropic translation sends back as thinking blocks); any other
+            # reasoning item has no place in Chat Completions and is dropped
+            if thinking_blocks and is_gateway_reasoning(item):
+                blocks = decode_thinking(item, path)
+                if msgs and msgs[-1]["role"] == "assistant":
+                    msgs[-1].setdefault("thinking_blocks", []).extend(blocks)
+                else:
+                    pending.extend(blocks)
         elif t == "item_reference":
             raise _err("item_reference needs stored responses, which this gateway does not keep; pass the item "
                        "itself", f"{path}.type")
@@ -193,8 +266,12 @@ def _response_format(text: Any) -> dict[str, Any] | None:
     raise _err(f"text.format type {fmt.get('type')!r} is not supported", "text.format.type", "invalid_value")
 
 
-def to_chat_request(req: Any) -> dict[str, Any]:
-    """A Responses request body -> a Chat Completions body. Raises GatewayError (400) on what cannot map."""
+def to_chat_request(req: Any, *, thinking_blocks: bool = False) -> dict[str, Any]:
+    """A Responses request body -> a Chat Completions body. Raises GatewayError (400) on what cannot map.
+
+    `thinking_blocks`: the request goes only to Anthropic models, so reasoning items made here from
+    Claude's thinking become `thinking_blocks` on the assistant message that follows them (otherwise
+    they are dropped: an OpenAI-family model would refuse the field)."""
     if not isinstance(req, dict):
         raise bad_request("The request body must be a JSON object.")
     if not isinstance(req.get("model"), str) or not req["model"]:
@@ -206,7 +283,7 @@ def to_chat_request(req: Any) -> dict[str, Any]:
         raise _err("background responses are not supported; use the Batch API for deferred work", "background")
     if "input" not in req:
         raise bad_request("input is required", param="input", code="missing_required_parameter")
-    msgs = _input_messages(req["input"])
+    msgs = _input_messages(req["input"], thinking_blocks)
     if req.get("instructions"):
         msgs.insert(0, {"role": "system", "content": str(req["instructions"])})
     body: dict[str, Any] = {"model": req["model"], "messages": msgs}
@@ -293,6 +370,16 @@ def _call_item(item_id: str, call_id: str, name: str, args: str, status: str = "
             "status": status}
 
 
+def _reasoning_item(item_id: str, text: str, blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    """A reasoning output item: the thinking text as its summary, the signed blocks (if any) as its
+    `encrypted_content`, from which the next turn rebuilds them."""
+    item: dict[str, Any] = {"type": "reasoning", "id": item_id,
+                            "summary": [{"type": "summary_text", "text": text}] if text else []}
+    if blocks:
+        item["encrypted_content"] = encode_thinking(blocks)
+    return item
+
+
 def to_response(chat: dict[str, Any], req: dict[str, Any], resp_id: str, created_at: int) -> dict[str, Any]:
     """A `chat.completion` -> a Response object."""
     resp = skeleton(req, resp_id, created_at, chat.get("model") or req.get("model", ""))
@@ -300,6 +387,10 @@ def to_response(chat: dict[str, Any], req: dict[str, Any], resp_id: str, created
     msg = choice.get("message") or {}
     status, incomplete = _status(choice.get("finish_reason"))
     output: list[dict[str, Any]] = []
+    blocks = [b for b in msg.get("thinking_blocks") or [] if isinstance(b, dict)]
+    if blocks or msg.get("reasoning_content"):
+        text = msg.get("reasoning_content") or "".join(str(b.get("thinking") or "") for b in blocks)
+        output.append(_reasoning_item(new_id("rs_"), str(text), blocks))
     if msg.get("content") or msg.get("refusal"):
         item_status = "incomplete" if status == "incomplete" else "completed"
         output.append(_message_item(new_id("msg_"), msg.get("content"), msg.get("refusal"), item_status))
@@ -316,14 +407,15 @@ def to_response(chat: dict[str, Any], req: dict[str, Any], resp_id: str, created
 
 @dataclass
 class _Open:
-    kind: str  # message | function_call
+    kind: str  # message | function_call | reasoning
     output_index: int
     item_id: str
     text: list[str] = field(default_factory=list)
     refusal: list[str] = field(default_factory=list)
     call_id: str = ""
     name: str = ""
-    part: str | None = None  # output_text | refusal (the open content part of a message)
+    part: str | None = None  # output_text | refusal (the open content part of a message); summary_text
+    blocks: list[dict[str, Any]] = field(default_factory=list)  # a reasoning item's thinking blocks
 
 
 @dataclass
@@ -342,6 +434,7 @@ class StreamTranslator:
     finish_reason: str | None = None
     _items: dict[int, dict[str, Any]] = field(default_factory=dict)  # output_index -> finished output item
     _open_msg: _Open | None = None
+    _open_rs: _Open | None = None  # the reasoning item (Claude's thinking) being streamed
     _calls: dict[int, _Open] = field(default_factory=dict)  # chat tool index -> open call
     _next_index: int = 0
 
@@ -359,10 +452,54 @@ class StreamTranslator:
         return [self._ev("response.created", response=self._snapshot("in_progress")),
                 self._ev("response.in_progress", response=self._snapshot("in_progress"))]
 
+    # -- reasoning item (chat `reasoning_content` deltas, then the signed `thinking_blocks`)
+    def _ensure_reasoning(self) -> list[tuple[str, dict[str, Any]]]:
+        if self._open_rs is not None:
+            return []
+        out = self._close_msg()
+        self._open_rs = _Open("reasoning", self._next_index, new_id("rs_"))
+        self._next_index += 1
+        out.append(self._ev("response.output_item.added", output_index=self._open_rs.output_index,
+                            item={"type": "reasoning", "id": self._open_rs.item_id, "summary": []}))
+        return out
+
+    def _reasoning_delta(self, text: str) -> list[tuple[str, dict[str, Any]]]:
+        out = self._ensure_reasoning()
+        r = self._open_rs
+        assert r is not None
+        if r.part is None:
+            r.part = "summary_text"
+            out.append(self._ev("response.reasoning_summary_part.added", item_id=r.item_id,
+                                output_index=r.output_index, summary_index=0,
+                                part={"type": "summary_text", "text": ""}))
+        r.text.append(text)
+        out.append(self._ev("response.reasoning_summary_text.delta", item_id=r.item_id,
+                            output_index=r.output_index, summary_index=0, delta=text))
+        return out
+
+    def _close_reasoning(self) -> list[tuple[str, dict[str, Any]]]:
+        r = self._open_rs
+        if r is None:
+            return []
+        out = []
+        text = "".join(r.text)
+        if r.part is not None:
+            out.append(self._ev("response.reasoning_summary_text.done", item_id=r.item_id,
+                                output_index=r.output_index, summary_index=0, text=text))
+            out.append(self._ev("response.reasoning_summary_part.done", item_id=r.item_id,
+                                output_index=r.output_index, summary_index=0,
+                                part={"type": "summary_text", "text": text}))
+        item = _reasoning_item(r.item_id, text, r.blocks)
+        self._items[r.output_index] = item
+        out.append(self._ev("response.output_item.done", output_index=r.output_index, item=item))
+        self._open_rs = None
+        return out
+
     # -- message item
     def _ensure_msg(self, part: str) -> list[tuple[str, dict[str, Any]]]:
         out = []
         if self._open_msg is None:
+            out += self._close_reasoning()
             self._open_msg = _Open("message", self._next_index, new_id("msg_"))
             self._next_index += 1
             out.append(self._ev("response.output_item.added", output_index=self._open_msg.output_index,
@@ -421,6 +558,12 @@ class StreamTranslator:
             if ch.get("index", 0) != 0:
                 continue
             d = ch.get("delta") or {}
+            if d.get("reasoning_content"):
+                out += self._reasoning_delta(str(d["reasoning_content"]))
+            if d.get("thinking_blocks"):
+                out += self._ensure_reasoning()
+                assert self._open_rs is not None
+                self._open_rs.blocks += [b for b in d["thinking_blocks"] if isinstance(b, dict)]
             if d.get("content"):
                 out += self._ensure_msg("output_text")
                 m = self._open_msg
@@ -438,6 +581,7 @@ class StreamTranslator:
                 fn = tc.get("function") or {}
                 call = self._calls.get(idx)
                 if call is None:
+                    out += self._close_reasoning()
                     out += self._close_msg()
                     call = _Open("function_call", self._next_index, new_id("fc_"),
                                  call_id=tc.get("id") or new_id("call_"), name=fn.get("name") or "")
@@ -454,7 +598,8 @@ class StreamTranslator:
         return out
 
     def _close_all(self, status: str) -> list[tuple[str, dict[str, Any]]]:
-        out = self._close_msg("incomplete" if status == "incomplete" else "completed")
+        out = self._close_reasoning()
+        out += self._close_msg("incomplete" if status == "incomplete" else "completed")
         for call in sorted(self._calls.values(), key=lambda c: c.output_index):
             args = "".join(call.text)
             out.append(self._ev("response.function_call_arguments.done", item_id=call.item_id,
