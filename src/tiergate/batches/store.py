@@ -247,8 +247,9 @@ class BatchStore:
                                    "WHERE batch_id = ? ORDER BY line_no", batch_id)
 
     async def lines_needing_upstream_results(self, batch_id: str) -> list[dict[str, Any]]:
+        """The lines of a forwarded batch without a result yet (refused before sending, or answered)."""
         return await self.db.fetch("SELECT line_no, custom_id, body FROM batch_lines WHERE batch_id = ? "
-                                   "ORDER BY line_no", batch_id)
+                                   "AND state IN ('pending', 'running') ORDER BY line_no", batch_id)
 
     async def set_line_result(self, batch_id: str, line_no: int, *, ok: bool, status_code: int | None,
                               result: dict[str, Any], usage: dict[str, int] | None) -> None:

@@ -12,18 +12,31 @@ create call is made crash-safe. Either way the batch row keeps the upstream ids,
 polls (batch-level lease), cancel is forwarded, and when the upstream batch ends every result is stored
 under its line's custom_id and billed once at the batch price (catalogue `batch_factor`) with the line's
 stable request id.
+
+Admission: before anything is sent, every line is let in like a live call (`Accounting.admit`, as
+`server.chat.run_chat` does): the key's model list (403 `model_not_allowed`), its RPM/TPM (a refused line
+waits for its Retry-After while the completion window lasts; "Request too large" fails at once) and its
+budget: each line reserves the most it can cost at the batch price (prompt + the output limit it is sent
+with). A line refused there gets the live call's error line and is not forwarded; a reservation that
+does not fit fails the line with `insufficient_quota` (the batch's own holds last until the upstream
+answers, so waiting for them would not help). The holds are kept in the batch row (`up["holds"]`), renewed
+while the upstream batch runs (a reservation lapses after `RESERVATION_TTL_S`) and settled with each
+line's actual cost (batch price) when its result comes back, or with nothing when it never ran.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 
-from tiergate.accounting.pricing import cost_usd, usage_breakdown
+from tiergate.accounting.budget import BudgetRefused, Reservation
+from tiergate.accounting.pricing import cost_usd, max_cost_usd, usage_breakdown
+from tiergate.accounting.tokens import count_messages
 from tiergate.batches.store import line_request_id
 from tiergate.batches.upstream_anthropic import AnthropicBatchClient
 from tiergate.batches.upstream_common import (
@@ -35,6 +48,7 @@ from tiergate.batches.upstream_common import (
     UpstreamBatchClient,
     UpstreamBatchError,
 )
+from tiergate.wire import responses as wr
 from tiergate.wire.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -66,12 +80,26 @@ def upstream_target(gw: Gateway, lines: list[tuple[str, str]]) -> dict[str, Any]
 class OpenAIBatchClient:
     """The few Files/Batches calls we need, over the gateway's shared aiohttp session."""
 
-    def __init__(self, session: aiohttp.ClientSession, dep: Deployment, model: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, gw: Gateway, dep: Deployment, model: str,
+                 endpoint: str) -> None:
         headers = dict(dep.headers)
         if dep.api_key is not None:
             headers["Authorization"] = f"Bearer {dep.api_key.value}"
         self.http = JsonHttp(session, dep.api_base or DEFAULT_BASE, headers)
         self.upstream_model = dep.upstream_model or model
+        self.info = gw.infos[model]
+        self.endpoint = endpoint
+
+    def reservation(self, body: dict[str, Any], capped: bool) -> tuple[int, int]:
+        """(prompt tokens, output tokens) the line can use at most, as `run_chat` counts them."""
+        from tiergate.server.chat import default_output_limit
+
+        chat = wr.to_chat_request(body) if self.endpoint == "/v1/responses" else body
+        limit = chat.get("max_completion_tokens") or chat.get("max_tokens")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            limit = default_output_limit(self.info)  # sent with the line when `capped` (see _input)
+        n = chat.get("n") if isinstance(chat.get("n"), int) else 1
+        return count_messages(chat["messages"], self.info), limit * max(1, n)
 
     async def upload(self, content: bytes, filename: str) -> str:
         form = aiohttp.FormData()
@@ -88,12 +116,18 @@ class OpenAIBatchClient:
         data = (await self.http.json("GET", "/batches?limit=100")).get("data") or []
         return next((b for b in data if (b.get("metadata") or {}).get("tiergate_batch_id") == tag), None)
 
-    async def _input(self, store: Any, bid: str, endpoint: str) -> bytes:
+    async def _input(self, store: Any, bid: str, endpoint: str, capped: bool) -> bytes:
+        from tiergate.server.chat import default_output_limit
+
         out = []
         for r in await store.lines_needing_upstream_results(bid):
             body = orjson.loads(r["body"])
             body["model"] = self.upstream_model
             body.pop("tiergate", None)
+            # a budgeted key's line goes with the output limit its reservation assumed (as a live call)
+            limits = ("max_output_tokens",) if endpoint == "/v1/responses" else ("max_completion_tokens", "max_tokens")
+            if capped and not any(body.get(k) for k in limits):
+                body[limits[0]] = default_output_limit(self.info)
             out.append(orjson.dumps({"custom_id": r["custom_id"], "method": "POST", "url": endpoint, "body": body}))
         return b"\n".join(out) + b"\n"
 
@@ -103,8 +137,12 @@ class OpenAIBatchClient:
         bid = batch["id"]
         found = await self.find(bid) if up.get("file_id") else None
         if found is None:
+            if not up.get("file_id") and not await store.lines_needing_upstream_results(bid):
+                up["batch_id"] = None  # every line was answered here (refused at admission)
+                return
             if not up.get("file_id"):
-                up["file_id"] = await self.upload(await self._input(store, bid, batch["endpoint"]), f"{bid}.jsonl")
+                content = await self._input(store, bid, batch["endpoint"], bool(up.get("capped")))
+                up["file_id"] = await self.upload(content, f"{bid}.jsonl")
                 await store.update_upstream(bid, up)
             found = await self.create(up["file_id"], batch["endpoint"], bid)
         up["batch_id"] = found["id"]
@@ -144,7 +182,7 @@ def _client(gw: Gateway, up: dict[str, Any], endpoint: str) -> UpstreamBatchClie
     dep = next(d for d in mc.deployments if d.id == up["deployment"])
     if up.get("protocol", "openai") == "anthropic":
         return AnthropicBatchClient(gw.session_factory(), gw, dep, up["model"], endpoint)
-    return OpenAIBatchClient(gw.session_factory(), dep, up["model"])
+    return OpenAIBatchClient(gw.session_factory(), gw, dep, up["model"], endpoint)
 
 
 async def work_upstream(runner: BatchRunner, b: dict[str, Any]) -> None:
@@ -161,14 +199,20 @@ async def work_upstream(runner: BatchRunner, b: dict[str, Any]) -> None:
         try:
             if up.get("state") == "new" and not up.get("file_id") and cur.get("status") == "cancelling":
                 # cancelled before anything was sent upstream
-                await _finish(store, cur, up, Polled(status="cancelled"))
+                await _finish(store, cur, up, Polled(status="cancelled"), gw)
                 return
             if up.get("state") != "submitted":
                 async def settle(results: list[LineResult], cur: dict[str, Any] = cur) -> None:
                     await _store_results(gw, store, cur, up, results)
 
+                if not up.get("admitted"):
+                    ended = await _admit_lines(runner, client, cur, up, settle)
+                    if ended is not None:  # cancelled, or the window ended, before anything was sent
+                        await _finish(store, cur, up, Polled(status=ended), gw)
+                        return
                 await client.submit(store, cur, up, settle)
                 up["state"] = "submitted"
+                up["refused"] = (await store.counts(bid)).get("failed", 0)  # answered here, never sent
                 await store.update_upstream(bid, up)
             if up.get("batch_id") is None:  # every line was answered without going upstream
                 polled = Polled(status="completed")
@@ -182,14 +226,17 @@ async def work_upstream(runner: BatchRunner, b: dict[str, Any]) -> None:
                 await store.update_upstream(bid, up)
                 if cur.get("status") == "cancelling" and polled.status not in (*UPSTREAM_DONE, "cancelling"):
                     await client.cancel(up["batch_id"])
+                if not polled.done:
+                    await _renew_holds(gw, store, cur, up)
             if polled.done:
-                results = await client.results(polled, up, await store.lines_needing_upstream_results(bid))
-                await _store_results(gw, store, cur, up, results)
-                await _finish(store, cur, up, polled)
+                if up.get("batch_id") is not None:
+                    results = await client.results(polled, up, await store.lines_needing_upstream_results(bid))
+                    await _store_results(gw, store, cur, up, results)
+                await _finish(store, cur, up, polled, gw)
                 return
         except UpstreamBatchError as e:
             if e.refused and up.get("state") != "submitted":
-                await _refused(store, cur, up, e)
+                await _refused(store, cur, up, e, gw)
                 return
             log.warning("batch %s: upstream batch call failed (%s); retrying in %.0fs", bid, e, s.upstream_poll_s)
         except RETRIED as e:
@@ -206,6 +253,7 @@ async def _store_results(gw: Gateway, store: Any, cur: dict[str, Any], up: dict[
     rows = {r["line_no"]: r for r in await store.lines_needing_upstream_results(bid)}
     info = gw.infos[up["model"]]
     key = await _key(gw, cur.get("key_id"))
+    settled = False
     for res in results:
         row = rows.get(res.line_no)
         if row is None:
@@ -217,19 +265,32 @@ async def _store_results(gw: Gateway, store: Any, cur: dict[str, Any], up: dict[
                   "error": res.error}
         await store.set_line_result(bid, res.line_no, ok=res.ok, status_code=res.status_code, result=record,
                                     usage=usage_breakdown(res.usage) if res.usage else None)
+        cost = cost_usd(res.usage, info, batch=True) if res.usage else 0.0
         if res.usage:
-            cost = cost_usd(res.usage, info, batch=True)
             effort = orjson.loads(row["body"]).get("reasoning_effort")
             ctx = CallContext(request_id=rid, key=key, kind="batch", batch_id=bid, batch_pricing=True)
             record_call(gw, ctx, up["model"], up["model"], up["deployment"], effort, res.usage, cost,
                         "ok" if res.ok else "error", None, None, False, 1)
+        hold = (up.get("holds") or {}).pop(str(res.line_no), None)
+        if hold is not None:  # admitted with a reservation: settle it with what the line cost
+            settled = True
+            await _settle_hold(gw, key, up["model"], hold, cost)
+        elif res.usage:  # a batch forwarded before admission existed
             await _charge(gw, key, cost)
+    if settled:
+        await store.update_upstream(bid, up)
 
 
-async def _finish(store: Any, cur: dict[str, Any], up: dict[str, Any], polled: Polled) -> None:
+async def _finish(store: Any, cur: dict[str, Any], up: dict[str, Any], polled: Polled, gw: Gateway) -> None:
     from tiergate.batches.runner import finalize_files
 
     bid = cur["id"]
+    if up.get("holds"):  # lines admitted that never ran (cancelled, expired, no result): release their holds
+        key = await _key(gw, cur.get("key_id"))
+        for hold in up["holds"].values():
+            await _settle_hold(gw, key, up["model"], hold, 0.0)
+        up["holds"] = {}
+        await store.update_upstream(bid, up)
     leftover = {"expired": "expired", "cancelled": "cancelled"}.get(polled.status, "failed")
     await store.cancel_pending(bid, leftover)  # lines the upstream returned nothing for
     await finalize_files(store, bid, cur.get("key_id"))
@@ -241,12 +302,12 @@ async def _finish(store: Any, cur: dict[str, Any], up: dict[str, Any], polled: P
     log.info("batch %s: upstream batch %s %s", bid, up.get("batch_id"), polled.status)
 
 
-async def _refused(store: Any, cur: dict[str, Any], up: dict[str, Any], e: UpstreamBatchError) -> None:
+async def _refused(store: Any, cur: dict[str, Any], up: dict[str, Any], e: UpstreamBatchError, gw: Gateway) -> None:
     """The upstream refused to take the batch (a 400-class answer): it fails, with the upstream's words."""
     err = {"code": "upstream_refused", "message": f"The upstream batch API refused this batch: {e}",
            "param": None, "line": None}
     log.warning("batch %s: %s", cur["id"], err["message"])
-    await _finish(store, cur, up, Polled(status="failed", errors={"object": "list", "data": [err]}))
+    await _finish(store, cur, up, Polled(status="failed", errors={"object": "list", "data": [err]}), gw)
 
 
 async def _key(gw: Gateway, key_id: str | None) -> Any:
@@ -267,3 +328,136 @@ async def _charge(gw: Gateway, key: Any, cost: float) -> None:
             await gw.accounting.budget.settle(res, cost)
     except GatewayError:  # over budget already: the ledger still holds the spend
         log.warning("batch: could not add %.6f USD to the budget counter of key %s", cost, getattr(key, "id", None))
+
+
+# ------------------------------------------------------------ admission (the live call's checks, per line)
+
+async def _admit_lines(runner: BatchRunner, client: Any, cur: dict[str, Any], up: dict[str, Any],
+                       settle: Settle) -> str | None:
+    """Let every pending line in as a live call would be (model list, RPM/TPM, budget reservation at the
+    batch price) before anything is sent; answer the refused ones through `settle` (they are not sent).
+    Holds go to `up["holds"]` (line -> [period, reservation id, amount nUSD, est. tokens]). Returns
+    "cancelled" / "expired" when the batch ended while lines waited for a rate limit, else None."""
+    from tiergate.batches.runner import never_fits, retry_after_s
+
+    gw, store, s = runner.gw, runner.store, runner.settings
+    bid = cur["id"]
+    key = await _key(gw, cur.get("key_id"))
+    info = gw.infos[up["model"]]
+    capped = getattr(key, "budget_usd", None) is not None and not getattr(key, "is_master", False)
+    up["capped"] = capped  # a budgeted key's lines are sent with the output limit their reservation assumed
+    holds: dict[str, list] = up.setdefault("holds", {})
+    refused: list[LineResult] = []
+    lease = max(2 * s.upstream_poll_s, s.lease_s)
+    gone = None
+    if cur.get("key_id") and (key is None or getattr(key, "revoked_at", None) is not None):
+        gone = GatewayError(401, "The API key that created this batch " + (
+            "no longer exists." if key is None else "has been revoked."), code="invalid_api_key")
+    for i, r in enumerate(await store.lines_needing_upstream_results(bid)):
+        if i % 200 == 199:  # a long admission (many lines, a remote budget) keeps the batch to this replica
+            await store.take_batch_lease(bid, runner.owner, lease)
+        if str(r["line_no"]) in holds:
+            continue
+        if gone is not None:
+            refused.append(LineResult(line_no=r["line_no"], ok=False, status_code=gone.status, body=gone.to_dict()))
+            continue
+        try:
+            prompt, out = client.reservation(orjson.loads(r["body"]), capped)
+        except (GatewayError, TypeError, ValueError, AttributeError, KeyError):
+            continue  # the client refuses the line itself when it submits (with the gateway's 400)
+        delay = 1.0
+        while True:
+            try:
+                adm = await gw.accounting.admit(key, up["model"], prompt, max_cost_usd(prompt, out, info, batch=True),
+                                                prompt + out)
+            except BudgetRefused as e:
+                # the batch's own holds last until the upstream answers: waiting for them cannot help
+                refused.append(LineResult(line_no=r["line_no"], ok=False, status_code=e.status, body=e.to_dict()))
+                break
+            except GatewayError as e:
+                if e.status == 429 and e.code != "insufficient_quota" and not never_fits(e):
+                    wait = retry_after_s(e)
+                    if wait is None:
+                        wait, delay = delay, min(delay * 2, 30.0)
+                    ended = await _wait_admitting(runner, bid, cur, max(wait, 0.1), lease)
+                    if ended is not None:
+                        if refused:
+                            await settle(refused)
+                        return ended
+                    continue
+                refused.append(LineResult(line_no=r["line_no"], ok=False, status_code=e.status, body=e.to_dict()))
+                break
+            if adm.reservation is not None:
+                res = adm.reservation
+                holds[str(r["line_no"])] = [res.period, res.id, res.amount_nusd, adm.est_tokens]
+            break
+    if refused:
+        await settle(refused)
+    up["admitted"] = True
+    up["held_at"] = time.time()
+    await store.update_upstream(bid, up)
+    return None
+
+
+async def _wait_admitting(runner: BatchRunner, bid: str, cur: dict[str, Any], wait_s: float, lease: float
+                          ) -> str | None:
+    """Wait for a rate limit while admitting, in steps that keep the batch lease and notice a cancel;
+    bounded by the completion window. Returns why the batch ended meanwhile, or None."""
+    deadline = time.time() + wait_s
+    while True:
+        expires = float(cur.get("expires_at") or 0)
+        if expires and time.time() >= expires:
+            return "expired"
+        fresh = await runner.store.get_batch(bid, owner_check=False) or {}
+        if fresh.get("status") == "cancelling":
+            return "cancelled"
+        left = deadline - time.time()
+        if left <= 0:
+            return None
+        step = min(left, max(0.1, runner.settings.poll_s), (expires - time.time()) if expires else left)
+        await asyncio.sleep(max(step, 0.0))
+        await runner.store.take_batch_lease(bid, runner.owner, lease)
+
+
+def _hold_admission(key: Any, model: str, hold: list) -> Any:
+    from tiergate.accounting.service import Admission
+
+    period, res_id, amount, est = hold
+    return Admission(key, model, reservation=Reservation(key.id, period, res_id, int(amount)), est_tokens=int(est))
+
+
+async def _settle_hold(gw: Gateway, key: Any, model: str, hold: list, cost: float) -> None:
+    """Settle one line's reservation with its actual cost (the TPM bucket is not corrected so long after)."""
+    if key is None:
+        return
+    adm = _hold_admission(key, model, hold)
+    await gw.accounting.settle(adm, cost, adm.est_tokens)
+
+
+async def _renew_holds(gw: Gateway, store: Any, cur: dict[str, Any], up: dict[str, Any]) -> None:
+    """A reservation lapses after the budget's reservation TTL (11 min) but an upstream batch may run for
+    hours: every half TTL each hold is given back and taken again (same amount), so live traffic cannot
+    spend what the batch's lines may still cost. A hold that cannot be taken again (someone else took the
+    room in between) is kept as it was: its line is still settled with its actual cost."""
+    holds = up.get("holds") or {}
+    ttl = float(getattr(gw.accounting.budget, "reservation_ttl_s", 660.0))
+    if not holds or time.time() - float(up.get("held_at") or 0) < ttl / 2:
+        return
+    key = await _key(gw, cur.get("key_id"))
+    if key is None or getattr(key, "budget_usd", None) is None:
+        return
+    budget = gw.accounting.budget
+    lost = 0
+    for no, (period, res_id, amount, est) in list(holds.items()):
+        await budget.settle(Reservation(key.id, period, res_id, int(amount)), 0.0)
+        try:
+            res = await budget.reserve(key, int(amount) / 1e9)
+        except GatewayError:
+            lost += 1
+            continue
+        if res is not None:
+            holds[no] = [res.period, res.id, res.amount_nusd, est]
+    if lost:
+        log.warning("batch %s: %d budget holds could not be renewed (the budget was taken meanwhile)", cur["id"], lost)
+    up["held_at"] = time.time()
+    await store.update_upstream(cur["id"], up)

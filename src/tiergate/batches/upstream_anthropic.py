@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from tiergate.accounting.tokens import count_messages
 from tiergate.batches.store import UNRUN
 from tiergate.batches.upstream_common import JsonHttp, LineResult, Polled, Settle
 from tiergate.catalog.shaping import check_capabilities, shape_request
@@ -108,6 +109,12 @@ class AnthropicBatchClient:
                                code=e.code) from None
         params.pop("stream", None)
         return params
+
+    def reservation(self, body: dict[str, Any], capped: bool) -> tuple[int, int]:
+        """(prompt tokens, output tokens) the line can use at most: the `max_tokens` it is sent with
+        (thinking budget included). Raises GatewayError for a line that cannot be sent (see `params`)."""
+        params = self.params(body)
+        return count_messages(self._chat_body(body)["messages"], self.info), int(params["max_tokens"])
 
     def _requests(self, lines: list[dict[str, Any]], remap: dict[str, int]
                   ) -> tuple[list[dict[str, Any]], list[LineResult]]:
