@@ -57,9 +57,10 @@ def env(tmp_path_factory):
             admin.close()
 
 
-def _rows(db, request_id: str) -> list[dict]:
-    return ledger_rows(db, "request_id LIKE ?", request_id + "%",
-                       columns="request_id, status, served_model, cost_usd, error")
+def _rows(db, request_id: str, expected: int) -> list[dict]:
+    """The request's ledger rows, once `expected` of them are written (each is written just after its call)."""
+    return ledger_rows(db, "request_id LIKE ?", request_id + "%", columns="request_id, status, served_model, cost_usd, error",
+                       ready=lambda rows: len(rows) >= expected)
 
 
 def _cheap_first(**tg: Any) -> dict[str, Any]:
@@ -76,7 +77,7 @@ def test_escalation_stays_under_the_cost_cap(env):
     r = raw.parse()
     assert r.choices[0].message.refusal and "x-tiergate-escalated" not in raw.headers
     assert [q.body["model"] for q in up.requests] == ["gpt-4o-mini"]
-    assert [row["status"] for row in _rows(db, raw.headers["x-request-id"])] == ["ok"]
+    assert [row["status"] for row in _rows(db, raw.headers["x-request-id"], 1)] == ["ok"]
 
 
 def test_escalation_re_chooses_the_output_limit_and_reports_both_costs(env):
@@ -89,7 +90,7 @@ def test_escalation_re_chooses_the_output_limit_and_reports_both_costs(env):
     assert raw.headers["x-tiergate-escalated"].startswith("from=gpt-4o-mini; to=o3-mini@high; reason=the model refused")
     sent = [(q.body["model"], q.body.get("max_completion_tokens"), q.body.get("reasoning_effort")) for q in up.requests]
     assert sent == [("gpt-4o-mini", 4096, None), ("o3-mini", 16384, "high")]
-    rows = _rows(db, raw.headers["x-request-id"])
+    rows = _rows(db, raw.headers["x-request-id"], 2)
     assert sorted(r["status"] for r in rows) == ["escalated", "ok"]
     total = sum(r["cost_usd"] for r in rows)
     assert float(raw.headers["x-tiergate-cost-usd"]) == pytest.approx(total, abs=1e-8)  # both calls
@@ -110,7 +111,7 @@ def test_failed_escalation_returns_the_first_answer(env):
     esc = raw.headers["x-tiergate-escalated"]
     assert esc.startswith("from=gpt-4o-mini; to=o1@high;") and "; failed=500 " in esc
     assert raw.headers["x-tiergate-model"] == "gpt-4o-mini"
-    rows = _rows(db, raw.headers["x-request-id"])
+    rows = _rows(db, raw.headers["x-request-id"], 3)
     assert sorted(r["status"] for r in rows) == ["error", "escalated", "failed_attempt"]
     first = next(r for r in rows if r["status"] == "escalated")
     assert first["cost_usd"] > 0
