@@ -259,3 +259,20 @@ def test_output_limit_above_the_catalogue_maximum_is_a_400(cat: Catalog, configu
     assert ei.value.param == "max_completion_tokens"
     unknown = cat.unknown("llama3.1:8b")
     check_capabilities(_body("llama3.1:8b", max_tokens=5_000_000), unknown, configured, "llama3.1:8b")
+
+
+def test_claude_thinking_blocks_are_dropped_for_other_families(cat: Catalog) -> None:
+    """A conversation started on Claude carries signed `thinking_blocks` on its assistant turns; OpenAI's
+    API does not know the field, so it is removed (and reported) for every non-Anthropic model."""
+    block = {"type": "thinking", "thinking": "Let me see.", "signature": "sig"}
+    msgs = [{"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello", "thinking_blocks": [block]},
+            {"role": "user", "content": "And?"}]
+    body = {"model": "gpt-4o-mini", "messages": msgs}
+    out, dropped = shape_request(body, cat["gpt-4o-mini"])
+    assert all("thinking_blocks" not in m for m in out["messages"]) and "messages[].thinking_blocks" in dropped
+    assert msgs[1]["thinking_blocks"] == [block]  # the client's body is not changed
+    kept, dropped = shape_request({"model": "claude-3-7-sonnet", "messages": msgs}, cat["claude-3-7-sonnet"])
+    assert kept["messages"][1]["thinking_blocks"] == [block] and dropped == []
+    plain, dropped = shape_request(_body("gpt-4o-mini"), cat["gpt-4o-mini"])
+    assert dropped == []

@@ -209,6 +209,16 @@ def _shape_messages(messages: list[Any], role_as: str) -> list[Any]:
     return _fold_into_user(messages)
 
 
+def _without_thinking_blocks(messages: list[Any], dropped: list[str]) -> list[Any]:
+    """Claude's signed `thinking_blocks` on assistant messages (what a Claude answer carries back into the
+    next turn) removed for any other model, whose API does not know the field; reported once."""
+    if not any(isinstance(m, dict) and "thinking_blocks" in m for m in messages):
+        return messages
+    dropped.append("messages[].thinking_blocks")
+    return [{k: v for k, v in m.items() if k != "thinking_blocks"} if isinstance(m, dict) and "thinking_blocks" in m
+            else m for m in messages]
+
+
 # ------------------------------------------------------------------ the body
 
 
@@ -225,6 +235,7 @@ def shape_request(
     - system/developer messages delivered per `info.system_role_as` (system | developer | user-fold);
     - `info.unsupported_params` dropped; `info.fixed_params` kept only at their allowed value;
     - `reasoning_effort` dropped for models without effort levels, 400 for a level not offered;
+    - Claude's `thinking_blocks` on assistant messages dropped for models of other families;
     - `model` set to `upstream_model` when given. Unknown fields pass through unchanged.
     Explicit nulls of dropped fields are removed without being reported."""
     out = dict(body)
@@ -247,6 +258,8 @@ def shape_request(
     messages = out.get("messages")
     if isinstance(messages, list):
         shaped = _shape_messages(messages, info.system_role_as)
+        if info.family != "anthropic":
+            shaped = _without_thinking_blocks(shaped, dropped)
         if shaped is not messages:
             out["messages"] = shaped
 
