@@ -53,3 +53,18 @@ async def test_holds_are_renewed_before_they_lapse():
         pass
     await budget.settle(Reservation(key.id, period, rid, amount), 0.1)
     assert await budget.usage(key) == (0.1, 0.0)
+
+
+def test_which_rate_limit_refusals_are_worth_waiting_for():
+    from tiergate.accounting.ratelimit import Decision, refusal, too_large
+    from tiergate.batches.runner import never_fits, retry_after_s
+
+    big = too_large("k", 500, 1010)
+    assert never_fits(big) and retry_after_s(big) is None
+    d = Decision(False, {"retry-after": "3"}, 2.4, "requests")
+    busy = refusal("k", 2, None, 10, d)
+    assert not never_fits(busy) and retry_after_s(busy) == 3.0
+    from tiergate.wire.errors import GatewayError
+
+    assert retry_after_s(GatewayError(429, "slow down", headers={"retry-after-ms": "250"})) == 0.25
+    assert never_fits(GatewayError(429, "no", headers={"x-should-retry": "false"}))

@@ -326,9 +326,12 @@ class BatchRunner:
 
 
 def never_fits(e: GatewayError) -> bool:
-    """The key's TPM refusal of a request larger than the whole limit (`Request too large`): no wait helps."""
-    return e.code == "rate_limit_exceeded" and "retry-after" not in {k.lower() for k in e.headers} and \
-        e.message.startswith("Request too large")
+    """A 429 no wait helps: the key's TPM refusal of a request larger than the whole limit (`Request too
+    large`, sent with `x-should-retry: false`)."""
+    h = {k.lower(): str(v) for k, v in (e.headers or {}).items()}
+    if h.get("x-should-retry", "").lower() == "false":
+        return True
+    return e.code == "rate_limit_exceeded" and "retry-after" not in h and e.message.startswith("Request too large")
 
 
 def retry_after_s(e: GatewayError) -> float | None:
