@@ -16,6 +16,13 @@ import pytest
 
 from tests.e2e.test_batches_anthropic_upstream import UPSTREAM_MODEL, fake_anthropic
 from tests.helpers import ledger_rows, running_gateway
+from tests.unit.test_store_fixtures import (  # noqa: F401 (fixtures)
+    REDIS_URL,
+    fx_pg_available,
+    fx_pg_url,
+    fx_redis_available,
+    fx_redis_prefix,
+)
 
 MASTER = "sk-batch-upkeys-master-0123456789"
 LINE_MAX_TOKENS = 1000
@@ -160,4 +167,30 @@ def test_rate_limited_admission_waits_within_the_window(tmp_path):
             assert {e["error"]["code"] for e in err.values()} == {"batch_expired"}
             assert admin.get(f"/keys/{kid}").json()["usage"] == {"spent_usd": 0.0, "reserved_usd": 0.0,
                                                                  "remaining_usd": 1.0}
+            admin.close()
+
+
+@pytest.mark.parametrize("backend", ["redis", "postgresql"])
+def test_forwarded_lines_are_budgeted_on_shared_backends(backend, request, tmp_path):
+    """The reservations and their settlement work the same with budgets in Redis or PostgreSQL."""
+    with fake_anthropic() as fake:
+        cfg = {"models": [{"name": "claude-3-7-sonnet", "deployments": [
+            {"provider": "anthropic", "api_base": fake.base_url, "api_key": "env:TG_ANT_KEY", "model": UPSTREAM_MODEL}]}],
+            "storage": f"sqlite:///{tmp_path / 'tg.db'}",
+            "batches": {"forward_upstream": True, "upstream_poll_s": 0.1, "poll_s": 0.1}}
+        if backend == "redis":
+            cfg["redis"] = f"{REDIS_URL}?prefix={request.getfixturevalue('redis_prefix')}"
+        else:
+            cfg["storage"] = request.getfixturevalue("pg_url")
+        with running_gateway(cfg, env={"TG_ANT_KEY": "sk-ant-batch", "TIERGATE_MASTER_KEY": MASTER}) as url:
+            admin = httpx.Client(base_url=url.removesuffix("/v1") + "/admin",
+                                 headers={"authorization": f"Bearer {MASTER}"}, timeout=10)
+            budget = 3.5 * RESERVE_ABOUT
+            kid, secret = _key(admin, budget_usd=budget)
+            b, out, err = _run(url, secret, 10)
+            assert len(fake.batch_creates) == 1 and len(fake.batch_creates[0]["requests"]) == 3
+            assert (b.request_counts.completed, b.request_counts.failed) == (3, 7) and len(out) == 3
+            assert {e["response"]["body"]["error"]["code"] for e in err.values()} == {"insufficient_quota"}
+            usage = admin.get(f"/keys/{kid}").json()["usage"]
+            assert usage["reserved_usd"] == 0 and 0 < usage["spent_usd"] <= budget
             admin.close()
