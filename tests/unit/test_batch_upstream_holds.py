@@ -43,7 +43,7 @@ async def test_holds_are_renewed_before_they_lapse():
     await asyncio.sleep(TTL * 0.6)
     await _renew_holds(gw, store, cur, up)
     period, rid, amount, est = up["holds"]["0"]
-    assert rid != res.id and amount == res.amount_nusd and est == 100
+    assert rid == res.id and amount == res.amount_nusd and est == 100  # extended in place (Budget.renew)
     await asyncio.sleep(TTL * 0.6)  # the first reservation would have lapsed by now
     assert await budget.usage(key) == (0.0, 0.3)
     try:

@@ -106,6 +106,33 @@ async def test_expired_holds_are_released(redis_prefix, pg_url):
         await store.close()
 
 
+async def test_renew_keeps_a_hold_past_its_ttl(redis_prefix, pg_url):
+    """A forwarded batch waits hours for its upstream: `renew` extends its lines' holds atomically (it used
+    to give each back and take it again, which let other requests take the room in between)."""
+    r = connect_redis(REDIS_URL)
+    store = await open_store(pg_url)
+    try:
+        for b in (InProcessBudget(_zero, reservation_ttl_s=0.4), RedisBudget(r, redis_prefix, _zero,
+                  reservation_ttl_s=0.4), StoreBudget(store, _zero, reservation_ttl_s=0.4)):
+            name = type(b).__name__
+            key = _key(1.0, kid=f"key_renew_{name}")
+            held = await b.reserve(key, 0.8)
+            for _ in range(3):  # 0.75 s in all, past the 0.4 s TTL: still held
+                await asyncio.sleep(0.25)
+                assert await b.renew(held), name
+            with pytest.raises(GatewayError):
+                await b.reserve(key, 0.5)
+            assert (await b.usage(key))[1] == pytest.approx(0.8), name
+            await b.settle(held, 0.1)
+            assert not await b.renew(held), name  # a settled hold is gone
+            lapsed = await b.reserve(key, 0.2)
+            await asyncio.sleep(0.5)
+            assert not await b.renew(lapsed), name  # an expired one cannot come back
+    finally:
+        await r.aclose()
+        await store.close()
+
+
 async def test_seeded_from_ledger_and_periods():
     calls = []
 

@@ -274,5 +274,5 @@ def test_claude_thinking_blocks_are_dropped_for_other_families(cat: Catalog) -> 
     assert msgs[1]["thinking_blocks"] == [block]  # the client's body is not changed
     kept, dropped = shape_request({"model": "claude-3-7-sonnet", "messages": msgs}, cat["claude-3-7-sonnet"])
     assert kept["messages"][1]["thinking_blocks"] == [block] and dropped == []
-    plain, dropped = shape_request(_body("gpt-4o-mini"), cat["gpt-4o-mini"])
+    _, dropped = shape_request(_body("gpt-4o-mini"), cat["gpt-4o-mini"])
     assert dropped == []

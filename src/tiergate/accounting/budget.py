@@ -112,6 +112,11 @@ class Budget(abc.ABC):
         """Release the hold and add the real cost to the spent total of the reservation's period."""
 
     @abc.abstractmethod
+    async def renew(self, res: Reservation) -> bool:
+        """Extend a live hold by the reservation TTL from now, atomically (a batch waiting hours for an
+        upstream keeps its lines' holds); False when the hold is gone (settled or already expired)."""
+
+    @abc.abstractmethod
     async def usage(self, key: Any) -> tuple[float, float]:
         """(spent, reserved) in USD for the key's current period."""
 
@@ -162,6 +167,14 @@ class InProcessBudget(Budget):
         self._holds.get(k, {}).pop(res.id, None)
         self._spent[k] = self._spent.get(k, 0) + to_nano(cost_usd)
 
+    async def renew(self, res: Reservation) -> bool:
+        holds, now = self._holds.get((res.key_id, res.period), {}), time.time()
+        hold = holds.get(res.id)
+        if hold is None or hold[1] <= now:
+            return False
+        holds[res.id] = (hold[0], now + self.reservation_ttl_s)
+        return True
+
     async def usage(self, key: Any) -> tuple[float, float]:
         period, start, _ = period_of(key.budget_period)
         k = await self._ensure(key.id, period, start)
@@ -206,6 +219,18 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
 return 1
 """
+# KEYS as above; ARGV: res id, now, hold ttl
+_RENEW = """
+local exp = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not exp or tonumber(exp) <= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[2], 'XX', tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
+local keep = math.ceil(tonumber(ARGV[3])) + 60
+for i = 2, 3 do
+  local t = redis.call('TTL', KEYS[i])
+  if t >= 0 and t < keep then redis.call('EXPIRE', KEYS[i], keep) end
+end
+return 1
+"""
 _USAGE = """
 local spent = redis.call('HGET', KEYS[1], 'spent') or '0'
 local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[1]))
@@ -225,6 +250,7 @@ class RedisBudget(Budget):
         self.prefix = prefix
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
+        self._renew = redis.register_script(_RENEW)
         self._usage = redis.register_script(_USAGE)
         self._seeding: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -256,6 +282,10 @@ class RedisBudget(Budget):
 
     async def settle(self, res: Reservation, cost_usd: float) -> None:
         await self._settle(keys=self._keys(res.key_id, res.period), args=[res.id, to_nano(cost_usd)])
+
+    async def renew(self, res: Reservation) -> bool:
+        args = [res.id, time.time(), self.reservation_ttl_s]
+        return bool(await self._renew(keys=self._keys(res.key_id, res.period), args=args))
 
     async def usage(self, key: Any) -> tuple[float, float]:
         period, _, _ = period_of(key.budget_period)
@@ -311,6 +341,13 @@ class StoreBudget(Budget):
             await c.execute("UPDATE budget_usage SET spent_nusd = spent_nusd + $3 WHERE key_id = $1 AND period = $2",
                             res.key_id, res.period, to_nano(cost_usd))
             await c.execute("DELETE FROM budget_reservations WHERE id = $1", res.id)
+
+    async def renew(self, res: Reservation) -> bool:
+        now = time.time()
+        done = await self.store.pool.execute(
+            "UPDATE budget_reservations SET expires_at = $3 WHERE id = $1 AND expires_at > $2", res.id, now,
+            now + self.reservation_ttl_s)
+        return done.endswith(" 1")  # asyncpg's status tag: "UPDATE <rows>"
 
     async def usage(self, key: Any) -> tuple[float, float]:
         period, _, _ = period_of(key.budget_period)

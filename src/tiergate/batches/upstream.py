@@ -436,9 +436,10 @@ async def _settle_hold(gw: Gateway, key: Any, model: str, hold: list, cost: floa
 
 async def _renew_holds(gw: Gateway, store: Any, cur: dict[str, Any], up: dict[str, Any]) -> None:
     """A reservation lapses after the budget's reservation TTL (11 min) but an upstream batch may run for
-    hours: every half TTL each hold is given back and taken again (same amount), so live traffic cannot
-    spend what the batch's lines may still cost. A hold that cannot be taken again (someone else took the
-    room in between) is kept as it was: its line is still settled with its actual cost."""
+    hours: every half TTL each hold is extended atomically (`Budget.renew`), so live traffic cannot spend
+    what the batch's lines may still cost. A hold that lapsed anyway (the gateway was down for longer than
+    the TTL) is taken again if the budget still has room; otherwise it is kept as it was and its line is
+    still settled with its actual cost."""
     holds = up.get("holds") or {}
     ttl = float(getattr(gw.accounting.budget, "reservation_ttl_s", 660.0))
     if not holds or time.time() - float(up.get("held_at") or 0) < ttl / 2:
@@ -449,7 +450,10 @@ async def _renew_holds(gw: Gateway, store: Any, cur: dict[str, Any], up: dict[st
     budget = gw.accounting.budget
     lost = 0
     for no, (period, res_id, amount, est) in list(holds.items()):
-        await budget.settle(Reservation(key.id, period, res_id, int(amount)), 0.0)
+        held = Reservation(key.id, period, res_id, int(amount))
+        if await budget.renew(held):
+            continue
+        await budget.settle(held, 0.0)
         try:
             res = await budget.reserve(key, int(amount) / 1e9)
         except GatewayError:
