@@ -77,7 +77,7 @@ async def execute_line(gw: Gateway, endpoint: str, body: dict[str, Any], request
                            param="stream", code="invalid_value")
     ctx = CallContext(request_id=request_id, key=key, kind="batch", batch_id=batch_id)
     if endpoint == "/v1/responses":
-        chat_body = wr.to_chat_request(body)
+        chat_body = wr.to_chat_request(body, thinking_blocks=True)  # shaping drops them for non-Claude models
         out = await run_chat(gw, chat_body, ctx)
         return 200, wr.to_response(out.body or {}, body, new_id("resp_"), int(time.time()))
     out = await run_chat(gw, dict(body), ctx)

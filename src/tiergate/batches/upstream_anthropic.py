@@ -92,7 +92,7 @@ class AnthropicBatchClient:
     # ------------------------------------------------------------ requests
 
     def _chat_body(self, body: dict[str, Any]) -> dict[str, Any]:
-        return wr.to_chat_request(body) if self.endpoint == "/v1/responses" else body
+        return wr.to_chat_request(body, thinking_blocks=True) if self.endpoint == "/v1/responses" else body
 
     def params(self, body: dict[str, Any]) -> dict[str, Any]:
         """Messages create params for one line body, as the live pipeline would send them (or GatewayError)."""

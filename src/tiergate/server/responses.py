@@ -146,20 +146,6 @@ async def _with_history(gw: Gateway, ctx: CallContext, req: dict[str, Any]) -> d
     return rest  # a missing or malformed input is left for to_chat_request to refuse
 
 
-def _anthropic_only(gw: Gateway, req: dict[str, Any]) -> bool:
-    """Whether the request can be served only by Anthropic deployments (its model's and its fallbacks'):
-    then Claude's thinking, kept in reasoning items, goes back to it (`wire.responses.to_chat_request`).
-    `auto` may route anywhere, so not there."""
-    model = req.get("model")
-    mc = gw.config.model(model) if isinstance(model, str) and not is_auto(model) else None
-    if mc is None:
-        return False
-    names = [mc.name, *mc.fallbacks, *([mc.context_window_fallback] if mc.context_window_fallback else [])]
-    models = [gw.config.model(n) for n in names]
-    return all(m is not None and m.deployments and all(d.provider == "anthropic" for d in m.deployments)
-               for m in models)
-
-
 def _in_responses_terms(e: GatewayError, req: Any) -> None:
     """An error raised on the translated request names the Chat Completions field; the client sent the
     Responses one (`max_output_tokens` became `max_completion_tokens`): say it in the client's terms."""
@@ -205,7 +191,9 @@ async def handle_responses(gw: Gateway, request: Request) -> Response:
             else:
                 chat_req = await _with_history(gw, ctx, req)
         # validates; also used for token counting on the native path
-        chat_body = wr.to_chat_request(chat_req, thinking_blocks=not native and _anthropic_only(gw, chat_req))
+        # Claude's thinking in reasoning items goes back as thinking_blocks; shaping drops them for any
+        # model of another family (a fallback, or `auto` routing elsewhere)
+        chat_body = wr.to_chat_request(chat_req, thinking_blocks=not native)
         if native:
             opts = read_options(dict(req), req.get("model"))  # the same checks as the chat path
             return await _native(gw, req, chat_body, ctx, opts, _saver(gw, ctx, req, "native"))

@@ -269,9 +269,10 @@ def _response_format(text: Any) -> dict[str, Any] | None:
 def to_chat_request(req: Any, *, thinking_blocks: bool = False) -> dict[str, Any]:
     """A Responses request body -> a Chat Completions body. Raises GatewayError (400) on what cannot map.
 
-    `thinking_blocks`: the request goes only to Anthropic models, so reasoning items made here from
-    Claude's thinking become `thinking_blocks` on the assistant message that follows them (otherwise
-    they are dropped: an OpenAI-family model would refuse the field)."""
+    `thinking_blocks`: reasoning items made here from Claude's thinking become `thinking_blocks` on the
+    assistant message that follows them (the gateway's paths that shape the body per model: shaping drops
+    the field for any model that is not Claude, whose API would refuse it); without it they are dropped
+    (bodies sent to an OpenAI-family API as they are, e.g. OpenAI Batch API forwarding)."""
     if not isinstance(req, dict):
         raise bad_request("The request body must be a JSON object.")
     if not isinstance(req.get("model"), str) or not req["model"]:
