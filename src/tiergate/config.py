@@ -66,6 +66,7 @@ class RoutingConfig:
     router_dir: str | None = None  # trained router artefacts (default: the one in the package)
     policies: dict[str, float] = field(default_factory=dict)  # policy name -> quality target override
     escalate: bool = True
+    profiles: str | None = None  # a YAML file of quality profiles overriding the packaged ones (routing-model.md)
 
 
 @dataclass(frozen=True)
@@ -396,7 +397,7 @@ def _parse_routing(d: Any, names: list[str]) -> RoutingConfig:
     if d is None:
         return RoutingConfig()
     _expect(d, dict, "routing", "a mapping with `candidates:`")
-    _unknown_keys(d, {"candidates", "default_policy", "router_dir", "policies", "escalate"}, "routing")
+    _unknown_keys(d, {"candidates", "default_policy", "router_dir", "policies", "escalate", "profiles"}, "routing")
     cands = d.get("candidates") or []
     _expect(cands, list, "routing.candidates", "a list like [o3-mini@low, gpt-4o-mini]")
     for i, c in enumerate(cands):
@@ -427,7 +428,24 @@ def _parse_routing(d: Any, names: list[str]) -> RoutingConfig:
         router_dir=d.get("router_dir"),
         policies={str(k): float(v) for k, v in policies.items()},
         escalate=bool(d.get("escalate", True)),
+        profiles=_profiles_path(d.get("profiles")),
     )
+
+
+def _profiles_path(value: Any) -> str | None:
+    """`routing.profiles`: a readable quality-profile YAML file, checked (shape and sources) at load."""
+    if value is None:
+        return None
+    _expect(value, str, "routing.profiles", "the path of a profiles YAML file (docs/routing-model.md)")
+    from tiergate.routing.profiles import ProfileError, Profiles
+
+    try:
+        Profiles.load(value)
+    except OSError as e:
+        raise _err("routing.profiles", f"cannot read {value!r}: {e.strerror or e}") from None
+    except (ProfileError, ValueError, yaml.YAMLError) as e:
+        raise _err("routing.profiles", f"{value!r}: {e}") from None
+    return value
 
 
 def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> GatewayConfig:

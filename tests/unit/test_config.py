@@ -222,3 +222,27 @@ def test_responses_section_is_validated_at_load():
     assert cfg.extra["responses"] == {"retention_days": 7}
     with pytest.raises(ConfigError, match=r"responses\.retention_days: expected a number of days > 0"):
         parse_config({**base, "responses": {"retention_days": 0}}, env={})
+
+
+def test_routing_profiles_file_is_loaded_and_checked(tmp_path):
+    """`routing.profiles` (the override file the packaged profiles.yaml promises) is a config key, checked
+    at load and used by the gateway's router (it was 'unknown key')."""
+    from tiergate.routing.router import Router
+
+    good = tmp_path / "prof.yaml"
+    good.write_text("published:\n  o3@high:\n    code: {score: 0.95, source: 'our own eval, 2026-11'}\n")
+
+    def cfg(profiles):
+        return parse_config({"models": [{"name": "o3", "deployments": [{"provider": "sim"}]}],
+                             "routing": {"candidates": ["o3@high"], "profiles": profiles}}, env={})
+
+    assert cfg(str(good)).routing.profiles == str(good)
+    with pytest.raises(ConfigError, match=r"routing\.profiles: cannot read"):
+        cfg(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("published:\n  o3@high:\n    code: {score: 1.5, source: x}\n")
+    with pytest.raises(ConfigError, match=r"routing\.profiles: .*score must be in \[0, 1\]"):
+        cfg(str(bad))
+    r = Router.load(profiles=cfg(str(good)).routing.profiles)
+    (a,) = r.assess("Write a Python function that returns the n-th prime number.", ["o3@high"])
+    assert a.quality_source == "profile"

@@ -105,7 +105,7 @@ class Gateway:
             try:
                 from tiergate.routing.router import Router
 
-                router = Router.load(config.routing.router_dir, catalog=catalog)
+                router = Router.load(config.routing.router_dir, catalog=catalog, profiles=config.routing.profiles)
             except Exception as e:  # noqa: BLE001 - explicit models still serve; `auto` says why not
                 log.error("the router could not be loaded (%s); requests for model 'auto' will be refused. "
                           "Train one with `tiergate router train --out DIR` and set routing.router_dir.", e)
