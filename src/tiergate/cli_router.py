@@ -216,6 +216,7 @@ def _route(args: argparse.Namespace) -> int:
                     "eligible": a.eligible,
                     "ineligible_reason": a.ineligible_reason,
                     "quality_source": a.quality_source,
+                    "profile_source": a.profile_source,
                     "chosen": a.candidate == chosen,
                 }
                 for a in decision.assessments
@@ -235,6 +236,11 @@ def _route(args: argparse.Namespace) -> int:
         ])
     print(table(["candidate", "pred. quality", "est. cost", "tokens in+out+reasoning", "eligible", "quality from"],
                 rows, right=[False, True, True, True, False, False]))
+    cited = [a for a in decision.assessments if a.profile_source]
+    if cited:
+        print("\nprofile sources:")
+        for a in cited:
+            print(f"  {a.candidate}: {a.profile_source}")
     target = "none" if decision.target is None else f"{decision.target:g}"
     cap = "none" if decision.cost_cap is None else _usd(decision.cost_cap)
     print(f"\nchosen: {chosen}  (policy {decision.policy or 'none'}, quality target {target}, cost cap {cap})")

@@ -414,3 +414,19 @@ def test_capability_checks_match_the_gateway_for_the_same_request(router: Router
             d = router.decide(kw["messages"], cands, request={"model": "auto", **kw}, catalog_names=names)
             assert {c["candidate"]: c["why_not"] for c in served["candidates"]} == _why(d.assessments), kw
             assert served["chosen"] == d.chosen.candidate, kw
+
+
+# ------------------------------------------------------------------- a profile's source is shown (E)
+
+
+def test_route_shows_where_a_profile_quality_comes_from(router: Router, capsys) -> None:
+    by = {a.candidate: a for a in router.assess(PRIMES, ["gpt-4.1-nano", "gpt-4-1106-preview"])}
+    nano, learned = by["gpt-4.1-nano"], by["gpt-4-1106-preview"]
+    assert nano.quality_source == "profile" and "Introducing GPT-4.1" in nano.profile_source
+    assert learned.quality_source == "learned" and learned.profile_source is None
+    rc, out, _ = _cli(capsys, "route", PRIMES, "--candidates", "gpt-4.1-nano,gpt-4-1106-preview")
+    assert rc == 0 and "profile sources:" in out
+    assert re.search(r"gpt-4\.1-nano: gpt-4\.1-nano \(knowledge: OpenAI, 'Introducing GPT-4\.1", out)
+    rc, out, _ = _cli(capsys, "route", PRIMES, "--candidates", "gpt-4.1-nano,gpt-4-1106-preview", "--json")
+    got = {c["candidate"]: c["profile_source"] for c in json.loads(out)["candidates"]}
+    assert "MMLU 80.1%" in got["gpt-4.1-nano"] and got["gpt-4-1106-preview"] is None

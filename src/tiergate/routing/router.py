@@ -77,6 +77,9 @@ class Assessment:
     eligible: bool
     ineligible_reason: str | None
     quality_source: str  # "learned" | "profile" | "default"
+    #: For a "profile" quality: the profile entry used and where its figures come from (`profiles.yaml`'s
+    #: per-domain `source` citations, or the override file's); None for "learned" and "default".
+    profile_source: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -100,6 +103,14 @@ class Decision:
             "cost_cap": self.cost_cap,
             "assessments": [a.as_dict() for a in self.assessments],
         }
+
+
+def profile_citation(profile: Any) -> str:
+    """A profile's sources in one line: `key (domain: source; ...)`, one entry per distinct source."""
+    by_source: dict[str, list[str]] = {}
+    for dom, src in profile.sources.items():
+        by_source.setdefault(src, []).append(dom)
+    return f"{profile.key} (" + "; ".join(f"{', '.join(d)}: {s}" for s, d in by_source.items()) + ")"
 
 
 class NoEligibleCandidate(ValueError):
@@ -461,6 +472,7 @@ class Router:
         blocked: dict[int, int] = {}
         for i, (cand, target) in enumerate(zip(cands, targets, strict=True)):
             key = self.learned_key(target)
+            cited: str | None = None
             if key is not None:
                 q, source = float(learned[0, col[key]]), "learned"
             else:
@@ -470,6 +482,7 @@ class Router:
                 profile = self.profiles.find(target.model, target.effort)
                 if profile is not None:
                     q, source = float(Profiles.predict(profile, *prof_inputs)[0]), "profile"
+                    cited = profile_citation(profile)
                 else:
                     if everyone is None:
                         everyone = float(np.mean(self.quality.predict_matrix(X, [text])[1][0]))
@@ -504,7 +517,7 @@ class Router:
                         why = (f"max_completion_tokens {max_output_tokens} leaves no room for an answer after the "
                                f"~{reasoning} reasoning tokens {cand.key} is expected to use")
             out.append(Assessment(cand.key, q, cost, est.output_tokens, est.reasoning_tokens, prompt_tokens,
-                                  eligible, why, source))
+                                  eligible, why, source, cited))
         return out, blocked, cands
 
     @staticmethod
