@@ -71,6 +71,21 @@ def _router_file_missing(directory: str) -> str | None:
     return str(d / "quality.json")
 
 
+def profiles_problem(path: str) -> str | None:
+    """Why the quality-profile file `path` cannot be used (unreadable, not YAML, malformed), or None."""
+    import yaml
+
+    from tiergate.routing.profiles import ProfileError, Profiles
+
+    try:
+        Profiles.load(path)
+    except OSError as e:
+        return f"--profiles {path}: cannot read it ({e.strerror or e})"
+    except (yaml.YAMLError, ProfileError, ValueError, TypeError, AttributeError) as e:
+        return f"--profiles {path}: not a quality-profile file ({e})"
+    return None
+
+
 # -------------------------------------------------------------------------------------------- route
 
 
@@ -164,6 +179,7 @@ def _route(args: argparse.Namespace) -> int:
     candidates = _csv(args.candidates)
     catalog_names: dict[str, str] | None = None
     default_policy, overrides, router_dir = "balanced", {}, args.router
+    profiles = args.profiles
     if candidates is None or args.config:
         from tiergate.config import ConfigError, load_config
 
@@ -181,13 +197,19 @@ def _route(args: argparse.Namespace) -> int:
         default_policy, overrides = config.routing.default_policy, dict(config.routing.policies)
         if router_dir is None:
             router_dir = config.routing.router_dir
+        if profiles is None:  # the gateway's router reads the config's profile override too
+            profiles = config.routing.profiles
     try:
         policy, target = route_target(args.policy, args.quality_target, args.max_cost_usd,
                                       default_policy=default_policy, overrides=overrides)
     except ValueError as e:
         return _err(f"--policy: {e}" if args.policy is not None else f"configuration error: {e}")
+    if profiles is not None:
+        problem = profiles_problem(profiles)
+        if problem:
+            return _err(problem if args.profiles else f"configuration error: routing.{problem.lstrip('-')}")
     try:
-        router = Router.load(router_dir)
+        router = Router.load(router_dir, profiles=profiles)
         router.check_candidates(candidates, catalog_names)
         decision = router.decide(
             args.prompt, candidates, policy=policy, quality_target=target,
@@ -448,8 +470,12 @@ def add_router_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--router", help="trained router directory (default: the config's routing.router_dir, else "
                                     "the one shipped in the package)")
     r.add_argument("--config", "-c", help="gateway YAML config: its models (aliases, catalog:), "
-                                          "routing.candidates, policies, default_policy and router_dir are used "
-                                          "as the gateway uses them; env: API keys need not be set")
+                                          "routing.candidates, policies, default_policy, router_dir and "
+                                          "profiles are used as the gateway uses them; env: API keys need not "
+                                          "be set")
+    r.add_argument("--profiles", metavar="PATH",
+                   help="a YAML file of quality profiles over the packaged ones (docs/routing-model.md), for "
+                        "candidates without outcome data (default: the config's routing.profiles)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(func=_route)
 

@@ -134,3 +134,35 @@ def test_route_agrees_with_the_gateway_serving_the_same_config(tmp_path, capsys)
             client.chat.completions.create(model="auto", messages=[{"role": "user", "content": PRIMES}],
                                            extra_body={"tiergate": {"max_cost_usd": 0}})
     assert _route(capsys, "--config", cfg, "--max-cost-usd", "0")[0] == 2
+
+
+def _profiles_file(tmp_path, score: float = 0.123) -> str:
+    path = tmp_path / "profiles.yaml"
+    path.write_text(yaml.safe_dump({"profiles": {"gpt-4.1-nano": {
+        "knowledge": {"score": score, "source": "test override"}, "math": {"score": score, "source": "test override"},
+        "code": {"score": score, "source": "test override"}}}}))
+    return str(path)
+
+
+def test_route_uses_a_profiles_override_from_the_flag_or_the_config(tmp_path, capsys) -> None:
+    cands = "gpt-4.1-nano,gpt-4o-mini"
+    rc, plain, _ = _route(capsys, "--candidates", cands)
+    assert rc == 0 and "test override" not in plain["candidates"][0]["profile_source"]  # the packaged one
+    override = _profiles_file(tmp_path)
+    rc, flag, _ = _route(capsys, "--candidates", cands, "--profiles", override)
+    nano = flag["candidates"][0]
+    assert rc == 0 and nano["quality_source"] == "profile" and "test override" in nano["profile_source"]
+    assert nano["predicted_quality"] < 0.3 < plain["candidates"][0]["predicted_quality"]
+    # the config's routing.profiles, as the gateway's router uses it; --profiles wins over it
+    raw, cfg = _config(tmp_path, profiles=override)
+    raw["models"].append({"name": "gpt-4.1-nano", "deployments": [{"provider": "sim"}]})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    rc, conf, err = _route(capsys, "--config", cfg, "--candidates", cands)
+    assert rc == 0, err
+    assert conf["candidates"][0]["predicted_quality"] == pytest.approx(nano["predicted_quality"])
+    other = tmp_path / "other"
+    other.mkdir()
+    rc, both, _ = _route(capsys, "--config", cfg, "--candidates", cands, "--profiles", _profiles_file(other, 0.9))
+    assert rc == 0 and both["candidates"][0]["predicted_quality"] > 0.5
+    rc, _, err = _route(capsys, "--candidates", cands, "--profiles", str(tmp_path / "missing.yaml"))
+    assert rc == 2 and "--profiles" in err and "missing.yaml" in err
