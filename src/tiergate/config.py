@@ -330,8 +330,50 @@ def _parse_model(d: Any, path: str, env: dict[str, str]) -> ModelConfig:
     )
 
 
-_TOP_KEYS = {"models", "storage", "redis", "routing", "master_key", "server", "cache", "batches", "logging",
-             "responses"}
+_TOP_KEYS = {"models", "storage", "redis", "routing", "master_key", "cache", "batches", "responses"}
+_CACHE_KEYS = {"enabled": bool, "ttl_s": float, "max_entries": int}
+
+
+def _check_cache(d: Any) -> None:
+    """`cache:` (accounting.md "Response cache"): known keys with values of the right type, checked at load
+    (unknown keys were ignored and `enabled: maybe` counted as on)."""
+    if d is None:
+        return
+    _expect(d, dict, "cache", "a mapping such as {enabled: true, ttl_s: 3600, max_entries: 10000}")
+    _unknown_keys(d, set(_CACHE_KEYS), "cache")
+    for k, kind in _CACHE_KEYS.items():
+        if k not in d:
+            continue
+        v = d[k]
+        if kind is bool and not isinstance(v, bool):
+            raise _err(f"cache.{k}", f"expected true or false, got {v!r}")
+        if kind is not bool and (isinstance(v, bool) or not isinstance(v, int | float) or not v > 0
+                                 or (kind is int and not isinstance(v, int))):
+            raise _err(f"cache.{k}", f"expected a positive {'integer' if kind is int else 'number'}, got {v!r}")
+
+
+def _check_batches(d: Any) -> None:
+    """`batches:` (batches.md "Settings"): known keys, each of its default's type and positive (counts may be
+    0 where 0 means none), checked at load (a typo used to pass and then fail the start-up with a
+    traceback)."""
+    if d is None:
+        return
+    import dataclasses
+
+    from tiergate.batches.runner import BatchSettings
+
+    _expect(d, dict, "batches", "a mapping such as {concurrency: 4}")
+    fields = {f.name: f.default for f in dataclasses.fields(BatchSettings)}
+    _unknown_keys(d, set(fields), "batches")
+    for k, v in d.items():
+        default = fields[k]
+        if isinstance(default, bool):
+            if not isinstance(v, bool):
+                raise _err(f"batches.{k}", f"expected true or false, got {v!r}")
+        elif isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(default, int) and not isinstance(v, int)):
+            raise _err(f"batches.{k}", f"expected {'an integer' if isinstance(default, int) else 'a number'}, got {v!r}")
+        elif v < 0 or (v == 0 and k != "rate_limit_retries"):
+            raise _err(f"batches.{k}", f"expected a value {'>= 0' if k == 'rate_limit_retries' else '> 0'}, got {v!r}")
 RESPONSES_RETENTION_DAYS = 30.0  # stored /v1/responses objects, as OpenAI keeps them by default
 
 
@@ -388,7 +430,9 @@ def parse_config(raw: Any, *, source: str = "<config>", env: dict[str, str] | No
     elif env.get("TIERGATE_MASTER_KEY"):
         master = Secret(ref="env:TIERGATE_MASTER_KEY", value=env["TIERGATE_MASTER_KEY"])
     responses_retention_s(raw.get("responses"))  # validated now; read by server/responses.py
-    extra = {k: raw[k] for k in ("server", "cache", "batches", "logging", "responses") if k in raw}
+    _check_cache(raw.get("cache"))  # read by accounting/service.py
+    _check_batches(raw.get("batches"))  # read by batches/runner.py
+    extra = {k: raw[k] for k in ("cache", "batches", "responses") if k in raw}
     return GatewayConfig(models=models, storage=storage, redis=redis_url, routing=routing,
                          master_key=master, source=source, extra=extra)
 

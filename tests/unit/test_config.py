@@ -246,3 +246,29 @@ def test_routing_profiles_file_is_loaded_and_checked(tmp_path):
     r = Router.load(profiles=cfg(str(good)).routing.profiles)
     (a,) = r.assess("Write a Python function that returns the n-th prime number.", ["o3@high"])
     assert a.quality_source == "profile"
+
+
+@pytest.mark.parametrize(("section", "value", "message"), [
+    ("batches", {"concurency": 3}, r"batches\.concurency: unknown key"),  # was a start-up traceback
+    ("batches", {"concurrency": "4"}, r"batches\.concurrency: expected an integer"),
+    ("batches", {"concurrency": 0}, r"batches\.concurrency: expected a value > 0"),
+    ("batches", {"forward_upstream": "yes"}, r"batches\.forward_upstream: expected true or false"),
+    ("batches", {"poll_s": -1}, r"batches\.poll_s: expected a value > 0"),
+    ("cache", {"ttl": 3}, r"cache\.ttl: unknown key"),  # was ignored
+    ("cache", {"enabled": "maybe"}, r"cache\.enabled: expected true or false"),  # was on
+    ("cache", {"max_entries": 1.5}, r"cache\.max_entries: expected a positive integer"),
+    ("server", {"port": 4000}, r"server: unknown key"),  # read by nothing
+    ("logging", {"level": "info"}, r"logging: unknown key"),
+])
+def test_cache_and_batches_sections_are_checked_at_load(section, value, message):
+    raw = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]}], section: value}
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw, env={})
+
+
+def test_valid_cache_and_batches_sections_load():
+    raw = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]}],
+           "cache": {"enabled": False, "ttl_s": 60, "max_entries": 100},
+           "batches": {"concurrency": 2, "poll_s": 0.1, "rate_limit_retries": 0, "forward_upstream": True}}
+    cfg = parse_config(raw, env={})
+    assert cfg.extra["cache"]["ttl_s"] == 60 and cfg.extra["batches"]["rate_limit_retries"] == 0
