@@ -16,10 +16,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.config)
-        from tiergate.catalog.catalog import Catalog
         from tiergate.server.gateway import resolve_catalog
 
-        _, unpriced = resolve_catalog(config, Catalog.load())
+        _, unpriced = resolve_catalog(config, config.load_catalog())
     except ConfigError as e:
         print(f"tiergate: configuration error: {e}", file=sys.stderr)
         return 2

@@ -160,7 +160,8 @@ def _check_models(a: argparse.Namespace, models: list[str] | None) -> None:
     from tiergate.server.admin import check_key_models
 
     configured: list[str] = []
-    if a.config:  # only the model names: no secrets need to be resolvable here
+    catalog_file = None
+    if a.config:  # only the model names (and catalogue override): no secrets need to be resolvable here
         try:
             with open(a.config, encoding="utf-8") as fh:
                 raw = yaml.safe_load(fh) or {}
@@ -168,8 +169,9 @@ def _check_models(a: argparse.Namespace, models: list[str] | None) -> None:
             raise SystemExit(f"tiergate: cannot read --config {a.config}: {e}") from None
         models_cfg = raw.get("models") if isinstance(raw, dict) else None
         configured = [str(m["name"]) for m in models_cfg or () if isinstance(m, dict) and m.get("name")]
+        catalog_file = raw.get("catalog_file") if isinstance(raw, dict) else None
     hint = "" if a.config else " Pass --config FILE (or set TIERGATE_CONFIG) so the gateway's configured names are known."
-    check_key_models(models, configured, Catalog.load().names(), hint=hint)
+    check_key_models(models, configured, Catalog.load(catalog_file).names(), hint=hint)
 
 
 def _run(a: argparse.Namespace) -> int:

@@ -78,6 +78,14 @@ class GatewayConfig:
     master_key: Secret | None = None
     source: str = "<embedded defaults>"
     extra: dict[str, Any] = field(default_factory=dict)  # top-level sections owned by other packages
+    catalog_file: str | None = None  # a catalogue override file merged on the packaged one (docs/catalog.md)
+
+    def load_catalog(self) -> Any:
+        """The model catalogue this gateway prices and checks with: the packaged one, with `catalog_file`
+        merged on top when set."""
+        from tiergate.catalog.catalog import Catalog
+
+        return Catalog.load(self.catalog_file)
 
     def model(self, name: str) -> ModelConfig | None:
         for m in self.models:
@@ -330,7 +338,8 @@ def _parse_model(d: Any, path: str, env: dict[str, str]) -> ModelConfig:
     )
 
 
-_TOP_KEYS = {"models", "storage", "redis", "routing", "master_key", "cache", "batches", "responses"}
+_TOP_KEYS = {"models", "storage", "redis", "routing", "master_key", "cache", "batches", "responses",
+             "catalog_file"}
 _CACHE_KEYS = {"enabled": bool, "ttl_s": float, "max_entries": int}
 
 
@@ -433,8 +442,26 @@ def parse_config(raw: Any, *, source: str = "<config>", env: dict[str, str] | No
     _check_cache(raw.get("cache"))  # read by accounting/service.py
     _check_batches(raw.get("batches"))  # read by batches/runner.py
     extra = {k: raw[k] for k in ("cache", "batches", "responses") if k in raw}
+    catalog_file = _catalog_file(raw.get("catalog_file"))
     return GatewayConfig(models=models, storage=storage, redis=redis_url, routing=routing,
-                         master_key=master, source=source, extra=extra)
+                         master_key=master, source=source, extra=extra, catalog_file=catalog_file)
+
+
+def _catalog_file(value: Any) -> str | None:
+    """`catalog_file`: a catalogue override file (prices of your contract, fine-tuned models), loaded now so
+    that its errors (which name the file and key) stop the start-up."""
+    if value is None:
+        return None
+    _expect(value, str, "catalog_file", "the path of a catalogue override YAML file (docs/catalog.md)")
+    from tiergate.catalog.catalog import Catalog, CatalogError
+
+    try:
+        Catalog.load(value)
+    except OSError as e:
+        raise _err("catalog_file", f"cannot read {value!r}: {e.strerror or e}") from None
+    except CatalogError as e:
+        raise _err("catalog_file", str(e)) from None
+    return value
 
 
 def _parse_routing(d: Any, names: list[str]) -> RoutingConfig:

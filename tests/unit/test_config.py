@@ -272,3 +272,26 @@ def test_valid_cache_and_batches_sections_load():
            "batches": {"concurrency": 2, "poll_s": 0.1, "rate_limit_retries": 0, "forward_upstream": True}}
     cfg = parse_config(raw, env={})
     assert cfg.extra["cache"]["ttl_s"] == 60 and cfg.extra["batches"]["rate_limit_retries"] == 0
+
+
+def test_catalog_file_overrides_prices_for_the_gateway(tmp_path):
+    """docs/catalog.md's override file reaches the gateway through `catalog_file` (it could only be passed
+    to `Catalog.load(path)` in Python): your prices, your fine-tuned model, errors at start-up."""
+    from tiergate.server.gateway import resolve_catalog
+
+    over = tmp_path / "mine.yaml"
+    over.write_text("models:\n  gpt-4o-mini:\n    prices: {input: 0.165, output: 0.66}\n"
+                    "    sources: {prices: 'Azure price sheet, 2026-11-01'}\n"
+                    "  acme-ft:\n    extends: gpt-4o-mini\n    prices: {input: 0.30, output: 1.20}\n"
+                    "    sources: {prices: 'OpenAI fine-tuning price list, 2026-11-01'}\n")
+    raw = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]},
+                      {"name": "acme-ft", "deployments": [{"provider": "sim"}]}], "catalog_file": str(over)}
+    cfg = parse_config(raw, env={})
+    infos, unpriced = resolve_catalog(cfg, cfg.load_catalog())
+    assert infos["gpt-4o-mini"].input_price == 0.165 and infos["acme-ft"].output_price == 1.20 and unpriced == []
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  o1:\n    prices: {input: -1}\n")
+    with pytest.raises(ConfigError, match=r"catalog_file: .*models\.o1\.prices\.input: expected a number >= 0"):
+        parse_config({**raw, "catalog_file": str(bad)}, env={})
+    with pytest.raises(ConfigError, match=r"catalog_file: catalogue file .*nope.yaml not found"):
+        parse_config({**raw, "catalog_file": str(tmp_path / "nope.yaml")}, env={})

@@ -176,9 +176,7 @@ def build_admin_app(accounting: Accounting) -> FastAPI:
 
     def check_models(models: list[str] | None) -> None:
         if models and not catalogue:
-            from tiergate.catalog.catalog import Catalog
-
-            catalogue.extend(Catalog.load().names())  # on first use: admin calls are rare
+            catalogue.extend(accounting.config.load_catalog().names())  # on first use: admin calls are rare
         check_key_models(models, configured, catalogue)
 
     async def require_master(request: Request) -> None:

@@ -79,7 +79,7 @@ class Gateway:
         from tiergate.metrics import Metrics
         from tiergate.providers.http import SharedSession
 
-        catalog = Catalog.load()
+        catalog = config.load_catalog()
         infos, unpriced = resolve_catalog(config, catalog)
         if unpriced:
             log.warning("models not in the catalogue are served UNPRICED (cost 0, budgets do not decrease) with "
