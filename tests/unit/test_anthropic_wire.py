@@ -42,6 +42,21 @@ def test_limits_stop_temperature_clamp_user():
     assert req["max_tokens"] == 5 and req["stop_sequences"] == ["a", "b"]
 
 
+@pytest.mark.parametrize(("field", "value"), [("temperature", "hot"), ("temperature", 3), ("top_p", "x"),
+                                               ("top_p", 1.5), ("stop", ["a", 3]), ("stop", {"x": 1})])
+def test_wrong_sampling_values_are_named_400s_without_python_text(field, value):
+    """`temperature: "hot"` used to be refused as "(ValueError: could not convert string to float: 'hot')"
+    with no param: now the field is named and the code is invalid_value, as anthropic.md says."""
+    from tiergate.providers.anthropic import translate_request
+    from tiergate.providers.base import RequestRefused
+
+    body = {"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], field: value}
+    with pytest.raises(RequestRefused) as ei:
+        translate_request(body, False, "c")
+    e = ei.value
+    assert (e.status, e.param, e.code) == (400, field, "invalid_value") and "Error" not in e.message
+
+
 def test_images_data_url_and_http_url():
     req = wa.to_messages_request({"model": "c", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "what is this"},

@@ -197,7 +197,7 @@ def translate_request(body: dict[str, Any], stream: bool, model: str) -> dict[st
     try:
         return wa.to_messages_request({**body, "stream": stream}, model)
     except wa.TranslationError as e:
-        raise RequestRefused(str(e), param=e.param) from None
+        raise RequestRefused(str(e), param=e.param, code=e.code) from None
     except (TypeError, ValueError, AttributeError, KeyError) as e:
         raise RequestRefused(f"cannot translate this request to Anthropic's Messages API ({type(e).__name__}: {e})",
                              code="invalid_value") from None

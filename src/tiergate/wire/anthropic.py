@@ -49,9 +49,10 @@ STRUCTURED_TOOL_PREFIX = "json_output_"  # the forced tool that carries a json_s
 class TranslationError(ValueError):
     """The Chat Completions body cannot be expressed as a Messages request (a client error, 400)."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str = "unsupported_value") -> None:
         super().__init__(message)
         self.param = param
+        self.code = code  # `invalid_value` for a value of the wrong type or range
 
 
 # ---------------------------------------------------------------- request
@@ -258,6 +259,14 @@ def structured_tool(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _number(value: Any, param: str, low: float, high: float) -> float:
+    """A sampling parameter as OpenAI validates it: a number in [low, high], else the 400 naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise TranslationError(f"{param} must be a number between {low:g} and {high:g}, got {value!r}", param,
+                               "invalid_value")
+    return float(value)
+
+
 def to_messages_request(body: dict[str, Any], model: str) -> dict[str, Any]:
     """Build an Anthropic Messages request body from a Chat Completions body."""
     turns, system = _convert_messages(body.get("messages"))
@@ -271,12 +280,14 @@ def to_messages_request(body: dict[str, Any], model: str) -> dict[str, Any]:
         out["system"] = "\n\n".join(system)
     stop = body.get("stop")
     if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else [str(s) for s in stop]
+        if not isinstance(stop, str) and not (isinstance(stop, list) and all(isinstance(x, str) for x in stop)):
+            raise TranslationError("stop must be a string or an array of strings", "stop", "invalid_value")
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
     temp = body.get("temperature")
     if temp is not None:
-        out["temperature"] = min(1.0, max(0.0, float(temp)))
+        out["temperature"] = min(1.0, max(0.0, _number(temp, "temperature", 0.0, 2.0)))
     if body.get("top_p") is not None:
-        out["top_p"] = body["top_p"]
+        out["top_p"] = _number(body["top_p"], "top_p", 0.0, 1.0)
     if body.get("tools"):
         out["tools"] = _tools(body["tools"])
     choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
