@@ -9,7 +9,9 @@ For a prompt, a profile's prediction is
 where P(d | prompt) adds up the quality model's benchmark-resemblance probabilities per domain and
 difficulty is the quality model's within-benchmark difficulty (0 for a typical prompt of its kind),
 clipped to +-2 logits so a figure is a prior that the prompt shifts, not overrides.
-Domains a profile lacks take the mean of the domains it has.
+Domains a profile lacks take the mean of the domains it has. `model@effort` uses its own entry, else the
+model's entry, but only when the model has no per-effort entries (a figure published for o3@high and the
+default effort says nothing about o3@low).
 """
 
 from __future__ import annotations
@@ -92,15 +94,19 @@ class Profiles:
         return cls(domains, entries)
 
     def find(self, model: str, effort: str | None) -> Profile | None:
-        """The profile for `model@effort`, else `model` (without a dated suffix too)."""
+        """The profile for `model@effort`, else `model` (without a dated suffix too) unless the model has
+        entries for other efforts only."""
         names = [model.lower()]
         undated = _DATE.sub("", model.lower())
         if undated != names[0]:
             names.append(undated)
         for name in names:
-            for key in ([f"{name}@{effort}"] if effort else []) + [name]:
-                if key in self.entries:
-                    return self.entries[key]
+            if effort and f"{name}@{effort}" in self.entries:
+                return self.entries[f"{name}@{effort}"]
+            # the model's entry stands for its efforts only when it has no per-effort entries: a figure
+            # published for some efforts (o3@high, o3@medium) says nothing about the others (o3@low)
+            if name in self.entries and not (effort and any(k.startswith(f"{name}@") for k in self.entries)):
+                return self.entries[name]
         # a dated profile key for an undated candidate name (gpt-4o -> gpt-4o-2024-08-06): latest date
         dated = sorted((k for k in self.entries if _DATE.sub("", k.split("@")[0]) == names[-1]), reverse=True)
         for k in dated:
