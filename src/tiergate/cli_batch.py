@@ -162,9 +162,12 @@ def _results(args: argparse.Namespace) -> int:
     b = _json(args, "GET", f"/v1/batches/{args.batch_id}")
     if b["status"] not in TERMINAL:
         raise CliError(f"batch {args.batch_id} is still {b['status']}; try `tiergate batch status --watch`")
-    for fid, dest, stream in ((b.get("output_file_id"), args.output, sys.stdout),
-                              (b.get("error_file_id"), args.errors, sys.stderr)):
+    for fid, dest, stream, what in ((b.get("output_file_id"), args.output, sys.stdout, "output"),
+                                    (b.get("error_file_id"), args.errors, sys.stderr, "error")):
         if not fid:
+            if dest is not None:  # asked for a file that will not be written: say so rather than nothing
+                print(f"tiergate: batch {args.batch_id} has no {what} file (no {'failed' if what == 'error' else 'answered'} "
+                      f"lines); {dest} not written", file=sys.stderr)
             continue
         data = _call(args, "GET", f"/v1/files/{fid}/content")
         if dest is not None:

@@ -32,9 +32,11 @@ def test_submit_wait_status_results(base_url, tmp_path, capsys):
     assert main(["batch", "status", bid, "--url", base_url]) == 0
     assert "completed  4/4 done, 0 failed" in capsys.readouterr().out
     dest = tmp_path / "out.jsonl"
-    assert main(["batch", "results", bid, "--url", base_url, "-o", str(dest)]) == 0
+    errs = tmp_path / "err.jsonl"
+    assert main(["batch", "results", bid, "--url", base_url, "-o", str(dest), "--errors", str(errs)]) == 0
     got = sorted(json.loads(x)["custom_id"] for x in dest.read_text().splitlines())
     assert got == ["q0", "q1", "q2", "q3"]
+    assert not errs.exists() and f"has no error file (no failed lines); {errs} not written" in capsys.readouterr().err
     assert main(["batch", "list", "--url", base_url]) == 0
     assert bid in capsys.readouterr().out
     assert main(["batch", "cancel", bid, "--url", base_url]) == 2  # finished batches cannot be cancelled
