@@ -318,6 +318,13 @@ def _eval(args: argparse.Namespace) -> int:
         missing = _router_file_missing(args.router)
         if missing:
             return _no_router(args.router, missing)
+    if args.profiles is not None:
+        if protocol != "fixed":
+            return _err("--profiles applies to --protocol fixed (the serving router); kfold and lobo score every "
+                        "candidate from a model trained on its outcome rows")
+        problem = profiles_problem(args.profiles)
+        if problem:
+            return _err(problem)
     try:
         rows = load_outcomes(args.outcomes)
         if not rows:
@@ -333,7 +340,7 @@ def _eval(args: argparse.Namespace) -> int:
             rows, candidates=_csv(args.candidates), protocol=protocol, model_kind=args.model,
             router_dir=args.router, k=args.folds, seed=args.seed, pool=pool, policy=args.policy,
             include_contaminated=args.include_contaminated, extra_benchmarks=bool(extra),
-            progress=not args.quiet,
+            progress=not args.quiet, profiles=args.profiles,
         )
     except (OutcomeDataError, EvaluationError) as e:
         return _err(str(e))
@@ -380,6 +387,19 @@ def fixed_protocol_note(info: dict[str, Any], n: int | None = None) -> str | Non
             "out-of-sample figures on them")
 
 
+def quality_sources_note(s: dict[str, Any]) -> str | None:
+    """Which candidates the router has no outcome data for and were scored as the serving router predicts
+    them: from their profile (with its sources) or the default (the learned candidates' mean)."""
+    other = {c: src for c, src in (s.get("quality_sources") or {}).items() if src != "learned"}
+    if not other:
+        return None
+    cited = s.get("profile_sources") or {}
+    parts = [f"{c} from its profile {cited.get(c, '')}".rstrip() if src == "profile" else
+             f"{c} from the default (the mean of the learned candidates' predictions)" for c, src in other.items()]
+    return (f"note: the router has no outcome data for {', '.join(other)}; scored as the serving router "
+            f"predicts them (quality_sources in --json): {'; '.join(parts)}")
+
+
 def render_eval(s: dict[str, Any]) -> str:
     """The human-readable report of `router eval`."""
     info = s.get("protocol_info", {})
@@ -401,6 +421,9 @@ def render_eval(s: dict[str, Any]) -> str:
         note = fixed_protocol_note(info, s.get("n"))
         if note:
             out.append(note)
+    note = quality_sources_note(s)
+    if note:
+        out.append(note)
     if s.get("excluded_contaminated"):
         out.append(f"left out {s['excluded_contaminated']} prompts RouteLLM marks contaminated "
                    "(--include-contaminated keeps them)")
@@ -496,6 +519,9 @@ def add_router_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--outcomes", nargs="+", required=True, metavar="FILE", help="outcome JSONL(.gz) files to score on")
     e.add_argument("--router", metavar="DIR", help="trained router to evaluate (default: the one in the package)")
     e.add_argument("--candidates", help="comma-separated candidates (default: every one scored on all rows)")
+    e.add_argument("--profiles", metavar="PATH",
+                   help="--protocol fixed: a YAML file of quality profiles over the packaged ones, for candidates "
+                        "the router has no outcome data for (scored as the serving router predicts them)")
     e.add_argument("--protocol", choices=("fixed", "kfold", "lobo"),
                    help="fixed: the router as trained (default); kfold: k folds within the file; lobo: train "
                         "on the other benchmarks")

@@ -317,6 +317,71 @@ def _predict(model: Any, rows: Sequence[OutcomeRow], candidates: Sequence[str]) 
     return _columns(model.predict(prompts), model, candidates)
 
 
+#: Prompts per batch when the serving router's predictions are computed for a whole file.
+PREDICT_BATCH = 1024
+
+
+def serving_predictions(
+    router: Any, rows: Sequence[OutcomeRow], candidates: Sequence[str], progress: bool = False
+) -> tuple[np.ndarray, dict[str, str], dict[str, str]]:
+    """Predicted quality (n, k) of every candidate for every row exactly as the serving router
+    (`routing.router.Router.assess`) predicts it, batched: from the quality model for the candidates it has
+    outcome data for (matched as `Router.learned_key` matches them: exact key, catalogue canonical name,
+    a reasoning model's default effort), routed between those candidates (`only`, as serving does); else
+    from the candidate's profile (`profiles.yaml` or an override), shifted by the prompt's domain mixture
+    and difficulty; else the mean prediction of every learned candidate (the "default"). Also returns
+    candidate -> quality source ("learned" | "profile" | "default") and candidate -> profile citation
+    (`Assessment.profile_source`) for the profile ones. Raises `EvaluationError` for a candidate nothing
+    describes (as `Router.check_candidates`)."""
+    from tiergate.routing.profiles import Profiles
+    from tiergate.routing.router import Candidate, UnknownCandidate, profile_citation
+
+    try:
+        router.check_candidates(list(candidates))
+    except UnknownCandidate as e:
+        raise EvaluationError(str(e)) from None
+    model = router.quality
+    parsed = [Candidate.parse(c) for c in candidates]
+    keys = [router.learned_key(c) for c in parsed]
+    profiles = [None if k is not None else router.profiles.find(c.model, c.effort) for c, k in zip(parsed, keys,
+                                                                                                  strict=True)]
+    sources = {c: "learned" if k is not None else "profile" if p is not None else "default"
+               for c, k, p in zip(candidates, keys, profiles, strict=True)}
+    cited = {c: profile_citation(p) for c, p in zip(candidates, profiles, strict=True) if p is not None}
+    only = {k for k in keys if k is not None}
+    prompts = [r.prompt for r in rows]
+    out = np.empty((len(prompts), len(candidates)))
+    starts = range(0, len(prompts), PREDICT_BATCH)
+    for lo in _bar(starts, progress, desc="router eval: features and predictions", unit="batch"):
+        texts = prompts[lo : lo + PREDICT_BATCH]
+        X = model.features(texts)
+        learned_keys, P = model.predict_matrix(X, texts, only=only)
+        col = {k: j for j, k in enumerate(learned_keys)}
+        dom = diff = everyone = None
+        for j, (key, prof) in enumerate(zip(keys, profiles, strict=True)):
+            if key is not None:
+                out[lo : lo + len(texts), j] = P[:, col[key]]
+            elif prof is not None:
+                if dom is None:
+                    dom = router.profiles.domain_probs(model.sources, model.resemblance(X))
+                    diff = model.difficulty(X)
+                out[lo : lo + len(texts), j] = Profiles.predict(prof, dom, diff)
+            else:
+                if everyone is None:  # every learned candidate, not only the routed ones (as serving)
+                    everyone = model.predict_matrix(X, texts)[1].mean(axis=1)
+                out[lo : lo + len(texts), j] = everyone
+    return out, sources, cited
+
+
+def _bar(it: Any, progress: bool, **kw: Any) -> Any:
+    """`it` with a tqdm progress bar on stderr that stays visible when done (`progress=False`: as is)."""
+    if not progress:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, leave=True, **kw)
+
+
 def _columns(pred: dict[str, np.ndarray], model: Any, candidates: Sequence[str]) -> np.ndarray:
     missing = [c for c in candidates if c not in pred]
     if missing:
@@ -384,6 +449,7 @@ def out_of_fold_predictions(
     extra_benchmarks: bool = True,
     progress: bool = False,
     also_without_texts: bool = False,
+    profiles: str | Path | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Predicted scores (n, k) for every evaluated row, none from a model that saw that row.
 
@@ -393,6 +459,26 @@ def out_of_fold_predictions(
     predictions with the words but not for exactly the evaluated candidates (so without the pair-gain
     blend of `routing.steps` only): ablations from the same fits."""
     cands = mat.candidates
+    if profiles is not None and protocol != "fixed":
+        raise EvaluationError("--profiles applies to --protocol fixed (the serving router); kfold and lobo score "
+                              "every candidate from a model trained on its outcome rows")
+    if protocol == "fixed" and (router_dir is None or not (Path(router_dir) / "mean_baseline.json").exists()) \
+            and model_kind == "learned":
+        # the learned router: every candidate predicted as the serving router predicts it (outcome data,
+        # else its profile, else the default), as `tiergate route` and the gateway do
+        from tiergate.routing.profiles import ProfileError
+        from tiergate.routing.router import Router
+
+        try:
+            router = Router.load(router_dir, profiles=profiles)
+        except ProfileError as e:
+            raise EvaluationError(f"--profiles: {e}") from None
+        pred, sources, cited = serving_predictions(router, mat.rows, cands, progress=progress)
+        info = {"router": str(router_dir or shipped_router_dir()), **trained_on(router.quality, mat.rows),
+                "model": "learned", "quality_sources": sources, "profile_sources": cited}
+        if profiles is not None:
+            info["profiles"] = str(profiles)
+        return pred, info
     if protocol == "fixed":
         model = load_model(router_dir) if model_kind == "learned" or router_dir else None
         if model is None:
@@ -456,8 +542,10 @@ def out_of_fold_predictions(
         if len(covered) < len(cands):
             lacking = sorted(set(cands) - set(covered))
             raise EvaluationError(
-                f"leave-one-benchmark-out has no training rows for {', '.join(lacking)}; "
-                "use --protocol kfold for candidates recorded on this benchmark only"
+                f"leave-one-benchmark-out has no training rows for {', '.join(lacking)} (no other dev file scores "
+                "them, and lobo scores a candidate only from a model trained on its outcome rows); use --protocol "
+                "kfold for candidates recorded on this benchmark only, or --protocol fixed to score them as the "
+                "serving router does (from a profile or the default)"
             )
         model = cls().fit(train, _fit_candidates(model_kind, cands), progress=progress)
         if also_without_texts and hasattr(model, "predict_features"):
@@ -557,6 +645,7 @@ def evaluate(
     prices: PriceLookup | None = None,
     counter: TokenCounter | None = None,
     progress: bool = False,
+    profiles: str | Path | None = None,
 ) -> Evaluation:
     """Evaluate a router on `rows` under `protocol`; see the module docstring.
 
@@ -573,11 +662,13 @@ def evaluate(
         extra_benchmarks = protocol == "kfold" and default_extra_benchmarks(mat.rows)
     pred, info = out_of_fold_predictions(
         mat, protocol, model_kind=model_kind, router_dir=router_dir, k=k, seed=seed, pool=pool,
-        extra_benchmarks=extra_benchmarks, progress=progress,
+        extra_benchmarks=extra_benchmarks, progress=progress, profiles=profiles,
     )
     ev = score_predictions(mat, pred, policy)
+    sources = info.pop("quality_sources", None) or {c: "learned" for c in mat.candidates}
     ev.summary.update({"protocol": protocol, "model": info.pop("model", model_kind), "protocol_info": info,
-                       "excluded_unpriced": unpriced, "excluded_contaminated": dropped})
+                       "excluded_unpriced": unpriced, "excluded_contaminated": dropped,
+                       "quality_sources": sources, "profile_sources": info.pop("profile_sources", {})})
     return ev
 
 

@@ -1,0 +1,93 @@
+"""`tiergate router eval` on the defects an acceptance judge found: fixed-protocol candidates the learned model
+has no outcome data for are scored as the serving router predicts them (profile, else default; `--profiles`),
+and the report says which."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tiergate.cli import main as cli_main
+from tiergate.routing import evaluate as E
+from tiergate.routing.data import load_outcomes
+from tiergate.routing.profiles import Profiles
+from tiergate.routing.quality import ARTIFACTS_DIR
+from tiergate.routing.router import Router
+
+pytestmark = pytest.mark.skipif(not (ARTIFACTS_DIR / "quality.npz").exists(), reason="router artefacts not trained")
+
+NANO, GPT4 = "gpt-4.1-nano", "gpt-4-1106-preview"
+PROMPTS = ["Prove there are infinitely many primes.", "What is the capital of France?",
+           "Write a Python function that reverses a linked list.", "Solve 3x + 5 = 20 for x.",
+           "Which gas do plants absorb from the air?", "Explain why the sky is blue in two sentences."]
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    rc = cli_main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _nano_rows(path: Path, n: int = 30) -> Path:
+    lines = []
+    for i in range(n):
+        lines.append(json.dumps({
+            "id": f"nano-{i}", "source": "synthetic-nano", "prompt": f"{PROMPTS[i % len(PROMPTS)]} (case {i})",
+            "outcomes": {NANO: {"score": float(i % 2), "cost_usd": 0.0001},
+                         GPT4: {"score": float(i % 3 != 0), "cost_usd": 0.01}}}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_fixed_scores_profile_and_default_candidates_as_the_serving_router_does(tmp_path) -> None:
+    rows = load_outcomes(_nano_rows(tmp_path / "nano.jsonl"))[:8]
+    served = Router.load()
+    pred, sources, cited = E.serving_predictions(served, rows, [NANO, GPT4, "gpt-4o"])
+    assert sources == {NANO: "profile", GPT4: "learned", "gpt-4o": "learned"}  # gpt-4o: its dated outcome data
+    assert set(cited) == {NANO}
+    bare = Router(served.quality, Profiles({}, {}), served.catalog)  # no profile: the default
+    pred_d, sources_d, _ = E.serving_predictions(bare, rows, [NANO, GPT4])
+    assert sources_d == {NANO: "default", GPT4: "learned"}
+    for i, r in enumerate(rows):
+        assert pred[i] == pytest.approx([a.predicted_quality for a in served.assess(r.prompt, [NANO, GPT4, "gpt-4o"])])
+        assert pred_d[i] == pytest.approx([a.predicted_quality for a in bare.assess(r.prompt, [NANO, GPT4])])
+    # batched as a whole file is (batch boundaries change nothing)
+    small = E.PREDICT_BATCH
+    try:
+        E.PREDICT_BATCH = 3
+        assert E.serving_predictions(served, rows, [NANO, GPT4, "gpt-4o"])[0] == pytest.approx(pred)
+    finally:
+        E.PREDICT_BATCH = small
+
+
+def test_router_eval_fixed_accepts_a_profile_candidate_and_says_so(tmp_path, capsys) -> None:
+    f = str(_nano_rows(tmp_path / "nano.jsonl"))
+    rc, out, err = _cli(capsys, "router", "eval", "--outcomes", f, "--candidates", f"{NANO},{GPT4}", "--quiet")
+    assert rc == 0, err
+    assert f"note: the router has no outcome data for {NANO}; scored as the serving router predicts them" in out
+    assert f"{NANO} from its profile {NANO} (" in out
+    rc, out, err = _cli(capsys, "router", "eval", "--outcomes", f, "--candidates", f"{NANO},{GPT4}", "--quiet",
+                        "--json")
+    s = json.loads(out)
+    assert s["quality_sources"] == {NANO: "profile", GPT4: "learned"} and set(s["profile_sources"]) == {NANO}
+    # --profiles: the override's figures and source
+    prof = tmp_path / "profiles.yaml"
+    prof.write_text(yaml.safe_dump({"profiles": {NANO: {d: {"score": 0.05, "source": "test override"}
+                                                        for d in ("code", "math", "knowledge", "reasoning",
+                                                                  "general")}}}))
+    rc, out2, err = _cli(capsys, "router", "eval", "--outcomes", f, "--candidates", f"{NANO},{GPT4}", "--quiet",
+                         "--json", "--profiles", str(prof))
+    assert rc == 0, err
+    s2 = json.loads(out2)
+    assert "test override" in s2["profile_sources"][NANO] and s2["protocol_info"]["profiles"] == str(prof)
+    ev = E.evaluate(load_outcomes(f), candidates=[NANO, GPT4], profiles=str(prof))
+    assert np.all(ev.predictions[:, 0] < 0.2)
+    # kfold / lobo: --profiles does not apply, said so
+    rc, _, err = _cli(capsys, "router", "eval", "--outcomes", f, "--protocol", "kfold", "--profiles", str(prof))
+    assert rc == 2 and "--profiles applies to --protocol fixed" in err
+    rc, _, err = _cli(capsys, "router", "eval", "--outcomes", f, "--profiles", str(tmp_path / "none.yaml"))
+    assert rc == 2 and "none.yaml" in err
