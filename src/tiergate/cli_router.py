@@ -427,6 +427,15 @@ def render_eval(s: dict[str, Any]) -> str:
     if s.get("excluded_contaminated"):
         out.append(f"left out {s['excluded_contaminated']} prompts RouteLLM marks contaminated "
                    "(--include-contaminated keeps them)")
+    total = s.get("rows_total")
+    if s.get("excluded_partial"):
+        out.append("left out candidates not scored on every row: "
+                   + ", ".join(f"{c} ({k} of {total} rows)" for c, k in s["excluded_partial"].items())
+                   + " (name them in --candidates to score them on the rows that have them)")
+    if s.get("rows_dropped_missing_candidates"):
+        miss = s.get("missing_by_candidate") or {}
+        out.append(f"scored on the {s['n']} of {total} rows that have every --candidates model"
+                   + (f" (missing: {', '.join(f'{c} on {k} rows' for c, k in miss.items())})" if miss else ""))
     if s.get("excluded_unpriced"):
         out.append(f"left out unpriced candidates: {', '.join(s['excluded_unpriced'])}")
     best = s["best_single"]

@@ -91,3 +91,35 @@ def test_router_eval_fixed_accepts_a_profile_candidate_and_says_so(tmp_path, cap
     assert rc == 2 and "--profiles applies to --protocol fixed" in err
     rc, _, err = _cli(capsys, "router", "eval", "--outcomes", f, "--profiles", str(tmp_path / "none.yaml"))
     assert rc == 2 and "none.yaml" in err
+
+
+def _partial_rows(path: Path, n: int = 50, without: int = 10) -> Path:
+    lines = []
+    for i in range(n):
+        outcomes = {GPT4: {"score": 1.0, "cost_usd": 0.01},
+                    "mixtral-8x7b-instruct-v0.1": {"score": float(i % 2), "cost_usd": 0.001}}
+        if i >= without:
+            outcomes["claude-v2"] = {"score": float(i % 3 != 0), "cost_usd": 0.005}
+        lines.append(json.dumps({"id": f"p-{i}", "source": "synthetic-partial",
+                                 "prompt": f"{PROMPTS[i % len(PROMPTS)]} (case {i})", "outcomes": outcomes}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_rows_missing_a_candidate_are_reported_not_dropped_silently(tmp_path, capsys) -> None:
+    f = str(_partial_rows(tmp_path / "partial.jsonl"))
+    rc, out, err = _cli(capsys, "router", "eval", "--outcomes", f, "--quiet")
+    assert rc == 0, err
+    assert "left out candidates not scored on every row: claude-v2 (40 of 50 rows)" in out
+    rc, out, _ = _cli(capsys, "router", "eval", "--outcomes", f, "--quiet", "--json")
+    s = json.loads(out)
+    assert s["excluded_partial"] == {"claude-v2": 40} and s["rows_total"] == 50 and s["n"] == 50
+    assert "claude-v2" not in s["candidates"] and s["rows_dropped_missing_candidates"] == 0
+    named = ("--candidates", f"claude-v2,{GPT4}")
+    rc, out, err = _cli(capsys, "router", "eval", "--outcomes", f, "--quiet", *named)
+    assert rc == 0, err
+    assert "scored on the 40 of 50 rows that have every --candidates model (missing: claude-v2 on 10 rows)" in out
+    rc, out, _ = _cli(capsys, "router", "eval", "--outcomes", f, "--quiet", "--json", *named)
+    s = json.loads(out)
+    assert s["n"] == 40 and s["rows_total"] == 50 and s["rows_dropped_missing_candidates"] == 10
+    assert s["missing_by_candidate"] == {"claude-v2": 10} and s["excluded_partial"] == {}

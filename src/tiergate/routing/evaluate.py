@@ -658,6 +658,7 @@ def evaluate(
             raise EvaluationError(f"all {dropped} rows are marked contaminated by RouteLLM "
                                   "(meta.routellm_contaminated); pass --include-contaminated to score them")
     mat, unpriced = select_candidates(rows, candidates, prices, counter)
+    coverage = candidate_coverage(rows, candidates)
     if extra_benchmarks is None:
         extra_benchmarks = protocol == "kfold" and default_extra_benchmarks(mat.rows)
     pred, info = out_of_fold_predictions(
@@ -668,8 +669,25 @@ def evaluate(
     sources = info.pop("quality_sources", None) or {c: "learned" for c in mat.candidates}
     ev.summary.update({"protocol": protocol, "model": info.pop("model", model_kind), "protocol_info": info,
                        "excluded_unpriced": unpriced, "excluded_contaminated": dropped,
-                       "quality_sources": sources, "profile_sources": info.pop("profile_sources", {})})
+                       "quality_sources": sources, "profile_sources": info.pop("profile_sources", {}),
+                       **coverage, "rows_dropped_missing_candidates": len(rows) - mat.n})
     return ev
+
+
+def candidate_coverage(rows: Sequence[OutcomeRow], candidates: Sequence[str] | None) -> dict[str, Any]:
+    """How the rows cover the candidates, for the report: `rows_total`; without named candidates,
+    `excluded_partial` (candidate -> rows scoring it, for those scored on some rows but not all: left out);
+    with them, `missing_by_candidate` (candidate -> rows lacking it: those rows are left out)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        for c in r.outcomes:
+            counts[c] = counts.get(c, 0) + 1
+    n = len(rows)
+    if candidates:
+        missing = {c: n - counts.get(c, 0) for c in candidates if counts.get(c, 0) < n}
+        return {"rows_total": n, "excluded_partial": {}, "missing_by_candidate": missing}
+    return {"rows_total": n, "excluded_partial": {c: k for c, k in counts.items() if k < n},
+            "missing_by_candidate": {}}
 
 
 def to_json(summary: dict[str, Any]) -> bytes:
