@@ -457,12 +457,21 @@ def render_eval(s: dict[str, Any]) -> str:
                      f"{100 * p['score'] / best['score']:.1f}%" if best["score"] else "n/a"])
     out += ["", table(["", "mean score", "cost/prompt", "cost vs best", "score vs best"], rows)]
 
-    out += ["", f"cost to reach a share of the best single's score ({best['candidate']} {best['score']:.4f}):"]
-    crow = []
-    for key, v in s["cost_at_quality"].items():
-        crow.append([f"{float(key):.0%}", _usd(v["cost_usd"]) if v["cost_usd"] is not None else "not reached",
-                     _pct(v["fraction_of_best_single"]), "" if v.get("score") is None else f"{v['score']:.4f}"])
-    out.append(table(["quality", "router cost/prompt", "of best single's cost", "router score"], crow))
+    unpriced = s.get("unpriced_candidates") or []
+    if s.get("cost_measurable") is False and unpriced:
+        if len(unpriced) == len(s["candidates"]):
+            why = "no candidate has a price"
+        else:
+            why = f"no price for {', '.join(unpriced)} on every row"
+        out += ["", (f"cost to reach a share of the best single's score: cost not measurable: {why} (no "
+                     "cost_usd in the rows, not in the catalogue)")]
+    else:
+        out += ["", f"cost to reach a share of the best single's score ({best['candidate']} {best['score']:.4f}):"]
+        crow = []
+        for key, v in s["cost_at_quality"].items():
+            crow.append([f"{float(key):.0%}", _usd(v["cost_usd"]) if v["cost_usd"] is not None else "not reached",
+                         _pct(v["fraction_of_best_single"]), "" if v.get("score") is None else f"{v['score']:.4f}"])
+        out.append(table(["quality", "router cost/prompt", "of best single's cost", "router score"], crow))
 
     tm = s.get("two_model")
     if tm:

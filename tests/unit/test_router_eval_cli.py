@@ -123,3 +123,17 @@ def test_rows_missing_a_candidate_are_reported_not_dropped_silently(tmp_path, ca
     s = json.loads(out)
     assert s["n"] == 40 and s["rows_total"] == 50 and s["rows_dropped_missing_candidates"] == 10
     assert s["missing_by_candidate"] == {"claude-v2": 10} and s["excluded_partial"] == {}
+
+
+def test_unpriced_candidates_say_cost_is_not_measurable_not_not_reached() -> None:
+    from tiergate.cli_router import render_eval
+    from tiergate.routing.data import Outcome, OutcomeRow
+
+    rows = [OutcomeRow(id=f"u-{i}", source="s", prompt=f"question number {i} about things", meta={},
+                       outcomes={"a": Outcome(score=float(i % 2)), "b": Outcome(score=1.0)}) for i in range(30)]
+    ev = E.evaluate(rows, protocol="kfold", k=3, model_kind="mean-baseline", prices=lambda _m: None)
+    assert ev.summary["cost_measurable"] is False and ev.summary["unpriced_candidates"] == ["a", "b"]
+    text = render_eval(ev.summary)
+    assert ("cost not measurable: no candidate has a price (no cost_usd in the rows, not in the catalogue)"
+            in text)
+    assert "not reached" not in text

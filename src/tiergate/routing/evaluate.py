@@ -610,6 +610,9 @@ def score_predictions(mat: OutcomeMatrix, pred: np.ndarray, policy: str = "balan
         "random": _point(rnd),
         "singles": [_point(p, "candidate") for p in singles],
         "pareto": [{"quality_target": float(p.label), "score": p.score, "cost_usd": p.cost_usd} for p in front],
+        # costs need a price for every candidate on every row (cost_usd in the rows, else the catalogue)
+        "cost_measurable": priced,
+        "unpriced_candidates": [c for j, c in enumerate(cands) if not np.isfinite(costs[:, j]).all()],
     }
     curves: dict[str, M.TwoModelCurve] = {}
     if len(cands) == 2:
