@@ -305,7 +305,7 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tiergate.routing.data import OutcomeDataError, dev_files, load_outcomes
+    from tiergate.routing.data import OutcomeDataError, dev_files
     from tiergate.routing.evaluate import EvaluationError, default_extra_benchmarks, evaluate, to_json
 
     protocol = args.protocol or "fixed"
@@ -326,7 +326,7 @@ def _eval(args: argparse.Namespace) -> int:
         if problem:
             return _err(problem)
     try:
-        rows = load_outcomes(args.outcomes)
+        rows = load_files(args.outcomes, not args.quiet, "loading the evaluated outcome files")
         if not rows:
             return _err(f"{', '.join(args.outcomes)}: no outcome rows (empty file)")
         extra = args.with_other_benchmarks
@@ -335,7 +335,7 @@ def _eval(args: argparse.Namespace) -> int:
         pool = None
         if protocol == "lobo" or (protocol == "kfold" and extra):
             files = dev_files(Path(args.data_dir) if args.data_dir else None)
-            pool = load_outcomes(files)
+            pool = load_files(files, not args.quiet, "loading the dev outcome files")
         ev = evaluate(
             rows, candidates=_csv(args.candidates), protocol=protocol, model_kind=args.model,
             router_dir=args.router, k=args.folds, seed=args.seed, pool=pool, policy=args.policy,
@@ -359,6 +359,29 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         print(render_eval(ev.summary))
     return 0
+
+
+def load_files(paths: Sequence[str], progress: bool, desc: str) -> list[Any]:
+    """`load_outcomes(paths)` file by file with a progress bar on stderr (kept when done); ids must be unique
+    across the files, as `load_outcomes` requires."""
+    from pathlib import Path
+
+    from tiergate.routing.data import OutcomeDataError, load_outcomes
+
+    if not progress:
+        return load_outcomes(paths)
+    from tqdm import tqdm
+
+    rows: list[Any] = []
+    seen: dict[str, str] = {}
+    for p in tqdm(list(paths), desc=desc, unit="file", leave=True):
+        part = load_outcomes(p)
+        for r in part:
+            if r.id in seen:
+                raise OutcomeDataError(f"{p}: duplicate id {r.id!r} (first seen in {Path(seen[r.id])})")
+            seen[r.id] = str(p)
+        rows += part
+    return rows
 
 
 def fixed_protocol_note(info: dict[str, Any], n: int | None = None) -> str | None:

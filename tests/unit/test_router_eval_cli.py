@@ -5,6 +5,7 @@ and the report says which."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,36 @@ def test_unpriced_candidates_say_cost_is_not_measurable_not_not_reached() -> Non
     assert ("cost not measurable: no candidate has a price (no cost_usd in the rows, not in the catalogue)"
             in text)
     assert "not reached" not in text
+
+
+def _two(path: Path, source: str, n: int, offset: int = 0) -> Path:
+    lines = [json.dumps({"id": f"{source}-{i}", "source": source,
+                         "prompt": f"{PROMPTS[i % len(PROMPTS)]} ({source} variant {i + offset} of many)",
+                         "outcomes": {GPT4: {"score": 1.0, "cost_usd": 0.01},
+                                      "mixtral-8x7b-instruct-v0.1": {"score": float(i % 2), "cost_usd": 0.001}}})
+             for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_router_eval_shows_progress_bars_that_stay_for_every_slow_step(tmp_path, capsys) -> None:
+    f = str(_two(tmp_path / "eval.jsonl", "synthetic-eval", 30))
+    rc, _, err = _cli(capsys, "router", "eval", "--outcomes", f)
+    assert rc == 0
+    assert "loading the evaluated outcome files: 100%" in err
+    assert re.search(r"features and predictions: 100%.*30/30", err)  # kept when done (leave=True)
+    data = tmp_path / "data"
+    data.mkdir()
+    _two(data / "other-a.jsonl", "other-a", 60, 100)
+    _two(data / "other-b.jsonl", "other-b", 60, 200)
+    rc, _, err = _cli(capsys, "router", "eval", "--outcomes", f, "--protocol", "lobo", "--data-dir", str(data))
+    assert rc == 0, err
+    for step in ("loading the dev outcome files: 100%", "leaving out training rows sharing a passage: 100%",
+                 "features (training rows): 100%", "features and predictions: 100%"):
+        assert step in err, step
+    assert re.search(r"fitted the learned model on 120 rows in [0-9.]+ s", err)
+    rc, _, err = _cli(capsys, "router", "eval", "--outcomes", f, "--protocol", "kfold", "--folds", "3")
+    assert rc == 0, err
+    assert "features (evaluated rows): 100%" in err and "3-fold: filter, fit and predict: 100%" in err
+    rc, _, err = _cli(capsys, "router", "eval", "--outcomes", f, "--quiet")
+    assert rc == 0 and err == ""

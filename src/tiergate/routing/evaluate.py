@@ -216,7 +216,9 @@ def _shingles(text: str) -> set[int]:
     return {hash(" ".join(words[i : i + SHINGLE_WORDS])) for i in range(len(words) - SHINGLE_WORDS + 1)}
 
 
-def shared_prompt_mask(train: Sequence[OutcomeRow], test: Sequence[OutcomeRow]) -> np.ndarray:
+def shared_prompt_mask(
+    train: Sequence[OutcomeRow], test: Sequence[OutcomeRow], progress: bool = False
+) -> np.ndarray:
     """True for training rows that share a (non-template) 10-word passage with a test prompt."""
     counts: dict[int, int] = {}
     for r in test:
@@ -224,16 +226,17 @@ def shared_prompt_mask(train: Sequence[OutcomeRow], test: Sequence[OutcomeRow]) 
             counts[h] = counts.get(h, 0) + 1
     limit = max(2, math.ceil(TEMPLATE_FRACTION * len(test)))
     content = {h for h, c in counts.items() if c <= limit}
-    return np.array([not content.isdisjoint(_shingles(r.prompt)) for r in train], dtype=bool)
+    rows = _bar(train, progress, desc="leaving out training rows sharing a passage", unit="row")
+    return np.array([not content.isdisjoint(_shingles(r.prompt)) for r in rows], dtype=bool)
 
 
 def lobo_training_rows(
-    eval_rows: Sequence[OutcomeRow], pool: Sequence[OutcomeRow]
+    eval_rows: Sequence[OutcomeRow], pool: Sequence[OutcomeRow], progress: bool = False
 ) -> tuple[list[OutcomeRow], dict[str, Any]]:
     """Training rows for leave-one-benchmark-out, and a record of what was left out and why."""
     fams = {family_of(r.source) for r in eval_rows}
     other = [r for r in pool if family_of(r.source) not in fams]
-    shared = shared_prompt_mask(other, eval_rows) if other else np.zeros(0, dtype=bool)
+    shared = shared_prompt_mask(other, eval_rows, progress) if other else np.zeros(0, dtype=bool)
     train = [r for r, s in zip(other, shared, strict=True) if not s]
     excluded_sources = sorted({r.source for r in pool if family_of(r.source) in fams})
     dropped: dict[str, int] = {}
@@ -307,13 +310,15 @@ def select_candidates(
     return mat, notes
 
 
-def _predict(model: Any, rows: Sequence[OutcomeRow], candidates: Sequence[str]) -> np.ndarray:
+def _predict(model: Any, rows: Sequence[OutcomeRow], candidates: Sequence[str], progress: bool = False) -> np.ndarray:
     """Predictions as the serving router asks for them: for the candidates routed between (`only`), which
-    turns on the pair-gain component when they are exactly one fitted pair (routing.steps)."""
+    turns on the pair-gain component when they are exactly one fitted pair (routing.steps); in batches
+    with a progress bar."""
     prompts = [r.prompt for r in rows]
     if hasattr(model, "predict_features"):
-        return _columns(model.predict_features(model.features(prompts), prompts, only=set(candidates)), model,
-                        candidates)
+        parts = [_columns(model.predict_features(model.features(chunk), chunk, only=set(candidates)), model,
+                          candidates) for _lo, chunk in _batches(prompts, progress, "features and predictions")]
+        return np.vstack(parts) if parts else np.empty((0, len(candidates)))
     return _columns(model.predict(prompts), model, candidates)
 
 
@@ -351,9 +356,7 @@ def serving_predictions(
     only = {k for k in keys if k is not None}
     prompts = [r.prompt for r in rows]
     out = np.empty((len(prompts), len(candidates)))
-    starts = range(0, len(prompts), PREDICT_BATCH)
-    for lo in _bar(starts, progress, desc="router eval: features and predictions", unit="batch"):
-        texts = prompts[lo : lo + PREDICT_BATCH]
+    for lo, texts in _batches(prompts, progress, "features and predictions"):
         X = model.features(texts)
         learned_keys, P = model.predict_matrix(X, texts, only=only)
         col = {k: j for j, k in enumerate(learned_keys)}
@@ -380,6 +383,40 @@ def _bar(it: Any, progress: bool, **kw: Any) -> Any:
     from tqdm import tqdm
 
     return tqdm(it, leave=True, **kw)
+
+
+def _batches(prompts: Sequence[str], progress: bool, desc: str) -> Any:
+    """(start, prompts[start:start + PREDICT_BATCH]) for every batch, with a progress bar counted in prompts
+    that stays visible when done."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(prompts), desc=desc, unit="prompt", leave=True)
+    try:
+        for lo in range(0, len(prompts), PREDICT_BATCH):
+            chunk = list(prompts[lo : lo + PREDICT_BATCH])
+            yield lo, chunk
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def batched_features(model: Any, prompts: Sequence[str], progress: bool = False, desc: str = "features") -> np.ndarray:
+    """`model.features(prompts)` in batches, with a progress bar (the same matrix: features are per prompt)."""
+    parts = [model.features(chunk) for _lo, chunk in _batches(prompts, progress, desc)]
+    return np.vstack(parts) if parts else model.features([])
+
+
+def _step(progress: bool, what: str, started: float) -> None:
+    """A one-line summary on stderr of a slow step whose own progress bar is not kept (`progress`)."""
+    if progress:
+        import sys
+        import time
+
+        print(f"{what} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
 def _columns(pred: dict[str, np.ndarray], model: Any, candidates: Sequence[str]) -> np.ndarray:
@@ -501,13 +538,11 @@ def out_of_fold_predictions(
         proto = cls()
         feats = extra_feats = None
         if hasattr(proto, "predict_features"):  # embed every prompt once, not once per fold
-            feats = proto.features([r.prompt for r in mat.rows])
-            extra_feats = proto.features([r.prompt for r in extra]) if extra else None
-        it: Any = folds
-        if progress:
-            from tqdm import tqdm
-
-            it = tqdm(folds, desc=f"{k}-fold", unit="fold")
+            feats = batched_features(proto, [r.prompt for r in mat.rows], progress, "features (evaluated rows)")
+            extra_feats = batched_features(proto, [r.prompt for r in extra], progress,
+                                           "features (other files' rows)") if extra else None
+        # each fold: leave out the rows sharing its prompts, fit, predict
+        it: Any = _bar(folds, progress, desc=f"{k}-fold: filter, fit and predict", unit="fold")
         fams = {family_of(r.source) for r in mat.rows}
         without = np.empty_like(pred) if also_without_texts and feats is not None else None
         without_pair = np.empty_like(pred) if without is not None else None
@@ -537,7 +572,7 @@ def out_of_fold_predictions(
     if protocol == "lobo":
         if pool is None:
             pool = load_outcomes(dev_files())
-        train, info = lobo_training_rows(mat.rows, pool)
+        train, info = lobo_training_rows(mat.rows, pool, progress)
         covered = [c for c in cands if any(c in r.outcomes for r in train)]
         if len(covered) < len(cands):
             lacking = sorted(set(cands) - set(covered))
@@ -547,13 +582,27 @@ def out_of_fold_predictions(
                 "kfold for candidates recorded on this benchmark only, or --protocol fixed to score them as the "
                 "serving router does (from a profile or the default)"
             )
-        model = cls().fit(train, _fit_candidates(model_kind, cands), progress=progress)
+        import time
+
+        proto = cls()
+        fit_kw: dict[str, Any] = {}
+        if hasattr(proto, "predict_features"):  # features with a bar of their own, then the fit
+            fit_kw["features"] = batched_features(proto, [r.prompt for r in train], progress,
+                                                  "features (training rows)")
+            proto = cls(proto.extractor)
+        if progress:
+            import sys
+
+            print(f"fitting the {model_kind} model on {len(train)} rows ...", file=sys.stderr)
+        started = time.perf_counter()
+        model = proto.fit(train, _fit_candidates(model_kind, cands), progress=progress, **fit_kw)
+        _step(progress, f"fitted the {model_kind} model on {len(train)} rows", started)
         if also_without_texts and hasattr(model, "predict_features"):
             X = model.features([r.prompt for r in mat.rows])
             info["predictions_without_texts"] = _columns(model.predict_features(X), model, cands)
             info["predictions_without_pair_gain"] = _columns(
                 model.predict_features(X, [r.prompt for r in mat.rows]), model, cands)
-        return _predict(model, mat.rows, cands), info
+        return _predict(model, mat.rows, cands, progress), info
     raise EvaluationError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
 
 
