@@ -321,7 +321,7 @@ class QualityModel:
         if progress:
             from tqdm import tqdm
 
-            steps = tqdm(steps, desc="fit quality model", leave=False)
+            steps = tqdm(steps, desc="fit quality model", leave=True)
         logit = np.empty(len(yc), dtype=np.float32)
         for _ in steps:
             V, C, U, W, b = (params[n] for n in ("V", "C", "U", "W", "b"))
