@@ -447,21 +447,27 @@ def parse_config(raw: Any, *, source: str = "<config>", env: dict[str, str] | No
                          master_key=master, source=source, extra=extra, catalog_file=catalog_file)
 
 
-def _catalog_file(value: Any) -> str | None:
-    """`catalog_file`: a catalogue override file (prices of your contract, fine-tuned models), loaded now so
-    that its errors (which name the file and key) stop the start-up."""
+def _checked_file(value: Any, key: str, what: str, load: Any, errors: tuple[type[BaseException], ...]) -> str | None:
+    """An optional path setting whose file is loaded now (`load(path)`), so that a missing or malformed file
+    stops the start-up with an error naming `key` (the loader's own message names the file and entry)."""
     if value is None:
         return None
-    _expect(value, str, "catalog_file", "the path of a catalogue override YAML file (docs/catalog.md)")
+    _expect(value, str, key, f"the path of {what}")
+    try:
+        load(value)
+    except OSError as e:
+        raise _err(key, f"cannot read {value!r}: {e.strerror or e}") from None
+    except errors as e:
+        raise _err(key, str(e)) from None  # the loaders' messages name the file and the entry
+    return value
+
+
+def _catalog_file(value: Any) -> str | None:
+    """`catalog_file`: a catalogue override file (prices of your contract, fine-tuned models)."""
     from tiergate.catalog.catalog import Catalog, CatalogError
 
-    try:
-        Catalog.load(value)
-    except OSError as e:
-        raise _err("catalog_file", f"cannot read {value!r}: {e.strerror or e}") from None
-    except CatalogError as e:
-        raise _err("catalog_file", str(e)) from None
-    return value
+    return _checked_file(value, "catalog_file", "a catalogue override YAML file (docs/catalog.md)", Catalog.load,
+                         (CatalogError,))
 
 
 def _parse_routing(d: Any, names: list[str]) -> RoutingConfig:
@@ -504,19 +510,11 @@ def _parse_routing(d: Any, names: list[str]) -> RoutingConfig:
 
 
 def _profiles_path(value: Any) -> str | None:
-    """`routing.profiles`: a readable quality-profile YAML file, checked (shape and sources) at load."""
-    if value is None:
-        return None
-    _expect(value, str, "routing.profiles", "the path of a profiles YAML file (docs/routing-model.md)")
+    """`routing.profiles`: a quality-profile YAML file overriding the packaged one (shape and sources checked)."""
     from tiergate.routing.profiles import ProfileError, Profiles
 
-    try:
-        Profiles.load(value)
-    except OSError as e:
-        raise _err("routing.profiles", f"cannot read {value!r}: {e.strerror or e}") from None
-    except (ProfileError, ValueError, yaml.YAMLError) as e:
-        raise _err("routing.profiles", f"{value!r}: {e}") from None
-    return value
+    return _checked_file(value, "routing.profiles", "a profiles YAML file (docs/routing-model.md)", Profiles.load,
+                         (ProfileError, ValueError, yaml.YAMLError))
 
 
 def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> GatewayConfig:
