@@ -17,6 +17,7 @@ from tests.fakes.openai_upstream import FakeOpenAI
 from tests.helpers import ledger_rows, running_gateway
 
 MASTER = "sk-escalation-edges-master-0123456789"
+FAKES: dict[str, FakeOpenAI] = {}  # "down": o1's always-failing upstream, for tests that change its fault
 MSG = [{"role": "user", "content": "Say hi"}]
 
 
@@ -36,6 +37,7 @@ def env(tmp_path_factory):
     db = tmp_path_factory.mktemp("escalation-edges") / "tiergate.db"
     with RefusingOpenAI() as up, FakeOpenAI() as down:
         down.fail_every("500", 1)  # o1's only deployment always fails
+        FAKES["down"] = down
         dep = [{"provider": "openai", "api_base": up.url, "api_key": "env:TG_ESC_KEY"}]
         cfg = {
             "models": [{"name": "gpt-4o-mini", "deployments": dep}, {"name": "o3-mini", "deployments": dep},
@@ -185,3 +187,24 @@ def test_a_key_allow_list_limits_routing_and_the_model_list(env):
     assert {"gpt-4o-mini", "o3-mini", "o1"} <= {m.id for m in client().models.list()}  # no allow-list: all
     only_o1 = [m.id for m in client(models=["o1"]).models.list()]
     assert only_o1 == ["o1"]  # o1 is no routing candidate: no auto aliases
+
+
+def test_failed_escalation_with_a_multi_line_upstream_message_still_answers(env):
+    """The retry's error text goes into the x-tiergate-escalated header: a newline in it (an upstream 400
+    "Invalid value.\nSee the docs.") made the server drop the connection (Invalid HTTP header value)."""
+    _, client, _ = env
+    down = FAKES["down"]
+    down.clear_faults()
+    down.fail_every("status", 1, status=400, body={"error": {
+        "message": "Invalid value.\nSee the docs. Modèle", "type": "invalid_request_error", "param": None,
+        "code": None}})
+    try:
+        raw = client().chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "Prove there are infinitely many primes."}],
+            extra_body=_cheap_first(candidates=["gpt-4o-mini", "o1@high"]))
+    finally:
+        down.clear_faults()
+        down.fail_every("500", 1)
+    assert raw.parse().choices[0].message.refusal
+    assert "; failed=400 " in raw.headers["x-tiergate-escalated"]
+    assert "Invalid value. See the docs. Mod?le" in raw.headers["x-tiergate-escalated"]

@@ -431,7 +431,9 @@ async def _escalate(gw: Gateway, body: dict[str, Any], ctx: CallContext, request
 
 
 def _ascii(text: str) -> str:
-    return text.encode("ascii", "replace").decode()
+    """A header value: ASCII, and no control characters (an upstream message with a newline in it made the
+    server drop the connection: "Invalid HTTP header value")."""
+    return "".join(c if " " <= c < "\x7f" else " " if c in "\t\r\n" else "?" for c in text)
 
 
 def _record_attempts(gw: Gateway, ctx: CallContext, requested: str, attempts, info, effort, route_info,
