@@ -170,7 +170,7 @@ models:
     ("text", "expected"),
     [
         ("models: {o1: {prices: {input: -1}}}", "models.o1.prices.input"),
-        ("models: {o1: {prices: {input: abc}}}", "expected a number"),
+        ("models: {o1: {prices: {input: abc}}}", "expected a finite number"),
         ("models: {o1: {limits: {context_window: 0}}}", "models.o1.limits.context_window"),
         ("models: {o1: {params: {output_limit: max_toks}}}", "models.o1.params.output_limit"),
         ("models: {o1: {params: {system_role_as: assistant}}}", "models.o1.params.system_role_as"),

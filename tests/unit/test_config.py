@@ -291,7 +291,11 @@ def test_catalog_file_overrides_prices_for_the_gateway(tmp_path):
     assert infos["gpt-4o-mini"].input_price == 0.165 and infos["acme-ft"].output_price == 1.20 and unpriced == []
     bad = tmp_path / "bad.yaml"
     bad.write_text("models:\n  o1:\n    prices: {input: -1}\n")
-    with pytest.raises(ConfigError, match=r"catalog_file: .*models\.o1\.prices\.input: expected a number >= 0"):
+    with pytest.raises(ConfigError, match=r"catalog_file: .*models\.o1\.prices\.input: expected a finite number >= 0"):
         parse_config({**raw, "catalog_file": str(bad)}, env={})
+    for price in (".inf", ".nan"):  # answered with cost "nan" and wedged the ledger's writes
+        bad.write_text(f"models:\n  gpt-4o-mini:\n    prices: {{input: {price}}}\n")
+        with pytest.raises(ConfigError, match=r"prices\.input: expected a finite number >= 0"):
+            parse_config({**raw, "catalog_file": str(bad)}, env={})
     with pytest.raises(ConfigError, match=r"catalog_file: catalogue file .*nope.yaml not found"):
         parse_config({**raw, "catalog_file": str(tmp_path / "nope.yaml")}, env={})

@@ -25,6 +25,21 @@ def test_normalize_fills_defaults_and_keeps_unknown_keys():
         normalize_row({"cost_usd": 1})
 
 
+async def test_a_non_finite_cost_is_stored_as_zero_and_noted(tmp_path):
+    """A NaN cost (a catalogue price of .nan, before prices were checked) is NULL to SQLite's NOT NULL column:
+    the flush failed and every later row stayed in the journal, which then wedged the next start-up."""
+    t = dict(zip(LEDGER_COLUMNS, normalize_row({"request_id": "r", "cost_usd": float("nan")})))
+    assert t["cost_usd"] == 0.0 and "cost_not_finite" in t["metadata"]
+    store = await open_store(f"sqlite:///{tmp_path / 'l.db'}")
+    try:
+        await store.insert_ledger([normalize_row({"request_id": f"r{i}", "cost_usd": c})
+                                   for i, c in enumerate((float("nan"), float("inf"), 0.5))])
+        rows = await store.fetch("SELECT request_id, cost_usd FROM ledger ORDER BY request_id")
+        assert [(r["request_id"], r["cost_usd"]) for r in rows] == [("r0", 0.0), ("r1", 0.0), ("r2", 0.5)]
+    finally:
+        await store.close()
+
+
 async def test_rows_flush_in_background(store_url, tmp_path):
     store = await open_store(store_url)
     w = await LedgerWriter.start(store, tmp_path / "j", flush_interval_s=0.01)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import secrets
 import socket
@@ -48,6 +49,9 @@ def normalize_row(row: dict[str, Any]) -> tuple:
     r.setdefault("status", "ok")
     r.setdefault("cost_usd", 0.0)
     r["cost_usd"] = float(r["cost_usd"] or 0.0)
+    if not math.isfinite(r["cost_usd"]):  # never a row the database refuses (NaN is NULL to SQLite): that
+        extra["cost_not_finite"] = repr(r["cost_usd"])  # would hold every later row in the journal
+        r["cost_usd"] = 0.0
     for k in _INT:
         r[k] = int(r.get(k) or 0)
     for k in ("latency_ms", "ttft_ms"):

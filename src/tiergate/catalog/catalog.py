@@ -8,6 +8,7 @@ tables once at start-up. The file format is described in docs/catalog.md.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -302,8 +303,9 @@ def _number(g: dict[str, Any], key: str, label: str, path: str, *, optional: boo
     v = g.get(key)
     if v is None and optional:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-        raise _err(label, f"{path}.{key}", f"expected a number >= 0, got {v!r}")
+    # finite too: `.inf` / `.nan` prices answered with cost "nan" and then wedged the ledger's writes
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
+        raise _err(label, f"{path}.{key}", f"expected a finite number >= 0, got {v!r}")
     return float(v)
 
 
