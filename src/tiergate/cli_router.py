@@ -180,6 +180,7 @@ def _route(args: argparse.Namespace) -> int:
     catalog_names: dict[str, str] | None = None
     default_policy, overrides, router_dir = "balanced", {}, args.router
     profiles = args.profiles
+    catalog = None  # the packaged catalogue, unless the config names a catalog_file
     if candidates is None or args.config:
         from tiergate.config import ConfigError, load_config
 
@@ -199,6 +200,7 @@ def _route(args: argparse.Namespace) -> int:
             router_dir = config.routing.router_dir
         if profiles is None:  # the gateway's router reads the config's profile override too
             profiles = config.routing.profiles
+        catalog = config.load_catalog()  # with the config's catalog_file, as the gateway prices
     try:
         policy, target = route_target(args.policy, args.quality_target, args.max_cost_usd,
                                       default_policy=default_policy, overrides=overrides)
@@ -209,7 +211,7 @@ def _route(args: argparse.Namespace) -> int:
         if problem:
             return _err(problem if args.profiles else f"configuration error: routing.{problem.lstrip('-')}")
     try:
-        router = Router.load(router_dir, profiles=profiles)
+        router = Router.load(router_dir, profiles=profiles, catalog=catalog)
         router.check_candidates(candidates, catalog_names)
         decision = router.decide(
             args.prompt, candidates, policy=policy, quality_target=target,

@@ -166,3 +166,21 @@ def test_route_uses_a_profiles_override_from_the_flag_or_the_config(tmp_path, ca
     assert rc == 0 and both["candidates"][0]["predicted_quality"] > 0.5
     rc, _, err = _route(capsys, "--candidates", cands, "--profiles", str(tmp_path / "missing.yaml"))
     assert rc == 2 and "--profiles" in err and "missing.yaml" in err
+
+
+def test_route_prices_with_the_configs_catalog_file(tmp_path, capsys) -> None:
+    """A fine-tuned model defined in the config's `catalog_file` is priced by `tiergate route --config` as the
+    gateway prices it (it showed cost n/a and a different choice)."""
+    ft = tmp_path / "ft.yaml"
+    ft.write_text("models:\n  acme-ft:\n    extends: gpt-4o-mini\n    prices: {input: 0.30, output: 1.20}\n"
+                  "    sources: {prices: 'OpenAI fine-tuning price list, 2026-11-01'}\n")
+    raw = {"models": [{"name": "myft", "catalog": "acme-ft", "deployments": [{"provider": "sim"}]},
+                      {"name": "o3-mini", "deployments": [{"provider": "sim"}]}],
+           "catalog_file": str(ft), "routing": {"candidates": ["myft", "o3-mini@low"]},
+           "storage": f"sqlite:///{tmp_path / 'ledger.db'}"}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    rc, out, err = _route(capsys, "--config", str(path))
+    assert rc == 0, err
+    ft_row = next(c for c in out["candidates"] if c["candidate"] == "myft")
+    assert ft_row["est_cost_usd"] is not None and ft_row["est_cost_usd"] > 0
