@@ -266,11 +266,12 @@ def test_claude_thinking_blocks_are_dropped_for_other_families(cat: Catalog) -> 
     API does not know the field, so it is removed (and reported) for every non-Anthropic model."""
     block = {"type": "thinking", "thinking": "Let me see.", "signature": "sig"}
     msgs = [{"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello", "thinking_blocks": [block]},
+            {"role": "assistant", "content": "Hello", "thinking_blocks": [block], "reasoning_content": "Let me see."},
             {"role": "user", "content": "And?"}]
     body = {"model": "gpt-4o-mini", "messages": msgs}
     out, dropped = shape_request(body, cat["gpt-4o-mini"])
-    assert all("thinking_blocks" not in m for m in out["messages"]) and "messages[].thinking_blocks" in dropped
+    assert all("thinking_blocks" not in m and "reasoning_content" not in m for m in out["messages"])
+    assert {"messages[].thinking_blocks", "messages[].reasoning_content"} <= set(dropped)
     assert msgs[1]["thinking_blocks"] == [block]  # the client's body is not changed
     kept, dropped = shape_request({"model": "claude-3-7-sonnet", "messages": msgs}, cat["claude-3-7-sonnet"])
     assert kept["messages"][1]["thinking_blocks"] == [block] and dropped == []

@@ -209,14 +209,19 @@ def _shape_messages(messages: list[Any], role_as: str) -> list[Any]:
     return _fold_into_user(messages)
 
 
+_THINKING_FIELDS = ("thinking_blocks", "reasoning_content")
+
+
 def _without_thinking_blocks(messages: list[Any], dropped: list[str]) -> list[Any]:
-    """Claude's signed `thinking_blocks` on assistant messages (what a Claude answer carries back into the
-    next turn) removed for any other model, whose API does not know the field; reported once."""
-    if not any(isinstance(m, dict) and "thinking_blocks" in m for m in messages):
+    """Claude's thinking on assistant messages (the signed `thinking_blocks` and the `reasoning_content`
+    text a Claude answer carries back into the next turn) removed for any other model, whose API does not
+    know these fields (strict hosts refuse them); each reported once."""
+    present = [f for f in _THINKING_FIELDS if any(isinstance(m, dict) and f in m for m in messages)]
+    if not present:
         return messages
-    dropped.append("messages[].thinking_blocks")
-    return [{k: v for k, v in m.items() if k != "thinking_blocks"} if isinstance(m, dict) and "thinking_blocks" in m
-            else m for m in messages]
+    dropped.extend(f"messages[].{f}" for f in present)
+    return [{k: v for k, v in m.items() if k not in _THINKING_FIELDS}
+            if isinstance(m, dict) and any(f in m for f in present) else m for m in messages]
 
 
 # ------------------------------------------------------------------ the body
@@ -235,7 +240,7 @@ def shape_request(
     - system/developer messages delivered per `info.system_role_as` (system | developer | user-fold);
     - `info.unsupported_params` dropped; `info.fixed_params` kept only at their allowed value;
     - `reasoning_effort` dropped for models without effort levels, 400 for a level not offered;
-    - Claude's `thinking_blocks` on assistant messages dropped for models of other families;
+    - Claude's `thinking_blocks` / `reasoning_content` on assistant messages dropped for other families;
     - `model` set to `upstream_model` when given. Unknown fields pass through unchanged.
     Explicit nulls of dropped fields are removed without being reported."""
     out = dict(body)
