@@ -356,7 +356,7 @@ def _check_cache(d: Any) -> None:
         v = d[k]
         if kind is bool and not isinstance(v, bool):
             raise _err(f"cache.{k}", f"expected true or false, got {v!r}")
-        if kind is not bool and (isinstance(v, bool) or not isinstance(v, int | float) or not v > 0
+        if kind is not bool and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf
                                  or (kind is int and not isinstance(v, int))):
             raise _err(f"cache.{k}", f"expected a positive {'integer' if kind is int else 'number'}, got {v!r}")
 
@@ -381,6 +381,8 @@ def _check_batches(d: Any) -> None:
                 raise _err(f"batches.{k}", f"expected true or false, got {v!r}")
         elif isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(default, int) and not isinstance(v, int)):
             raise _err(f"batches.{k}", f"expected {'an integer' if isinstance(default, int) else 'a number'}, got {v!r}")
+        elif not v < math.inf:
+            raise _err(f"batches.{k}", f"expected a finite number, got {v!r}")
         elif v < 0 or (v == 0 and k != "rate_limit_retries"):
             raise _err(f"batches.{k}", f"expected a value {'>= 0' if k == 'rate_limit_retries' else '> 0'}, got {v!r}")
 RESPONSES_RETENTION_DAYS = 30.0  # stored /v1/responses objects, as OpenAI keeps them by default

@@ -241,7 +241,7 @@ def test_routing_profiles_file_is_loaded_and_checked(tmp_path):
         cfg(str(tmp_path / "missing.yaml"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("published:\n  o3@high:\n    code: {score: 1.5, source: x}\n")
-    with pytest.raises(ConfigError, match=r"routing\.profiles: .*score must be in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"routing\.profiles: .*score must be a number in \[0, 1\]"):
         cfg(str(bad))
     r = Router.load(profiles=cfg(str(good)).routing.profiles)
     (a,) = r.assess("Write a Python function that returns the n-th prime number.", ["o3@high"])
@@ -254,6 +254,9 @@ def test_routing_profiles_file_is_loaded_and_checked(tmp_path):
     ("batches", {"concurrency": 0}, r"batches\.concurrency: expected a value > 0"),
     ("batches", {"forward_upstream": "yes"}, r"batches\.forward_upstream: expected true or false"),
     ("batches", {"poll_s": -1}, r"batches\.poll_s: expected a value > 0"),
+    ("batches", {"lease_s": float("inf")}, r"batches\.lease_s: expected a finite number"),
+    ("batches", {"run_workers": 1}, r"batches\.run_workers: expected true or false"),
+    ("cache", {"ttl_s": float("inf")}, r"cache\.ttl_s: expected a positive number"),
     ("cache", {"ttl": 3}, r"cache\.ttl: unknown key"),  # was ignored
     ("cache", {"enabled": "maybe"}, r"cache\.enabled: expected true or false"),  # was on
     ("cache", {"max_entries": 1.5}, r"cache\.max_entries: expected a positive integer"),
@@ -299,3 +302,16 @@ def test_catalog_file_overrides_prices_for_the_gateway(tmp_path):
             parse_config({**raw, "catalog_file": str(bad)}, env={})
     with pytest.raises(ConfigError, match=r"catalog_file: catalogue file .*nope.yaml not found"):
         parse_config({**raw, "catalog_file": str(tmp_path / "nope.yaml")}, env={})
+
+
+def test_routing_profiles_of_the_wrong_shape_are_named_errors(tmp_path):
+    def cfg(text):
+        f = tmp_path / "p.yaml"
+        f.write_text(text)
+        return parse_config({"models": [{"name": "o3", "deployments": [{"provider": "sim"}]}],
+                             "routing": {"candidates": ["o3@high"], "profiles": str(f)}}, env={})
+
+    with pytest.raises(ConfigError, match=r"routing\.profiles: .*expected a mapping"):
+        cfg("- 1\n")  # was an AttributeError traceback
+    with pytest.raises(ConfigError, match=r"routing\.profiles: .*o3@high\.code\.score must be a number in \[0, 1\], got 'high'"):
+        cfg("published:\n  o3@high:\n    code: {score: high, source: x}\n")  # was Python's float() text

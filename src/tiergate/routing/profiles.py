@@ -63,9 +63,10 @@ def _parse_entries(raw: Any, label: str) -> dict[str, Profile]:
                 raise ProfileError(f"{label}: {key}: unknown domain {dom!r} (use {', '.join(DOMAINS)})")
             if not isinstance(val, Mapping) or "score" not in val or "source" not in val:
                 raise ProfileError(f"{label}: {key}.{dom}: needs `score` (0-1) and `source`")
-            score = float(val["score"])
-            if not 0.0 <= score <= 1.0:
-                raise ProfileError(f"{label}: {key}.{dom}.score must be in [0, 1], got {score}")
+            score = val["score"]
+            if isinstance(score, bool) or not isinstance(score, int | float) or not 0.0 <= score <= 1.0:
+                raise ProfileError(f"{label}: {key}.{dom}.score must be a number in [0, 1], got {score!r}")
+            score = float(score)
             scores[dom], sources[dom] = score, str(val["source"])
         out[str(key).lower()] = Profile(str(key).lower(), scores, sources)
     return out
@@ -87,6 +88,9 @@ class Profiles:
         entries.update(_parse_entries(doc.get("published"), f"{base}: published"))
         if override is not None:
             over = yaml.safe_load(Path(override).read_text()) or {}
+            if not isinstance(over, Mapping):
+                raise ProfileError(f"{override}: expected a mapping with `published:` (and optionally `domains:`, "
+                                   f"`measured:`), got {type(over).__name__}")
             if "domains" in over:
                 domains = {**domains, **over["domains"]}
             for section in ("measured", "published", "profiles"):
