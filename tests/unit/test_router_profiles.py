@@ -82,3 +82,22 @@ def test_orderings_within_a_family(router: Router, prompt: str) -> None:
          for a in router.assess(prompt, ["o3@high", "o3@low", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano"])}
     assert q["o3@high"] >= q["o3@low"]
     assert q["gpt-4.1"] >= q["gpt-4.1-mini"] >= q["gpt-4.1-nano"]
+
+
+def test_an_alias_of_a_catalogue_entry_uses_that_entrys_profile(tmp_path):
+    """A model configured under an alias of a catalogue entry (a fine-tune's API name) is predicted from the
+    entry's profile, as it is priced from the entry (it got the "default" quality instead)."""
+    from tiergate.catalog.catalog import Catalog
+    from tiergate.routing.router import Router
+
+    ft = tmp_path / "ft.yaml"
+    ft.write_text("models:\n  acme-ft:\n    extends: gpt-4o-mini\n    aliases: ['ft:gpt-4o-mini:acme::abc123']\n"
+                  "    prices: {input: 0.30, output: 1.20}\n    sources: {prices: 'fine-tuning price list'}\n")
+    prof = tmp_path / "prof.yaml"
+    prof.write_text("published:\n  acme-ft:\n    code: {score: 0.99, source: 'our eval'}\n"
+                    "    knowledge: {score: 0.99, source: 'our eval'}\n")
+    r = Router.load(catalog=Catalog.load(ft), profiles=prof)
+    by_alias, by_name = r.assess("Write a Python function that reverses a list.",
+                                 ["ft:gpt-4o-mini:acme::abc123", "acme-ft"])
+    assert by_name.quality_source == by_alias.quality_source == "profile"
+    assert by_alias.predicted_quality == by_name.predicted_quality

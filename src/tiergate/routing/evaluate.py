@@ -348,7 +348,7 @@ def serving_predictions(
     model = router.quality
     parsed = [Candidate.parse(c) for c in candidates]
     keys = [router.learned_key(c) for c in parsed]
-    profiles = [None if k is not None else router.profiles.find(c.model, c.effort) for c, k in zip(parsed, keys,
+    profiles = [None if k is not None else router.profile_for(c.model, c.effort) for c, k in zip(parsed, keys,
                                                                                                   strict=True)]
     sources = {c: "learned" if k is not None else "profile" if p is not None else "default"
                for c, k, p in zip(candidates, keys, profiles, strict=True)}

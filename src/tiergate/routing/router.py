@@ -194,6 +194,17 @@ class Router:
         except (KeyError, LookupError, ValueError):
             return None
 
+    def profile_for(self, model: str, effort: str | None) -> Any:
+        """The quality profile for `model@effort`: by its name, else by its catalogue entry's name (an alias
+        such as `ft:gpt-4o-mini:acme::abc123` uses the profile of the entry it names, acme-ft); None when
+        neither has one."""
+        profile = self.profiles.find(model, effort)
+        if profile is None:
+            info = self._info(model)
+            if info is not None and info.name != model:
+                profile = self.profiles.find(info.name, effort)
+        return profile
+
     def learned_key(self, cand: Candidate) -> str | None:
         """The quality model's key for a candidate, or None if it has no outcome data for it."""
         if cand.key in self._key_cache:
@@ -479,7 +490,7 @@ class Router:
                 if prof_inputs is None:
                     dom = self.profiles.domain_probs(self.quality.sources, self.quality.resemblance(X))
                     prof_inputs = (dom, self.quality.difficulty(X))
-                profile = self.profiles.find(target.model, target.effort)
+                profile = self.profile_for(target.model, target.effort)
                 if profile is not None:
                     q, source = float(Profiles.predict(profile, *prof_inputs)[0]), "profile"
                     cited = profile_citation(profile)
