@@ -361,3 +361,20 @@ async def test_transport_errors_name_the_deployment_not_the_host(up, sessions):
     assert ei.value.kind == "stream_cut" and ei.value.message.startswith(f"deployment {dep}: the ")
     assert "before the answer was complete" in ei.value.message
     assert "127.0.0.1" not in ei.value.message and "400" not in ei.value.message
+
+
+async def test_upstream_error_fields_are_scrubbed_bounded_and_back_off_is_finite(up, sessions):
+    """The key echoed in an error's code / type / param reached the client (only the message was scrubbed);
+    `Retry-After: inf` became a 500 (OverflowError) and `1e9` was relayed as is."""
+    p = make(up, sessions)
+    body = {"error": {"message": "m", "type": f"t {KEY}", "param": f"p {KEY}", "code": f"c {KEY}" + "x" * 500}}
+    up.fail_next("status", status=400, body=body)
+    with pytest.raises(UpstreamError) as ei:
+        await p.chat(BODY, FAST)
+    e = ei.value
+    assert KEY not in f"{e.type}{e.param}{e.code}" and e.code.startswith("c ***") and len(e.code) <= 200
+    for value, expected in (("inf", None), ("1e999", None), ("1000000000", 3600.0), ("-5", 0.0), ("7", 7.0)):
+        up.fail_next("429", retry_after=value)
+        with pytest.raises(UpstreamError) as ei:
+            await p.chat(BODY, FAST)
+        assert ei.value.retry_after == expected, value

@@ -10,6 +10,7 @@ Providers know nothing about budgets, routing or retries (DESIGN.md).
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -69,6 +70,20 @@ class ChatResult:
     status: int = 200
 
 
+_FIELD_MAX = 200  # characters kept of an upstream error's type / code / param
+MAX_RETRY_AFTER_S = 3600.0  # an upstream's back-off hint is relayed and honoured at most this long
+
+
+def _field(value: str | None) -> str | None:
+    """An upstream error field as the client may see it: credentials scrubbed (the registry of configured
+    keys and the key-shaped patterns of `providers.http.scrub`), at most `_FIELD_MAX` characters."""
+    if not isinstance(value, str):
+        return value
+    from tiergate.providers.http import scrub
+
+    return scrub(value)[:_FIELD_MAX]
+
+
 class UpstreamError(Exception):
     """The upstream failed. `message` is client-facing: plain words naming the deployment id, already
     scrubbed of credentials, never a host, port or exception repr (those go in `detail`, for the log).
@@ -95,10 +110,12 @@ class UpstreamError(Exception):
         self.status = status
         self.message = message
         self.kind = kind
-        self.type = type
-        self.code = code
-        self.param = param
-        self.retry_after = retry_after
+        # the upstream's own words reach the client in these too: scrubbed and bounded like the message
+        self.type, self.code, self.param = _field(type), _field(code), _field(param)
+        # a back-off hint must be a finite number of seconds (`inf` from an upstream used to become a 500),
+        # and is relayed at most an hour (the longest the circuit is held open for it)
+        self.retry_after = (min(retry_after, MAX_RETRY_AFTER_S)
+                            if retry_after is not None and 0 <= retry_after < math.inf else None)
         self.headers = headers or {}
         self.usage = usage  # what the upstream reported before failing, if anything
         # for timeouts: the limit that fired (connect | first_token | stream_idle | total), so the dispatcher
