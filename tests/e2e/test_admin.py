@@ -221,3 +221,24 @@ def test_key_model_allow_list_names_known_models(gateway):
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["models"] == ["my-llama", "gpt-4o-mini"]
     assert "no master key" not in p.stderr
+
+
+def test_unknown_model_names_are_bounded_in_the_ledger_and_not_metrics_labels(gateway):
+    """Requests without a key and with a huge made-up model name each added a /metrics series labelled with
+    the whole name and stored it whole (20 such 1 MB requests grew /metrics to 380 MB)."""
+    import sqlite3
+
+    base, root, _, db = gateway
+    name = "nope-" + "x" * 10_000
+    for _ in range(3):
+        r = httpx.post(base + "/chat/completions", json={"model": name, "messages": MSG}, timeout=10)
+        assert r.status_code == 401
+    metrics = httpx.get(root + "/metrics", timeout=10).text
+    assert "xxxxxxxxxx" not in metrics and 'model="(unknown)"' in metrics
+    time.sleep(0.5)
+    con = sqlite3.connect(db)
+    try:
+        lengths = [n for (n,) in con.execute("SELECT length(requested_model) FROM ledger WHERE status = 'rejected'")]
+    finally:
+        con.close()
+    assert lengths and max(lengths) <= 256

@@ -21,6 +21,7 @@ from tiergate.dispatch.errors import ContextWindowExceeded, refused_before_upstr
 from tiergate.logs import log_request
 from tiergate.providers.base import Timeouts, UpstreamError
 from tiergate.providers.registry import provider_class
+from tiergate.routing.policy import POLICY_TARGETS
 from tiergate.server import routing_glue
 from tiergate.server.escalation import next_candidate_up, unusable_reason
 from tiergate.server.streaming import BurstStreamingResponse
@@ -32,6 +33,8 @@ from tiergate.wire.ids import new_id
 if TYPE_CHECKING:
     from tiergate.server.gateway import Gateway
 
+MAX_MODEL_NAME = 256  # characters of a client-sent model name kept in the ledger and logs
+UNKNOWN_MODEL_LABEL = "(unknown)"  # the metrics label of every model name the gateway does not serve
 # Output-token bound used when a request sets none: the reservation covers it and, for keys with a
 # budget, it is also sent upstream so the real cost can never exceed the reservation (docs/accounting.md).
 DEFAULT_MAX_OUTPUT = 4096
@@ -471,6 +474,14 @@ def upstream_error_text(e: BaseException | None) -> str | None:
     return f"{status} {getattr(e, 'kind', '')}: {getattr(e, 'message', str(e))}"[:500]
 
 
+def _served_name(gw: Gateway, name: str) -> bool:
+    """Whether `name` is a model this gateway serves (a configured model, `auto` or `auto:<policy>`)."""
+    if gw.config.model(name) is not None or name == "auto":
+        return True
+    policy = name.removeprefix("auto:")
+    return policy != name and (policy in POLICY_TARGETS or policy in gw.config.routing.policies)
+
+
 def record_call(gw, ctx: CallContext, requested, served, deployment, effort, usage, cost, status, error, route_info,
             stream, attempt, *, request_id: str | None = None, latency_ms: float | None = None,
             ttft_ms: float | None = None, key_id: str | None = None) -> None:
@@ -479,7 +490,8 @@ def record_call(gw, ctx: CallContext, requested, served, deployment, effort, usa
         "ts": time.time(),
         "key_id": getattr(ctx.key, "id", None) or key_id,
         "kind": ctx.kind,
-        "requested_model": requested,
+        # the client's text, bounded: a 1 MB model name sent without a key was stored whole
+        "requested_model": requested[:MAX_MODEL_NAME] if isinstance(requested, str) else requested,
         "served_model": served,
         "deployment": deployment,
         "reasoning_effort": effort,
@@ -498,8 +510,14 @@ def record_call(gw, ctx: CallContext, requested, served, deployment, effort, usa
         row["metadata"] = {"usage_estimated": True}  # counted by the gateway, not reported by the upstream
     gw.accounting.record(row)
     if gw.metrics is not None:
-        gw.metrics.observe_request(row)
-    log_request(row["request_id"], status=status, model=served, requested_model=requested, deployment=deployment,
+        if served is None and isinstance(requested, str) and not _served_name(gw, requested):
+            # a name this gateway does not serve is not a metrics label (unauthenticated clients could
+            # otherwise add a series per name to /metrics): one placeholder for all of them
+            gw.metrics.observe_request({**row, "requested_model": UNKNOWN_MODEL_LABEL})
+        else:
+            gw.metrics.observe_request(row)
+    log_request(row["request_id"], status=status, model=served, requested_model=row["requested_model"],
+                deployment=deployment,
                 latency_ms=round(row["latency_ms"], 2), cost_usd=cost, key_id=row["key_id"], error=error)
 
 
