@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,17 +223,27 @@ _CREDENTIAL_PARAMS = frozenset({
 })
 
 
+_CREDENTIAL_WORDS = ("key", "token", "secret", "password", "signature", "auth")  # also inside names (x-goog-api-key)
+_KEY_SHAPED = re.compile(r"^(sk|sk-ant|sk-proj|tg|AIza)[-_A-Za-z0-9]{16,}$")
+
+
 def _credential_query_param(url: str) -> str | None:
-    """The name of the first query parameter of `url` that carries a credential, or None."""
+    """Where `url` carries a credential: the name of a query parameter that does, `#fragment` (never sent,
+    so anything there was pasted by mistake), or `path` for a key-shaped path segment; None when clean."""
     from urllib.parse import parse_qsl, urlsplit
 
     try:
-        query = urlsplit(url).query
+        parts = urlsplit(url)
     except ValueError:
         return None
-    for name, _ in parse_qsl(query, keep_blank_values=True):
-        if name.strip().lower() in _CREDENTIAL_PARAMS:
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        low = name.strip().lower()
+        if low in _CREDENTIAL_PARAMS or any(w in low for w in _CREDENTIAL_WORDS):
             return name
+    if parts.fragment:
+        return "#fragment"
+    if any(_KEY_SHAPED.match(seg) for seg in parts.path.split("/")):
+        return "path"
     return None
 
 
@@ -257,9 +268,10 @@ def _parse_deployment(d: Any, path: str, model_name: str, index: int, env: dict[
         if "@" in api_base.split("//", 1)[-1].split("/", 1)[0]:
             raise _err(f"{path}.api_base", "credentials in the URL are not allowed; use api_key: env:NAME")
         secret_param = _credential_query_param(api_base)
-        if secret_param is not None:  # the name only: the value is a secret
-            raise _err(f"{path}.api_base", f"credentials in the URL are not allowed (query parameter "
-                       f"{secret_param!r}); use api_key: env:NAME, or headers for a non-secret header")
+        if secret_param is not None:  # where only: the value is a secret
+            where = secret_param if secret_param in ("#fragment", "path") else f"query parameter {secret_param!r}"
+            raise _err(f"{path}.api_base", f"credentials in the URL are not allowed ({where}); use api_key: "
+                       "env:NAME, or headers for a non-secret header")
     if provider in _NEEDS_BASE and not api_base:
         raise _err(f"{path}.api_base", f"required for provider {provider}")
     if provider == "azure" and not d.get("deployment") and not api_base.rstrip("/").endswith("/openai/v1"):
