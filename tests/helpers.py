@@ -66,3 +66,22 @@ def ledger_rows(db: str | Path, where: str, *params: Any, columns: str = "*", ti
             con.close()
         if ready(rows) or time.time() > deadline:
             return rows
+
+
+def submit_batch(client: Any, lines: list[dict[str, Any]], endpoint: str = "/v1/chat/completions") -> Any:
+    """Upload `lines` as a batch input file and create the batch with the official SDK `client`."""
+    import json
+
+    f = client.files.create(file=("in.jsonl", "\n".join(map(json.dumps, lines)).encode()), purpose="batch")
+    return client.batches.create(input_file_id=f.id, endpoint=endpoint, completion_window="24h")
+
+
+def wait_batch(client: Any, batch_id: str, statuses: str | tuple[str, ...], timeout: float = 20.0,
+               poll_s: float = 0.1) -> Any:
+    """Poll the batch until its status is one of `statuses`; fail the test after `timeout` seconds."""
+    wanted = (statuses,) if isinstance(statuses, str) else statuses
+    deadline = time.time() + timeout
+    while (b := client.batches.retrieve(batch_id)).status not in wanted:
+        assert time.time() < deadline, (b.status, b.request_counts)
+        time.sleep(poll_s)
+    return b

@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from tests.fakes.anthropic_upstream import CUSTOM_ID, FakeAnthropic
-from tests.helpers import running_gateway
+from tests.helpers import running_gateway, submit_batch, wait_batch
 
 UPSTREAM_MODEL = "claude-3-7-sonnet-20250219"
 PRICE_IN, PRICE_OUT = 3.00, 15.00  # claude-3-7-sonnet, USD per 1M tokens (catalogue)
@@ -61,16 +61,11 @@ def _line(cid: str, text: str, **body) -> dict:
 
 
 def _submit(client: openai.OpenAI, lines: list[dict]):
-    f = client.files.create(file=("in.jsonl", "\n".join(map(json.dumps, lines)).encode()), purpose="batch")
-    return client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    return submit_batch(client, lines)
 
 
 def _wait(client: openai.OpenAI, bid: str, status: str, timeout: float = 20):
-    deadline = time.time() + timeout
-    while (b := client.batches.retrieve(bid)).status != status:
-        assert time.time() < deadline, b
-        time.sleep(0.1)
-    return b
+    return wait_batch(client, bid, status, timeout)
 
 
 def _jsonl(client: openai.OpenAI, file_id: str | None) -> dict[str, dict]:

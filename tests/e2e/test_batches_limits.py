@@ -13,7 +13,7 @@ import time
 import httpx
 import openai
 
-from tests.helpers import running_gateway
+from tests.helpers import running_gateway, submit_batch, wait_batch
 
 MASTER = "sk-batch-limits-master-0123456789"
 
@@ -38,19 +38,13 @@ def _gateway(tmp_path, **batches):
 
 
 def _submit(client: openai.OpenAI, n: int, max_tokens: int = 20):
-    lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-              "body": {"model": "gpt-4o-mini", "max_tokens": max_tokens,
-                       "messages": [{"role": "user", "content": f"q {i}"}]}} for i in range(n)]
-    f = client.files.create(file=("l.jsonl", "\n".join(map(json.dumps, lines)).encode()), purpose="batch")
-    return client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    return submit_batch(client, [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                                  "body": {"model": "gpt-4o-mini", "max_tokens": max_tokens,
+                                           "messages": [{"role": "user", "content": f"q {i}"}]}} for i in range(n)])
 
 
 def _wait(client: openai.OpenAI, bid: str, statuses: tuple[str, ...], timeout: float):
-    deadline = time.time() + timeout
-    while (b := client.batches.retrieve(bid)).status not in statuses:
-        assert time.time() < deadline, (b.status, b.request_counts)
-        time.sleep(0.05)
-    return b
+    return wait_batch(client, bid, statuses, timeout, poll_s=0.05)
 
 
 def _errors(client: openai.OpenAI, b) -> dict[str, dict]:

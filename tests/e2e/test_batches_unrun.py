@@ -9,7 +9,7 @@ import time
 
 import openai
 
-from tests.helpers import running_gateway
+from tests.helpers import running_gateway, submit_batch, wait_batch
 
 N = 20
 
@@ -23,19 +23,13 @@ def _gateway(tmp_path, **batches):
 
 
 def _submit(client: openai.OpenAI):
-    lines = [{"custom_id": f"u{i}", "method": "POST", "url": "/v1/chat/completions",
-              "body": {"model": "slow", "messages": [{"role": "user", "content": f"q {i}"}], "max_tokens": 20}}
-             for i in range(N)]
-    f = client.files.create(file=("u.jsonl", "\n".join(map(json.dumps, lines)).encode()), purpose="batch")
-    return client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    return submit_batch(client, [{"custom_id": f"u{i}", "method": "POST", "url": "/v1/chat/completions",
+                                  "body": {"model": "slow", "messages": [{"role": "user", "content": f"q {i}"}],
+                                           "max_tokens": 20}} for i in range(N)])
 
 
 def _wait(client: openai.OpenAI, bid: str, status: str, timeout: float = 20.0):
-    deadline = time.time() + timeout
-    while (b := client.batches.retrieve(bid)).status != status:
-        assert time.time() < deadline, (b.status, b.request_counts)
-        time.sleep(0.05)
-    return b
+    return wait_batch(client, bid, status, timeout)
 
 
 def _files(client: openai.OpenAI, b) -> tuple[dict[str, dict], dict[str, dict]]:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.helpers import running_gateway
+from tests.helpers import running_gateway, submit_batch, wait_batch
 
 
 class FakeOpenAIBatches:
@@ -158,12 +158,7 @@ def test_forwarded_batch_billed_at_batch_price(env):
     lines = [{"custom_id": f"f{i}", "method": "POST", "url": "/v1/chat/completions",
               "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": t}]}}
              for i, t in enumerate(["alpha", "beta", "please fail"])]
-    f = client.files.create(file=("in.jsonl", "\n".join(map(json.dumps, lines)).encode()), purpose="batch")
-    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-    deadline = time.time() + 20
-    while (b := client.batches.retrieve(b.id)).status != "completed":
-        assert time.time() < deadline, b
-        time.sleep(0.1)
+    b = wait_batch(client, submit_batch(client, lines).id, "completed")
     assert up.problems == [] and up.created == 1
     assert (b.request_counts.completed, b.request_counts.failed) == (2, 1)
     out = {json.loads(x)["custom_id"]: json.loads(x) for x in client.files.content(b.output_file_id).text.splitlines()}

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.e2e.test_batches_anthropic_upstream import UPSTREAM_MODEL, fake_anthropic
-from tests.helpers import ledger_rows, running_gateway
+from tests.helpers import ledger_rows, running_gateway, submit_batch, wait_batch
 from tests.unit.test_store_fixtures import (  # noqa: F401 (fixtures)
     REDIS_URL,
     fx_pg_available,
@@ -128,12 +128,7 @@ def test_openai_forwarding_admits_and_caps_lines_too(tmp_path):
             lines = [{"custom_id": f"o{i}", "method": "POST", "url": "/v1/chat/completions",
                       "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q {i}"}]}}
                      for i in range(5)]
-            f = client.files.create(file=("o.jsonl", "\n".join(map(json.dumps, lines)).encode()), purpose="batch")
-            b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-            deadline = time.time() + 20
-            while (b := client.batches.retrieve(b.id)).status != "completed":
-                assert time.time() < deadline, b
-                time.sleep(0.1)
+            b = wait_batch(client, submit_batch(client, lines).id, "completed")
             assert up.problems == [] and up.created == 1
             sent = [json.loads(x) for x in up.files["file-up0"].splitlines()]
             assert [s["custom_id"] for s in sent] == ["o0", "o1"]
