@@ -16,12 +16,14 @@
 
 Every response returned (both paths, streamed or not) is stored unless the request says
 `store: false` (`store.responses`: the object as returned, the normalised input items, instructions,
-the creating key's id). `GET` / `DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items`
+the creating key's id). A streamed response whose client hangs up mid-answer is stored as
+`cancelled` with the output produced so far (the id from `response.created` stays retrievable). `GET` / `DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items`
 read it; a key sees only its own responses (the master key and an open gateway see all).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -226,6 +228,7 @@ async def _events(chunks: AsyncIterator[bytes], tr: wr.StreamTranslator, save: S
     """Chat SSE bytes from the pipeline -> Responses SSE events (`event:` + `data:`), no [DONE]."""
     started = False
     failed = False
+    ended = False  # a terminal event was produced (and the response stored)
     try:
         async for data in sse.iter_data(chunks):
             if data == b"[DONE]":
@@ -239,6 +242,7 @@ async def _events(chunks: AsyncIterator[bytes], tr: wr.StreamTranslator, save: S
             if obj.get("error") is not None:
                 failed = True
                 err = obj["error"]
+                ended = True
                 async for b in _terminal(tr.fail(str(err.get("message") or "upstream error"), "server_error"), save):
                     yield b
                 break
@@ -248,12 +252,24 @@ async def _events(chunks: AsyncIterator[bytes], tr: wr.StreamTranslator, save: S
             for name, ev in tr.start():
                 yield sse.encode_event(name, ev)
         if not failed:
+            ended = True
             async for b in _terminal(tr.finish(), save):
                 yield b
     finally:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()  # let the pipeline finish its books if the client went away
+        if not ended:  # the client hung up mid-answer: keep what was produced, retrievable by its id
+            await _save_cut(save, tr.cancelled())
+
+
+async def _save_cut(save: Saver, resp: dict[str, Any]) -> None:
+    """Store a response cut short by its client's hang-up. Runs while the stream's task is being
+    cancelled, so the write is shielded: it finishes even though nobody waits for it."""
+    try:
+        await asyncio.shield(save(resp))
+    except asyncio.CancelledError:
+        pass
 
 
 # ---------------------------------------------------------------- GET / DELETE /v1/responses/{id}, input_items
@@ -468,6 +484,8 @@ async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, 
     `response.failed` event and the usage is what the upstream reported, else an estimate)."""
     usage: dict[str, Any] | None = None
     snapshot: dict[str, Any] = {}
+    relayed = wr.RelayedOutput()
+    ended = False  # a terminal event was relayed (and the response stored)
     text_parts: list[str] = []
     last_seq = -1
     status, error = "client_disconnected", None
@@ -483,10 +501,12 @@ async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, 
                     usage = resp["usage"]
             elif etype == "response.output_text.delta":
                 text_parts.append(str(ev.get("delta") or ""))
+            relayed.feed(ev)
             seq = ev.get("sequence_number")
             if isinstance(seq, int):
                 last_seq = seq
             if etype in _TERMINAL and isinstance(resp, dict):
+                ended = True
                 await save(resp)  # before the client sees the end, so an immediate retrieve finds it
             yield sse.encode_event(etype, ev)
         status = "ok"
@@ -497,6 +517,7 @@ async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, 
                   "error": {"code": e.code or "server_error",
                             "message": f"The upstream stream failed after it started: {e.message}"}}
         if snapshot.get("id"):
+            ended = True
             await save(failed)
         yield sse.encode_event("response.failed", {"type": "response.failed", "response": failed,
                                                    "sequence_number": last_seq + 1})
@@ -512,5 +533,7 @@ async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, 
                     len(d.attempts) + 1, ttft_ms=(d.ttft_s or 0) * 1000)
         tokens = int(usage.get("total_tokens") or 0)
         await gw.accounting.settle(admission, cost, tokens)
+        if not ended and snapshot.get("id"):  # the client hung up mid-answer: keep what was produced
+            await _save_cut(save, {**snapshot, "status": "cancelled", "output": relayed.items()})
     if status == "ok":
         yield f": x-tiergate-cost-usd={cost:.8f}\n\n".encode()

@@ -419,6 +419,46 @@ class _Open:
     blocks: list[dict[str, Any]] = field(default_factory=list)  # a reasoning item's thinking blocks
 
 
+class RelayedOutput:
+    """The output items of a relayed (native) Responses event stream, as far as it got: finished items
+    from `response.output_item.done`, an item still open from its `added` event plus its text deltas.
+    `items()` is what a response cut off by its client's hang-up is stored with."""
+
+    __slots__ = ("_done", "_open", "_text")
+
+    def __init__(self) -> None:
+        self._done: dict[int, dict[str, Any]] = {}
+        self._open: dict[int, dict[str, Any]] = {}
+        self._text: dict[int, list[str]] = {}
+
+    def feed(self, ev: dict[str, Any]) -> None:
+        etype, idx = ev.get("type"), ev.get("output_index")
+        if not isinstance(idx, int):
+            return
+        item = ev.get("item")
+        if etype == "response.output_item.added" and isinstance(item, dict):
+            self._open[idx] = item
+            self._text[idx] = []
+        elif etype == "response.output_item.done" and isinstance(item, dict):
+            self._done[idx] = item
+            self._open.pop(idx, None)
+            self._text.pop(idx, None)
+        elif etype == "response.output_text.delta" and idx in self._text:
+            self._text[idx].append(str(ev.get("delta") or ""))
+
+    def items(self) -> list[dict[str, Any]]:
+        out = []
+        for idx in sorted({*self._done, *self._open}):
+            item = self._done.get(idx)
+            if item is None:
+                item = dict(self._open[idx], status="incomplete")
+                if item.get("type") == "message":
+                    item = _message_item(str(item.get("id") or ""), "".join(self._text[idx]) or None, None,
+                                         "incomplete")
+            out.append(item)
+        return out
+
+
 @dataclass
 class StreamTranslator:
     """`chat.completion.chunk` dicts -> `(event_name, data)` Responses stream events.
@@ -622,6 +662,14 @@ class StreamTranslator:
                     output=self.output())
         out.append(self._ev("response.completed" if status == "completed" else "response.incomplete", response=resp))
         return out
+
+    def cancelled(self) -> dict[str, Any]:
+        """The response as stored when the client hung up before the end: status `cancelled`, the
+        output produced so far (open items closed as `incomplete`), no events (nobody is listening)."""
+        self._close_all("incomplete")
+        resp = self._snapshot("cancelled")
+        resp.update(usage=usage_to_responses(self.usage), output=self.output())
+        return resp
 
     def fail(self, message: str, code: str = "server_error") -> list[tuple[str, dict[str, Any]]]:
         out = self._close_all("incomplete")
