@@ -208,3 +208,27 @@ def test_failed_escalation_with_a_multi_line_upstream_message_still_answers(env)
     assert raw.parse().choices[0].message.refusal
     assert "; failed=400 " in raw.headers["x-tiergate-escalated"]
     assert "Invalid value. See the docs. Mod?le" in raw.headers["x-tiergate-escalated"]
+
+
+def test_a_cached_escalated_answer_is_served_without_the_first_call(env):
+    """With the response cache on, a repeat of a request that escalated is answered from the cache with
+    the escalated answer: no upstream call at all (the unusable first answer used to be paid for again
+    on every repeat, before the escalation found the cached second answer)."""
+    up, client, db = env
+    c = client()
+    kw = {"model": "auto", "messages": [{"role": "user", "content": "Say hi, cached"}], "temperature": 0,
+          "extra_body": _cheap_first(cache=True)}
+    up.clear()
+    first = c.chat.completions.with_raw_response.create(**kw)
+    assert first.headers["x-tiergate-model"] == "o3-mini" and first.headers["x-tiergate-cache"] == "miss"
+    assert len(up.requests) == 2  # gpt-4o-mini's refusal, then o3-mini
+    up.clear()
+    again = c.chat.completions.with_raw_response.create(**kw)
+    assert len(up.requests) == 0
+    assert again.headers["x-tiergate-cache"] == "hit" and again.headers["x-tiergate-cost-usd"] == "0"
+    assert again.headers["x-tiergate-model"] == "o3-mini"
+    assert again.headers["x-tiergate-escalated"].startswith("from=gpt-4o-mini; to=o3-mini@high; reason=")
+    assert again.headers["x-tiergate-escalated"].endswith("; cached")
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+    rows = _rows(db, again.headers["x-request-id"], 1)
+    assert [(r["status"], r["served_model"], r["cost_usd"]) for r in rows] == [("cache_hit", "o3-mini", 0)]

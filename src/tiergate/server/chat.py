@@ -232,8 +232,14 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
         if cache is not None:
             hit = await cache.get(body)
             if hit is not None:
-                headers.update({"x-tiergate-cache": "hit", "x-tiergate-model": model, "x-tiergate-cost-usd": "0"})
-                record_call(gw, ctx, requested, model, None, body.get("reasoning_effort"), hit.get("usage"), 0.0,
+                served, effort_served = model, body.get("reasoning_effort")
+                if isinstance(hit.get(ESCALATED_ENTRY), dict):  # the answer this request escalated to last time
+                    esc = hit[ESCALATED_ENTRY]
+                    served, effort_served = str(esc.get("model") or model), esc.get("effort")
+                    headers["x-tiergate-escalated"] = _ascii(f"{esc.get('header')}; cached")
+                    hit = hit.get("response") or {}
+                headers.update({"x-tiergate-cache": "hit", "x-tiergate-model": served, "x-tiergate-cost-usd": "0"})
+                record_call(gw, ctx, requested, served, None, effort_served, hit.get("usage"), 0.0,
                         "cache_hit", None, route_info, False, 0)
                 await gw.accounting.settle(admission, 0.0, 0)
                 settled = True
@@ -290,7 +296,15 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
             settled = True
             if nxt is not None:
                 first = ChatOutcome(headers=headers, body=result)
-                return await _escalate(gw, routed_body, ctx, requested, route_info, nxt, reason, cost, first)
+                out = await _escalate(gw, routed_body, ctx, requested, route_info, nxt, reason, cost, first)
+                if cache is not None and out is not first and out.body is not None:
+                    # cached under this request, so a repeat does not pay for the unusable first answer again
+                    out.headers["x-tiergate-cache"] = "miss"
+                    await cache.set(body, {ESCALATED_ENTRY: {
+                        "model": out.headers.get("x-tiergate-model"), "effort": out.headers.get("x-tiergate-reasoning-effort"),
+                        "header": out.headers.get("x-tiergate-escalated", "").split("; first_cost_usd=")[0]},
+                        "response": out.body})
+                return out
             if cache is not None:
                 await cache.set(body, result)
             return ChatOutcome(headers=headers, body=result)
@@ -402,6 +416,10 @@ class _StreamedAnswer:
                              "tool_calls": [{"function": {"name": "".join(n), "arguments": "".join(a)}}
                                             for n, a in calls.values()]}}
                 for content, refusal, calls in self._msgs.values()]
+
+
+# A cache entry holding the answer an escalation returned, stored under the first candidate's request
+ESCALATED_ENTRY = "tiergate_escalated"
 
 
 async def _escalate(gw: Gateway, body: dict[str, Any], ctx: CallContext, requested: str, route_info: dict,
