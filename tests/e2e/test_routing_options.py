@@ -187,3 +187,19 @@ def test_auto_without_routing_config_has_a_code(tmp_path):
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=20)
         err = _refused(client)
     assert err.code == "routing_not_configured" and err.param == "model"
+
+
+@pytest.mark.parametrize("model", ["auto", "gpt-4o-mini"])
+@pytest.mark.parametrize(("content", "param"), [
+    (42, "messages[0].content"),
+    ({"text": "hi"}, "messages[0].content"),
+    ([{"type": "text", "text": 5}], "messages[0].content[0].text"),
+    ([{"type": "text", "text": None}], "messages[0].content[0].text"),
+    (["hi"], "messages[0].content[0]"),
+])
+def test_malformed_message_content_is_a_named_400(env, model, content, param):
+    """A number, an object or a non-string text part as `content` was a 500 (TypeError in routing and
+    token counting) for `auto`, and was sent upstream for an explicit model."""
+    client, _ = env
+    e = _refused(client, model=model, messages=[{"role": "user", "content": content}])
+    assert e.code == "invalid_type" and e.param == param, e.body

@@ -82,6 +82,7 @@ def _validate(body: Any) -> None:
                 param=f"messages[{i}].role",
                 code="invalid_value",
             )
+        _check_content(m.get("content"), i)
     n = body.get("n")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128):
         raise bad_request("'n' must be an integer between 1 and 128.", param="n", code="invalid_value")
@@ -103,6 +104,29 @@ def _validate(body: Any) -> None:
     if so is not None and not body.get("stream"):
         raise bad_request("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
                           param="stream_options", code="invalid_value")
+
+
+_JSON_TYPE = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "an object", list: "an array"}
+
+
+def _check_content(content: Any, i: int) -> None:
+    """A message's `content`: a string, null, or an array of part objects whose text parts hold strings
+    (routing and token counting read them; a number there was a 500)."""
+    if content is None or isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise bad_request(f"Invalid type for 'messages[{i}].content': expected one of a string or array of objects, "
+                          f"but got {_JSON_TYPE.get(type(content), 'another type')} instead.",
+                          param=f"messages[{i}].content", code="invalid_type")
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise bad_request(f"Invalid type for 'messages[{i}].content[{j}]': expected an object with a string "
+                              "'type' (e.g. {\"type\": \"text\", \"text\": \"...\"}).",
+                              param=f"messages[{i}].content[{j}]", code="invalid_type")
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise bad_request(f"Invalid type for 'messages[{i}].content[{j}].text': expected a string, but got "
+                              f"{_JSON_TYPE.get(type(part.get('text')), 'null')} instead.",
+                              param=f"messages[{i}].content[{j}].text", code="invalid_type")
 
 
 def is_auto(model: Any) -> bool:
