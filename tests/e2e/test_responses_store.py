@@ -206,3 +206,22 @@ def test_native_turn_after_a_translated_one_gets_the_chain_as_input(gw):
     assert len(up.last.body["input"]) == 3
     a.responses.create(model="o3-mini", input="and again?", previous_response_id=r2.id)
     assert up.last.body["previous_response_id"] == r2.id and up.last.body["input"] == "and again?"
+
+
+def test_native_path_does_not_forward_a_chain_the_key_may_not_continue(gw):
+    """On the native path the id used to go upstream unchecked: every key shares the upstream account, so
+    another key's response (or one deleted here) was continued upstream. Now it is a 400 before any
+    upstream call; the owner's own live chain still goes upstream by id."""
+    (_, a, b), up, _, _ = gw
+    r1 = a.responses.create(model="o3-mini", input="secret plan")  # native
+    r2 = a.responses.create(model="o3-mini", input="and then?", previous_response_id=r1.id)
+    assert up.last.body["previous_response_id"] == r1.id  # the owner's chain: by id, upstream
+    up.clear()
+    with pytest.raises(openai.BadRequestError) as e:  # another key
+        b.responses.create(model="o3-mini", input="tell me", previous_response_id=r2.id)
+    assert e.value.body["code"] == "previous_response_not_found" and e.value.param == "previous_response_id"
+    assert up.requests == []
+    a.responses.delete(r1.id)  # a deleted link breaks the chain for its owner too
+    with pytest.raises(openai.BadRequestError) as e:
+        a.responses.create(model="o3-mini", input="more", previous_response_id=r2.id)
+    assert f"'{r1.id}' not found" in e.value.message and up.requests == []

@@ -129,7 +129,9 @@ def _saver(gw: Gateway, ctx: CallContext, req: dict[str, Any], path: str) -> Sav
 
 async def _with_history(gw: Gateway, ctx: CallContext, req: dict[str, Any]) -> dict[str, Any]:
     """The translated path's request with `previous_response_id` resolved: the stored chain's input
-    and output items, oldest first, then the new input. `instructions` stay the new request's own."""
+    and output items, oldest first, then the new input. `instructions` stay the new request's own.
+    A chain with a response that is missing, deleted, expired or another key's is a 400 (on the
+    native path too, before the id is sent upstream: all keys share the upstream's account)."""
     prev = req["previous_response_id"]
     if not isinstance(prev, str) or not prev:
         raise bad_request("previous_response_id must be a response id string (resp_...).",
@@ -180,6 +182,8 @@ async def handle_responses(gw: Gateway, request: Request) -> Response:
         native = isinstance(req, dict) and _native_ok(gw, req)
         chat_req = req
         if isinstance(req, dict) and req.get("previous_response_id") is not None:
+            if native:  # the upstream would resolve any id it knows, whoever made it: check the chain here
+                await _with_history(gw, ctx, req)
             if native and await _answered_here(gw, ctx, req["previous_response_id"]):
                 # the previous turn was answered by the translated path: the upstream has never seen its id,
                 # so the chain is expanded here and sent as input, as on the translated path
