@@ -74,8 +74,11 @@ def test_response_object():
     assert r["object"] == "response" and r["status"] == "completed" and r["model"] == "o3-mini"
     assert r["output"][0]["type"] == "message" and r["output"][0]["content"][0]["text"] == "Checking."
     assert r["output"][1]["type"] == "function_call" and r["output"][1]["call_id"] == "call_9"
-    assert r["usage"] == {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 30,
-                          "output_tokens_details": {"reasoning_tokens": 20}, "total_tokens": 40}
+    assert r["usage"] == {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 0},
+                          "output_tokens": 30, "output_tokens_details": {"reasoning_tokens": 20}, "total_tokens": 40}
+    from openai.types.responses import Response
+
+    Response.model_validate(r)  # the SDK's own type: `cache_write_tokens` is a required field of the usage
     chat["choices"][0]["finish_reason"] = "length"
     r = wr.to_response(chat, {"model": "m", "input": "x"}, "resp_2", 1)
     assert r["status"] == "incomplete" and r["incomplete_details"] == {"reason": "max_output_tokens"}

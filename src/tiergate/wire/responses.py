@@ -325,7 +325,8 @@ def usage_to_responses(u: dict[str, Any] | None) -> dict[str, Any] | None:
     pin = u.get("prompt_tokens_details") or {}
     pout = u.get("completion_tokens_details") or {}
     inp, out = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
-    return {"input_tokens": inp, "input_tokens_details": {"cached_tokens": int(pin.get("cached_tokens") or 0)},
+    return {"input_tokens": inp, "input_tokens_details": {"cached_tokens": int(pin.get("cached_tokens") or 0),
+                                                          "cache_write_tokens": int(pin.get("cache_write_tokens") or 0)},
             "output_tokens": out, "output_tokens_details": {"reasoning_tokens": int(pout.get("reasoning_tokens") or 0)},
             "total_tokens": int(u.get("total_tokens") or inp + out)}
 
