@@ -29,6 +29,8 @@ def env(tmp_path_factory):
                 # a model with fallbacks goes through the chat pipeline: the translated path
                 {"name": "gpt-4o", "fallbacks": ["gpt-4o-mini"],
                  "deployments": [{"provider": "openai", "api_base": up.url, "api_key": "env:TG_E2E_OAI"}]},
+                {"name": "o1", "fallbacks": ["o3-mini"],  # a reasoning model on the translated path
+                 "deployments": [{"provider": "openai", "api_base": up.url, "api_key": "env:TG_E2E_OAI"}]},
                 {"name": "claude-3-7-sonnet", "deployments": [{"provider": "anthropic", "api_base": ant.base_url,
                                                                "api_key": "env:TG_E2E_ANT",
                                                                "model": "claude-3-7-sonnet-20250219"}]},
@@ -152,3 +154,17 @@ def test_translated_stream_with_function_calls(env):
     final = [e for e in ev][-1].response
     call = next(o for o in final.output if o.type == "function_call")
     assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "test"}
+
+
+def test_translated_response_echoes_the_settings_the_model_ran_with(env):
+    """o1 takes no temperature (shaping drops it): the Response used to echo the client's 0.5 anyway."""
+    client, up, _ = env
+    up.clear()
+    raw = client.responses.with_raw_response.create(model="o1", input="x", temperature=0.5, top_p=0.5)
+    r = raw.parse()
+    assert "temperature" in raw.headers["x-tiergate-dropped-params"] and "temperature" not in up.last.body
+    assert (r.temperature, r.top_p) == (1.0, 1.0)
+    events = list(client.responses.create(model="o1", input="x", temperature=0.5, stream=True))
+    assert events[0].response.temperature == 1.0 and events[-1].response.temperature == 1.0
+    kept = client.responses.create(model="gpt-4o", input="x", temperature=0.5)  # a model that takes it
+    assert kept.temperature == 0.5

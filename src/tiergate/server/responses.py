@@ -182,7 +182,10 @@ async def handle_responses(gw: Gateway, request: Request) -> Response:
         native = isinstance(req, dict) and _native_ok(gw, req)
         chat_req = req
         if isinstance(req, dict) and req.get("previous_response_id") is not None:
-            if native:  # the upstream would resolve any id it knows, whoever made it: check the chain here
+            if native and _viewer(ctx.key) is not None:
+                # a virtual key: the upstream would resolve any id it knows, whichever key made it (they share
+                # its account), so the chain must be this key's, stored here; the master key and an open
+                # gateway may also continue ids the upstream made outside the gateway
                 await _with_history(gw, ctx, req)
             if native and await _answered_here(gw, ctx, req["previous_response_id"]):
                 # the previous turn was answered by the translated path: the upstream has never seen its id,
@@ -211,12 +214,29 @@ async def handle_responses(gw: Gateway, request: Request) -> Response:
     resp_id = new_id("resp_")
     created = int(time.time())
     save = _saver(gw, ctx, req, "translated")
+    echo = _as_served(req, out.headers)
     if out.chunks is not None:
-        tr = wr.StreamTranslator(req=req, resp_id=resp_id, created_at=created, model="")
+        tr = wr.StreamTranslator(req=echo, resp_id=resp_id, created_at=created, model="")
         return StreamingResponse(_events(out.chunks, tr, save), media_type="text/event-stream", headers=out.headers)
-    body = wr.to_response(out.body or {}, req, resp_id, created)
+    body = wr.to_response(out.body or {}, echo, resp_id, created)
     await save(body)
     return Response(orjson.dumps(body), media_type="application/json", headers=out.headers)
+
+
+_ECHOED_SETTINGS = ("temperature", "top_p", "parallel_tool_calls")  # Response fields named as on chat
+
+
+def _as_served(req: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    """The request as the Response object should echo it: settings the model does not take (dropped for
+    it, `x-tiergate-dropped-params`) at their defaults, which is what it ran with, and the reasoning
+    effort it was sent (routing chooses one for `auto`)."""
+    dropped = set((headers.get("x-tiergate-dropped-params") or "").split(","))
+    echo = {k: v for k, v in req.items() if not (k in _ECHOED_SETTINGS and k in dropped)}
+    effort = headers.get("x-tiergate-reasoning-effort")
+    reasoning = echo.get("reasoning") if isinstance(echo.get("reasoning"), dict) else {}
+    if effort and not reasoning.get("effort"):
+        echo["reasoning"] = {**reasoning, "effort": effort}
+    return echo
 
 
 async def _terminal(events: list[tuple[str, dict[str, Any]]], save: Saver) -> AsyncIterator[bytes]:
