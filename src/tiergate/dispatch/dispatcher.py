@@ -131,15 +131,22 @@ class Dispatcher:
         self._own_redis = None
         self.shared = None
         redis = shared_state
-        if redis is None and config.redis:
+        # the `?prefix=` of the `redis:` URL applies to the circuit and rpm/tpm keys too (as to budgets,
+        # rate limits and the cache), so fleets sharing one Redis under different prefixes stay apart
+        redis_url, prefix = None, "tiergate:"
+        if config.redis:
+            from tiergate.accounting.service import split_redis_url
+
+            redis_url, prefix = split_redis_url(config.redis)
+        if redis is None and redis_url:
             import redis.asyncio as aioredis
 
-            redis = self._own_redis = aioredis.from_url(config.redis, socket_timeout=1.0,
+            redis = self._own_redis = aioredis.from_url(redis_url, socket_timeout=1.0,
                                                         socket_connect_timeout=1.0)
         if redis is not None:
             from tiergate.dispatch.shared import SharedCircuits
 
-            self.shared = SharedCircuits(redis, self.states)
+            self.shared = SharedCircuits(redis, self.states, prefix=f"{prefix}cb:")
         if metrics is not None:
             metrics.add_collector(self._collect_circuits)
 

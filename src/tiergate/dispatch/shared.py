@@ -6,7 +6,9 @@ request path only when something is already wrong: a failure (one Lua call that 
 window and opens the circuit when the window is full), a 429 with `Retry-After` (a trip), a half-open
 probe (`SET NX`, so exactly one replica probes) and the probe's success (delete the keys).
 
-Keys, per deployment id: `{prefix}{id}:state` = epoch ms until which the circuit is open (present and in
+Keys, per deployment id, under `{prefix}` = the `redis:` URL's `?prefix=` + `cb:` (default `tiergate:cb:`;
+the dispatcher passes it, so fleets sharing one Redis under different prefixes never share circuits):
+`{prefix}{id}:state` = epoch ms until which the circuit is open (present and in
 the past = half-open; absent = closed; a value ending in `.5` marks a rate-limit trip, so every replica
 answers 429 rather than 503 while it lasts), `{prefix}{id}:fails` = sorted set of failure times,
 `{prefix}{id}:probe` = the probe lock. When Redis is unreachable every call falls back to the local
