@@ -78,13 +78,19 @@ class BatchStore:
         return bytes(row["content"]) if row else b""
 
     async def list_files(self, key_id: str | None, purpose: str | None = None) -> list[dict[str, Any]]:
+        """Every file `key_id` sees (newest first, at most 10,000)."""
+        rows, _ = await self.files_page(key_id, purpose)
+        return rows
+
+    async def files_page(self, key_id: str | None, purpose: str | None = None, *, after: str | None = None,
+                         limit: int = 10_000, order: str = "desc") -> tuple[list[dict[str, Any]], bool]:
+        """One page of `GET /v1/files`: (rows, has_more). See `_page` for the cursor."""
         where, args = _owner_filter(key_id)
         if purpose is not None:
             where.append("purpose = ?")
             args.append(purpose)
-        cond = f"WHERE {' AND '.join(where)} " if where else ""
-        return await self.db.fetch("SELECT id, key_id, filename, purpose, bytes, created_at, expires_at FROM files "
-                                   f"{cond}ORDER BY created_at DESC LIMIT 10000", *args)
+        return await self._page("files", "id, key_id, filename, purpose, bytes, created_at, expires_at", where, args,
+                                key_id=key_id, after=after, limit=limit, order=order)
 
     async def delete_file(self, file_id: str) -> bool:
         return await self.db.execute("DELETE FROM files WHERE id = ?", file_id) > 0
@@ -120,15 +126,31 @@ class BatchStore:
         return row
 
     async def list_batches(self, key_id: str | None, after: str | None, limit: int) -> tuple[list[dict], bool]:
-        """Newest first, `limit` at most, starting after the batch `after` (OpenAI's cursor)."""
+        """Newest first, `limit` at most, starting after the batch `after` (OpenAI's cursor): (rows, has_more)."""
         where, args = _owner_filter(key_id)
+        return await self._page("batches", "*", where, args, key_id=key_id, after=after, limit=limit, order="desc")
+
+    async def _page(self, table: str, columns: str, where: list[str], args: list[Any], *, key_id: str | None,
+                    after: str | None, limit: int, order: str) -> tuple[list[dict[str, Any]], bool]:
+        """(rows, has_more) of `table` in (created_at, id) order, `asc` or `desc`, `limit` at most.
+
+        `after` is an object id (OpenAI's cursor): the page starts just past it in the chosen order, so
+        objects created in the same instant are neither repeated nor skipped. A cursor the caller cannot
+        see (unknown, deleted, another key's) gives an empty page: nothing comes after it."""
+        if order not in ("asc", "desc"):
+            raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
+        where, args = list(where), list(args)
         if after:
-            where.append("(created_at < (SELECT created_at FROM batches WHERE id = ?) OR (created_at = "
-                         "(SELECT created_at FROM batches WHERE id = ?) AND id < ?))")
-            args += [after, after, after]
+            cur = await self.db.fetchone(f"SELECT id, key_id, created_at FROM {table} WHERE id = ?", after)
+            if cur is None or not _visible(cur, key_id):
+                return [], False
+            cmp = ">" if order == "asc" else "<"
+            where.append(f"(created_at {cmp} ? OR (created_at = ? AND id {cmp} ?))")
+            args += [cur["created_at"], cur["created_at"], cur["id"]]
         cond = f"WHERE {' AND '.join(where)} " if where else ""
-        rows = await self.db.fetch(f"SELECT * FROM batches {cond}ORDER BY created_at DESC, id DESC LIMIT ?",
-                                   *args, limit + 1)
+        direction = order.upper()
+        rows = await self.db.fetch(f"SELECT {columns} FROM {table} {cond}ORDER BY created_at {direction}, "
+                                   f"id {direction} LIMIT ?", *args, limit + 1)
         return rows[:limit], len(rows) > limit
 
     async def active_batches(self) -> list[dict[str, Any]]:

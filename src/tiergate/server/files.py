@@ -93,14 +93,48 @@ async def upload_file(request: Request) -> Response:
         return error_response(e, rid)
 
 
+def list_limit(request: Request, default: int, maximum: int) -> int:
+    """The `limit` query parameter of a list call, 1 to `maximum` (OpenAI's 400s and codes otherwise)."""
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise bad_request(f"Invalid 'limit': expected an integer, but got {raw!r} instead.", param="limit",
+                          code="invalid_type") from None
+    if limit < 1:
+        raise bad_request(f"Invalid 'limit': integer below minimum value. Expected a value >= 1, but got {limit} "
+                          "instead.", param="limit", code="integer_below_min_value")
+    if limit > maximum:
+        raise bad_request(f"Invalid 'limit': integer above maximum value. Expected a value <= {maximum}, but got "
+                          f"{limit} instead.", param="limit", code="integer_above_max_value")
+    return limit
+
+
+def list_order(request: Request) -> str:
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise bad_request(f"Invalid value: {order!r}. Supported values are: 'asc' and 'desc'.", param="order",
+                          code="invalid_value")
+    return order
+
+
 async def list_files(request: Request) -> Response:
+    """OpenAI's cursor page: `limit` 1-10,000 (default 10,000), `order` by `created_at` (default `desc`),
+    `after` a file id (the page starts past it in that order; an id the caller cannot see gives an empty
+    page), `has_more`, `first_id` / `last_id`."""
     gw: Gateway = request.app.state.gateway
     try:
         _, vis = await caller(gw, request)
-        rows = await batch_store(gw).list_files(vis, request.query_params.get("purpose"))
+        limit = list_limit(request, 10_000, 10_000)
+        order = list_order(request)
+        q = request.query_params
+        rows, more = await batch_store(gw).files_page(vis, q.get("purpose"), after=q.get("after") or None,
+                                                      limit=limit, order=order)
     except GatewayError as e:
         return error_response(e, new_id("req_"))
-    return _json({"object": "list", "data": [file_object(r) for r in rows], "has_more": False,
+    return _json({"object": "list", "data": [file_object(r) for r in rows], "has_more": more,
                   "first_id": rows[0]["id"] if rows else None, "last_id": rows[-1]["id"] if rows else None})
 
 
