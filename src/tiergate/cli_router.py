@@ -177,6 +177,9 @@ def _route(args: argparse.Namespace) -> int:
     if args.quality_target is not None and not 0 < args.quality_target <= 1:
         return _err(f"--quality-target must be in (0, 1], got {args.quality_target:g}")
     candidates = _csv(args.candidates)
+    if args.candidates is not None and not candidates:
+        return _err("--candidates is empty: name at least one `model` or `model@effort` (a,b,...), or leave it out "
+                    "to use the config's routing.candidates")
     catalog_names: dict[str, str] | None = None
     default_policy, overrides, router_dir = "balanced", {}, args.router
     profiles = args.profiles

@@ -430,3 +430,42 @@ def test_route_shows_where_a_profile_quality_comes_from(router: Router, capsys) 
     rc, out, _ = _cli(capsys, "route", PRIMES, "--candidates", "gpt-4.1-nano,gpt-4-1106-preview", "--json")
     got = {c["candidate"]: c["profile_source"] for c in json.loads(out)["candidates"]}
     assert "MMLU 80.1%" in got["gpt-4.1-nano"] and got["gpt-4-1106-preview"] is None
+
+
+# ------------------------------------------------------------------------------- session 6 audit
+
+
+@pytest.mark.parametrize("bad", [None, b"hello", 42, [{"role": "user", "content": 42}],
+                                 [{"role": "user", "content": [{"type": "text", "text": 5}]}]])
+def test_a_prompt_of_the_wrong_type_is_a_clear_type_error(router: Router, bad) -> None:
+    """Was an obscure TypeError from deep inside (None, a number in content) or, for bytes, routed silently."""
+    for call in (router.assess, router.decide):
+        with pytest.raises(TypeError, match=r"prompt must be a string|content must be a string"):
+            call(bad, ["gpt-4o-mini", "o1@high"])
+
+
+def test_a_lone_surrogate_in_the_prompt_is_routed(router: Router) -> None:
+    """A Python str may hold one (JSON bodies cannot): the tokenizer refused it with a TypeError."""
+    d = router.decide("abc\ud800def", ["gpt-4o-mini", "o1@high"])
+    assert d.chosen.candidate in ("gpt-4o-mini", "o1@high")
+    d = router.decide([{"role": "user", "content": [{"type": "text", "text": "x\udfffy"}]}], ["gpt-4o-mini"])
+    assert d.chosen.candidate == "gpt-4o-mini"
+
+
+def test_load_builds_the_token_vocabulary(router: Router) -> None:
+    """So the first decision is not ~0.5 s slower than the rest (the vocabulary was built lazily in it)."""
+    from tiergate.accounting.tokens import get_encoding
+
+    get_encoding.cache_clear()
+    fresh = Router.load()
+    assert get_encoding.cache_info().currsize >= 1
+    before = get_encoding.cache_info().misses
+    fresh.decide("hello there", ["gpt-4o-mini"])
+    assert get_encoding.cache_info().misses == before
+
+
+@pytest.mark.parametrize("value", ["", " , "])
+def test_route_with_empty_candidates_is_an_error(capsys, value) -> None:
+    """Fell back to the default candidates and exited 0 (the gateway answers an empty list with a 400)."""
+    rc, _, err = _cli(capsys, "route", "hi", "--candidates", value)
+    assert rc == 2 and "--candidates is empty" in err

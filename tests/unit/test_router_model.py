@@ -78,6 +78,38 @@ def test_save_load_round_trip(fitted: QualityModel, tmp_path) -> None:
         np.testing.assert_allclose(p1[k], p2[k], atol=2e-3)  # W is stored as float16
 
 
+def test_no_extrapolation_beyond_the_training_prompts(fitted: QualityModel, tmp_path) -> None:
+    """A prompt far longer than any training prompt is predicted as one at the edge of the training range
+    (without the bounds, the weak model's prediction kept falling with length: 0.013 at 71k tokens on
+    the shipped router for a one-line question about a pasted lease)."""
+    assert fitted.x_lo is not None and fitted.x_hi is not None
+    at_edge = LONG[0].format(a=1000, b=2000) * 3
+    far = LONG[0].format(a=1000, b=2000) * 300
+    X = fitted.features([at_edge, far])
+    assert np.all(fitted.bounded(X)[1, : len(fitted.x_hi)] <= fitted.x_hi)
+    fitted.save(tmp_path)
+    loaded = QualityModel.load(tmp_path)
+    np.testing.assert_array_equal(loaded.x_hi, fitted.x_hi)
+    unbounded = QualityModel.load(tmp_path)
+    unbounded.x_lo = unbounded.x_hi = None
+    p_far, p_free = loaded.predict([far]), unbounded.predict([far])
+    assert any(abs(p_far[k][0] - p_free[k][0]) > 1e-3 for k in p_far)  # the bounds act on this prompt
+
+
+@pytest.mark.skipif(not (ARTIFACTS_DIR / "quality.npz").exists(), reason="router artefacts not trained")
+def test_shipped_router_does_not_extrapolate_document_length() -> None:
+    clause = ("Section {i}. The lessee shall maintain the premises in good repair and shall not make alterations "
+              "without the prior written consent of the lessor. Any notice under this agreement must be delivered "
+              "in writing to the addresses listed in Schedule A. ")
+    qm = QualityModel.load()
+    preds = []
+    for n in (60, 400, 1500):  # ~2.8k, ~19k, ~71k tokens; the longest training prompt is far shorter
+        text = "".join(clause.format(i=i) for i in range(n)) + "\n\nQuestion: who must consent to alterations?"
+        keys, P = qm.predict_matrix(qm.features([text]), [text])
+        preds.append(float(P[0, keys.index("gpt-4o-mini")]))
+    assert max(preds) - min(preds) < 0.05 and min(preds) > 0.3, preds  # was 0.37 / 0.06 / 0.013
+
+
 def test_structural_features_and_message_text() -> None:
     v = structural("```python\ndef f(x):\n    return x\n```\nWhat is 12 + 30?")
     assert v.shape == (len(STRUCT_NAMES),)

@@ -114,18 +114,36 @@ def prompt_text(prompt_or_messages: str | Sequence[Any]) -> str:
     latest, which is the one being answered. Content parts of type "text" are joined.
     """
     if isinstance(prompt_or_messages, str):
-        return prompt_or_messages
+        return _encodable(prompt_or_messages)
+    if isinstance(prompt_or_messages, bytes | bytearray) or not isinstance(prompt_or_messages, Sequence):
+        raise TypeError("the prompt must be a string or a list of chat messages "
+                        f"([{{'role': 'user', 'content': '...'}}]), got {type(prompt_or_messages).__name__}")
     last = ""
-    for msg in prompt_or_messages:
+    for i, msg in enumerate(prompt_or_messages):
         role = msg.get("role") if isinstance(msg, dict) else getattr(msg, "role", None)
         content = msg.get("content") if isinstance(msg, dict) else getattr(msg, "content", None)
         if role != "user" or content is None:
             continue
         if isinstance(content, str):
             last = content
+        elif isinstance(content, list | tuple) and all(
+                isinstance(p, dict) and (p.get("type") != "text" or isinstance(p.get("text"), str)) for p in content):
+            last = "\n".join(p["text"] for p in content if p.get("type") == "text")
         else:
-            last = "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return last
+            raise TypeError(f"messages[{i}].content must be a string or a list of content parts with string "
+                            f"'text', got {content!r:.80}")
+    return _encodable(last)
+
+
+def _encodable(text: str) -> str:
+    """`text` as valid UTF-8: lone surrogates (possible in a Python str, refused by tokenizers) replaced."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 #: Distinct WordPiece tokens of a prompt kept for the lexical features (in order of first appearance).

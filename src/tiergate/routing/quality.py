@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 ARTIFACTS_DIR = Path(__file__).parent / "artifacts"
 FORMAT_VERSION = 1
 TRAINING_PROMPTS = "training_prompts.npz"  # fingerprints of the prompts a saved router was trained on
+N_STRUCT = len(STRUCT_NAMES)  # the leading feature columns: structural (features.structural)
 #: Mixed into the benchmark-resemblance probabilities so no file is ever ruled out entirely.
 SOURCE_SMOOTHING = 0.05
 #: Rows per outcome file used to fit the benchmark-resemblance classifier (a balanced sample).
@@ -118,6 +119,11 @@ class QualityModel:
         self.prompt_prints: np.ndarray | None = None  # fingerprints of the training prompts (data.prompt_fingerprints)
         self.C: np.ndarray | None = None
         self.src_mean: np.ndarray | None = None
+        # the structural features' range over the training prompts: a prompt outside it (a 70k-token
+        # document when no training prompt had 3k) is predicted as at the edge, not extrapolated (the
+        # embedding is a mean of token vectors, bounded by construction: not clipped)
+        self.x_lo: np.ndarray | None = None
+        self.x_hi: np.ndarray | None = None
         self.within_std: np.ndarray | None = None
         self.src_A: np.ndarray | None = None
         self.src_c: np.ndarray | None = None
@@ -189,6 +195,7 @@ class QualityModel:
         S[np.arange(n), [src_col[r.source] for r in rows]] = 1.0
         self.mean = X.mean(axis=0)
         self.std = X.std(axis=0) + 1e-6
+        self.x_lo, self.x_hi = X[:, :N_STRUCT].min(axis=0), X[:, :N_STRUCT].max(axis=0)
         Xs = (X - self.mean) / self.std
         self.sources = sources
         self.prompt_prints = prompt_fingerprints(r.prompt for r in rows)
@@ -248,8 +255,18 @@ class QualityModel:
             A, c = opt.step({"A": A, "c": c}, {"A": gA, "c": gc}).values()
         self.src_A, self.src_c = A, c
 
+    def bounded(self, X: np.ndarray) -> np.ndarray:
+        """Raw features with the structural ones (lengths, counts, ratios) clipped to the training prompts'
+        range: no extrapolation beyond the prompts the model has seen."""
+        if self.x_lo is None or self.x_hi is None:
+            return X
+        X = np.array(X, np.float32, copy=True)
+        X[:, :N_STRUCT] = np.clip(X[:, :N_STRUCT], self.x_lo, self.x_hi)
+        return X
+
     def resemblance(self, X: np.ndarray) -> np.ndarray:
         """For raw features: how much each prompt resembles each training file (`self.sources`)."""
+        X = self.bounded(X)
         return self.source_probs((np.asarray(X[:, : self.n_dense], np.float32) - self.mean) / self.std)
 
     def source_probs(self, Xs: np.ndarray) -> np.ndarray:
@@ -372,6 +389,7 @@ class QualityModel:
         return slice(0, n_struct + min(self.config.within_embed_dims, len(self.mean) - n_struct))
 
     def logits_features(self, X: np.ndarray) -> np.ndarray:
+        X = self.bounded(X)
         return self._logits(X, *self._inputs(X))
 
     def _logits(self, X: np.ndarray, Xr: np.ndarray, pi: np.ndarray) -> np.ndarray:
@@ -397,6 +415,7 @@ class QualityModel:
     ) -> tuple[tuple[str, ...], np.ndarray]:
         """`predict_features` as (candidate keys, (n, len(keys)) float64 matrix): what the serving router
         reads, without a dictionary of every candidate's column."""
+        X = self.bounded(X)
         Xr, pi = self._inputs(X)  # pi: the resemblance to each training file, which the components gate on
         P = _sigmoid(self._logits(X, Xr, pi)).astype(np.float64)
         keys = tuple(self._keys)
@@ -437,6 +456,7 @@ class QualityModel:
     def difficulty(self, X: np.ndarray) -> np.ndarray:
         """How much harder than the average prompt of its kind each prompt is predicted to be: minus the
         mean over learned candidates of the within-benchmark part of the logit (0 = typical)."""
+        X = self.bounded(X)
         Xr, _ = self._inputs(X)
         within = (Xr @ self.V + self._lexical(np.asarray(X[:, self.n_dense:]))) @ self.U.T + Xr @ self.W.T
         return -within.mean(axis=1)
@@ -453,6 +473,7 @@ class QualityModel:
             mean=self.mean, std=self.std, V=self.V, C=self.C, U=self.U, W=self.W.astype(np.float16), b=self.b,
             src_mean=self.src_mean, within_std=self.within_std, src_A=self.src_A, src_c=self.src_c,
             idf=self.idf.astype(np.float16),
+            **({"x_lo": self.x_lo, "x_hi": self.x_hi} if self.x_lo is not None else {}),
             **({"T": self.T.astype(np.float16)} if self.T is not None else {}),
         )
         meta: dict[str, Any] = {
@@ -497,6 +518,8 @@ class QualityModel:
             model.src_A, model.src_c = z["src_A"], z["src_c"]
             model.idf = z["idf"].astype(np.float32)
             model.T = z["T"].astype(np.float32) if "T" in z else None
+            if "x_lo" in z:  # routers saved before the range was kept extrapolate
+                model.x_lo, model.x_hi = z["x_lo"], z["x_hi"]
         model.n_dense = int(meta["n_dense"])
         model.sources = list(meta["sources"])
         if (directory / TRAINING_PROMPTS).exists():  # routers saved before it was kept have none

@@ -182,6 +182,12 @@ class Router:
                 catalog = Catalog.load()
             except ImportError:
                 catalog = None
+        try:
+            from tiergate.accounting.tokens import get_encoding
+
+            get_encoding("o200k_base")  # counts prompts: built now, not in the first decision (~0.5 s)
+        except ImportError:
+            pass
         return cls(quality, Profiles.load(profiles), catalog)
 
     # ------------------------------------------------------------------------------------- lookups
@@ -358,6 +364,7 @@ class Router:
         """The Chat Completions body whose capabilities `assess`/`decide` check: `request` (or an empty
         body), its `messages` defaulting to the routed messages, and `tools`, `response_format` and
         `stream` set when given."""
+        prompt_text(prompt_or_messages)  # a prompt of the wrong type is a TypeError that says what is expected
         body = dict(request or {})
         if "messages" not in body and not isinstance(prompt_or_messages, str):
             body["messages"] = list(prompt_or_messages)
