@@ -301,7 +301,27 @@ def _train(args: argparse.Namespace) -> int:
     model.save(args.out)
     cands = model.candidates()
     print(f"saved a router for {len(cands)} candidates to {args.out}: {', '.join(cands)}")
+    lost = _packaged_candidates_left_out(cands)
+    if lost:
+        print(f"note: the packaged router has outcome data for {len(lost)} candidates these files do not score "
+              f"({', '.join(lost[:6])}{', ...' if len(lost) > 6 else ''}); this router predicts them from "
+              "their profiles (or the learned mean). To keep them learned, train on the dev outcome files "
+              "too: --outcomes ../shared/data/*.jsonl.gz YOUR_FILE", file=sys.stderr)
     return 0
+
+
+def _packaged_candidates_left_out(trained: Sequence[str]) -> list[str]:
+    """The packaged router's learned candidates a newly trained router has no outcome data for."""
+    import json
+
+    from tiergate.routing.quality import ARTIFACTS_DIR
+
+    try:
+        packaged = json.loads((ARTIFACTS_DIR / "quality.json").read_text())["candidates"]
+    except (OSError, ValueError, KeyError):
+        return []
+    have = set(trained)
+    return [c for c in packaged if c not in have]
 
 
 # --------------------------------------------------------------------------------------------- eval

@@ -469,3 +469,13 @@ def test_route_with_empty_candidates_is_an_error(capsys, value) -> None:
     """Fell back to the default candidates and exited 0 (the gateway answers an empty list with a 400)."""
     rc, _, err = _cli(capsys, "route", "hi", "--candidates", value)
     assert rc == 2 and "--candidates is empty" in err
+
+
+@SHIPPED
+def test_train_on_your_file_alone_says_which_packaged_candidates_it_drops(tmp_path, capsys) -> None:
+    """A router trained on a user's file knows only that file's candidates; it used to say nothing while
+    o1, o3-mini, ... silently fell back to profiles on another scale."""
+    f = _write_rows(tmp_path / "o.jsonl")
+    rc, out, err = _cli(capsys, "router", "train", "--outcomes", str(f), "--out", str(tmp_path / "r"), "--quiet")
+    assert rc == 0 and "saved a router for 2 candidates" in out
+    assert "o1@high" in err and "--outcomes ../shared/data/*.jsonl.gz YOUR_FILE" in err
