@@ -203,3 +203,23 @@ def test_malformed_message_content_is_a_named_400(env, model, content, param):
     client, _ = env
     e = _refused(client, model=model, messages=[{"role": "user", "content": content}])
     assert e.code == "invalid_type" and e.param == param, e.body
+
+
+@pytest.mark.parametrize(("kw", "param", "code"), [
+    ({"temperature": 5}, "temperature", "decimal_above_max_value"),
+    ({"temperature": -0.1}, "temperature", "decimal_below_min_value"),
+    ({"temperature": "hot"}, "temperature", "invalid_type"),
+    ({"top_p": 1.5}, "top_p", "decimal_above_max_value"),
+    ({"presence_penalty": 3}, "presence_penalty", "decimal_above_max_value"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "array_above_max_length"),
+    ({"top_logprobs": 3}, "top_logprobs", "invalid_value"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "invalid_value"),
+])
+def test_out_of_range_sampling_settings_are_400s(env, kw, param, code):
+    """Values outside the API reference's ranges were accepted (200) where OpenAI answers 400."""
+    client, _ = env
+    e = _refused(client, model="gpt-4o-mini", **kw)
+    assert (e.param, e.code) == (param, code), e.body
+    ok = client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, temperature=2, top_p=0,
+                                        stop=["a", "b", "c", "d"], logprobs=True, top_logprobs=20)
+    assert ok.choices

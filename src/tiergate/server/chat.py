@@ -96,6 +96,30 @@ def _validate(body: Any) -> None:
         if v < 1:
             raise bad_request(f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {v} "
                               "instead.", param=name, code="integer_below_min_value")
+    for name, lo, hi in _NUMBER_RANGES:
+        v = body.get(name)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise bad_request(f"Invalid type for '{name}': expected a number, but got "
+                              f"{_JSON_TYPE.get(type(v), 'another type')} instead.", param=name, code="invalid_type")
+        if not lo <= v <= hi:
+            above = v > hi
+            raise bad_request(f"Invalid '{name}': decimal {'above maximum' if above else 'below minimum'} value. "
+                              f"Expected a value {'<=' if above else '>='} {hi if above else lo}, but got {v} instead.",
+                              param=name, code="decimal_above_max_value" if above else "decimal_below_min_value")
+    stop = body.get("stop")
+    if isinstance(stop, list) and len(stop) > 4:
+        raise bad_request(f"Invalid 'stop': array too long. Expected an array with maximum length 4, but got an array "
+                          f"with length {len(stop)} instead.", param="stop", code="array_above_max_length")
+    top_logprobs = body.get("top_logprobs")
+    if top_logprobs is not None:
+        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= 20:
+            raise bad_request(f"Invalid 'top_logprobs': expected an integer between 0 and 20, got {top_logprobs!r}.",
+                              param="top_logprobs", code="invalid_value")
+        if body.get("logprobs") is not True:
+            raise bad_request("'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs",
+                              code="invalid_value")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise bad_request(f"Invalid type for 'stream': expected a boolean, but got {type(stream).__name__} instead.",
@@ -106,6 +130,8 @@ def _validate(body: Any) -> None:
                           param="stream_options", code="invalid_value")
 
 
+#: Sampling settings checked against the API reference's ranges (a value out of range is OpenAI's 400)
+_NUMBER_RANGES = (("temperature", 0, 2), ("top_p", 0, 1), ("presence_penalty", -2, 2), ("frequency_penalty", -2, 2))
 _JSON_TYPE = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "an object", list: "an array"}
 
 
