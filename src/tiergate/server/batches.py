@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from tiergate.batches.runner import BatchRunner, BatchSettings
 from tiergate.server.chat import error_response, read_options
-from tiergate.server.files import _json, batch_store, caller
+from tiergate.server.files import _json, batch_store, caller, list_limit
 from tiergate.wire.errors import GatewayError, bad_request, not_found
 from tiergate.wire.ids import new_id
 
@@ -241,11 +241,9 @@ async def list_batches(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     try:
         _, vis = await caller(gw, request)
-        try:
-            limit = max(1, min(100, int(request.query_params.get("limit", 20))))
-        except ValueError:
-            raise bad_request("limit must be an integer between 1 and 100.", param="limit") from None
-        rows, more = await batch_store(gw).list_batches(vis, request.query_params.get("after"), limit)
+        limit = list_limit(request, 20, 100)  # spec listBatches: 1-100, default 20; out of range is a 400
+        # An unknown `after` (or another key's batch) is an empty page (docs/batches.md).
+        rows, more = await batch_store(gw).list_batches(vis, request.query_params.get("after") or None, limit)
         data = [await batch_object(gw, r) for r in rows]
     except GatewayError as e:
         return error_response(e, new_id("req_"))
