@@ -70,6 +70,21 @@ def test_system_becomes_developer_for_o3_mini(cat: Catalog) -> None:
     assert out["messages"][0]["content"] == "Be terse."
 
 
+def test_system_and_developer_become_one_developer_message_for_o3_mini(cat: Catalog) -> None:
+    """Renaming alone sent two developer messages; the reasoning-model docs say not to send both."""
+    body = {"model": "o3-mini", "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "u1"},
+                                             {"role": "developer", "content": [{"type": "text", "text": "D"}]},
+                                             {"role": "user", "content": "u2"}]}
+    out, _ = shape_request(body, cat["o3-mini"])
+    assert out["messages"] == [{"role": "developer", "content": "S\n\nD"}, {"role": "user", "content": "u1"},
+                               {"role": "user", "content": "u2"}]
+    assert body["messages"][0] == {"role": "system", "content": "S"}  # the caller's body is not changed
+    two_system = {"model": "o3-mini", "messages": [{"role": "system", "content": "a"}, {"role": "system", "content": "b"},
+                                                   {"role": "user", "content": "u"}]}
+    out, _ = shape_request(two_system, cat["o3-mini"])  # one role only: renamed, as the client sent them
+    assert [m["role"] for m in out["messages"]] == ["developer", "developer", "user"]
+
+
 def test_developer_becomes_system_for_models_that_take_system(cat: Catalog) -> None:
     body = {"model": "gpt-4o-mini", "messages": [{"role": "developer", "content": "x"},
                                                  {"role": "user", "content": "y"}]}

@@ -201,9 +201,32 @@ def _fold_into_user(messages: list[Any]) -> list[Any]:
     return rest
 
 
+def _merge_instructions(messages: list[Any], role: str) -> list[Any]:
+    """A request with both system and developer messages, for a model that takes one of the two roles:
+    one `role` message with their texts in order, where the first was. (Sending both to a reasoning
+    model is what its docs say not to do; renaming alone made two messages of one role.)"""
+    roles = {m.get("role") for m in messages if isinstance(m, dict)}
+    if not _SYSTEMISH <= roles:
+        return messages
+    texts: list[str] = []
+    out: list[Any] = []
+    first = -1
+    for m in messages:
+        if isinstance(m, dict) and m.get("role") in _SYSTEMISH:
+            if first < 0:
+                first = len(out)
+            t = _text_of(m.get("content"))
+            if t:
+                texts.append(t)
+        else:
+            out.append(m)
+    out.insert(first, {"role": role, "content": "\n\n".join(texts)})
+    return out
+
+
 def _shape_messages(messages: list[Any], role_as: str) -> list[Any]:
     if role_as == "developer":
-        return _rename_roles(messages, "system", "developer")
+        return _rename_roles(_merge_instructions(messages, "developer"), "system", "developer")
     if role_as == "system":
         return _rename_roles(messages, "developer", "system")
     return _fold_into_user(messages)
