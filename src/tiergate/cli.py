@@ -22,10 +22,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"tiergate: configuration error: {e}", file=sys.stderr)
         return 2
-    import uvicorn
 
     from tiergate.logs import configure_logging
-    from tiergate.server.app import build_app
 
     logger = configure_logging(args.log_level)
     for name in ("uvicorn", "uvicorn.error"):  # uvicorn's own lines in the same JSON format
@@ -38,20 +36,53 @@ def _serve(args: argparse.Namespace) -> int:
     if unpriced:
         print(f"tiergate: not in the catalogue, served UNPRICED (cost 0): {', '.join(unpriced)} "
               "(add `catalog: <entry>` to price them)", file=sys.stderr)
-    app = build_app(config)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        timeout_keep_alive=30,
-        log_config=None,
-    )
-    return 0
+    return _run_server(config, args)
+
+
+def _run_server(config, args: argparse.Namespace) -> int:
+    """Start the backends (storage, Redis, …) first, in the server's own event loop: a backend that
+    cannot be used ends start-up with one line (`tiergate: storage error: …`) and exit status 1, no
+    traceback; `listening on …` is printed only once the backends are up and the port is bound."""
+    import asyncio
+
+    import uvicorn
+    import uvloop
+
+    from tiergate.server.app import build_app
+    from tiergate.server.gateway import Gateway, StartupError
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(f"tiergate: storage {_redacted(config.storage)}; listening on http://{args.host}:{args.port}/v1",
+                      file=sys.stderr, flush=True)
+
+    async def main() -> int:
+        try:
+            gateway = await Gateway.start(config)
+        except StartupError as e:
+            print(f"tiergate: {e}", file=sys.stderr)
+            return 1
+        server = Server(uvicorn.Config(
+            build_app(config, gateway=gateway),
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=False,
+            http="httptools",
+            lifespan="on",
+            timeout_keep_alive=30,
+            log_config=None,
+        ))
+        try:
+            await server.serve()
+        finally:
+            await gateway.close()  # done by the lifespan's shutdown already, unless start-up failed before it
+        return 0 if server.started else 3
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
 
 
 EMBEDDED = "<embedded defaults>"  # GatewayConfig.source when no --config was given
@@ -68,8 +99,10 @@ def _startup_banner(config, args) -> None:
             hint = "models served by it: " + ", ".join(
                 m.name for m in config.models if any(d.provider == "sim" for d in m.deployments))
         print(f"tiergate: the `sim` provider is a SIMULATOR: its answers are synthetic ({hint})", file=sys.stderr)
-    print(f"tiergate: storage {config.storage.split('@')[-1] if '@' in config.storage else config.storage}; "
-          f"listening on http://{args.host}:{args.port}/v1", file=sys.stderr)
+
+
+def _redacted(url: str) -> str:
+    return url.split("@")[-1] if "@" in url else url
 
 
 def build_parser() -> argparse.ArgumentParser:

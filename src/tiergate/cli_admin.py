@@ -127,7 +127,12 @@ async def _direct(a: argparse.Namespace, op: str) -> Any:
         _check_models(a, f.get("models"))
     except GatewayError as e:
         raise SystemExit(f"tiergate: {e.message}") from None
-    acc = await Accounting.start(parse_config(raw, env={}))
+    from tiergate.store import StorageError
+
+    try:
+        acc = await Accounting.start(parse_config(raw, env={}))
+    except StorageError as e:
+        raise SystemExit(f"tiergate: storage error: {e}: check --storage") from None
     try:
         if op == "create":
             info, secret = await acc.keys.create(f.pop("name"), **f)

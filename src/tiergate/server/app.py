@@ -72,10 +72,14 @@ def _optional_routes() -> list:
     return routes
 
 
-def build_app(config: GatewayConfig) -> Starlette:
+def build_app(config: GatewayConfig, *, gateway: Gateway | None = None) -> Starlette:
+    """The app for `config`. Its lifespan starts the Gateway, or takes over `gateway` when one is given
+    (`tiergate serve` starts it first, so that a backend failure is one line, not a lifespan traceback);
+    either way the lifespan closes it at shutdown."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        gw = await Gateway.start(config)
+        gw = gateway if gateway is not None else await Gateway.start(config)
         app.state.gateway = gw
         with contextlib.suppress(ImportError):
             from tiergate.server.batches import install_runner

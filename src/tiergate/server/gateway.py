@@ -47,6 +47,64 @@ def resolve_catalog(config: GatewayConfig, catalog: Catalog) -> tuple[dict[str, 
     return infos, unpriced
 
 
+class StartupError(RuntimeError):
+    """A backend the gateway needs cannot be used. The message is one line for the operator (what, where,
+    why, what to check; never a password): `tiergate serve` prints it as `tiergate: <message>` and exits
+    non-zero, without a traceback."""
+
+
+def _redis_reason(e: BaseException) -> str:
+    import errno
+
+    text = str(e)
+    low = text.lower()
+    chain: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and len(chain) < 10:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    if "refused" in low or any(isinstance(x, OSError) and x.errno == errno.ECONNREFUSED for x in chain) or (
+            "connect call failed" in low and "error 111" in low):
+        return "connection refused"
+    if "name or service not known" in low or "nodename nor servname" in low or "name resolution" in low:
+        return "unknown host"
+    if "timeout" in low or "timed out" in low:
+        return "no answer in time"
+    if "auth" in low or "password" in low or "noperm" in low:
+        return "authentication failed"
+    return text or type(e).__name__
+
+
+def _redis_address(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    from tiergate.accounting.service import split_redis_url
+
+    parts = urlsplit(split_redis_url(url)[0])
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = "?"
+    db = parts.path.strip("/")
+    return f"{parts.hostname or 'localhost'}:{port}" + (f" (db {db})" if db and db != "0" else "")
+
+
+def startup_error(config: GatewayConfig, e: BaseException) -> StartupError | None:
+    """The one-line StartupError for a failure of `Accounting.start` (storage or Redis), or None when it
+    is something else (a bug: let its traceback show)."""
+    from tiergate.store import StorageError
+
+    if isinstance(e, StorageError):
+        return StartupError(f"storage error: {e}: check storage: in the config")
+    if config.redis and isinstance(e, (RuntimeError, ValueError)) and (
+            str(e).startswith("redis:") or "Redis URL" in str(e)):
+        # Accounting.start's `redis: cannot reach …` keeps the client's exception as its context
+        cause = e.__context__ if e.__context__ is not None and str(e).startswith("redis:") else e
+        return StartupError(f"redis error: cannot connect to Redis at {_redis_address(config.redis)} "
+                            f"({_redis_reason(cause)}): check redis: in the config")
+    return None
+
+
 def warn_serving_setup(accounting: Accounting) -> None:
     """Start-up warnings about how this gateway will serve (an open gateway; budgets shared through
     PostgreSQL without Redis). Said by the server, not by `Accounting.start`, so read-only users of the
@@ -89,7 +147,13 @@ class Gateway:
 
         for tokenizer in {i.tokenizer for i in infos.values()}:
             get_encoding(tokenizer)  # build vocabularies now, not on the first request (~0.2 s each)
-        accounting = await Accounting.start(config)
+        try:
+            accounting = await Accounting.start(config)
+        except Exception as e:
+            err = startup_error(config, e)
+            if err is None:
+                raise
+            raise err from e
         warn_serving_setup(accounting)
         session_factory = SharedSession()
         metrics = Metrics()
@@ -123,6 +187,10 @@ class Gateway:
         return gw
 
     async def close(self) -> None:
+        """Close every backend once (a second call does nothing)."""
+        if self.extras.get("closed"):
+            return
+        self.extras["closed"] = True
         for closer in (self.dispatcher.close, self.accounting.close, self.session_factory.close):
             try:
                 await closer()

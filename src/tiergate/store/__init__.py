@@ -11,13 +11,16 @@ Adding tables: drop `NNNN_name.sql` into `store/migrations/sqlite/` and `store/m
 
 from __future__ import annotations
 
-from tiergate.store.base import KEY_COLUMNS, LEDGER_COLUMNS, Store
+from tiergate.store.base import KEY_COLUMNS, LEDGER_COLUMNS, StorageError, Store
 
-__all__ = ["KEY_COLUMNS", "LEDGER_COLUMNS", "Store", "open_store"]
+__all__ = ["KEY_COLUMNS", "LEDGER_COLUMNS", "StorageError", "Store", "open_store"]
 
 
 async def open_store(url: str) -> Store:
-    """Open (and migrate) the store named by `url`: sqlite:///path or postgresql://…"""
+    """Open (and migrate) the store named by `url`: sqlite:///path or postgresql://…
+
+    Raises `StorageError` (one line naming the database, never its password, and why) when it cannot be
+    reached, opened or set up."""
     if url.startswith("sqlite://"):
         from tiergate.store.sqlite import SQLiteStore
 
@@ -26,4 +29,4 @@ async def open_store(url: str) -> Store:
         from tiergate.store.postgres import PostgresStore
 
         return await PostgresStore.open(url)
-    raise ValueError(f"unsupported storage URL scheme {url.split('://')[0]!r}: use sqlite:/// or postgresql://")
+    raise StorageError(f"unsupported storage URL scheme {url.split('://')[0]!r}: use sqlite:/// or postgresql://")

@@ -23,6 +23,12 @@ KEY_COLUMNS: tuple[str, ...] = (
 )
 
 
+class StorageError(RuntimeError):
+    """The database named by `storage:` cannot be used (unreachable, refused, cannot be opened or set up).
+    The message says which database (never its password) and why, in one line, e.g. `cannot connect to
+    PostgreSQL at 127.0.0.1:5433 (connection refused)`."""
+
+
 class Store(abc.ABC):
     """A database holding keys, the spend ledger and (others') batch tables.
 

@@ -7,15 +7,18 @@ tests use it to stay apart from each other.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import functools
 import re
+import socket
 import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from tiergate.store.base import LEDGER_COLUMNS, Store
+from tiergate.store.base import LEDGER_COLUMNS, StorageError, Store
 from tiergate.store.migrations import CREATE_TABLE, load_migrations
 
 _LEDGER_TYPES = (
@@ -61,6 +64,36 @@ def split_url(url: str) -> tuple[str, str | None, str]:
     return dsn, schema, urlunsplit((scheme, netloc, parts.path, parts.query, ""))
 
 
+CONNECT_TIMEOUT_S = 10.0  # per connection attempt at start-up (asyncpg's own default is 60 s)
+_CONNECT_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def server_address(url: str) -> str:
+    """`host:port` of a postgresql:// URL, for messages (no user, no password)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        port = "?"
+    host = parts.hostname or dict(parse_qsl(parts.query)).get("host") or "localhost"
+    return f"{host}:{port}"
+
+
+def connect_reason(e: BaseException, url: str) -> str:
+    """Why a connection failed, in a few words (the driver's wording when it is already plain)."""
+    text = str(e)
+    if isinstance(e, ConnectionRefusedError) or (isinstance(e, OSError) and e.errno == errno.ECONNREFUSED) or \
+            "Connect call failed" in text or "Connection refused" in text:
+        return "connection refused"
+    if isinstance(e, socket.gaierror):
+        return f"unknown host {urlsplit(url).hostname!r}"
+    if isinstance(e, asyncio.TimeoutError):
+        return f"no answer within {CONNECT_TIMEOUT_S:g} s"
+    if isinstance(e, asyncpg.PostgresError):
+        return text  # e.g. password authentication failed for user "x"; database "y" does not exist
+    return text or type(e).__name__
+
+
 class PostgresStore(Store):
     dialect = "postgresql"
 
@@ -71,19 +104,38 @@ class PostgresStore(Store):
 
     @classmethod
     async def open(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> PostgresStore:
-        dsn, schema, redacted = split_url(url)
+        """Connect and migrate; a failure is a one-line `StorageError` (`cannot connect to PostgreSQL at
+        127.0.0.1:5433 (connection refused)`), never the driver's traceback or the password."""
+        try:
+            dsn, schema, redacted = split_url(url)
+        except ValueError as e:
+            raise StorageError(str(e)) from None
+        where = server_address(url)
         if schema:
-            conn = await asyncpg.connect(dsn)
+            try:
+                conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+            except _CONNECT_ERRORS as e:
+                raise StorageError(f"cannot connect to PostgreSQL at {where} ({connect_reason(e, url)})") from e
             try:
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
                     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            except _CONNECT_ERRORS as e:
+                raise StorageError(f"cannot create schema {schema!r} in PostgreSQL at {where} ({e})") from e
             finally:
                 await conn.close()
         settings = {"search_path": schema} if schema else None
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, server_settings=settings)
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, server_settings=settings,
+                                             timeout=CONNECT_TIMEOUT_S)
+        except _CONNECT_ERRORS as e:
+            raise StorageError(f"cannot connect to PostgreSQL at {where} ({connect_reason(e, url)})") from e
         store = cls(pool, schema, redacted)
-        await store._migrate()
+        try:
+            await store._migrate()
+        except _CONNECT_ERRORS as e:
+            await pool.close()
+            raise StorageError(f"cannot set up tiergate's tables in PostgreSQL at {where} ({e})") from e
         return store
 
     async def _migrate(self) -> None:

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tiergate.store.base import LEDGER_COLUMNS, Store
+from tiergate.store.base import LEDGER_COLUMNS, StorageError, Store
 from tiergate.store.migrations import CREATE_TABLE, load_migrations
 
 _INSERT_LEDGER = (
@@ -50,11 +50,21 @@ class SQLiteStore(Store):
 
     @classmethod
     async def open(cls, url: str) -> SQLiteStore:
-        path = sqlite_path(url)
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path = sqlite_path(url)
+        except ValueError as e:
+            raise StorageError(str(e)) from None
         store = cls(path)
-        await store._on_writer(store._open_writer)
+        try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            await store._on_writer(store._open_writer)
+        except (OSError, sqlite3.Error) as e:
+            if store._wconn is not None:
+                store._wconn.close()
+            store._writer.shutdown(wait=False)
+            store._reader.shutdown(wait=False)
+            raise StorageError(f"cannot open the SQLite database {path} ({e})") from e
         if path == ":memory:":  # one in-memory database: the reader must share the writer's connection
             store._rconn = store._wconn
             store._reader.shutdown()
