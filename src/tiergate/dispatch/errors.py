@@ -63,13 +63,16 @@ def from_upstream(e: UpstreamError, model: str, deployment_id: str, n_attempts: 
     headers: dict[str, str] = {}
     if status in (401, 403) and e.kind == "status":
         # The upstream refused the *gateway's* credentials: passing 401 through would tell the client its
-        # own (valid) key is wrong. It is a gateway configuration problem: say which deployment.
+        # own (valid) key is wrong. It is a gateway configuration problem: say which deployment. A 502
+        # is retried by the openai SDKs; `x-should-retry: false` stops them resending a request the
+        # upstream will refuse again with the same (bad) credentials.
         return GatewayError(
             502,
             f"Deployment '{deployment_id}' of model '{model}' refused the gateway's upstream credentials "
             f"({e.status}: {e.message}). Check that deployment's api_key in the gateway config.",
             type="api_error",
             code="upstream_auth_failed",
+            headers={"x-should-retry": "false"},
         )
     if not e.retryable:
         return GatewayError(status, e.message, type=e.type, param=e.param, code=e.code)
