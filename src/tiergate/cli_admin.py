@@ -135,6 +135,12 @@ async def _direct(a: argparse.Namespace, op: str) -> Any:
         raise SystemExit(f"tiergate: storage error: {e}: check --storage") from None
     try:
         if op == "create":
+            from tiergate.accounting.keys import PepperMismatch
+
+            try:  # a key made with another pepper than the gateway's would never authenticate
+                await acc.keys.check_pepper()
+            except PepperMismatch as e:
+                raise SystemExit(f"tiergate: key pepper error: {e}") from None
             info, secret = await acc.keys.create(f.pop("name"), **f)
             return {**info.public(), "key": secret}
         if op == "list":

@@ -125,6 +125,21 @@ def _encode(k: str, v: Any) -> Any:
     return v
 
 
+PEPPER_CHECK = b"tiergate-pepper-check"  # what the pepper fingerprint is the HMAC of
+PEPPER_SETTING = "key_pepper_fingerprint"  # its row in gateway_settings
+
+
+def pepper_fingerprint(pepper: bytes) -> str:
+    """HMAC-SHA256(pepper, "tiergate-pepper-check"), 16 hex digits: tells two peppers apart without
+    storing or revealing either."""
+    return hmac.new(pepper, PEPPER_CHECK, hashlib.sha256).hexdigest()[:16]
+
+
+class PepperMismatch(RuntimeError):
+    """This process's `TIERGATE_KEY_PEPPER` is not the one the database's keys were made with: every key
+    would be refused as an incorrect API key."""
+
+
 class KeyStore:
     """Create, list, edit, revoke and authenticate virtual keys."""
 
@@ -134,6 +149,28 @@ class KeyStore:
         self.ttl_s = ttl_s
         self.max_cached = max_cached
         self._cache: dict[str, tuple[float, KeyInfo | None]] = {}
+
+    async def check_pepper(self) -> bool:
+        """Compare this process's pepper with the fingerprint stored in the database, recording it when
+        there is none yet (the first start, or the first key made); True when it recorded it. Raises
+        `PepperMismatch` when they differ. Replicas starting together on a new database race on one
+        `INSERT … ON CONFLICT DO NOTHING`: the first one's pepper is recorded, the others compare with it."""
+        fp = pepper_fingerprint(self.pepper)
+        sql = "SELECT value FROM gateway_settings WHERE name = ?"
+        row = await self.store.fetchone(sql, PEPPER_SETTING)
+        recorded = False
+        if row is None:
+            recorded = await self.store.execute(
+                "INSERT INTO gateway_settings (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                PEPPER_SETTING, fp, time.time()) == 1
+            row = await self.store.fetchone(sql, PEPPER_SETTING)
+        if row is not None and row["value"] != fp:
+            raise PepperMismatch(
+                "this replica's TIERGATE_KEY_PEPPER differs from the one the database's API keys were made with, "
+                "so every key would be refused as an incorrect API key: set TIERGATE_KEY_PEPPER to the value the "
+                "other replicas use (unset means the built-in default) and start again (to change the pepper on "
+                "purpose, see 'Virtual keys' in docs/accounting.md)")
+        return recorded
 
     async def create(self, name: str, **fields: Any) -> tuple[KeyInfo, str]:
         """Store a new key; returns it and the plaintext secret (which is not kept anywhere)."""

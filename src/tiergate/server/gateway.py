@@ -105,6 +105,27 @@ def startup_error(config: GatewayConfig, e: BaseException) -> StartupError | Non
     return None
 
 
+async def check_key_pepper(accounting: Accounting) -> None:
+    """A gateway with a master key (so with virtual keys) checks its `TIERGATE_KEY_PEPPER` against the
+    fingerprint the database holds (recording it on first start): a replica with another pepper would
+    refuse every key as incorrect, so it refuses to start instead (`StartupError`). An open gateway uses
+    no keys and checks nothing."""
+    from tiergate.accounting.keys import PepperMismatch
+
+    if accounting.is_open:
+        return
+    try:
+        recorded = await accounting.keys.check_pepper()
+    except PepperMismatch as e:
+        raise StartupError(f"key pepper error: {e}") from None
+    if recorded:
+        n = await accounting.store.fetchone("SELECT COUNT(*) AS n FROM api_keys")
+        if n and n["n"]:
+            log.warning("recorded this replica's API-key pepper fingerprint for the %d keys already in the database "
+                        "(they cannot be checked against it); from now on a replica with another "
+                        "TIERGATE_KEY_PEPPER refuses to start", n["n"])
+
+
 def warn_serving_setup(accounting: Accounting) -> None:
     """Start-up warnings about how this gateway will serve (an open gateway; budgets shared through
     PostgreSQL without Redis). Said by the server, not by `Accounting.start`, so read-only users of the
@@ -112,6 +133,12 @@ def warn_serving_setup(accounting: Accounting) -> None:
     if accounting.is_open:
         log.warning("no master key (TIERGATE_MASTER_KEY): the gateway is open, /v1 needs no API key and "
                     "no budgets or rate limits apply")
+    from tiergate.accounting.service import DEFAULT_PEPPER
+
+    if not accounting.is_open and accounting.store.dialect == "postgresql" and accounting.keys.pepper == DEFAULT_PEPPER:
+        log.warning("TIERGATE_KEY_PEPPER is not set: API keys are hashed with the built-in default pepper. With a "
+                    "shared PostgreSQL storage set your own secret, the same on every replica (a replica with "
+                    "another pepper refuses to start; see docs/accounting.md)")
     if accounting.redis is None and accounting.store.dialect == "postgresql":
         log.warning("storage is PostgreSQL but no `redis:` is configured: budgets are shared through "
                     "PostgreSQL, rate limits and the cache are per replica")
@@ -154,6 +181,11 @@ class Gateway:
             if err is None:
                 raise
             raise err from e
+        try:
+            await check_key_pepper(accounting)
+        except BaseException:
+            await accounting.close()
+            raise
         warn_serving_setup(accounting)
         session_factory = SharedSession()
         metrics = Metrics()
