@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes.openai_upstream import FakeOpenAI
-from tiergate.providers.azure import DEFAULT_API_VERSION, AzureProvider
+from tiergate.providers.azure import DEFAULT_API_VERSION, DEFAULT_REASONING_API_VERSION, AzureProvider
 from tiergate.providers.base import Deployment, Secret, Timeouts, UpstreamError
 from tiergate.providers.http import SharedSession
 from tiergate.providers.openai import OpenAIProvider
@@ -53,6 +53,21 @@ async def test_default_api_version_and_base_ending_in_openai(up, sessions):
     await p.chat(BODY, FAST)
     assert up.last.path == "/openai/deployments/dep-a/chat/completions"
     assert up.last.query["api-version"] == DEFAULT_API_VERSION
+
+
+async def test_o_series_default_api_version_is_one_they_accept(sessions):
+    """o1 / o3-mini answer 2024-10-21 with 'enabled only for api versions 2024-12-01-preview and later'
+    (wire facts, Azure api-version): without `api_version` they used to get it."""
+    base = "https://example.openai.azure.com"
+    for kw in ({"upstream_model": "o3-mini"}, {"deployment": "o1-prod"}, {"deployment": "O4-mini-eu"}):
+        p = make(base, sessions, **kw)
+        assert p._chat_url.query["api-version"] == DEFAULT_REASONING_API_VERSION, kw
+    dep = Deployment(id="o3-mini/0", model="o3-mini", provider="azure", api_base=base,
+                     api_key=Secret("env:AZURE_OPENAI_API_KEY", KEY), deployment="reasoner")
+    assert provider_class("azure")(dep, sessions)._chat_url.query["api-version"] == DEFAULT_REASONING_API_VERSION
+    p = make(base, sessions, deployment="o3-mini", api_version="2025-01-01-preview")  # a set version wins
+    assert p._chat_url.query["api-version"] == "2025-01-01-preview"
+    assert make(base, sessions, deployment="gpt4o")._chat_url.query["api-version"] == DEFAULT_API_VERSION
 
 
 async def test_v1_path(up, sessions):

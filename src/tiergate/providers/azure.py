@@ -14,6 +14,7 @@ Everything else (timeouts, streaming, error mapping, scrubbing) is inherited fro
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -23,7 +24,11 @@ from tiergate.providers.base import UpstreamError
 from tiergate.providers.openai import OpenAIProvider
 from tiergate.providers.registry import register
 
-DEFAULT_API_VERSION = "2024-10-21"  # GA inference version; o-series models need 2024-12-01-preview or later
+DEFAULT_API_VERSION = "2024-10-21"  # GA inference version
+# o-series models answer older versions with "enabled only for api versions 2024-12-01-preview and later"
+# (shared/reference/openai-wire-facts.md, Azure api-version): their default is this one
+DEFAULT_REASONING_API_VERSION = "2024-12-01-preview"
+_O_SERIES = re.compile(r"^o\d")
 DEFAULT_RESPONSES_API_VERSION = "2025-04-01-preview"  # the classic Responses API needs a preview version
 
 
@@ -42,11 +47,18 @@ class AzureProvider(OpenAIProvider):
         root = base.removesuffix("/openai")
         if endpoint == "chat":
             dep = quote(self.deployment.deployment or self.upstream_model(self.deployment.model), safe="")
-            version = self.deployment.api_version or DEFAULT_API_VERSION
+            version = self.deployment.api_version or self._default_api_version()
             return f"{root}/openai/deployments/{dep}/chat/completions?api-version={quote(version)}"
         version = self.deployment.options.get("responses_api_version") or self.deployment.api_version \
             or DEFAULT_RESPONSES_API_VERSION
         return f"{root}/openai/responses?api-version={quote(str(version))}"
+
+    def _default_api_version(self) -> str:
+        """Without `api_version`: the reasoning models' minimum for an o-series model (by the configured or
+        the upstream model name), the GA version otherwise."""
+        names = (self.deployment.model, self.deployment.upstream_model or "", self.deployment.deployment or "")
+        o_series = any(_O_SERIES.match(n.lower()) for n in names)
+        return DEFAULT_REASONING_API_VERSION if o_series else DEFAULT_API_VERSION
 
     def _auth_headers(self) -> dict[str, str]:
         key = self.deployment.api_key
