@@ -212,10 +212,13 @@ else
 end
 return {1, tostring(spent), tostring(reserved)}
 """
-# KEYS as above; ARGV: res id, cost
+# KEYS as above; ARGV: res id, cost. A counter that is gone (Redis restarted or flushed since the
+# reservation) is not re-created holding this one cost: the next reserve or usage re-seeds it from the
+# ledger, which has every settled request (this one's row included once it is flushed).
 _SETTLE = """
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
 return 1
 """
@@ -231,8 +234,15 @@ for i = 2, 3 do
 end
 return 1
 """
+# KEYS as above; ARGV: now, seed ('' = unknown), counter ttl (0 = none). A missing counter (first use of
+# the period, or lost with a Redis restart or flush) answers {-1} until seeded from the ledger.
 _USAGE = """
-local spent = redis.call('HGET', KEYS[1], 'spent') or '0'
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[2] == '' then return {'-1', '0'} end
+  redis.call('HSET', KEYS[1], 'spent', ARGV[2])
+  if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+end
+local spent = redis.call('HGET', KEYS[1], 'spent')
 local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[1]))
 local reserved = 0
 for _, m in ipairs(stale) do redis.call('HDEL', KEYS[3], m); redis.call('ZREM', KEYS[2], m) end
@@ -288,8 +298,15 @@ class RedisBudget(Budget):
         return bool(await self._renew(keys=self._keys(res.key_id, res.period), args=args))
 
     async def usage(self, key: Any) -> tuple[float, float]:
-        period, _, _ = period_of(key.budget_period)
-        spent, reserved = await self._usage(keys=self._keys(key.id, period), args=[time.time()])
+        """A counter that is missing (never used this period, or lost with a Redis restart or flush) is
+        seeded from the ledger first, as `reserve` would, so the admin view shows the ledger's spend, not 0."""
+        period, start, end = period_of(key.budget_period)
+        keys, now = self._keys(key.id, period), time.time()
+        ttl = int(end - now) + 86400 if end else 0
+        spent, reserved = await self._usage(keys=keys, args=[now, "", ttl])
+        if spent in (b"-1", "-1"):  # bytes, or str with a client decoding responses
+            seed = to_nano(await self.seed(key.id, start))
+            spent, reserved = await self._usage(keys=keys, args=[now, seed, ttl])
         return int(float(spent)) / NANO, int(float(reserved)) / NANO
 
 
@@ -350,9 +367,11 @@ class StoreBudget(Budget):
         return done.endswith(" 1")  # asyncpg's status tag: "UPDATE <rows>"
 
     async def usage(self, key: Any) -> tuple[float, float]:
-        period, _, _ = period_of(key.budget_period)
+        period, start, _ = period_of(key.budget_period)
         spent = await self.store.pool.fetchval(
             "SELECT spent_nusd FROM budget_usage WHERE key_id = $1 AND period = $2", key.id, period)
+        if spent is None:  # no counter row yet this period: what the ledger says (reserve seeds it the same way)
+            spent = to_nano(await self.seed(key.id, start))
         reserved = await self.store.pool.fetchval(
             "SELECT COALESCE(SUM(amount_nusd), 0) FROM budget_reservations WHERE key_id = $1 AND period = $2 "
             "AND expires_at > $3", key.id, period, time.time())
