@@ -133,7 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader that went away (`| head`) surfaces here
+    except BrokenPipeError:
+        # the reader closed the pipe (`tiergate keys list | head`): stop quietly, as a command killed by
+        # SIGPIPE would; point stdout at /dev/null so the interpreter's final flush cannot raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    return rc
 
 
 if __name__ == "__main__":
