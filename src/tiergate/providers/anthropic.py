@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import lru_cache
 from typing import Any
 
 import aiohttp
 import orjson
 
-from tiergate.providers.base import ChatResult, Provider, RequestRefused, Timeouts, UpstreamError
+from tiergate.providers.base import ChatResult, Deployment, Provider, RequestRefused, Timeouts, UpstreamError
 from tiergate.providers.http import parse_retry_after, scrub, transport_failure
 from tiergate.providers.registry import register
 from tiergate.wire import anthropic as wa
@@ -36,6 +37,10 @@ def _client_timeout(t: Timeouts) -> aiohttp.ClientTimeout:
 class AnthropicProvider(Provider):
     name = "anthropic"
 
+    def __init__(self, deployment: Deployment, session_factory: Any) -> None:
+        super().__init__(deployment, session_factory)
+        _packaged_catalog()  # read now (max output per model), not on the first request
+
     # ------------------------------------------------------------ request building
 
     def url(self) -> str:
@@ -51,7 +56,14 @@ class AnthropicProvider(Provider):
 
     def translate(self, body: dict[str, Any], stream: bool) -> dict[str, Any]:
         """The Messages request for `body`, or `RequestRefused` (nothing is sent)."""
-        return translate_request(body, stream, self.upstream_model(str(body.get("model", ""))))
+        catalog_name = str(body.get("model", ""))
+        upstream = self.upstream_model(catalog_name)
+        return translate_request(body, stream, upstream, self.max_output(upstream, catalog_name))
+
+    def max_output(self, upstream: str, catalog_name: str = "") -> int | None:
+        """The most `max_tokens` this deployment may send (`max_output_tokens`)."""
+        return max_output_tokens(upstream, catalog_name, options=self.deployment.options,
+                                 headers=self.deployment.headers)
 
     def check(self, body: dict[str, Any], *, stream: bool, operation: str = "chat") -> None:
         if operation == "chat":
@@ -189,13 +201,63 @@ class AnthropicProvider(Provider):
                                 usage=tr.openai_usage() if sent_any else None)
 
 
-def translate_request(body: dict[str, Any], stream: bool, model: str) -> dict[str, Any]:
+BETA_OUTPUT_128K = "output-128k-2025-02-19"  # anthropic-beta flag: Claude 3.7 Sonnet writes up to 128,000 tokens
+
+
+@lru_cache(maxsize=1)
+def _packaged_catalog() -> Any:
+    from tiergate.catalog.catalog import Catalog
+
+    return Catalog.load()
+
+
+@lru_cache(maxsize=256)
+def _catalog_entry(*names: str) -> tuple[str, int] | None:
+    """(catalogue name, max output tokens) of the first of `names` the packaged catalogue lists."""
+    from tiergate.catalog.catalog import UNKNOWN_CONTEXT_WINDOW
+
+    catalog = _packaged_catalog()
+    for name in names:
+        info = catalog.get(name) if name else None
+        if info is not None and 0 < info.max_output_tokens < UNKNOWN_CONTEXT_WINDOW:
+            return info.name, int(info.max_output_tokens)
+    return None
+
+
+def _catalog_max_output(*names: str) -> int | None:
+    entry = _catalog_entry(*names)
+    return None if entry is None else entry[1]
+
+
+def max_output_tokens(upstream: str, catalog_name: str = "", *, options: Any = None,
+                      headers: Any = ()) -> int | None:
+    """The model's maximum output tokens, which `max_tokens` (thinking budget included) may not exceed:
+    the deployment's `options.max_output_tokens` when set, else the packaged catalogue's
+    `max_output_tokens` for the upstream model name (or the catalogue name), 128,000 for Claude 3.7
+    Sonnet when the deployment sends `anthropic-beta: output-128k-2025-02-19`; None when unknown."""
+    set_by_operator = (options or {}).get("max_output_tokens")
+    if isinstance(set_by_operator, int) and not isinstance(set_by_operator, bool) and set_by_operator > 0:
+        return set_by_operator
+    entry = _catalog_entry(upstream, catalog_name)
+    if entry is None:
+        return None
+    name, most = entry
+    beta = ",".join(v for k, v in headers if k.lower() == "anthropic-beta")
+    if name == "claude-3-7-sonnet" and BETA_OUTPUT_128K in beta:
+        most = max(most, 128_000)
+    return most
+
+
+def translate_request(body: dict[str, Any], stream: bool, model: str, max_output: int | None = None) -> dict[str, Any]:
     """`wire.anthropic.to_messages_request`, its refusals as `RequestRefused` (the gateway's 400, worded
     as the gateway's: the request never reached Anthropic). A body malformed in a way the translation
     trips over (a wrong type the validation let through) is refused the same way, not taken for a
-    provider failure."""
+    provider failure. `max_output`: the model's maximum output; when None, the packaged catalogue's
+    for `model` (the upstream name) or the body's `model`."""
+    if max_output is None:
+        max_output = _catalog_max_output(model, str(body.get("model") or ""))
     try:
-        return wa.to_messages_request({**body, "stream": stream}, model)
+        return wa.to_messages_request({**body, "stream": stream}, model, max_output)
     except wa.TranslationError as e:
         raise RequestRefused(str(e), param=e.param, code=e.code) from None
     except (TypeError, ValueError, AttributeError, KeyError) as e:

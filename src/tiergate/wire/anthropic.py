@@ -267,12 +267,31 @@ def _number(value: Any, param: str, low: float, high: float) -> float:
     return float(value)
 
 
-def to_messages_request(body: dict[str, Any], model: str) -> dict[str, Any]:
-    """Build an Anthropic Messages request body from a Chat Completions body."""
+def fit_thinking(limit: int, budget: int, max_output: int | None) -> tuple[int, int] | None:
+    """`(max_tokens, budget_tokens)` for a visible limit `limit` and a thinking budget `budget`, within the
+    model's maximum output `max_output` (None: unknown, not bounded). The budget comes on top of the limit;
+    where the sum is above the maximum, the budget shrinks to what is left (>= `MIN_THINKING_BUDGET`, the
+    API's minimum), and where not even the minimum is left, `max_tokens` is the maximum and the visible
+    answer gets what the minimum budget leaves (OpenAI's `max_completion_tokens` covers reasoning too).
+    None when the model's maximum cannot hold the minimum budget plus one token: no thinking."""
+    if max_output is None or limit + budget <= max_output:
+        return limit + budget, budget
+    if max_output - limit >= MIN_THINKING_BUDGET:
+        return max_output, max_output - limit
+    if max_output > MIN_THINKING_BUDGET:
+        return max_output, MIN_THINKING_BUDGET
+    return None
+
+
+def to_messages_request(body: dict[str, Any], model: str, max_output: int | None = None) -> dict[str, Any]:
+    """Build an Anthropic Messages request body from a Chat Completions body. `max_output`: the model's
+    maximum output tokens (the catalogue's `max_output_tokens`); `max_tokens` is never sent above it."""
     turns, system = _convert_messages(body.get("messages"))
     if body.get("n") not in (None, 1):
         raise TranslationError("Anthropic models return one choice; n must be 1", "n")
-    limit = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if limit is None:
+        limit = DEFAULT_MAX_TOKENS if max_output is None else min(DEFAULT_MAX_TOKENS, max_output)
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise TranslationError("max_completion_tokens must be a positive integer", "max_completion_tokens")
     out: dict[str, Any] = {"model": model, "max_tokens": limit, "messages": turns}
@@ -311,11 +330,12 @@ def to_messages_request(body: dict[str, Any], model: str) -> dict[str, Any]:
         if effort not in THINKING_BUDGETS:
             raise TranslationError(f"reasoning_effort must be one of {', '.join(THINKING_BUDGETS)}",
                                    "reasoning_effort")
-        if not _needs_thinking_block(turns):
-            budget = THINKING_BUDGETS[effort]
+        # budget_tokens < max_tokens is required; the client's limit stays room for the answer, within the
+        # model's maximum output (fit_thinking)
+        fit = None if _needs_thinking_block(turns) else fit_thinking(limit, THINKING_BUDGETS[effort], max_output)
+        if fit is not None:
+            out["max_tokens"], budget = fit
             out["thinking"] = {"type": "enabled", "budget_tokens": budget}
-            # budget_tokens < max_tokens is required; keep the client's limit as room for the answer.
-            out["max_tokens"] = limit + budget
             for k in ("temperature", "top_p", "top_k"):
                 out.pop(k, None)
             if out.get("tool_choice", {}).get("type") in ("any", "tool"):
