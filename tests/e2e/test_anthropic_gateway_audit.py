@@ -36,3 +36,34 @@ def test_thinking_never_sends_max_tokens_above_the_models_max_output(env, limit,
     sent = fake.requests[-1]
     assert sent["max_tokens"] == 64000 and sent["thinking"] == {"type": "enabled", "budget_tokens": budget}
     assert fake.problems == []
+
+
+def _sse(client, body: dict) -> list[dict]:
+    import json
+
+    import httpx
+
+    out = []
+    with httpx.stream("POST", f"{client.base_url}chat/completions", json=body, timeout=10,
+                      headers={"authorization": "Bearer unused"}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                out.append(json.loads(line[6:]))
+    return out
+
+
+def test_stream_with_include_usage_has_usage_null_on_every_chunk(env):
+    """As the OpenAI passthrough (and OpenAI) does: `"usage": null` on each chunk, the usage on the last."""
+    client, _fake = env
+    body = {"model": CLAUDE, "stream": True, "messages": [{"role": "user", "content": "one two"}]}
+    chunks = _sse(client, {**body, "stream_options": {"include_usage": True}})
+    assert len(chunks) >= 3
+    assert all("usage" in c and c["usage"] is None for c in chunks[:-1]), chunks
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+    plain = _sse(client, body)
+    assert plain and all("usage" not in c for c in plain)
+    # the SDK reads the same stream as ever
+    got = list(client.chat.completions.create(**body, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in got if c.choices) == "echo: one two"
+    assert got[-1].usage.completion_tokens > 0

@@ -440,8 +440,9 @@ def from_message(msg: dict[str, Any], model: str | None = None, structured: str 
 class StreamTranslator:
     """Turns Anthropic stream events (parsed `data:` objects) into `chat.completion.chunk` dicts.
 
-    `feed(event)` returns the chunks to send for that event (often none). The final usage chunk
-    (choices == []) is produced at `message_stop` when `include_usage` is set. An `error` event raises
+    `feed(event)` returns the chunks to send for that event (often none). When `include_usage` is set,
+    every chunk carries `"usage": null` and the final usage chunk (choices == []) is produced at
+    `message_stop`, as OpenAI streams with `stream_options.include_usage`. An `error` event raises
     `AnthropicStreamError`."""
 
     model: str
@@ -458,8 +459,11 @@ class StreamTranslator:
     _thinking_blocks: dict[int, dict[str, Any]] = field(default_factory=dict)  # open (redacted_)thinking blocks
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        if self.include_usage:  # as OpenAI streams with include_usage: `"usage": null` until the usage chunk
+            chunk["usage"] = None
+        return chunk
 
     def feed(self, ev: dict[str, Any]) -> list[dict[str, Any]]:
         t = ev.get("type")
