@@ -513,14 +513,29 @@ def _parse_routing(d: Any, names: list[str]) -> RoutingConfig:
     if default_policy not in known:
         raise _err("routing.default_policy", f"{default_policy!r} is not a policy; use one of "
                    f"{', '.join(sorted(map(str, known)))}")
+    escalate = d.get("escalate", True)
+    _expect(escalate, bool, "routing.escalate", "true or false")
     return RoutingConfig(
         candidates=tuple(cands),
         default_policy=str(default_policy),
-        router_dir=d.get("router_dir"),
+        router_dir=_router_dir(d.get("router_dir")),
         policies={str(k): float(v) for k, v in policies.items()},
-        escalate=bool(d.get("escalate", True)),
+        escalate=escalate,
         profiles=_profiles_path(d.get("profiles")),
     )
+
+
+def _router_dir(value: Any) -> str | None:
+    """`routing.router_dir`: a directory written by `tiergate router train` (checked now, as `profiles` is:
+    a missing one used to start the gateway and refuse every `auto` request)."""
+    if value is None:
+        return None
+    _expect(value, str, "routing.router_dir", "the path of a directory written by `tiergate router train --out DIR`")
+    if not (Path(value) / "quality.json").is_file():
+        raise _err("routing.router_dir", f"{value!r} is not a trained router directory (no quality.json in it): "
+                   "train one with `tiergate router train --outcomes FILE... --out DIR`, or remove the key to use "
+                   "the packaged router")
+    return value
 
 
 def _profiles_path(value: Any) -> str | None:

@@ -135,6 +135,10 @@ def test_routing_section_values_are_checked_at_load():
                                           r"balanced, cost, fast, quality"):
         cfg(policies={"fast": 0.9}, default_policy="fastest")
     assert cfg(policies={"fast": 0.9}, default_policy="fast").routing.default_policy == "fast"
+    with pytest.raises(ConfigError, match=r"routing\.escalate: expected true or false, got str 'maybe'"):
+        cfg(escalate="maybe")  # was read as true
+    with pytest.raises(ConfigError, match=r"routing\.router_dir: '/nope' is not a trained router directory"):
+        cfg(router_dir="/nope")  # started, then refused every `auto` request
 
 
 def _with(section: str, values: dict, model: int = 1) -> dict:

@@ -100,10 +100,13 @@ def test_route_reads_a_config_whose_api_keys_are_not_set(tmp_path, capsys, monke
 
 def test_route_uses_the_configs_router_dir(tmp_path, capsys) -> None:
     _, cfg = _config(tmp_path, router_dir=str(tmp_path / "no-router-here"))
+    rc, _, err = _route(capsys, "--config", cfg)  # checked when the config loads, as the gateway does
+    assert rc == 2 and "routing.router_dir" in err and "is not a trained router directory" in err
+    _, cfg = _config(tmp_path, router_dir=str(ARTIFACTS_DIR))
     rc, _, err = _route(capsys, "--config", cfg)
-    assert rc == 2 and f"no trained router at {tmp_path / 'no-router-here'}" in err
-    rc, _, err = _route(capsys, "--config", cfg, "--router", str(ARTIFACTS_DIR))  # --router wins
     assert rc == 0, err
+    rc, _, err = _route(capsys, "--config", cfg, "--router", str(tmp_path / "nope"))  # --router wins
+    assert rc == 2 and f"no trained router at {tmp_path / 'nope'}" in err
 
 
 def test_route_agrees_with_the_gateway_serving_the_same_config(tmp_path, capsys) -> None:
