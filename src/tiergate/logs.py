@@ -25,7 +25,9 @@ _PATTERNS = (
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{6,}"), r"\1***"),
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@:]+:[^/\s@]+@"), r"\1***@"),
     (re.compile(r"(?i)([?&](?:api[-_]?key|key|token|access_token|sig|signature)=)[^&\s\"']+"), r"\1***"),
-    (re.compile(r"(?i)((?:api[-_]?key|x-api-key|password|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{4,}"), r"\1***"),
+    # (not the error code `invalid_api_key: Incorrect API key provided...`, whose next word is no secret)
+    (re.compile(r"(?i)((?<!invalid_)(?:api[-_]?key|x-api-key|password|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{4,}"),
+     r"\1***"),
 )
 _TOKEN_KEYS = {"prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens",
                "max_tokens", "max_completion_tokens", "tokens"}

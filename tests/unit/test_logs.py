@@ -26,3 +26,14 @@ def test_uvicorn_color_message_is_dropped():
     assert line["msg"] == "Uvicorn running on http://127.0.0.1:4000 (Press CTRL+C to quit)"
     assert "color_message" not in line and "\x1b" not in buf.getvalue()
     assert line["logger"] == "uvicorn.error.test-json" and line["level"] == "info"
+
+
+def test_the_invalid_api_key_error_code_keeps_its_message():
+    """`invalid_api_key: Incorrect API key provided` was logged as `invalid_api_key: *** API key provided`
+    (the code read as `api_key: <value>`); real `…api_key: value` forms are still masked."""
+    from tiergate.logs import scrub_text
+
+    msg = "401 invalid_api_key: Incorrect API key provided: tg-gue***3456"
+    assert scrub_text(msg) == msg
+    assert scrub_text("AZURE_OPENAI_API_KEY=abcd1234efgh") == "AZURE_OPENAI_API_KEY=***"
+    assert scrub_text('x-api-key: "zzzz9999"') == 'x-api-key: "***"'
