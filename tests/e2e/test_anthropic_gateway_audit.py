@@ -67,3 +67,19 @@ def test_stream_with_include_usage_has_usage_null_on_every_chunk(env):
     got = list(client.chat.completions.create(**body, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in got if c.choices) == "echo: one two"
     assert got[-1].usage.completion_tokens > 0
+
+
+def test_cache_control_reaches_anthropic(env):
+    """Prompt caching can be turned on: the markers on system and user parts are sent as Anthropic's."""
+    client, fake = env
+    eph = {"type": "ephemeral"}
+    r = client.chat.completions.create(model=CLAUDE, messages=[
+        {"role": "system", "content": [{"type": "text", "text": "long shared rules", "cache_control": eph}]},
+        {"role": "user", "content": [{"type": "text", "text": "big document", "cache_control": eph},
+                                     {"type": "text", "text": "question"}]},
+    ])
+    assert r.choices[0].message.content
+    sent = fake.requests[-1]
+    assert sent["system"] == [{"type": "text", "text": "long shared rules", "cache_control": eph}]
+    assert sent["messages"][0]["content"][0] == {"type": "text", "text": "big document", "cache_control": eph}
+    assert fake.problems == []

@@ -6,8 +6,10 @@ assistant `tool_calls` -> `tool_use` blocks; `tool` messages -> `tool_result` bl
 turn; consecutive turns of the same role are merged; `stop` -> `stop_sequences`; `temperature` is
 clamped to Anthropic's 0..1; `max_tokens` comes from `max_completion_tokens`, `max_tokens` or
 `DEFAULT_MAX_TOKENS`. `reasoning_effort` turns on extended thinking with `THINKING_BUDGETS[effort]`
-tokens, raising `max_tokens` so the visible answer keeps its room, and dropping `temperature`,
-`top_p` and `top_k`, which the API refuses with thinking.
+tokens, raising `max_tokens` so the visible answer keeps its room (within the model's maximum output,
+`fit_thinking`), and dropping `temperature`, `top_p` and `top_k`, which the API refuses with thinking.
+`cache_control` markers (prompt caching) on system/user/assistant/tool parts, messages and tools are
+passed through; `system` is then a list of text blocks.
 
 Response (`from_message`, `StreamTranslator`): text -> `message.content`, `tool_use` ->
 `tool_calls` (input object -> JSON string arguments), thinking -> `reasoning_content` (+
@@ -58,22 +60,59 @@ class TranslationError(ValueError):
 # ---------------------------------------------------------------- request
 
 
-def _text_of(content: Any, path: str) -> str:
+def _cache_control(src: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """A `cache_control` marker (Anthropic prompt caching, e.g. `{"type": "ephemeral"}`) passed through as
+    given; None when absent."""
+    cc = src.get("cache_control")
+    if cc is None:
+        return None
+    if not isinstance(cc, dict) or not isinstance(cc.get("type"), str):
+        raise TranslationError('cache_control must be an object such as {"type": "ephemeral"}',
+                               f"{path}.cache_control", "invalid_value")
+    return cc
+
+
+def _mark_last(blocks: list[dict[str, Any]], message: dict[str, Any], path: str) -> list[dict[str, Any]]:
+    """A message-level `cache_control` marks the message's last block (where the cache prefix ends)."""
+    cc = _cache_control(message, path)
+    if cc is not None and blocks:
+        blocks[-1] = {**blocks[-1], "cache_control": cc}
+    return blocks
+
+
+def _system_blocks(m: dict[str, Any], path: str) -> list[dict[str, Any]]:
+    """A system/developer message as `system` text blocks: one block of its parts' text joined, or, where
+    a part or the message carries `cache_control`, one block per non-empty part, the markers kept."""
+    content = m.get("content")
     if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        out = []
+        parts: list[tuple[str, dict[str, Any] | None]] = []
+    elif isinstance(content, str):
+        parts = [(content, None)]
+    elif isinstance(content, list):
+        parts = []
         for i, part in enumerate(content):
             if isinstance(part, dict) and part.get("type") == "text":
-                out.append(str(part.get("text", "")))
+                parts.append((str(part.get("text", "")), _cache_control(part, f"{path}.content[{i}]")))
             else:
                 raise TranslationError(f"only text parts are allowed here for Anthropic models, got "
                                        f"{part.get('type') if isinstance(part, dict) else part!r}",
                                        f"{path}.content[{i}]")
-        return "\n".join(out)
-    raise TranslationError("content must be a string or a list of parts", f"{path}.content")
+    else:
+        raise TranslationError("content must be a string or a list of parts", f"{path}.content")
+    if m.get("cache_control") is None and all(cc is None for _, cc in parts):
+        text = "\n".join(t for t, _ in parts)
+        return [{"type": "text", "text": text}] if text else []
+    blocks = [{"type": "text", "text": t, **({"cache_control": cc} if cc is not None else {})}
+              for t, cc in parts if t]
+    return _mark_last(blocks, m, path)
+
+
+def _system_value(blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """The top-level `system`: the texts joined by a blank line, or the list of text blocks where any
+    carries `cache_control` (a string has no place for the marker)."""
+    if any("cache_control" in b for b in blocks):
+        return [dict(b) for b in blocks]
+    return "\n\n".join(b["text"] for b in blocks)
 
 
 def _image_block(part: dict[str, Any], path: str) -> dict[str, Any]:
@@ -105,14 +144,18 @@ def _blocks(content: Any, path: str) -> list[dict[str, Any]]:
         p = f"{path}.content[{i}]"
         t = part.get("type") if isinstance(part, dict) else None
         if t == "text":
-            out.append({"type": "text", "text": str(part.get("text", ""))})
+            block = {"type": "text", "text": str(part.get("text", ""))}
         elif t == "image_url":
-            out.append(_image_block(part, p))
+            block = _image_block(part, p)
         elif t == "refusal":
-            out.append({"type": "text", "text": str(part.get("refusal", ""))})
+            block = {"type": "text", "text": str(part.get("refusal", ""))}
         else:
             raise TranslationError(f"content part type {t!r} is not supported for Anthropic models "
                                    "(use text or image_url)", p)
+        cc = _cache_control(part, p)
+        if cc is not None:
+            block["cache_control"] = cc
+        out.append(block)
     return out
 
 
@@ -133,10 +176,10 @@ def _tool_use_blocks(tool_calls: Any, path: str) -> list[dict[str, Any]]:
     return out
 
 
-def _convert_messages(messages: Any) -> tuple[list[dict[str, Any]], list[str]]:
+def _convert_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     if not isinstance(messages, list) or not messages:
         raise TranslationError("messages must be a non-empty list", "messages")
-    system: list[str] = []
+    system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
 
     def push(role: str, blocks: list[dict[str, Any]]) -> None:
@@ -151,20 +194,19 @@ def _convert_messages(messages: Any) -> tuple[list[dict[str, Any]], list[str]]:
             raise TranslationError("each message must be an object", path)
         role = m.get("role")
         if role in ("system", "developer"):
-            text = _text_of(m.get("content"), path)
-            if text:
-                system.append(text)
+            system.extend(_system_blocks(m, path))
         elif role == "user":
-            push("user", _blocks(m.get("content"), path))
+            push("user", _mark_last(_blocks(m.get("content"), path), m, path))
         elif role == "assistant":
             blocks = [dict(b) for b in (m.get("thinking_blocks") or []) if _is_thinking(b)]
-            blocks += _blocks(m.get("content"), path)
+            blocks += _mark_last(_blocks(m.get("content"), path), m, path)
             blocks += _tool_use_blocks(m.get("tool_calls"), path)
             push("assistant", blocks)
         elif role == "tool":
             content = m.get("content")
             result: Any = content if isinstance(content, str) else _blocks(content, path)
-            push("user", [{"type": "tool_result", "tool_use_id": m.get("tool_call_id", ""), "content": result}])
+            push("user", _mark_last([{"type": "tool_result", "tool_use_id": m.get("tool_call_id", ""),
+                                      "content": result}], m, path))
         elif role == "function":
             raise TranslationError("role 'function' is deprecated; use tool messages", f"{path}.role")
         else:
@@ -215,6 +257,9 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
         tool = {"name": fn["name"], "input_schema": fn.get("parameters") or {"type": "object", "properties": {}}}
         if fn.get("description"):
             tool["description"] = fn["description"]
+        cc = _cache_control(t, f"tools[{i}]")
+        if cc is not None:
+            tool["cache_control"] = cc
         out.append(tool)
     return out
 
@@ -296,7 +341,7 @@ def to_messages_request(body: dict[str, Any], model: str, max_output: int | None
         raise TranslationError("max_completion_tokens must be a positive integer", "max_completion_tokens")
     out: dict[str, Any] = {"model": model, "max_tokens": limit, "messages": turns}
     if system:
-        out["system"] = "\n\n".join(system)
+        out["system"] = _system_value(system)
     stop = body.get("stop")
     if stop:
         if not isinstance(stop, str) and not (isinstance(stop, list) and all(isinstance(x, str) for x in stop)):
@@ -320,8 +365,8 @@ def to_messages_request(body: dict[str, Any], model: str, max_output: int | None
         out["tools"] = [*out.get("tools", []), tool]
         out["tool_choice"] = {"type": "tool", "name": structured}
     elif (body.get("response_format") or {}).get("type") == "json_object":
-        system.append("Respond with a single JSON object and nothing else.")
-        out["system"] = "\n\n".join(system)
+        system.append({"type": "text", "text": "Respond with a single JSON object and nothing else."})
+        out["system"] = _system_value(system)
     user = body.get("user") or body.get("safety_identifier")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user[:256]}
@@ -341,7 +386,8 @@ def to_messages_request(body: dict[str, Any], model: str, max_output: int | None
             if out.get("tool_choice", {}).get("type") in ("any", "tool"):
                 out["tool_choice"] = {"type": "auto"}  # only auto/none are allowed with thinking
                 if structured is not None:
-                    out["system"] = "\n\n".join([*system, f"Give your final answer by calling the {structured} tool."])
+                    out["system"] = _system_value([*system, {
+                        "type": "text", "text": f"Give your final answer by calling the {structured} tool."}])
     if body.get("stream"):
         out["stream"] = True
     return out
