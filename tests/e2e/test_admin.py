@@ -242,3 +242,19 @@ def test_unknown_model_names_are_bounded_in_the_ledger_and_not_metrics_labels(ga
     finally:
         con.close()
     assert lengths and max(lengths) <= 256
+
+
+def test_the_admin_api_of_a_gateway_without_a_master_key_is_off(tmp_path):
+    """It was open: anyone on the network could mint keys (and read spend), and those keys stayed valid
+    after the operator set a master key."""
+    cfg = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]}],
+           "storage": f"sqlite:///{tmp_path / 'open.db'}"}
+    with running_gateway(cfg, env={"TIERGATE_MASTER_KEY": ""}) as base:
+        root = base.removesuffix("/v1")
+        for method, path in (("POST", "/admin/keys"), ("GET", "/admin/keys"), ("GET", "/admin/spend")):
+            r = httpx.request(method, root + path, json={"name": "x"} if method == "POST" else None)
+            assert r.status_code == 403, (path, r.text)
+            err = r.json()["error"]
+            assert err["code"] == "admin_api_disabled" and "TIERGATE_MASTER_KEY" in err["message"]
+        assert httpx.post(base + "/chat/completions", json={  # /v1 stays open, as documented
+            "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200

@@ -1,7 +1,8 @@
 """The admin API (FastAPI, mounted at /admin, schema at /admin/openapi.json): virtual keys and spend.
 
-Every route needs the master key as `Authorization: Bearer …` (when the gateway has no master key it
-is open, and so is this API — bind it to loopback). Errors are OpenAI-shaped.
+Every route needs the master key as `Authorization: Bearer …`; a gateway without a master key answers
+every route with 403 `admin_api_disabled` (its /v1 is open; keys minted there would stay valid once a
+master key is set). Errors are OpenAI-shaped.
 
     POST   /admin/keys              create a key; the secret `key` is in this response only
     GET    /admin/keys              list keys (with budget usage)
@@ -180,8 +181,11 @@ def build_admin_app(accounting: Accounting) -> FastAPI:
         check_key_models(models, configured, catalogue)
 
     async def require_master(request: Request) -> None:
-        if master is None:
-            return
+        if master is None:  # an open gateway: anyone could mint keys that stay valid once a master key is set
+            raise GatewayError(403, "The admin API is off because this gateway has no master key. Set "
+                               "TIERGATE_MASTER_KEY (or `master_key:` in the config) and send it as Authorization: "
+                               "Bearer; `tiergate keys|spend --storage URL` work on the database directly.",
+                               type="invalid_request_error", code="admin_api_disabled")
         header = request.headers.get("authorization") or ""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), master.encode()):
