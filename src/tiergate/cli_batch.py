@@ -179,7 +179,10 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    for b in _json(args, "GET", f"/v1/batches?limit={max(1, min(100, args.limit))}")["data"]:
+    if not 1 <= args.limit <= 100:  # as the API: a limit outside 1-100 is an error, not quietly clamped
+        print(f"tiergate: --limit must be between 1 and 100, got {args.limit}", file=sys.stderr)
+        return 2
+    for b in _json(args, "GET", f"/v1/batches?limit={args.limit}")["data"]:
         print(_summary(b))
     return 0
 

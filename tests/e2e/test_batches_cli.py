@@ -48,3 +48,10 @@ def test_bad_input_reports_line_errors(base_url, tmp_path, capsys):
     src.write_text('{"custom_id": "a", "method": "GET", "url": "/v1/chat/completions", "body": {"model": "m"}}\n')
     assert main(["batch", "submit", str(src), "--url", base_url]) == 1
     assert "line 1: invalid_method" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", ["0", "101", "-3"])
+def test_list_limit_outside_the_api_range_is_an_error(base_url, capsys, limit):
+    """It was clamped to 1-100 and listed a batch with exit status 0 (the API answers such a limit with a 400)."""
+    assert main(["batch", "list", "--url", base_url, "--limit", limit]) == 2
+    assert "--limit must be between 1 and 100" in capsys.readouterr().err
