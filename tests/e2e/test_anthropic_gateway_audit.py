@@ -83,3 +83,25 @@ def test_cache_control_reaches_anthropic(env):
     assert sent["system"] == [{"type": "text", "text": "long shared rules", "cache_control": eph}]
     assert sent["messages"][0]["content"][0] == {"type": "text", "text": "big document", "cache_control": eph}
     assert fake.problems == []
+
+
+_WIRED = hasattr(__import__("tiergate.providers.base", fromlist=["Provider"]).Provider, "dropped_params")
+
+
+@pytest.mark.xfail(not _WIRED, strict=True, reason="the dispatcher does not yet add Provider.dropped_params(body) "
+                   "to Dispatched.dropped_params (docs/anthropic.md, 'Parameters left out or changed')")
+def test_dropped_params_header_names_what_the_anthropic_translation_drops(env):
+    client, fake = env
+    raw = client.chat.completions.with_raw_response.create(
+        model=CLAUDE, messages=[{"role": "user", "content": "hi"}], temperature=1.7)
+    assert fake.requests[-1]["temperature"] == 1.0
+    assert raw.headers.get("x-tiergate-dropped-params") == "temperature"
+    raw = client.chat.completions.with_raw_response.create(
+        model=CLAUDE, messages=[{"role": "user", "content": "hi"}], temperature=0.3, top_p=0.9,
+        reasoning_effort="low")
+    assert "temperature" not in fake.requests[-1] and "thinking" in fake.requests[-1]
+    assert raw.headers.get("x-tiergate-dropped-params") == "temperature,top_p"
+    raw = client.chat.completions.with_raw_response.create(
+        model=CLAUDE, messages=[{"role": "user", "content": "hi"}], temperature=0.3)
+    assert raw.headers.get("x-tiergate-dropped-params") is None
+

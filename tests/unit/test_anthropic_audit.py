@@ -102,3 +102,62 @@ def test_cache_control_of_the_wrong_shape_is_a_named_400():
         translate_request({"model": "c", "messages": [
             {"role": "user", "content": [{"type": "text", "text": "x", "cache_control": "yes"}]}]}, False, "c")
     assert (ei.value.param, ei.value.code) == ("messages[0].content[0].cache_control", "invalid_value")
+
+
+# ---------------------------------------------------------------- what the translation drops or changes
+
+U = [{"role": "user", "content": "x"}]
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize(("extra", "dropped"), [
+    ({"temperature": 1.7}, ["temperature"]),                     # clamped to 1.0
+    ({"temperature": 0.7, "top_p": 0.9}, []),                    # kept as sent
+    ({"temperature": 1}, []),
+    ({"reasoning_effort": "low", "temperature": 0.2, "top_p": 0.9}, ["temperature", "top_p"]),  # thinking
+    ({"reasoning_effort": "low", "temperature": 1.7}, ["temperature"]),
+    ({"reasoning_effort": "low"}, []),
+    ({"reasoning_effort": "high", "tools": TOOLS, "tool_choice": "required"}, ["tool_choice"]),
+    ({"reasoning_effort": "high", "tools": TOOLS, "tool_choice": "auto"}, []),
+    ({"tools": TOOLS, "tool_choice": "required"}, []),
+    ({"tool_choice": "auto"}, ["tool_choice"]),                  # no tools: not sent
+    ({"tools": TOOLS, "tool_choice": "auto", "response_format": {"type": "json_schema", "json_schema": {
+        "name": "a", "schema": {"type": "object"}}}}, ["tool_choice"]),  # the answer's own tool is forced
+    ({"store": True, "metadata": {"k": "v"}, "service_tier": "auto", "user": "u"},
+     ["metadata", "service_tier", "store"]),
+    ({"store": None, "temperature": None}, []),
+])
+def test_translation_reports_what_it_drops_or_changes(extra, dropped):
+    assert wa.translation_dropped({"model": "c", "messages": U, **extra}) == dropped
+
+
+def test_reasoning_effort_is_reported_when_thinking_stays_off():
+    # a tool loop whose assistant turn lost its thinking blocks: thinking is switched off for the request
+    msgs = [*U, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "t1", "content": "1"}]
+    body = {"model": "c", "messages": msgs, "tools": TOOLS, "reasoning_effort": "low", "temperature": 0.3}
+    assert wa.translation_dropped(body) == ["reasoning_effort"]
+    assert wa.translation_dropped({"model": "c", "messages": U, "reasoning_effort": "low"}, 1024) == [
+        "reasoning_effort"]  # no room for the minimum budget
+    assert wa.translation_dropped({"model": "c", "messages": U, "n": 3}) == []  # refused, not dropped
+
+
+def test_forced_tool_choice_under_thinking_keeps_disable_parallel_tool_use():
+    req = wa.to_messages_request({"model": "c", "messages": U, "tools": TOOLS, "tool_choice": "required",
+                                  "parallel_tool_calls": False, "reasoning_effort": "low"}, "c")
+    assert req["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+    _ok(req)
+
+
+def test_provider_dropped_params():
+    from tiergate.providers.base import Deployment, Secret
+    from tiergate.providers.registry import provider_class
+
+    dep = Deployment(id="claude/0", model="claude-3-7-sonnet", provider="anthropic", api_key=Secret("env:K", "k"),
+                     upstream_model="claude-3-7-sonnet-20250219")
+    p = provider_class("anthropic")(dep, lambda: None)
+    body = {"model": "claude-3-7-sonnet", "messages": U, "reasoning_effort": "medium", "temperature": 1.7}
+    assert p.dropped_params(body) == ["temperature"]
+    assert p.dropped_params({**body, "reasoning_effort": None}) == ["temperature"]
+    assert p.dropped_params({**body, "temperature": 0.5, "reasoning_effort": None}) == []

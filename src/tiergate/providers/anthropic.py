@@ -60,6 +60,14 @@ class AnthropicProvider(Provider):
         upstream = self.upstream_model(catalog_name)
         return translate_request(body, stream, upstream, self.max_output(upstream, catalog_name))
 
+    def dropped_params(self, body: dict[str, Any]) -> list[str]:
+        """The client's parameters (of `body`, shaped for the model) that the translation to a Messages
+        request leaves out or changes (`wire.anthropic.translation_dropped`: `temperature` clamped to 1 or
+        removed with thinking, `top_p` removed with thinking, ...), for `x-tiergate-dropped-params` on
+        top of what the request shaping dropped."""
+        catalog_name = str(body.get("model", ""))
+        return wa.translation_dropped(body, self.max_output(self.upstream_model(catalog_name), catalog_name))
+
     def max_output(self, upstream: str, catalog_name: str = "") -> int | None:
         """The most `max_tokens` this deployment may send (`max_output_tokens`)."""
         return max_output_tokens(upstream, catalog_name, options=self.deployment.options,

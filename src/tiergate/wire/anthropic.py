@@ -328,9 +328,19 @@ def fit_thinking(limit: int, budget: int, max_output: int | None) -> tuple[int, 
     return None
 
 
-def to_messages_request(body: dict[str, Any], model: str, max_output: int | None = None) -> dict[str, Any]:
+# Chat Completions fields with no Messages API equivalent that the translation leaves out (the catalogue's
+# `unsupported` params for Claude are already removed and reported by the request shaping)
+IGNORED_FIELDS = ("audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+                  "metadata", "modalities", "prediction", "presence_penalty", "prompt_cache_key", "seed",
+                  "service_tier", "store", "top_logprobs", "verbosity", "web_search_options")
+
+
+def to_messages_request(body: dict[str, Any], model: str, max_output: int | None = None,
+                        dropped: list[str] | None = None) -> dict[str, Any]:
     """Build an Anthropic Messages request body from a Chat Completions body. `max_output`: the model's
-    maximum output tokens (the catalogue's `max_output_tokens`); `max_tokens` is never sent above it."""
+    maximum output tokens (the catalogue's `max_output_tokens`); `max_tokens` is never sent above it.
+    `dropped`, when given, is extended with the names of the client's parameters left out or changed
+    (for `x-tiergate-dropped-params`; see `translation_dropped`)."""
     turns, system = _convert_messages(body.get("messages"))
     if body.get("n") not in (None, 1):
         raise TranslationError("Anthropic models return one choice; n must be 1", "n")
@@ -347,16 +357,19 @@ def to_messages_request(body: dict[str, Any], model: str, max_output: int | None
         if not isinstance(stop, str) and not (isinstance(stop, list) and all(isinstance(x, str) for x in stop)):
             raise TranslationError("stop must be a string or an array of strings", "stop", "invalid_value")
         out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    changed: list[str] = []
     temp = body.get("temperature")
     if temp is not None:
         out["temperature"] = min(1.0, max(0.0, _number(temp, "temperature", 0.0, 2.0)))
+        if out["temperature"] != temp:
+            changed.append("temperature")  # clamped to Anthropic's 0..1
     if body.get("top_p") is not None:
         out["top_p"] = _number(body["top_p"], "top_p", 0.0, 1.0)
     if body.get("tools"):
         out["tools"] = _tools(body["tools"])
     choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
     if choice is not None and (out.get("tools") or choice["type"] == "none"):
-        out["tool_choice"] = choice
+        out["tool_choice"] = dict(choice)
     structured = structured_tool(body)
     if structured is not None:
         rf = body["response_format"]["json_schema"]
@@ -378,19 +391,43 @@ def to_messages_request(body: dict[str, Any], model: str, max_output: int | None
         # budget_tokens < max_tokens is required; the client's limit stays room for the answer, within the
         # model's maximum output (fit_thinking)
         fit = None if _needs_thinking_block(turns) else fit_thinking(limit, THINKING_BUDGETS[effort], max_output)
-        if fit is not None:
+        if fit is None:
+            changed.append("reasoning_effort")  # thinking stays off
+        else:
             out["max_tokens"], budget = fit
             out["thinking"] = {"type": "enabled", "budget_tokens": budget}
             for k in ("temperature", "top_p", "top_k"):
-                out.pop(k, None)
-            if out.get("tool_choice", {}).get("type") in ("any", "tool"):
-                out["tool_choice"] = {"type": "auto"}  # only auto/none are allowed with thinking
+                if out.pop(k, None) is not None:
+                    changed.append(k)
+            tc = out.get("tool_choice", {})
+            if tc.get("type") in ("any", "tool"):
+                # only auto/none are allowed with thinking
+                out["tool_choice"] = {"type": "auto", **{k: v for k, v in tc.items() if k == "disable_parallel_tool_use"}}
                 if structured is not None:
                     out["system"] = _system_value([*system, {
                         "type": "text", "text": f"Give your final answer by calling the {structured} tool."}])
+    if body.get("tool_choice") is not None and choice is not None and out.get("tool_choice") != choice:
+        changed.append("tool_choice")  # replaced (structured output, thinking) or left out (no tools)
     if body.get("stream"):
         out["stream"] = True
+    if dropped is not None:
+        changed += [k for k in IGNORED_FIELDS if body.get(k) is not None]
+        dropped.extend(k for k in changed if k not in dropped)
     return out
+
+
+def translation_dropped(body: dict[str, Any], max_output: int | None = None) -> list[str]:
+    """The client's parameters the Messages request leaves out or changes, sorted: `temperature` above 1
+    (clamped to 1) or with thinking (removed, as `top_p`), `tool_choice` replaced (thinking allows only
+    auto/none; a `json_schema` answer forces its own tool) or left out, `reasoning_effort` when thinking
+    cannot be on (a tool loop without its thinking blocks, no room in the model's output), and the fields
+    of `IGNORED_FIELDS` sent. [] for a body the translation refuses."""
+    dropped: list[str] = []
+    try:
+        to_messages_request(body, "m", max_output, dropped)
+    except (TranslationError, TypeError, ValueError, AttributeError, KeyError):
+        return []
+    return sorted(dropped)
 
 
 # ---------------------------------------------------------------- response
