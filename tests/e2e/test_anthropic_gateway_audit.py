@@ -105,3 +105,26 @@ def test_dropped_params_header_names_what_the_anthropic_translation_drops(env):
         model=CLAUDE, messages=[{"role": "user", "content": "hi"}], temperature=0.3)
     assert raw.headers.get("x-tiergate-dropped-params") is None
 
+
+def test_upstream_404_names_the_upstream_model_not_the_clients(env):
+    """A 404 not_found_error from Anthropic means the deployment's upstream model name (or api_base) is wrong,
+    not that the client's model is unknown: the message says so, naming the name sent and the deployment."""
+    client, fake = env
+    fake.fail_next.append((404, "not_found_error"))
+    with pytest.raises(openai.NotFoundError) as ei:
+        client.chat.completions.create(model=CLAUDE, messages=[{"role": "user", "content": "hi"}])
+    err = ei.value.body
+    assert err["code"] == "not_found_error" and err["type"] == "invalid_request_error"
+    assert "upstream model 'claude-3-7-sonnet-20250219'" in err["message"]
+    assert f"deployment '{CLAUDE}/0'" in err["message"] and "api_base" in err["message"]
+
+
+@pytest.mark.parametrize(("status", "typ"), [(401, "authentication_error"), (403, "permission_error")])
+def test_upstream_401_403_are_502_upstream_auth_failed(env, status, typ):
+    """docs/anthropic.md's error table: Anthropic refusing the gateway's key is not the client's 401/403."""
+    client, fake = env
+    fake.fail_next.append((status, typ))
+    with pytest.raises(openai.InternalServerError) as ei:
+        client.chat.completions.create(model=CLAUDE, messages=[{"role": "user", "content": "hi"}])
+    assert ei.value.status_code == 502 and ei.value.body["code"] == "upstream_auth_failed"
+    assert ei.value.response.headers.get("x-should-retry") == "false"

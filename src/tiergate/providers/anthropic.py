@@ -102,7 +102,7 @@ class AnthropicProvider(Provider):
                                                         secrets=self._secrets())
         return UpstreamError(502, message, kind=kind, type="api_error", code=code, usage=usage, detail=detail)
 
-    async def _error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
+    async def _error(self, resp: aiohttp.ClientResponse, catalog_name: str = "") -> UpstreamError:
         raw = await resp.read()
         err_type, message = None, raw[:500].decode("utf-8", "replace") or resp.reason or "upstream error"
         try:
@@ -113,7 +113,14 @@ class AnthropicProvider(Provider):
             pass
         status, oa_type = wa.map_status(resp.status, err_type)
         hdrs = {k.lower(): v for k, v in resp.headers.items()}
-        return UpstreamError(status, f"anthropic: {scrub(message, self._secrets())}", type=oa_type, code=err_type,
+        message = f"anthropic: {scrub(message, self._secrets())}"
+        if resp.status == 404:
+            # the client's model is configured: what Anthropic did not find is this deployment's upstream
+            # model name (or, answered without Anthropic's error body, its api_base path)
+            message += (f" (Anthropic did not find the upstream model '{self.upstream_model(catalog_name)}' "
+                        f"that deployment '{self.deployment.id}' sends: check the deployment's `model:` "
+                        "and `api_base` in the gateway config)")
+        return UpstreamError(status, message, type=oa_type, code=err_type,
                              retry_after=parse_retry_after(hdrs), headers=_pick(hdrs))
 
     # ------------------------------------------------------------ non-streaming
@@ -130,7 +137,7 @@ class AnthropicProvider(Provider):
                     timeouts.first_token)
                 async with resp:
                     if resp.status != 200:
-                        raise await self._error(resp)
+                        raise await self._error(resp, str(body.get("model", "")))
                     raw = await resp.read()
                     hdrs = _pick({k.lower(): v for k, v in resp.headers.items()})
         except UpstreamError:
@@ -172,7 +179,7 @@ class AnthropicProvider(Provider):
             raise self._transport(e, after_headers=False) from None
         async with resp:
             if resp.status != 200:
-                raise await self._error(resp)
+                raise await self._error(resp, str(body.get("model", "")))
             sent_any = False
             reads = _timed_reads(resp, timeouts, deadline, loop)
             try:
