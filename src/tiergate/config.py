@@ -247,6 +247,122 @@ def _credential_query_param(url: str) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------- deployments[].options
+# Every option a provider (src/tiergate/providers/*.py) or the dispatcher (dispatch/dispatcher.py) reads
+# from `Deployment.options`, with its allowed values; docs/providers.md "Deployment options" is this table
+# in words. An option not listed for the deployment's provider is an error, so a typo cannot pass
+# silently; providers registered outside this package (tests, plugins) get the common options checked
+# and the rest passed through.
+
+
+@dataclass(frozen=True)
+class _Option:
+    kind: str  # number | integer | bool | choice | string | statuses | seed
+    lo: float = 0.0
+    hi: float = math.inf
+    choices: tuple[str, ...] = ()  # for `choice`; empty = computed by `_option_choices`
+    unit: str = ""
+
+
+_COMMON_OPTIONS: dict[str, _Option] = {  # dispatch/dispatcher.py `_price` (strategy lowest_cost)
+    "input_price": _Option("number", 0, 1e6, unit=" USD per 1M tokens"),
+    "output_price": _Option("number", 0, 1e6, unit=" USD per 1M tokens"),
+}
+
+PROVIDER_OPTIONS: dict[str, dict[str, _Option]] = {
+    "openai": {},
+    "openai_compatible": {},
+    "azure": {
+        "auth": _Option("choice", choices=("api-key", "bearer")),
+        "responses_api_version": _Option("string"),
+    },
+    "anthropic": {
+        "max_output_tokens": _Option("integer", 1, 10_000_000, unit=" tokens"),
+    },
+    "sim": {
+        "latency_ms": _Option("number", 0, MAX_TIMEOUT_S * 1000, unit=" milliseconds"),
+        "tokens_per_s": _Option("number", 0, 1e9),
+        "completion_tokens": _Option("integer", 1, 1_000_000),
+        "reasoning_tokens": _Option("integer", 0, 1_000_000),
+        "reasoning": _Option("bool"),
+        "failure_rate": _Option("number", 0, 1),
+        "fail_status": _Option("statuses", 400, 599),
+        "retry_after_s": _Option("number", 0, 3600, unit=" seconds"),
+        "seed": _Option("seed"),
+        "tokenizer": _Option("choice"),
+        "chunk_tokens": _Option("integer", 1, 100_000),
+    },
+}
+
+
+def _option_choices(provider: str, name: str, opt: _Option) -> tuple[str, ...]:
+    if opt.choices:
+        return opt.choices
+    if (provider, name) == ("sim", "tokenizer"):
+        from tiergate.accounting.tokens import _ENCODINGS
+
+        return tuple(_ENCODINGS)
+    return ()
+
+
+def _check_options(options: dict[Any, Any], provider: str, path: str) -> dict[str, Any]:
+    """`deployments[].options` checked against the provider's table: unknown names, wrong types and values
+    out of range stop the start-up with the option's path (they used to pass, then fail every request or
+    the start-up with a traceback, or be ignored: `auth: bearr` sent api-key auth)."""
+    known_table = PROVIDER_OPTIONS.get(provider)
+    table = {**_COMMON_OPTIONS, **(known_table or {})}
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        opath = f"{path}.{name}"
+        opt = table.get(name) if isinstance(name, str) else None
+        if opt is None:
+            if known_table is None:  # a provider registered elsewhere reads its own options
+                out[str(name)] = value
+                continue
+            close = close_names(str(name), table)
+            hint = f" Did you mean {' or '.join(close)}?" if close else ""
+            raise _err(opath, f"unknown option for provider {provider}.{hint} Known options for {provider}: "
+                       f"{', '.join(sorted(table))} (docs/providers.md)")
+        out[name] = _check_option(value, opt, _option_choices(provider, name, opt), opath)
+    return out
+
+
+def _check_option(v: Any, opt: _Option, choices: tuple[str, ...], path: str) -> Any:
+    if opt.kind in ("number", "integer"):
+        ok_type = isinstance(v, int) if opt.kind == "integer" else isinstance(v, int | float)
+        if isinstance(v, bool) or not ok_type or math.isnan(v) or not opt.lo <= v <= opt.hi:
+            kind = "an integer" if opt.kind == "integer" else "a number"
+            raise _err(path, f"expected {kind} >= {_num_text(opt.lo)} and <= {_num_text(opt.hi)}{opt.unit}, "
+                       f"got {v!r:.60}")
+        return v
+    if opt.kind == "bool":
+        if not isinstance(v, bool):
+            raise _err(path, f"expected true or false, got {v!r:.60}")
+        return v
+    if opt.kind == "choice":
+        if not isinstance(v, str) or v not in choices:
+            raise _err(path, f"expected one of {', '.join(choices)}, got {v!r:.60}")
+        return v
+    if opt.kind == "string":
+        import datetime
+
+        if isinstance(v, datetime.date):  # YAML reads an unquoted 2025-04-01 as a date
+            return v.isoformat()
+        if not isinstance(v, str) or not v.strip():
+            raise _err(path, f"expected a non-empty string, got {v!r:.60}")
+        return v
+    if opt.kind == "seed":
+        if isinstance(v, bool) or not isinstance(v, str | int):
+            raise _err(path, f"expected a string or an integer, got {v!r:.60}")
+        return v
+    # statuses: one HTTP error status or a non-empty list of them
+    items = list(v) if isinstance(v, list | tuple) else [v]
+    lo, hi = int(opt.lo), int(opt.hi)
+    if not items or any(isinstance(x, bool) or not isinstance(x, int) or not lo <= x <= hi for x in items):
+        raise _err(path, f"expected an HTTP status {lo}-{hi} or a non-empty list of them, got {v!r:.60}")
+    return v
+
+
 _DEPLOYMENT_KEYS = {
     "id", "provider", "api_base", "api_key", "model", "deployment", "api_version", "weight", "rpm",
     "tpm", "headers", "options",
@@ -289,7 +405,8 @@ def _parse_deployment(d: Any, path: str, model_name: str, index: int, env: dict[
     headers = d.get("headers") or {}
     _expect(headers, dict, f"{path}.headers", "a mapping of header name to value")
     options = d.get("options") or {}
-    _expect(options, dict, f"{path}.options", "a mapping")
+    _expect(options, dict, f"{path}.options", "a mapping of option name to value (docs/providers.md)")
+    options = _check_options(options, provider, f"{path}.options")
     dep_id = d.get("id") or f"{model_name}/{index}"
     _expect(dep_id, str, f"{path}.id", "a string")
     return Deployment(
@@ -305,7 +422,7 @@ def _parse_deployment(d: Any, path: str, model_name: str, index: int, env: dict[
         rpm=d.get("rpm"),
         tpm=d.get("tpm"),
         headers=tuple((str(k), str(v)) for k, v in headers.items()),
-        options=dict(options),
+        options=options,
     )
 
 
