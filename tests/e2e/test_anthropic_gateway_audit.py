@@ -85,11 +85,6 @@ def test_cache_control_reaches_anthropic(env):
     assert fake.problems == []
 
 
-_WIRED = hasattr(__import__("tiergate.providers.base", fromlist=["Provider"]).Provider, "dropped_params")
-
-
-@pytest.mark.xfail(not _WIRED, strict=True, reason="the dispatcher does not yet add Provider.dropped_params(body) "
-                   "to Dispatched.dropped_params (docs/anthropic.md, 'Parameters left out or changed')")
 def test_dropped_params_header_names_what_the_anthropic_translation_drops(env):
     client, fake = env
     raw = client.chat.completions.with_raw_response.create(

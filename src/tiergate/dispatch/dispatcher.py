@@ -257,7 +257,7 @@ class Dispatcher:
             t = timeouts if timeouts is not None else cur.config.timeouts
             out = await self._serve(cur, body, stream, t, deadline, run, request_id, prompt_tokens, loop, operation)
             if out is not None:
-                out.dropped_params = dropped
+                out.dropped_params = sorted({*dropped, *out.dropped_params}) if out.dropped_params else dropped
                 out.attempts = run.attempts
                 if name != model:
                     out.fallback_from = model
@@ -390,7 +390,7 @@ class Dispatcher:
                     st.count_tokens(now, int(usage.get("completion_tokens") or usage.get("output_tokens") or 0))
                 if self.metrics is not None:
                     self.metrics.upstream(m.name, st.id, "ok", latency, latency)
-                return Dispatched(m.name, st.dep, body, [], None, run.attempts, result=result, ttft_s=latency)
+                return Dispatched(m.name, st.dep, body, st.provider.dropped_params(body), None, run.attempts, result=result, ttft_s=latency)
             responses = operation == "responses"
             opened = st.provider.responses_stream if responses else st.provider.chat_stream
             starts_answer = _starts_response if responses else _has_content
@@ -420,7 +420,7 @@ class Dispatcher:
                 await self._closed(st)
             handed_over = True
             relay = self._relay(m, st, None if exhausted else it, buffered, wd, t, start, ttft, _Lease(st), responses)
-            return Dispatched(m.name, st.dep, body, [], None, run.attempts, stream=relay, ttft_s=ttft)
+            return Dispatched(m.name, st.dep, body, st.provider.dropped_params(body), None, run.attempts, stream=relay, ttft_s=ttft)
         except UpstreamError as e:
             await self._failed(m, st, e, loop.time() - start, request_id, run, t)
             return None

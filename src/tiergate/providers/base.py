@@ -188,6 +188,11 @@ class Provider(abc.ABC):
         nothing is sent. The dispatcher calls it for every deployment of a model before the first
         attempt, only for providers that override it (the default accepts everything)."""
 
+    def dropped_params(self, body: dict[str, Any]) -> list[str]:
+        """Parameters of `body` (shaped for the model) this provider's translation leaves out or changes,
+        reported in `x-tiergate-dropped-params` with what the shaping dropped. Default: none."""
+        return []
+
     def upstream_model(self, catalog_name: str) -> str:
         return self.deployment.upstream_model or catalog_name
 
