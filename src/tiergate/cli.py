@@ -14,6 +14,10 @@ import sys
 def _serve(args: argparse.Namespace) -> int:
     from tiergate.config import ConfigError, load_config
 
+    if not 0 <= args.port <= 65535:  # uvicorn bound another port (99999 -> 34463) or failed after the banner
+        print(f"tiergate: --port must be 1-65535 (or 0 for a free port the banner names), got {args.port}",
+              file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config)
         from tiergate.server.gateway import resolve_catalog
@@ -55,8 +59,15 @@ def _run_server(config, args: argparse.Namespace) -> int:
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets)
             if self.started:
-                print(f"tiergate: storage {_redacted(config.storage)}; listening on http://{args.host}:{args.port}/v1",
-                      file=sys.stderr, flush=True)
+                print(f"tiergate: storage {_redacted(config.storage)}; listening on "
+                      f"http://{_host_text(args.host)}:{self.bound_port() or args.port}/v1", file=sys.stderr, flush=True)
+
+        def bound_port(self) -> int | None:
+            """The port the server listens on (the one the system chose for --port 0)."""
+            for server in getattr(self, "servers", ()):
+                for sock in server.sockets or ():
+                    return int(sock.getsockname()[1])
+            return None
 
     async def main() -> int:
         try:
@@ -101,6 +112,10 @@ def _startup_banner(config, args) -> None:
         print(f"tiergate: the `sim` provider is a SIMULATOR: its answers are synthetic ({hint})", file=sys.stderr)
 
 
+def _host_text(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _redacted(url: str) -> str:
     return url.split("@")[-1] if "@" in url else url
 
@@ -112,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", "-c", default=os.environ.get("TIERGATE_CONFIG"),
                    help="YAML config file (default: embedded defaults: sim models, SQLite)")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=4000)
+    s.add_argument("--port", type=int, default=4000, help="1-65535, or 0 for a free port (default: 4000)")
     s.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="JSON log lines on stderr; `info` adds one line per request (default: warning)")
     s.set_defaults(func=_serve)

@@ -1,0 +1,51 @@
+"""`tiergate serve --port`: outside 0-65535 it is one line and exit 2 before anything starts (99999 was
+announced as `listening on …:99999` while uvicorn bound another port; -1 failed after the banner);
+`--port 0` takes a free port and the `listening on` line names the one it got."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def _env(tmp_path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("TIERGATE_MASTER_KEY", "TIERGATE_CONFIG")}
+    env["TIERGATE_STORAGE"] = f"sqlite:///{tmp_path / 'tg.db'}"
+    env["TIERGATE_JOURNAL_DIR"] = str(tmp_path / "journal")
+    return env
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1"])
+def test_a_port_out_of_range_is_one_line_and_exit_2(tmp_path, port):
+    out = subprocess.run([sys.executable, "-m", "tiergate.cli", "serve", "--port", port], capture_output=True,
+                         text=True, timeout=60, env=_env(tmp_path), check=False)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == f"tiergate: --port must be 1-65535 (or 0 for a free port the banner names), got {port}"
+    assert not (tmp_path / "tg.db").exists()
+
+
+def test_port_0_serves_on_the_free_port_it_names(tmp_path):
+    import httpx
+
+    log = tmp_path / "serve.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "tiergate.cli", "serve", "--port", "0"], stdout=fh,
+                                stderr=subprocess.STDOUT, env=_env(tmp_path))
+    try:
+        deadline = time.time() + 40
+        while time.time() < deadline and proc.poll() is None and "listening on" not in log.read_text():
+            time.sleep(0.1)
+        text = log.read_text()
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/v1$", text, re.MULTILINE)
+        assert m, text
+        port = int(m.group(1))
+        assert port != 0
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
