@@ -71,8 +71,15 @@ def _run_server(config, args: argparse.Namespace) -> int:
 
     async def main() -> int:
         try:
+            sockets = _bind(args.host, args.port)
+        except OSError as e:
+            print(f"tiergate: {e}", file=sys.stderr)
+            return 1
+        try:
             gateway = await Gateway.start(config)
         except StartupError as e:
+            for sock in sockets:
+                sock.close()
             print(f"tiergate: {e}", file=sys.stderr)
             return 1
         server = Server(uvicorn.Config(
@@ -87,13 +94,60 @@ def _run_server(config, args: argparse.Namespace) -> int:
             log_config=None,
         ))
         try:
-            await server.serve()
+            await server.serve(sockets=sockets)
         finally:
             await gateway.close()  # done by the lifespan's shutdown already, unless start-up failed before it
         return 0 if server.started else 3
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main())
+
+
+class BindError(OSError):
+    """The address to listen on cannot be bound; the message is the one line `serve` prints."""
+
+
+def _bind(host: str, port: int) -> list:
+    """The sockets `serve` listens on, bound here before the backends start, as asyncio's create_server
+    would bind them (every address of `host`, SO_REUSEADDR, IPv6 sockets v6-only): a port in use or a
+    host this machine cannot bind is one line (`BindError`), not uvicorn's JSON log line after the
+    banner. With port 0 every address gets the port the first one was given."""
+    import errno
+    import socket
+
+    where = f"{_host_text(host)}:{port}"
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise BindError(f"cannot listen on {where}: unknown host {host!r} ({getattr(e, 'strerror', None) or e}): "
+                        "check --host") from None
+    reasons = {
+        errno.EADDRINUSE: "the port is in use (another process listens on it): stop it or pass another --port",
+        errno.EADDRNOTAVAIL: "this machine has no such address: check --host (127.0.0.1, 0.0.0.0 or one of its "
+                             "own addresses)",
+        errno.EACCES: "permission denied (ports below 1024 need privileges): pass a --port of 1024 or more",
+    }
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, addr in dict.fromkeys((i[0], i[1], i[2], "", i[4]) for i in infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(socks) > 1:
+                addr = (addr[0], socks[0].getsockname()[1], *addr[2:])
+            try:
+                sock.bind(addr)
+            except OSError as e:
+                reason = reasons.get(e.errno or 0, e.strerror or str(e))
+                raise BindError(f"cannot listen on {where}: {reason}") from None
+            sock.set_inheritable(True)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 EMBEDDED = "<embedded defaults>"  # GatewayConfig.source when no --config was given

@@ -1,6 +1,7 @@
 """`tiergate serve --port`: outside 0-65535 it is one line and exit 2 before anything starts (99999 was
 announced as `listening on …:99999` while uvicorn bound another port; -1 failed after the banner);
-`--port 0` takes a free port and the `listening on` line names the one it got."""
+`--port 0` takes a free port and the `listening on` line names the one it got. A port in use or a host
+that cannot be bound is one line and exit 1 before the backends start (was uvicorn's JSON log line, exit 3)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,33 @@ def test_port_0_serves_on_the_free_port_it_names(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def _serve_fails(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "tiergate.cli", "serve", *args], capture_output=True, text=True,
+                         timeout=60, env=_env(tmp_path), check=False)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr and "listening on" not in out.stderr and '"level"' not in out.stderr
+    assert not (tmp_path / "tg.db").exists()  # said before the backends start
+    return out
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = _serve_fails(tmp_path, "--port", str(port))
+    assert out.stderr.splitlines()[-1] == (f"tiergate: cannot listen on 127.0.0.1:{port}: the port is in use (another "
+                                           "process listens on it): stop it or pass another --port")
+
+
+def test_a_host_that_cannot_be_bound_is_one_line_and_exit_1(tmp_path):
+    out = _serve_fails(tmp_path, "--port", "4000", "--host", "no-such-host.invalid")
+    assert re.fullmatch(r"tiergate: cannot listen on no-such-host\.invalid:4000: unknown host 'no-such-host\.invalid' "
+                        r"\(.+\): check --host", out.stderr.splitlines()[-1]), out.stderr
+    out = _serve_fails(tmp_path, "--port", "4000", "--host", "192.0.2.77")  # TEST-NET-1: not this machine's
+    assert out.stderr.splitlines()[-1] == ("tiergate: cannot listen on 192.0.2.77:4000: this machine has no such "
+                                           "address: check --host (127.0.0.1, 0.0.0.0 or one of its own addresses)")
