@@ -671,11 +671,36 @@ def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> G
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file {p} not found (pass --config FILE, or omit it for the embedded defaults)")
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a directory: pass the YAML config file itself")
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is not a UTF-8 text file (undecodable byte at offset {e.start}): "
+                          "pass the YAML config file") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        raise ConfigError(yaml_error_text(str(p), e)) from None
     return parse_config(raw, source=str(p), env=env)
+
+
+def yaml_error_text(name: str, e: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: the file, line and column (1-based) and PyYAML's problem, not its
+    multi-line dump quoting `<unicode string>`: `gw.yaml, line 4, column 1: not valid YAML: expected ',' or
+    ']', but got '<scalar>' (while parsing a flow sequence started at line 3, column 18)`."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f"{name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else name
+    context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    extra = ""
+    if context:
+        extra = f" ({context}" + (f" started at line {cmark.line + 1}, column {cmark.column + 1}"
+                                  if cmark is not None and (mark is None or cmark.line != mark.line
+                                                            or cmark.column != mark.column) else "") + ")"
+    return f"{where}: not valid YAML: {problem}{extra}"
 
 
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "o3-mini", "o1", "o1-mini", "o4-mini", "gpt-4.1-nano")

@@ -321,3 +321,43 @@ def test_routing_profiles_of_the_wrong_shape_are_named_errors(tmp_path):
         cfg("- 1\n")  # was an AttributeError traceback
     with pytest.raises(ConfigError, match=r"routing\.profiles: .*o3@high\.code\.score must be a number in \[0, 1\], got 'high'"):
         cfg("published:\n  o3@high:\n    code: {score: high, source: x}\n")  # was Python's float() text
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("models:\n  - name: x\n    deployments: [{provider: sim}\nstorage: x\n",
+     ("line 4, column 1: not valid YAML: expected ',' or ']', but got '<scalar>' (while parsing a flow sequence "
+      "started at line 3, column 18)")),
+    ("a: b: c\n", "line 1, column 5: not valid YAML: mapping values are not allowed here"),
+    ("models:\n\t- name: x\n", "line 2, column 1: not valid YAML: found character '\\t' that cannot start any token"),
+])
+def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path, text, message):
+    """It was PyYAML's multi-line dump, quoting `in "<unicode string>"` instead of the file."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as ei:
+        load_config(path, env={})
+    msg = str(ei.value)
+    assert msg.startswith(f"{path}, {message}") and "\n" not in msg and "unicode string" not in msg
+
+
+def test_a_config_path_that_is_no_text_file_is_a_config_error(tmp_path):
+    """A directory (IsADirectoryError) or a binary file (UnicodeDecodeError) was a traceback."""
+    with pytest.raises(ConfigError, match=f"^config file {tmp_path} is a directory: pass the YAML config file itself$"):
+        load_config(tmp_path, env={})
+    binary = tmp_path / "tiergate"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00\xd0\xff\xfe")
+    with pytest.raises(ConfigError, match=f"^config file {binary} is not a UTF-8 text file"):
+        load_config(binary, env={})
+
+
+def test_serve_with_a_directory_or_binary_config_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    binary = tmp_path / "prog"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00\xd0\xff\xfe")
+    for path, want in ((tmp_path, "is a directory"), (binary, "is not a UTF-8 text file")):
+        out = subprocess.run([sys.executable, "-m", "tiergate.cli", "serve", "--config", str(path)],
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+        assert out.stderr.startswith(f"tiergate: configuration error: config file {path} {want}")
