@@ -132,7 +132,8 @@ def warn_serving_setup(accounting: Accounting) -> None:
     store (`tiergate spend --storage`) do not see them."""
     if accounting.is_open:
         log.warning("no master key (TIERGATE_MASTER_KEY): the gateway is open, /v1 needs no API key and "
-                    "no budgets or rate limits apply")
+                    "no budgets or rate limits apply; the /admin API (tiergate keys|spend --url) is off until a "
+                    "master key is set (tiergate keys|spend --storage URL work on the database directly)")
     from tiergate.accounting.service import DEFAULT_PEPPER
 
     if not accounting.is_open and accounting.store.dialect == "postgresql" and accounting.keys.pepper == DEFAULT_PEPPER:
