@@ -14,10 +14,11 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, NoReturn
 
 
 def add_admin_commands(sub: argparse._SubParsersAction) -> None:
@@ -84,16 +85,44 @@ def _fields(a: argparse.Namespace) -> dict[str, Any]:
     if a.models is not None:
         f["models"] = [m.strip() for m in a.models.split(",") if m.strip()] or None
     if a.metadata is not None:
-        f["metadata"] = json.loads(a.metadata)
+        try:
+            f["metadata"] = json.loads(a.metadata)
+        except ValueError as e:
+            _usage_error(f"--metadata is not valid JSON ({e}): pass a JSON object such as '{{\"team\": \"search\"}}'")
+        if not isinstance(f["metadata"], dict):
+            _usage_error("--metadata must be a JSON object such as '{\"team\": \"search\"}', got "
+                         f"{type(f['metadata']).__name__}")
     return f
+
+
+def _usage_error(message: str) -> NoReturn:
+    """A mistake in the command line: one line and exit status 2 (the one argparse uses)."""
+    print(f"tiergate: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 # ---------------------------------------------------------------------------- transports
 
 
+def _gateway_root(url: str) -> str:
+    """The gateway's base URL from `--url`; anything but an http(s) URL with a host is a usage error."""
+    root = url.strip().rstrip("/")
+    try:
+        parts = urllib.parse.urlsplit(root)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number or out of range
+    except ValueError as e:
+        _usage_error(f"--url {url!r} is not a valid URL ({e}): pass the gateway's base URL, e.g. http://127.0.0.1:4000")
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        _usage_error(f"--url {url!r} is not an http(s) URL: pass the gateway's base URL, e.g. http://127.0.0.1:4000")
+    return root
+
+
 def _http(a: argparse.Namespace, method: str, path: str, body: dict | None = None,
           query: dict | None = None) -> Any:
-    url = a.url.rstrip("/") + "/admin" + path
+    import http.client
+
+    root = _gateway_root(a.url)
+    url = root + "/admin" + path
     if query:
         url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
     req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None)
@@ -102,16 +131,23 @@ def _http(a: argparse.Namespace, method: str, path: str, body: dict | None = Non
         req.add_header("authorization", f"Bearer {a.master_key}")
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())
+            raw = resp.read()
     except urllib.error.HTTPError as e:
+        msg = e.reason
         try:
             msg = json.loads(e.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            msg = e.reason
+        except (ValueError, KeyError, TypeError, AttributeError, OSError, http.client.HTTPException):
+            pass
         raise SystemExit(f"tiergate: {method} {path} failed ({e.code}): {msg}") from None
-    except urllib.error.URLError as e:
-        raise SystemExit(f"tiergate: cannot reach the gateway at {a.url} ({e.reason}); start it with "
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", None) or e
+        raise SystemExit(f"tiergate: cannot reach the gateway at {root} ({reason}); start it with "
                          "`tiergate serve`, pass --url, or use --storage URL to read the database directly") from None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise SystemExit(f"tiergate: {method} {path}: the answer from {root} is not JSON: is --url the gateway's "
+                         "base URL?") from None
 
 
 async def _direct(a: argparse.Namespace, op: str) -> Any:
@@ -173,11 +209,17 @@ def _check_models(a: argparse.Namespace, models: list[str] | None) -> None:
     configured: list[str] = []
     catalog_file = None
     if a.config:  # only the model names (and catalogue override): no secrets need to be resolvable here
+        from tiergate.config import yaml_error_text
+
         try:
             with open(a.config, encoding="utf-8") as fh:
                 raw = yaml.safe_load(fh) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise SystemExit(f"tiergate: cannot read --config {a.config}: {e}") from None
+        except OSError as e:
+            _usage_error(f"cannot read --config {a.config}: {e.strerror or e}")
+        except UnicodeDecodeError:
+            _usage_error(f"--config {a.config} is not a UTF-8 text file: pass the gateway's YAML config file")
+        except yaml.YAMLError as e:
+            _usage_error(f"--config {yaml_error_text(a.config, e)}")
         models_cfg = raw.get("models") if isinstance(raw, dict) else None
         configured = [str(m["name"]) for m in models_cfg or () if isinstance(m, dict) and m.get("name")]
         catalog_file = raw.get("catalog_file") if isinstance(raw, dict) else None

@@ -1,0 +1,73 @@
+"""`tiergate keys …` / `tiergate spend` mistakes are one line (`tiergate: …`) with exit status 2 for a bad
+command line and 1 for a gateway that refuses, never a traceback: bad --metadata JSON, a --url that is not
+an http(s) URL, an unreadable --config; the README's base URL (`…/v1`) works as --url and messages name the
+real path (/admin/keys); read-only commands do not create a SQLite database that is not there; a gateway
+without a master key (admin API off) is said so plainly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import running_gateway
+
+MASTER = "sk-admin-cli-master-0123456789"
+MODELS = [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]}]
+
+
+def _cli(*args: str, master: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("TIERGATE_MASTER_KEY", "TIERGATE_URL", "TIERGATE_CONFIG")}
+    if master:
+        env["TIERGATE_MASTER_KEY"] = master
+    return subprocess.run([sys.executable, "-m", "tiergate.cli", *args], capture_output=True, text=True, timeout=60,
+                          env=env, check=False)
+
+
+def _one_line(p: subprocess.CompletedProcess, rc: int) -> str:
+    assert p.returncode == rc, p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr
+    return p.stderr.strip()
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    db = tmp_path_factory.mktemp("keyed") / "tg.db"
+    with running_gateway({"models": MODELS, "storage": f"sqlite:///{db}"}, env={"TIERGATE_MASTER_KEY": MASTER}) as base:
+        yield base  # http://127.0.0.1:PORT/v1, the README's form
+
+
+# ------------------------------------------------------------------ command-line mistakes (exit 2)
+
+
+def test_bad_metadata_json_is_one_line(tmp_path):
+    err = _one_line(_cli("keys", "create", "b", "--metadata", "{bad", "--url", "http://127.0.0.1:9"), 2)
+    assert err.startswith("tiergate: --metadata is not valid JSON (")
+    assert err.endswith("pass a JSON object such as '{\"team\": \"search\"}'")
+    err = _one_line(_cli("keys", "create", "b", "--metadata", "[1]", "--storage", f"sqlite:///{tmp_path / 'x.db'}"), 2)
+    assert err == "tiergate: --metadata must be a JSON object such as '{\"team\": \"search\"}', got list"
+    assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize(("url", "want"), [
+    ("notaurl", "tiergate: --url 'notaurl' is not an http(s) URL: pass the gateway's base URL, e.g. http://127.0.0.1:4000"),
+    ("ftp://h/x", "tiergate: --url 'ftp://h/x' is not an http(s) URL"),
+    ("http://127.0.0.1:99999", "tiergate: --url 'http://127.0.0.1:99999' is not a valid URL ("),
+])
+def test_a_url_that_is_not_one_is_one_line(url, want):
+    assert _one_line(_cli("keys", "list", "--url", url), 2).startswith(want)
+
+
+def test_an_unreadable_config_for_models_is_one_line(tmp_path):
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    bad = tmp_path / "gw.yaml"
+    bad.write_text("models: [a, b\n")
+    err = _one_line(_cli("keys", "create", "k", "--models", "gpt-4o-mini", "--storage", db, "--config", str(bad)), 2)
+    assert err.startswith(f"tiergate: --config {bad}, line 2, column 1: not valid YAML: expected ',' or ']'")
+    binary = tmp_path / "prog"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00\xd0\xff\xfe")
+    err = _one_line(_cli("keys", "create", "k", "--models", "gpt-4o-mini", "--storage", db, "--config", str(binary)), 2)
+    assert err == f"tiergate: --config {binary} is not a UTF-8 text file: pass the gateway's YAML config file"
+
