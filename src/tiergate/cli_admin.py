@@ -2,7 +2,8 @@
 
 Two ways to reach the data, same output:
 - over HTTP to a running gateway's admin API (default): `--url` (env TIERGATE_URL, default
-  http://127.0.0.1:4000) and `--master-key` (env TIERGATE_MASTER_KEY);
+  http://127.0.0.1:4000; the SDK base URL `…/v1` is accepted too) and `--master-key` (env
+  TIERGATE_MASTER_KEY);
 - straight to the database with `--storage URL` (sqlite:///… or postgresql://…), e.g. before the
   gateway is started. With `--storage` and a budget key using Redis counters, the usage column shows
   what the ledger says, not live reservations.
@@ -24,7 +25,7 @@ from typing import Any, NoReturn
 def add_admin_commands(sub: argparse._SubParsersAction) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=os.environ.get("TIERGATE_URL", "http://127.0.0.1:4000"),
-                       help="gateway base URL (env TIERGATE_URL)")
+                       help="gateway base URL, e.g. http://127.0.0.1:4000 (a trailing /v1 is dropped; env TIERGATE_URL)")
         p.add_argument("--master-key", default=os.environ.get("TIERGATE_MASTER_KEY"),
                        help="the gateway's master key (env TIERGATE_MASTER_KEY)")
         p.add_argument("--storage", help="talk to this database directly instead of a running gateway")
@@ -105,7 +106,9 @@ def _usage_error(message: str) -> NoReturn:
 
 
 def _gateway_root(url: str) -> str:
-    """The gateway's base URL from `--url`; anything but an http(s) URL with a host is a usage error."""
+    """The gateway's base URL from `--url`: `http://host:port`, with a trailing `/v1` (the base URL the
+    OpenAI SDKs are given, as the README writes it) or `/admin` dropped. Anything but an http(s) URL
+    with a host is a usage error."""
     root = url.strip().rstrip("/")
     try:
         parts = urllib.parse.urlsplit(root)
@@ -114,6 +117,8 @@ def _gateway_root(url: str) -> str:
         _usage_error(f"--url {url!r} is not a valid URL ({e}): pass the gateway's base URL, e.g. http://127.0.0.1:4000")
     if parts.scheme not in ("http", "https") or not parts.netloc:
         _usage_error(f"--url {url!r} is not an http(s) URL: pass the gateway's base URL, e.g. http://127.0.0.1:4000")
+    for suffix in ("/v1", "/admin"):
+        root = root.removesuffix(suffix)
     return root
 
 
@@ -122,7 +127,8 @@ def _http(a: argparse.Namespace, method: str, path: str, body: dict | None = Non
     import http.client
 
     root = _gateway_root(a.url)
-    url = root + "/admin" + path
+    path = "/admin" + path  # the real path, named in every message
+    url = root + path
     if query:
         url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
     req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None)
@@ -133,11 +139,14 @@ def _http(a: argparse.Namespace, method: str, path: str, body: dict | None = Non
         with urllib.request.urlopen(req, timeout=30) as resp:
             raw = resp.read()
     except urllib.error.HTTPError as e:
-        msg = e.reason
+        code, msg = None, e.reason
         try:
-            msg = json.loads(e.read())["error"]["message"]
+            err = json.loads(e.read())["error"]
+            code, msg = err.get("code"), err["message"]
         except (ValueError, KeyError, TypeError, AttributeError, OSError, http.client.HTTPException):
             pass
+        if e.code == 404 and code in (None, "unknown_url"):
+            msg = f"{msg} (is {root} the gateway's base URL? pass it as http://HOST:PORT)"
         raise SystemExit(f"tiergate: {method} {path} failed ({e.code}): {msg}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or e

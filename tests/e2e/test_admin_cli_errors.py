@@ -71,3 +71,24 @@ def test_an_unreadable_config_for_models_is_one_line(tmp_path):
     err = _one_line(_cli("keys", "create", "k", "--models", "gpt-4o-mini", "--storage", db, "--config", str(binary)), 2)
     assert err == f"tiergate: --config {binary} is not a UTF-8 text file: pass the gateway's YAML config file"
 
+
+# ------------------------------------------------------------------ --url: the base URL, real paths
+
+
+def test_the_readme_base_url_with_v1_works(keyed):
+    p = _cli("keys", "create", "team", "--url", keyed, master=MASTER)
+    assert p.returncode == 0, p.stderr
+    for url in (keyed, keyed + "/", keyed.removesuffix("/v1")):
+        p = _cli("keys", "list", "--url", url, "--json", master=MASTER)
+        assert p.returncode == 0 and '"name": "team"' in p.stdout, (url, p.stderr)
+    assert _cli("spend", "--url", keyed, master=MASTER).returncode == 0
+
+
+def test_messages_name_the_real_admin_path(keyed):
+    err = _one_line(_cli("keys", "revoke", "nope", "--url", keyed, master=MASTER), 1)
+    assert err == "tiergate: DELETE /admin/keys/nope failed (404): No key with id 'nope'. List keys with GET /admin/keys."
+    root = keyed.removesuffix("/v1")
+    err = _one_line(_cli("keys", "list", "--url", root + "/api", master=MASTER), 1)
+    assert err == (f"tiergate: GET /admin/keys failed (404): Unknown request URL: GET /api/admin/keys. (is {root}/api "
+                   "the gateway's base URL? pass it as http://HOST:PORT)")
+
