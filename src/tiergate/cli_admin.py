@@ -172,6 +172,8 @@ async def _direct(a: argparse.Namespace, op: str) -> Any:
         _check_models(a, f.get("models"))
     except GatewayError as e:
         raise SystemExit(f"tiergate: {e.message}") from None
+    if op != "create":
+        _require_existing_sqlite(a.storage)
     from tiergate.store import StorageError
 
     try:
@@ -203,6 +205,25 @@ async def _direct(a: argparse.Namespace, op: str) -> Any:
         raise SystemExit(f"tiergate: {e.message}") from None
     finally:
         await acc.close()
+
+
+def _require_existing_sqlite(url: str) -> None:
+    """`keys list|update|revoke` and `spend` with a SQLite `--storage` read (or change) an existing database:
+    a path that names no file is a usage error, not a new empty database (and directory) and an empty
+    table. `keys create` may make the database, as `tiergate serve` does."""
+    if not url.startswith("sqlite://"):
+        return
+    from tiergate.store.sqlite import sqlite_path
+
+    try:
+        path = sqlite_path(url)
+    except ValueError as e:
+        _usage_error(f"{e}: check --storage")
+    if path != ":memory:" and os.path.isdir(path):
+        _usage_error(f"the SQLite database {path} is a directory, not a database file (--storage {url}): check the path")
+    if path != ":memory:" and not os.path.exists(path):
+        _usage_error(f"the SQLite database {path} does not exist (--storage {url}): check the path; the gateway "
+                     "creates it on its first start, as `tiergate keys create --storage` does")
 
 
 def _check_models(a: argparse.Namespace, models: list[str] | None) -> None:

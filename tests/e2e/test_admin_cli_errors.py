@@ -92,3 +92,25 @@ def test_messages_name_the_real_admin_path(keyed):
     assert err == (f"tiergate: GET /admin/keys failed (404): Unknown request URL: GET /api/admin/keys. (is {root}/api "
                    "the gateway's base URL? pass it as http://HOST:PORT)")
 
+
+# ------------------------------------------------------------------ --storage: read-only commands create nothing
+
+
+@pytest.mark.parametrize("args", [("keys", "list"), ("spend",), ("keys", "revoke", "k_1"), ("keys", "update", "k_1", "--rpm", "5")])
+def test_read_only_commands_do_not_create_a_database(tmp_path, args):
+    missing = tmp_path / "no" / "dir" / "x.db"
+    err = _one_line(_cli(*args, "--storage", f"sqlite:///{missing}"), 2)
+    assert err == (f"tiergate: the SQLite database {missing} does not exist (--storage sqlite:///{missing}): check the "
+                   "path; the gateway creates it on its first start, as `tiergate keys create --storage` does")
+    assert not (tmp_path / "no").exists()
+    err = _one_line(_cli(*args, "--storage", f"sqlite:///{tmp_path}"), 2)
+    assert err == f"tiergate: the SQLite database {tmp_path} is a directory, not a database file (--storage sqlite:///{tmp_path}): check the path"
+
+
+def test_keys_create_still_makes_the_database(tmp_path):
+    db = tmp_path / "new" / "tg.db"
+    p = _cli("keys", "create", "first", "--storage", f"sqlite:///{db}")
+    assert p.returncode == 0 and db.exists(), p.stderr
+    p = _cli("keys", "list", "--storage", f"sqlite:///{db}")
+    assert p.returncode == 0 and "first" in p.stdout
+
