@@ -145,6 +145,13 @@ def _http(a: argparse.Namespace, method: str, path: str, body: dict | None = Non
             code, msg = err.get("code"), err["message"]
         except (ValueError, KeyError, TypeError, AttributeError, OSError, http.client.HTTPException):
             pass
+        if code == "admin_api_disabled":
+            raise SystemExit(f"tiergate: the gateway at {root} has no master key, so its admin API is off: restart "
+                             "it with TIERGATE_MASTER_KEY set (or `master_key:` in its config) and pass the same key "
+                             "(--master-key or TIERGATE_MASTER_KEY), or use --storage URL to work on its database "
+                             "directly") from None
+        if e.code == 401 and not a.master_key:
+            msg = f"{msg} (no master key was given: pass --master-key or set TIERGATE_MASTER_KEY)"
         if e.code == 404 and code in (None, "unknown_url"):
             msg = f"{msg} (is {root} the gateway's base URL? pass it as http://HOST:PORT)"
         raise SystemExit(f"tiergate: {method} {path} failed ({e.code}): {msg}") from None

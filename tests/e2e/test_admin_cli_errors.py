@@ -114,3 +114,23 @@ def test_keys_create_still_makes_the_database(tmp_path):
     p = _cli("keys", "list", "--storage", f"sqlite:///{db}")
     assert p.returncode == 0 and "first" in p.stdout
 
+
+# ------------------------------------------------------------------ a gateway without a master key
+
+
+def test_a_gateway_without_a_master_key_is_said_plainly(tmp_path):
+    with running_gateway({"models": MODELS, "storage": f"sqlite:///{tmp_path / 'open.db'}"},
+                         env={"TIERGATE_MASTER_KEY": ""}) as base:
+        root = base.removesuffix("/v1")
+        for args in (("keys", "list"), ("spend",), ("keys", "create", "x")):
+            err = _one_line(_cli(*args, "--url", base), 1)
+            assert err == (f"tiergate: the gateway at {root} has no master key, so its admin API is off: restart it "
+                           "with TIERGATE_MASTER_KEY set (or `master_key:` in its config) and pass the same key "
+                           "(--master-key or TIERGATE_MASTER_KEY), or use --storage URL to work on its database "
+                           "directly")
+
+
+def test_a_missing_master_key_is_hinted(keyed):
+    err = _one_line(_cli("keys", "list", "--url", keyed), 1)
+    assert err.startswith("tiergate: GET /admin/keys failed (401): The admin API needs the gateway's master key")
+    assert err.endswith("(no master key was given: pass --master-key or set TIERGATE_MASTER_KEY)")
