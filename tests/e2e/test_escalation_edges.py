@@ -232,3 +232,23 @@ def test_a_cached_escalated_answer_is_served_without_the_first_call(env):
     assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
     rows = _rows(db, again.headers["x-request-id"], 1)
     assert [(r["status"], r["served_model"], r["cost_usd"]) for r in rows] == [("cache_hit", "o3-mini", 0)]
+
+
+def test_a_cached_escalated_answer_stays_with_routed_requests_it_may_serve(env):
+    """The escalated answer is cached under the first candidate's body: an explicit request for that model
+    (never escalated) was served o3-mini's answer from it, and so was a key whose allow-list excludes
+    o3-mini (its `auto` routes to gpt-4o-mini alone)."""
+    up, client, db = env
+    kw = {"messages": [{"role": "user", "content": "Say hi, scoped"}], "temperature": 0}
+    first = client().chat.completions.with_raw_response.create(model="auto", extra_body=_cheap_first(cache=True), **kw)
+    assert first.headers["x-tiergate-model"] == "o3-mini"  # escalated from gpt-4o-mini, cached
+    up.clear()
+    explicit = client().chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", extra_body={"tiergate": {"cache": True}}, **kw)
+    assert explicit.headers["x-tiergate-cache"] == "miss" and explicit.headers["x-tiergate-model"] == "gpt-4o-mini"
+    assert "x-tiergate-escalated" not in explicit.headers and len(up.requests) == 1
+    up.clear()
+    narrow = client(models=["gpt-4o-mini"]).chat.completions.with_raw_response.create(
+        model="auto", extra_body=_cheap_first(cache=True), **kw)
+    assert narrow.headers["x-tiergate-model"] == "gpt-4o-mini" and narrow.headers["x-tiergate-cache"] == "miss"
+    assert len(up.requests) == 1

@@ -279,15 +279,23 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
     settled = False
     try:
         cache = gw.accounting.cache if (not stream and _cacheable(body, opts, ctx)) else None
+        # routed requests keep their own entries: an answer an `auto` request escalated to is cached under its
+        # first candidate's body, which an explicit request for that model must not be served
+        scope = ROUTED_SCOPE if route_info is not None else None
         if cache is not None:
-            hit = await cache.get(body)
-            if hit is not None:
-                served, effort_served = model, body.get("reasoning_effort")
-                if isinstance(hit.get(ESCALATED_ENTRY), dict):  # the answer this request escalated to last time
-                    esc = hit[ESCALATED_ENTRY]
+            hit = await cache.get(body, scope)
+            if hit is not None and isinstance(hit.get(ESCALATED_ENTRY), dict):  # what this request escalated to
+                esc = hit[ESCALATED_ENTRY]
+                key = ctx.key
+                if key is not None and not key.is_master and not key.allows(str(esc.get("model") or "")):
+                    hit = None  # another key's escalation to a model this key may not use: not for it
+                else:
                     served, effort_served = str(esc.get("model") or model), esc.get("effort")
                     headers["x-tiergate-escalated"] = _ascii(f"{esc.get('header')}; cached")
                     hit = hit.get("response") or {}
+            elif hit is not None:
+                served, effort_served = model, body.get("reasoning_effort")
+            if hit is not None:
                 headers.update({"x-tiergate-cache": "hit", "x-tiergate-model": served, "x-tiergate-cost-usd": "0"})
                 record_call(gw, ctx, requested, served, None, effort_served, hit.get("usage"), 0.0,
                         "cache_hit", None, route_info, False, 0)
@@ -350,13 +358,13 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
                 if cache is not None and out is not first and out.body is not None:
                     # cached under this request, so a repeat does not pay for the unusable first answer again
                     out.headers["x-tiergate-cache"] = "miss"
-                    await cache.set(body, {ESCALATED_ENTRY: {
+                    await cache.set(body, scope=scope, result={ESCALATED_ENTRY: {
                         "model": out.headers.get("x-tiergate-model"), "effort": out.headers.get("x-tiergate-reasoning-effort"),
                         "header": out.headers.get("x-tiergate-escalated", "").split("; first_cost_usd=")[0]},
                         "response": out.body})
                 return out
             if cache is not None:
-                await cache.set(body, result)
+                await cache.set(body, result, scope)
             return ChatOutcome(headers=headers, body=result)
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         settled = True  # the stream's finaliser settles
@@ -470,6 +478,7 @@ class _StreamedAnswer:
 
 # A cache entry holding the answer an escalation returned, stored under the first candidate's request
 ESCALATED_ENTRY = "tiergate_escalated"
+ROUTED_SCOPE = "routed"  # the response cache's scope for `model: auto` requests
 
 
 async def _escalate(gw: Gateway, body: dict[str, Any], ctx: CallContext, requested: str, route_info: dict,
