@@ -238,7 +238,7 @@ def test_a_cached_escalated_answer_stays_with_routed_requests_it_may_serve(env):
     """The escalated answer is cached under the first candidate's body: an explicit request for that model
     (never escalated) was served o3-mini's answer from it, and so was a key whose allow-list excludes
     o3-mini (its `auto` routes to gpt-4o-mini alone)."""
-    up, client, db = env
+    up, client, _ = env
     kw = {"messages": [{"role": "user", "content": "Say hi, scoped"}], "temperature": 0}
     first = client().chat.completions.with_raw_response.create(model="auto", extra_body=_cheap_first(cache=True), **kw)
     assert first.headers["x-tiergate-model"] == "o3-mini"  # escalated from gpt-4o-mini, cached
