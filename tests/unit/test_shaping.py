@@ -72,11 +72,15 @@ def test_system_becomes_developer_for_o3_mini(cat: Catalog) -> None:
 
 def test_system_and_developer_become_one_developer_message_for_o3_mini(cat: Catalog) -> None:
     """Renaming alone sent two developer messages; the reasoning-model docs say not to send both."""
-    body = {"model": "o3-mini", "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "u1"},
+    body = {"model": "o3-mini", "messages": [{"role": "system", "content": "S"},
                                              {"role": "developer", "content": [{"type": "text", "text": "D"}]},
+                                             {"role": "user", "content": "u1"}, {"role": "assistant", "content": "a1"},
+                                             {"role": "developer", "content": "answer in French"},
                                              {"role": "user", "content": "u2"}]}
     out, _ = shape_request(body, cat["o3-mini"])
     assert out["messages"] == [{"role": "developer", "content": "S\n\nD"}, {"role": "user", "content": "u1"},
+                               {"role": "assistant", "content": "a1"},
+                               {"role": "developer", "content": "answer in French"},  # stays in its place
                                {"role": "user", "content": "u2"}]
     assert body["messages"][0] == {"role": "system", "content": "S"}  # the caller's body is not changed
     two_system = {"model": "o3-mini", "messages": [{"role": "system", "content": "a"}, {"role": "system", "content": "b"},

@@ -202,25 +202,30 @@ def _fold_into_user(messages: list[Any]) -> list[Any]:
 
 
 def _merge_instructions(messages: list[Any], role: str) -> list[Any]:
-    """A request with both system and developer messages, for a model that takes one of the two roles:
-    one `role` message with their texts in order, where the first was. (Sending both to a reasoning
-    model is what its docs say not to do; renaming alone made two messages of one role.)"""
+    """Adjacent system and developer messages, for a model that takes one of the two roles: one `role`
+    message with their texts in order, in their place (sending both to a reasoning model is what its docs
+    say not to do; renaming alone made two messages of one role). Instructions elsewhere in the
+    conversation stay where they are."""
     roles = {m.get("role") for m in messages if isinstance(m, dict)}
     if not _SYSTEMISH <= roles:
         return messages
-    texts: list[str] = []
     out: list[Any] = []
-    first = -1
+    run: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if len(run) > 1 and {m.get("role") for m in run} == _SYSTEMISH:
+            out.append({"role": role, "content": "\n\n".join(t for t in (_text_of(m.get("content")) for m in run) if t)})
+        else:
+            out.extend(run)
+        run.clear()
+
     for m in messages:
         if isinstance(m, dict) and m.get("role") in _SYSTEMISH:
-            if first < 0:
-                first = len(out)
-            t = _text_of(m.get("content"))
-            if t:
-                texts.append(t)
+            run.append(m)
         else:
+            flush()
             out.append(m)
-    out.insert(first, {"role": role, "content": "\n\n".join(texts)})
+    flush()
     return out
 
 
