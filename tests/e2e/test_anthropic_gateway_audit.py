@@ -123,3 +123,45 @@ def test_upstream_401_403_are_502_upstream_auth_failed(env, status, typ):
         client.chat.completions.create(model=CLAUDE, messages=[{"role": "user", "content": "hi"}])
     assert ei.value.status_code == 502 and ei.value.body["code"] == "upstream_auth_failed"
     assert ei.value.response.headers.get("x-should-retry") == "false"
+
+
+@pytest.fixture(scope="module")
+def env_128k(tmp_path_factory):
+    db = tmp_path_factory.mktemp("anthropic-128k") / "tiergate.db"
+    with FakeAnthropicThread("sk-ant-audit") as fake:
+        dep = {"provider": "anthropic", "api_base": fake.base_url, "api_key": "env:TG_AUDIT_ANT"}
+        cfg = {
+            "models": [
+                {"name": "claude-beta", "catalog": CLAUDE,
+                 "deployments": [{**dep, "headers": {"anthropic-beta": "output-128k-2025-02-19"}}]},
+                {"name": "claude-opt", "catalog": CLAUDE,
+                 "deployments": [{**dep, "options": {"max_output_tokens": 100000}}]},
+                {"name": "claude-mixed", "catalog": CLAUDE,  # one deployment without the beta: 64,000
+                 "deployments": [{**dep, "headers": {"anthropic-beta": "output-128k-2025-02-19"}}, dep]},
+            ],
+            "storage": f"sqlite:///{db}",
+        }
+        with running_gateway(cfg, env={"TG_AUDIT_ANT": "sk-ant-audit"}) as url:
+            yield url, fake
+
+
+@pytest.mark.parametrize(("model", "most"), [("claude-beta", 128000), ("claude-opt", 100000),
+                                             ("claude-mixed", 64000)])
+def test_output_limit_check_uses_the_deployments_max_output(env_128k, model, most):
+    """Was 400 'max_tokens is too large: 100000. This model supports at most 64000' on a deployment sending
+    the output-128k beta header (or options.max_output_tokens: 128000), on chat and /v1/responses."""
+    import httpx
+
+    url, fake = env_128k
+    hdr = {"authorization": "Bearer unused"}
+    msgs = [{"role": "user", "content": "hi"}]
+    for path, field, body in (("chat/completions", "max_tokens", {"messages": msgs}),
+                              ("responses", "max_output_tokens", {"input": "hi"})):
+        ok = httpx.post(f"{url}/{path}", json={"model": model, field: most, **body}, headers=hdr, timeout=10)
+        assert ok.status_code == 200, ok.text
+        assert fake.requests[-1]["max_tokens"] == most
+        big = httpx.post(f"{url}/{path}", json={"model": model, field: most + 1, **body}, headers=hdr, timeout=10)
+        assert big.status_code == 400
+        assert big.json()["error"]["param"] == field
+        assert f"at most {most} completion tokens" in big.json()["error"]["message"]
+    assert fake.problems == []

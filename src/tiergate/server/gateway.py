@@ -5,7 +5,7 @@ the objects held here."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from tiergate.catalog.catalog import Catalog, ModelInfo
@@ -36,7 +36,8 @@ def resolve_catalog(config: GatewayConfig, catalog: Catalog) -> tuple[dict[str, 
                 raise ConfigError(f"models[{i}].catalog: {m.catalog!r} is not in the model catalogue.{hint}")
             info = catalog.unknown(m.catalog)
             unpriced.append(m.name)
-        infos[m.name] = info
+        most = effective_max_output(info, m)
+        infos[m.name] = info if most == info.max_output_tokens else replace(info, max_output_tokens=most)
     for i, cand in enumerate(config.routing.candidates):  # efforts checked against the catalogue entry
         model, _, effort = cand.partition("@")
         levels = tuple(infos[model].capabilities.reasoning_efforts or ()) if model in infos else ()
@@ -45,6 +46,33 @@ def resolve_catalog(config: GatewayConfig, catalog: Catalog) -> tuple[dict[str, 
                    f"{model} has no reasoning effort {effort!r} (efforts: {', '.join(levels)})")
             raise ConfigError(f"routing.candidates[{i}]: {cand!r}: {why}.")
     return infos, unpriced
+
+
+def deployment_max_output(info: ModelInfo, m: Any, d: Any) -> int:
+    """The most output tokens deployment `d` of configured model `m` may be asked for: its
+    `options.max_output_tokens` when set; else, for an Anthropic deployment whose headers carry the
+    `output-128k-2025-02-19` beta and whose model Anthropic lets write 128,000 tokens with it (claude-3-7-sonnet,
+    as `providers.anthropic.max_output_tokens` decides), at least 128,000; else the catalogue entry's."""
+    set_by_operator = (d.options or {}).get("max_output_tokens")
+    if isinstance(set_by_operator, int) and not isinstance(set_by_operator, bool) and set_by_operator > 0:
+        return set_by_operator
+    if d.provider == "anthropic" and any(k.lower() == "anthropic-beta" for k, _ in d.headers):
+        from tiergate.providers.anthropic import max_output_tokens
+
+        upstream = d.upstream_model or m.catalog
+        with_beta = max_output_tokens(upstream, info.name, headers=d.headers)
+        without = max_output_tokens(upstream, info.name)
+        if with_beta is not None and without is not None and with_beta > without:  # the beta header raised it
+            return max(info.max_output_tokens, with_beta)
+    return info.max_output_tokens
+
+
+def effective_max_output(info: ModelInfo, m: Any) -> int:
+    """The configured model's maximum output tokens, which the gateway's output-limit check, its default
+    output bound and the budget reservation use: the smallest over its deployments of
+    `deployment_max_output` (so whichever deployment serves a request can serve what was admitted). The
+    catalogue's figure unless a deployment says otherwise (`options.max_output_tokens`, the 128k beta)."""
+    return min((deployment_max_output(info, m, d) for d in m.deployments), default=info.max_output_tokens)
 
 
 class StartupError(RuntimeError):
