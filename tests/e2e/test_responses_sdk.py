@@ -168,3 +168,22 @@ def test_translated_response_echoes_the_settings_the_model_ran_with(env):
     assert events[0].response.temperature == 1.0 and events[-1].response.temperature == 1.0
     kept = client.responses.create(model="gpt-4o", input="x", temperature=0.5)  # a model that takes it
     assert kept.temperature == 0.5
+
+
+@pytest.mark.parametrize("model", ["o3-mini", "gpt-4o"])  # native (Responses upstream), translated (chat upstream)
+@pytest.mark.parametrize(("kw", "param"), [
+    ({"temperature": 3}, "temperature"),
+    ({"top_logprobs": 30}, "top_logprobs"),
+    ({"instructions": 5}, "instructions"),
+    ({"input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]}, "input[0].content[0].text"),
+])
+def test_responses_refuse_what_chat_refuses_on_both_paths(env, model, kw, param):
+    """The native path sent out-of-range settings upstream unchecked; `instructions: 5` and a numeric text part
+    were turned into strings."""
+    client, up, _ = env
+    up.clear()
+    body = {"input": "x", **kw}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=model, **body)
+    assert e.value.param == param, e.value.body
+    assert up.requests == []

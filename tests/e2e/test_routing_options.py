@@ -196,6 +196,7 @@ def test_auto_without_routing_config_has_a_code(tmp_path):
     ([{"type": "text", "text": 5}], "messages[0].content[0].text"),
     ([{"type": "text", "text": None}], "messages[0].content[0].text"),
     (["hi"], "messages[0].content[0]"),
+    ([{"type": "image_url", "image_url": 5}], "messages[0].content[0].image_url"),
 ])
 def test_malformed_message_content_is_a_named_400(env, model, content, param):
     """A number, an object or a non-string text part as `content` was a 500 (TypeError in routing and
@@ -212,6 +213,7 @@ def test_malformed_message_content_is_a_named_400(env, model, content, param):
     ({"top_p": 1.5}, "top_p", "decimal_above_max_value"),
     ({"presence_penalty": 3}, "presence_penalty", "decimal_above_max_value"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "array_above_max_length"),
+    ({"stop": 5}, "stop", "invalid_type"),
     ({"top_logprobs": 3}, "top_logprobs", "invalid_value"),
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "invalid_value"),
 ])

@@ -66,7 +66,8 @@ class ChatOutcome:
     status: int = 200
 
 
-def _validate(body: Any) -> None:
+def validate_body(body: Any) -> None:
+    """A Chat Completions body's shape and ranges (OpenAI's 400s), before anything is counted or sent."""
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
     model = body.get("model")
@@ -109,6 +110,10 @@ def _validate(body: Any) -> None:
                               f"Expected a value {'<=' if above else '>='} {hi if above else lo}, but got {v} instead.",
                               param=name, code="decimal_above_max_value" if above else "decimal_below_min_value")
     stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (
+            isinstance(stop, list) and all(isinstance(x, str) for x in stop)):
+        raise bad_request(f"Invalid type for 'stop': expected a string or an array of strings, but got "
+                          f"{_JSON_TYPE.get(type(stop), 'another type')} instead.", param="stop", code="invalid_type")
     if isinstance(stop, list) and len(stop) > 4:
         raise bad_request(f"Invalid 'stop': array too long. Expected an array with maximum length 4, but got an array "
                           f"with length {len(stop)} instead.", param="stop", code="array_above_max_length")
@@ -149,6 +154,9 @@ def _check_content(content: Any, i: int) -> None:
             raise bad_request(f"Invalid type for 'messages[{i}].content[{j}]': expected an object with a string "
                               "'type' (e.g. {\"type\": \"text\", \"text\": \"...\"}).",
                               param=f"messages[{i}].content[{j}]", code="invalid_type")
+        if part["type"] == "image_url" and not isinstance(part.get("image_url"), dict | str):
+            raise bad_request(f"Invalid type for 'messages[{i}].content[{j}].image_url': expected an object with a "
+                              "`url`.", param=f"messages[{i}].content[{j}].image_url", code="invalid_type")
         if part["type"] == "text" and not isinstance(part.get("text"), str):
             raise bad_request(f"Invalid type for 'messages[{i}].content[{j}].text': expected a string, but got "
                               f"{_JSON_TYPE.get(type(part.get('text')), 'null')} instead.",
@@ -213,7 +221,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
     Upstream failures are recorded here (`failed_attempt` rows + `error`, `e.recorded` set); a refusal
     of the gateway's own before any upstream call (validation, shaping, a provider's `RequestRefused`)
     is raised unrecorded, for the HTTP handler's `record_rejected` (a batch line: its error file)."""
-    _validate(body)
+    validate_body(body)
     requested = body["model"]
     opts = read_options(body, requested if _escalated_from is None else _escalated_from["requested"])
     stream = bool(body.get("stream"))

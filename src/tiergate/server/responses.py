@@ -58,6 +58,7 @@ from tiergate.server.chat import (
     request_timeouts,
     run_chat,
     upstream_error_text,
+    validate_body,
 )
 from tiergate.server.streaming import BurstStreamingResponse
 from tiergate.store.responses import ChainBroken, ResponseStore
@@ -192,6 +193,7 @@ async def handle_responses(gw: Gateway, request: Request) -> Response:
                 # so the chain is expanded here and sent as input, as on the translated path
                 chat_req = await _with_history(gw, ctx, req)
                 chat_body = wr.to_chat_request(chat_req)
+                validate_body(chat_body)
                 opts = read_options(dict(req), req.get("model"))
                 return await _native(gw, chat_req, chat_body, ctx, opts, _saver(gw, ctx, req, "native"),
                                      echo={"previous_response_id": req["previous_response_id"]})
@@ -204,6 +206,7 @@ async def handle_responses(gw: Gateway, request: Request) -> Response:
         # model of another family (a fallback, or `auto` routing elsewhere)
         chat_body = wr.to_chat_request(chat_req, thinking_blocks=not native)
         if native:
+            validate_body(chat_body)  # the same ranges and shapes as chat (sent upstream as given otherwise)
             opts = read_options(dict(req), req.get("model"))  # the same checks as the chat path
             return await _native(gw, req, chat_body, ctx, opts, _saver(gw, ctx, req, "native"))
         out = await run_chat(gw, chat_body, ctx)

@@ -104,7 +104,10 @@ def _parts(content: Any, path: str) -> str | list[dict[str, Any]]:
     for i, p in enumerate(content):
         t = p.get("type") if isinstance(p, dict) else None
         if t in ("input_text", "output_text", "text"):
-            out.append({"type": "text", "text": str(p.get("text", ""))})
+            if not isinstance(p.get("text"), str):
+                raise _err(f"{t} needs a string `text`, got {type(p.get('text')).__name__}",
+                           f"{path}.content[{i}].text", "invalid_type")
+            out.append({"type": "text", "text": p["text"]})
         elif t == "refusal":
             out.append({"type": "text", "text": str(p.get("refusal", ""))})
         elif t == "input_image":
@@ -285,8 +288,11 @@ def to_chat_request(req: Any, *, thinking_blocks: bool = False) -> dict[str, Any
     if "input" not in req:
         raise bad_request("input is required", param="input", code="missing_required_parameter")
     msgs = _input_messages(req["input"], thinking_blocks)
-    if req.get("instructions"):
-        msgs.insert(0, {"role": "system", "content": str(req["instructions"])})
+    instructions = req.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise _err(f"instructions must be a string, got {type(instructions).__name__}", "instructions", "invalid_type")
+    if instructions:
+        msgs.insert(0, {"role": "system", "content": instructions})
     body: dict[str, Any] = {"model": req["model"], "messages": msgs}
     for k in _PASS:
         if req.get(k) is not None:
