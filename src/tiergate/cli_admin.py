@@ -169,11 +169,15 @@ def _http(a: argparse.Namespace, method: str, path: str, body: dict | None = Non
 async def _direct(a: argparse.Namespace, op: str) -> Any:
     """The same operations against the store, through the same Accounting code the server runs."""
     from tiergate.accounting.service import Accounting
-    from tiergate.config import parse_config
+    from tiergate.config import ConfigError, parse_config
     from tiergate.server.admin import spend_body, spend_window
     from tiergate.wire.errors import GatewayError
 
     raw = {"models": [{"name": "_", "deployments": [{"provider": "sim"}]}], "storage": a.storage}
+    try:  # an unsupported URL (redis://, mysql://, a bare word) is a mistake in the command line
+        config = parse_config(raw, env={})
+    except ConfigError as e:
+        _usage_error(f"--storage{str(e).removeprefix('storage')}")
     try:
         f = _fields(a) if op in ("create", "update") else {}
         _check_models(a, f.get("models"))
@@ -184,7 +188,7 @@ async def _direct(a: argparse.Namespace, op: str) -> Any:
     from tiergate.store import StorageError
 
     try:
-        acc = await Accounting.start(parse_config(raw, env={}))
+        acc = await Accounting.start(config)
     except StorageError as e:
         raise SystemExit(f"tiergate: storage error: {e}: check --storage") from None
     try:

@@ -134,3 +134,16 @@ def test_a_missing_master_key_is_hinted(keyed):
     err = _one_line(_cli("keys", "list", "--url", keyed), 1)
     assert err.startswith("tiergate: GET /admin/keys failed (401): The admin API needs the gateway's master key")
     assert err.endswith("(no master key was given: pass --master-key or set TIERGATE_MASTER_KEY)")
+
+
+# ------------------------------------------------------------------ an unsupported --storage URL
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:5432/x", "mysql://x", "nonsense"])
+@pytest.mark.parametrize("args", [("keys", "list"), ("spend",), ("keys", "create", "k")])
+def test_an_unsupported_storage_url_is_one_line(url, args):
+    """Was a ConfigError traceback with exit status 1 (`tiergate serve` says the same mistake in one line)."""
+    scheme = url.split("://")[0]
+    err = _one_line(_cli(*args, "--storage", url), 2)
+    assert err == f"tiergate: --storage: unsupported URL {scheme!r}; use sqlite:///./tiergate.db or postgresql://…"
+
