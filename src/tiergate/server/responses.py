@@ -237,7 +237,9 @@ def _as_served(req: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
     echo = {k: v for k, v in req.items() if not (k in _ECHOED_SETTINGS and k in dropped)}
     effort = headers.get("x-tiergate-reasoning-effort")
     reasoning = echo.get("reasoning") if isinstance(echo.get("reasoning"), dict) else {}
-    if effort and not reasoning.get("effort"):
+    if "reasoning_effort" in dropped:  # the model takes no effort (auto may route a pinned effort to one)
+        echo["reasoning"] = {**reasoning, "effort": None}
+    elif effort and not reasoning.get("effort"):
         echo["reasoning"] = {**reasoning, "effort": effort}
     return echo
 
