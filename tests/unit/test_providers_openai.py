@@ -378,3 +378,15 @@ async def test_upstream_error_fields_are_scrubbed_bounded_and_back_off_is_finite
         with pytest.raises(UpstreamError) as ei:
             await p.chat(BODY, FAST)
         assert ei.value.retry_after == expected, value
+
+
+async def test_per_request_timeouts_do_not_grow_memory_without_bound(up, sessions):
+    """One ClientTimeout was kept per distinct `tiergate.timeouts` value, forever (a client sending its
+    remaining deadline as `total` grew the gateway by ~370 B per request)."""
+    from tiergate.providers.openai import MAX_CACHED_TIMEOUTS
+
+    p = make(up, sessions)
+    for i in range(MAX_CACHED_TIMEOUTS * 5):
+        ct = p._client_timeout(Timeouts(connect=1.0, first_token=1.0 + i / 1000, stream_idle=1.0, total=5.0))
+        assert ct.sock_read == 1.0 + i / 1000
+    assert len(p._client_timeouts) <= MAX_CACHED_TIMEOUTS

@@ -47,6 +47,11 @@ _STATUS_FOR_TYPE = {
 }
 
 
+#: ClientTimeout objects kept per deployment (the configured timeouts and a few request overrides); a client
+#: varying `tiergate.timeouts` per request made this grow by one entry per distinct value, forever
+MAX_CACHED_TIMEOUTS = 64
+
+
 @register("openai", "openai_compatible")
 class OpenAIProvider(Provider):
     """Chat Completions and Responses over the OpenAI wire protocol."""
@@ -303,6 +308,8 @@ class OpenAIProvider(Provider):
         ct = self._client_timeouts.get(t)
         if ct is None:
             ct = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_token)
+            if len(self._client_timeouts) >= MAX_CACHED_TIMEOUTS:  # per-request `tiergate.timeouts` vary freely
+                self._client_timeouts.clear()
             self._client_timeouts[t] = ct
         return ct
 
