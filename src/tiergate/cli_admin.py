@@ -21,8 +21,21 @@ import urllib.parse
 import urllib.request
 from typing import Any, NoReturn
 
+EXIT_CODES = """exit status:
+  0  done
+  2  a mistake in the command line, or a value the gateway refuses with a 400 (with --storage: the
+     same checks, made here): bad --metadata JSON, a --url that is not an http(s) URL, an unsupported
+     --storage URL or a SQLite file that is not there, --rpm 0, --tpm -5, --budget-usd -1, an unknown
+     --models name, a --start/--end that cannot be read
+  1  anything else: the gateway cannot be reached, wants the master key (401), has its admin API off
+     (403: no master key), has no such key (404), or the database cannot be used"""
+
 
 def add_admin_commands(sub: argparse._SubParsersAction) -> None:
+    def parser(parent: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=text, epilog=EXIT_CODES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=os.environ.get("TIERGATE_URL", "http://127.0.0.1:4000"),
                        help="gateway base URL, e.g. http://127.0.0.1:4000 (a trailing /v1 is dropped; env TIERGATE_URL)")
@@ -31,7 +44,7 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--storage", help="talk to this database directly instead of a running gateway")
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    keys = sub.add_parser("keys", help="create, list, change and revoke virtual API keys")
+    keys = parser(sub, "keys", "create, list, change and revoke virtual API keys")
     ks = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
 
     def key_fields(p: argparse.ArgumentParser, create: bool) -> None:
@@ -47,27 +60,27 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:
                        help="with --storage: the gateway's config file, so --models may name its models "
                        "(env TIERGATE_CONFIG; without it only catalogue names are known)")
 
-    c = ks.add_parser("create", help="create a key (the secret is printed once)")
+    c = parser(ks, "create", "create a key (the secret is printed once)")
     c.add_argument("name")
     key_fields(c, True)
     common(c)
     c.set_defaults(func=_run, op="create")
-    ls = ks.add_parser("list", help="list keys")
+    ls = parser(ks, "list", "list keys")
     ls.add_argument("--active", action="store_true", help="hide revoked keys")
     common(ls)
     ls.set_defaults(func=_run, op="list")
-    u = ks.add_parser("update", help="change a key's name, budget, limits, models or cache flag")
+    u = parser(ks, "update", "change a key's name, budget, limits, models or cache flag")
     u.add_argument("id")
     u.add_argument("--name")
     key_fields(u, False)
     common(u)
     u.set_defaults(func=_run, op="update")
-    r = ks.add_parser("revoke", help="revoke a key (refused by every replica within 1 s)")
+    r = parser(ks, "revoke", "revoke a key (refused by every replica within 1 s)")
     r.add_argument("id")
     common(r)
     r.set_defaults(func=_run, op="revoke")
 
-    sp = sub.add_parser("spend", help="spend report from the ledger")
+    sp = parser(sub, "spend", "spend report from the ledger")
     sp.add_argument("--group-by", default="key",
                     choices=["key", "model", "deployment", "day", "requested_model", "status"])
     sp.add_argument("--start", help="YYYY-MM-DD, ISO datetime or epoch seconds (default: 30 days ago)")
@@ -154,6 +167,8 @@ def _http(a: argparse.Namespace, method: str, path: str, body: dict | None = Non
             msg = f"{msg} (no master key was given: pass --master-key or set TIERGATE_MASTER_KEY)"
         if e.code == 404 and code in (None, "unknown_url"):
             msg = f"{msg} (is {root} the gateway's base URL? pass it as http://HOST:PORT)"
+        if e.code == 400:  # a value the gateway refuses (--rpm 0, --budget-usd -1, …): a command-line mistake
+            _usage_error(f"{method} {path} failed ({e.code}): {msg}")
         raise SystemExit(f"tiergate: {method} {path} failed ({e.code}): {msg}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or e
@@ -182,7 +197,7 @@ async def _direct(a: argparse.Namespace, op: str) -> Any:
         f = _fields(a) if op in ("create", "update") else {}
         _check_models(a, f.get("models"))
     except GatewayError as e:
-        raise SystemExit(f"tiergate: {e.message}") from None
+        _refused(e)
     if op != "create":
         _require_existing_sqlite(a.storage)
     from tiergate.store import StorageError
@@ -213,9 +228,17 @@ async def _direct(a: argparse.Namespace, op: str) -> Any:
         start, end = spend_window(a.start, a.end, time.time())
         return spend_body(a.group_by, start, end, await acc.spend(a.group_by, start, end, a.key_id), a.key_id)
     except GatewayError as e:
-        raise SystemExit(f"tiergate: {e.message}") from None
+        _refused(e)
     finally:
         await acc.close()
+
+
+def _refused(e: Any) -> NoReturn:
+    """A GatewayError of the database layer (`--storage`), as the admin API would answer it: a 400 (a
+    value it refuses: `rpm` 0, a negative budget, an unknown model) is a command-line mistake (exit 2)."""
+    if e.status == 400:
+        _usage_error(e.message)
+    raise SystemExit(f"tiergate: {e.message}") from None
 
 
 def _require_existing_sqlite(url: str) -> None:

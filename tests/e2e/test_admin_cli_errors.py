@@ -1,11 +1,12 @@
 """`tiergate keys …` / `tiergate spend` mistakes are one line (`tiergate: …`) with exit status 2 for a bad
-command line and 1 for a gateway that refuses, never a traceback: bad --metadata JSON, a --url that is not
+command line or a value the gateway refuses with a 400, and 1 otherwise, never a traceback: bad --metadata JSON, a --url that is not
 an http(s) URL, an unreadable --config; the README's base URL (`…/v1`) works as --url and messages name the
 real path (/admin/keys); read-only commands do not create a SQLite database that is not there; a gateway
 without a master key (admin API off) is said so plainly."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -147,3 +148,44 @@ def test_an_unsupported_storage_url_is_one_line(url, args):
     err = _one_line(_cli(*args, "--storage", url), 2)
     assert err == f"tiergate: --storage: unsupported URL {scheme!r}; use sqlite:///./tiergate.db or postgresql://…"
 
+
+# ------------------------------------------------------------------ values the gateway refuses (400): exit 2
+
+
+def test_values_the_gateway_refuses_exit_2_over_http(keyed):
+    """Was exit status 1 (as for an unreachable gateway) while --metadata / --url mistakes exit 2."""
+    p = _cli("keys", "create", "v", "--url", keyed, "--json", master=MASTER)
+    assert p.returncode == 0, p.stderr
+    kid = json.loads(p.stdout)["id"]
+    for args, param in ((("keys", "update", kid, "--rpm", "0"), "rpm"),
+                        (("keys", "update", kid, "--budget-usd", "-1"), "budget_usd"),
+                        (("keys", "create", "w", "--tpm", "-5"), "tpm")):
+        err = _one_line(_cli(*args, "--url", keyed, master=MASTER), 2)
+        assert f"failed (400): Invalid value for '{param}'" in err, err
+    err = _one_line(_cli("keys", "update", "k_nope", "--rpm", "5", "--url", keyed, master=MASTER), 1)  # 404: 1
+    assert "failed (404)" in err
+
+
+def test_values_the_database_layer_refuses_exit_2_with_storage(tmp_path):
+    db = f"sqlite:///{tmp_path / 'v.db'}"
+    p = _cli("keys", "create", "v", "--storage", db, "--json")
+    assert p.returncode == 0, p.stderr
+    kid = json.loads(p.stdout)["id"]
+    assert _one_line(_cli("keys", "update", kid, "--rpm", "0", "--storage", db), 2) == (
+        "tiergate: `rpm` must be a positive integer or null (no limit).")
+    assert _one_line(_cli("keys", "update", kid, "--budget-usd", "-1", "--storage", db), 2).startswith(
+        "tiergate: `budget_usd` must be a number from 0")
+    assert _one_line(_cli("keys", "create", "w", "--rpm", "0", "--storage", db), 2).startswith("tiergate: `rpm`")
+    assert _one_line(_cli("keys", "create", "w", "--models", "nosuchmodel", "--storage", db), 2).startswith(
+        "tiergate: models[0]: unknown model 'nosuchmodel'.")
+    assert _one_line(_cli("keys", "update", "k_nope", "--rpm", "5", "--storage", db), 1) == (
+        "tiergate: no key with id 'k_nope'")
+
+
+@pytest.mark.parametrize("args", [("keys",), ("keys", "create"), ("keys", "update"), ("keys", "list"),
+                                  ("keys", "revoke"), ("spend",)])
+def test_help_documents_the_exit_codes(args):
+    p = _cli(*args, "--help")
+    assert p.returncode == 0
+    assert "exit status:\n  0  done\n  2  a mistake in the command line, or a value the gateway refuses" in p.stdout
+    assert "--rpm 0, --tpm -5, --budget-usd -1" in p.stdout.replace("\n     ", " ")
