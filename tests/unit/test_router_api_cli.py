@@ -480,3 +480,22 @@ def test_train_on_your_file_alone_says_which_packaged_candidates_it_drops(tmp_pa
     assert rc == 0 and "saved a router for 2 candidates" in out
     assert re.search(r"outcome data for \d+ candidates these files do not score", err)
     assert "--outcomes ../shared/data/*.jsonl.gz YOUR_FILE" in err
+
+
+@pytest.mark.parametrize(("kwargs", "exc", "match"), [
+    ({"candidates": "gpt-4o-mini"}, TypeError, "candidates must be a list"),
+    ({"prompt": ["hi", "there"]}, TypeError, r"messages\[0\] must be a chat message"),
+    ({"max_output_tokens": -1}, ValueError, "max_output_tokens must be >= 1"),
+    ({"max_output_tokens": "100"}, TypeError, "max_output_tokens must be an integer"),
+    ({"prompt_tokens": "9"}, TypeError, "prompt_tokens must be an integer"),
+    ({"cost_cap_usd": float("nan")}, ValueError, "cost_cap_usd must be a finite number"),
+    ({"cost_cap_usd": "0.01"}, TypeError, "cost_cap_usd must be a number"),
+])
+def test_python_api_arguments_of_the_wrong_kind_say_what_is_expected(router: Router, kwargs, exc, match) -> None:
+    """A string of candidates was iterated letter by letter, a list of strings routed as an empty prompt, a
+    negative output bound gave a negative cost, a NaN cap was accepted, strings gave a bare '<' TypeError."""
+    kwargs = dict(kwargs)
+    prompt = kwargs.pop("prompt", "hi")
+    candidates = kwargs.pop("candidates", ["gpt-4o-mini", "o1@high"])
+    with pytest.raises(exc, match=match):
+        router.decide(prompt, candidates, **kwargs)

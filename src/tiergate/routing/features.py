@@ -120,6 +120,9 @@ def prompt_text(prompt_or_messages: str | Sequence[Any]) -> str:
                         f"([{{'role': 'user', 'content': '...'}}]), got {type(prompt_or_messages).__name__}")
     last = ""
     for i, msg in enumerate(prompt_or_messages):
+        if not isinstance(msg, dict) and not hasattr(msg, "role"):
+            raise TypeError(f"messages[{i}] must be a chat message ({{'role': ..., 'content': ...}}), got "
+                            f"{type(msg).__name__} {msg!r:.40}")
         role = msg.get("role") if isinstance(msg, dict) else getattr(msg, "role", None)
         content = msg.get("content") if isinstance(msg, dict) else getattr(msg, "content", None)
         if role != "user" or content is None:

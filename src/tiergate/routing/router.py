@@ -26,6 +26,7 @@ small matrix products.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
@@ -466,6 +467,16 @@ class Router:
             choices = 1
         if isinstance(choices, bool) or not isinstance(choices, int) or choices < 1:
             raise ValueError(f"choices must be a positive integer, got {choices!r}")
+        if isinstance(candidates, str | bytes) or not isinstance(candidates, Sequence):
+            raise TypeError("candidates must be a list of `model` or `model@effort` names, e.g. "
+                            f"['gpt-4o-mini', 'o3-mini@low'], got {type(candidates).__name__} {candidates!r:.40}")
+        for name, value, least in (("max_output_tokens", max_output_tokens, 1), ("prompt_tokens", prompt_tokens, 0)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r:.40}")
+            if value < least:
+                raise ValueError(f"{name} must be >= {least}, got {value}")
         cands = [Candidate.parse(c) for c in candidates]
         if not cands:
             raise NoEligibleCandidate("no routing candidates configured (routing.candidates in the config)")
@@ -587,8 +598,12 @@ class Router:
         `response_format`, `stream`: the request's capabilities, checked as `assess` says (after the
         caller's `eligible`, so its reasons come first); image parts in the messages need vision even
         without them."""
-        if cost_cap_usd is not None and cost_cap_usd < 0:
-            raise ValueError(f"cost_cap_usd must be >= 0, got {cost_cap_usd!r}")
+        if cost_cap_usd is not None:
+            if isinstance(cost_cap_usd, bool) or not isinstance(cost_cap_usd, int | float):
+                raise TypeError(f"cost_cap_usd must be a number of dollars, got {type(cost_cap_usd).__name__} "
+                                f"{cost_cap_usd!r:.40}")
+            if not math.isfinite(cost_cap_usd) or cost_cap_usd < 0:
+                raise ValueError(f"cost_cap_usd must be a finite number >= 0, got {cost_cap_usd!r}")
         if quality_target is not None:
             target = resolve_target(None, quality_target)
         elif policy is None:
