@@ -1,7 +1,8 @@
 """The admin API (FastAPI, mounted at /admin, schema at /admin/openapi.json): virtual keys and spend.
 
-Every route needs the master key as `Authorization: Bearer …`; a gateway without a master key answers
-every route with 403 `admin_api_disabled` (its /v1 is open; keys minted there would stay valid once a
+Every route needs the master key as `Authorization: Bearer …` (the schema, /admin/openapi.json, and its
+pages /admin/docs and /admin/redoc do not); a gateway without a master key answers every route, those
+three included, with 403 `admin_api_disabled` (its /v1 is open; keys minted there would stay valid once a
 master key is set). Errors are OpenAI-shaped.
 
     POST   /admin/keys              create a key; the secret `key` is in this response only
@@ -165,13 +166,28 @@ def check_key_models(models: list[str] | None, configured: list[str], catalogue:
             f"(docs/catalog.md) are accepted too.{hint}", param=f"models[{i}]", code="model_not_found")
 
 
+def admin_disabled() -> GatewayError:
+    """The 403 of every /admin path of a gateway without a master key."""
+    return GatewayError(403, "The admin API is off because this gateway has no master key. Set "
+                        "TIERGATE_MASTER_KEY (or `master_key:` in the config) and send it as Authorization: "
+                        "Bearer; `tiergate keys|spend --storage URL` work on the database directly.",
+                        type="invalid_request_error", code="admin_api_disabled")
+
+
+SCHEMA_PATHS = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")  # FastAPI's own pages
+
+
 def build_admin_app(accounting: Accounting) -> FastAPI:
+    master = accounting.config.master_key.value if accounting.config.master_key else None
+    off = master is None  # no schema pages either: they would say the API is there
     app = FastAPI(
         title="tiergate admin API",
         description="Virtual keys, budgets, rate limits and spend. Authenticate with the master key as Bearer.",
         version="1",
+        openapi_url=None if off else "/openapi.json",
+        docs_url=None if off else "/docs",
+        redoc_url=None if off else "/redoc",
     )
-    master = accounting.config.master_key.value if accounting.config.master_key else None
     configured = [m.name for m in accounting.config.models]
     catalogue: list[str] = []
 
@@ -182,10 +198,7 @@ def build_admin_app(accounting: Accounting) -> FastAPI:
 
     async def require_master(request: Request) -> None:
         if master is None:  # an open gateway: anyone could mint keys that stay valid once a master key is set
-            raise GatewayError(403, "The admin API is off because this gateway has no master key. Set "
-                               "TIERGATE_MASTER_KEY (or `master_key:` in the config) and send it as Authorization: "
-                               "Bearer; `tiergate keys|spend --storage URL` work on the database directly.",
-                               type="invalid_request_error", code="admin_api_disabled")
+            raise admin_disabled()
         header = request.headers.get("authorization") or ""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), master.encode()):
@@ -221,6 +234,9 @@ def build_admin_app(accounting: Accounting) -> FastAPI:
         return k
 
     deps = [Depends(require_master)]
+    if off:
+        for path in SCHEMA_PATHS:
+            app.add_api_route(path, require_master, methods=["GET", "HEAD"], include_in_schema=False)
 
     @app.post("/keys", response_model=KeyCreated, dependencies=deps, summary="Create a virtual key")
     async def create_key(body: KeyCreate) -> dict[str, Any]:
