@@ -113,7 +113,8 @@ class Metrics:
     def __init__(self) -> None:
         md = ("model", "deployment")
         self.requests = Counter("tiergate_requests_total", "Requests answered, by served model, deployment and "
-                                "ledger status (ok, error, failed_attempt, cache_hit, client_disconnected).",
+                                "ledger status (ok, error, failed_attempt, cache_hit, client_disconnected, escalated, "
+                                "rejected).",
                                 (*md, "status"))
         self.request_duration = Histogram("tiergate_request_duration_seconds",
                                           "End-to-end request latency seen by the gateway.", md)
