@@ -617,7 +617,7 @@ def _parse_routing(d: Any, names: list[str]) -> RoutingConfig:
             raise _err(f"routing.candidates[{i}]", f"empty effort after '@' in {c!r}; write {model!r} alone "
                        f"(its default effort) or {model}@low|medium|high")
         if effort and effort not in ("minimal", "low", "medium", "high"):
-            raise _err(f"routing.candidates[{i}]", f"unknown effort {effort!r}; use low, medium or high")
+            raise _err(f"routing.candidates[{i}]", f"unknown effort {effort!r}; use minimal, low, medium or high")
     policies = d.get("policies") or {}
     _expect(policies, dict, "routing.policies", "a mapping of policy name to quality target in (0, 1]")
     for name, target in policies.items():
