@@ -191,7 +191,7 @@ def test_responses_refuse_what_chat_refuses_on_both_paths(env, model, kw, param)
 
 def test_a_dropped_effort_is_not_echoed(env):
     """gpt-4o takes no reasoning effort (shaping drops it): the Response said effort "high" anyway."""
-    client, up, _ = env
+    client, _, _ = env
     raw = client.responses.with_raw_response.create(model="gpt-4o", input="x", reasoning={"effort": "high"})
     assert "reasoning_effort" in raw.headers.get("x-tiergate-dropped-params", "")
     assert raw.parse().reasoning.effort is None
