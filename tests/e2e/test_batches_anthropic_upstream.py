@@ -212,3 +212,17 @@ def test_a_restarted_gateway_resumes_the_stored_upstream_batch(tmp_path):
         assert len(fake.batches) == 1 and fake.problems == []
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM ledger WHERE batch_id = ?", (b.id,)).fetchone()[0] == 2
+
+
+def test_forwarded_batch_line_gets_the_deployments_output_maximum(tmp_path):
+    """With the 128k-output beta on the deployment, a thinking line asking for 100,000 tokens was sent with
+    max_tokens capped at the packaged 64,000 (the live path sends 100,000 + its thinking budget)."""
+    with fake_anthropic() as fake:
+        cfg = _config(fake, tmp_path / "tg.db")
+        cfg["models"][0]["deployments"][0]["headers"] = {"anthropic-beta": "output-128k-2025-02-19"}
+        with running_gateway(cfg, env={"TG_ANT_KEY": "sk-ant-batch"}) as url:
+            client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+            b = _submit(client, [_line("big", "think long", max_completion_tokens=100000, reasoning_effort="low")])
+            _wait(client, b.id, "completed")
+            params = fake.batch_creates[-1]["requests"][0]["params"]
+    assert params["max_tokens"] == 100000 + 1024 and params["thinking"]["budget_tokens"] == 1024

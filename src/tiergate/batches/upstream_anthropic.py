@@ -103,7 +103,8 @@ class AnthropicBatchClient:
         check_capabilities(chat, self.info, self.gw.infos, self.model)
         shaped, _dropped = shape_request(chat, self.info)
         try:
-            params = translate_request(shaped, False, self.upstream_model)
+            # the limit the gateway admits for this model (its deployments' max output, the 128k beta included)
+            params = translate_request(shaped, False, self.upstream_model, self.info.max_output_tokens)
         except GatewayError as e:  # the live path's RequestRefused, worded for a batch line
             raise GatewayError(400, f"this line cannot be sent to Anthropic: {e.message}", param=e.param,
                                code=e.code) from None
