@@ -18,6 +18,7 @@ from tiergate.server.chat import chat_completions
 from tiergate.server.gateway import Gateway
 from tiergate.server.models import get_model, list_models
 from tiergate.wire.errors import GatewayError
+from tiergate.wire.ids import new_id
 
 log = logging.getLogger("tiergate")
 
@@ -38,20 +39,25 @@ async def metrics(request: Request) -> Response:
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     e = GatewayError(404, f"Unknown request URL: {request.method} {request.url.path}.", code="unknown_url")
-    return Response(e.to_json(), status_code=404, media_type="application/json")
+    return Response(e.to_json(), status_code=404, media_type="application/json",
+                    headers={"x-request-id": new_id("req_")})
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     e = GatewayError(405, f"Method {request.method} is not allowed on {request.url.path}.", type="invalid_request_error",
                      code="method_not_allowed")
-    return Response(e.to_json(), status_code=405, media_type="application/json")
+    return Response(e.to_json(), status_code=405, media_type="application/json",
+                    headers={"x-request-id": new_id("req_")})
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path)
+    """An unhandled exception: logged with an id that the client gets in `x-request-id`, so a report of it
+    can be matched to the log line (the message asks for it)."""
+    rid = new_id("req_")
+    log.exception("unhandled error on %s (x-request-id %s)", request.url.path, rid)
     e = GatewayError(500, "The gateway hit an internal error; the request was not completed. Retry, and "
                      "report it with the x-request-id if it persists.", type="api_error", code="internal_error")
-    return Response(e.to_json(), status_code=500, media_type="application/json")
+    return Response(e.to_json(), status_code=500, media_type="application/json", headers={"x-request-id": rid})
 
 
 def _optional_routes() -> list:
