@@ -134,14 +134,14 @@ def _follow(args: argparse.Namespace, batch_id: str, interval: float = 1.0) -> d
 def _submit(args: argparse.Namespace) -> int:
     if not args.file.exists():
         raise CliError(f"{args.file}: no such file")
-    body, ctype = _multipart({"purpose": "batch"}, args.file.name, args.file.read_bytes())
-    f = json.loads(_call(args, "POST", "/v1/files", body, ctype))
     meta = {}
-    for kv in args.metadata:
+    for kv in args.metadata:  # checked before the upload: a typo here used to leave an orphan file behind
         k, sep, v = kv.partition("=")
         if not sep:
             raise CliError(f"--metadata {kv!r}: use KEY=VALUE")
         meta[k] = v
+    body, ctype = _multipart({"purpose": "batch"}, args.file.name, args.file.read_bytes())
+    f = json.loads(_call(args, "POST", "/v1/files", body, ctype))
     b = _json(args, "POST", "/v1/batches", {"input_file_id": f["id"], "endpoint": args.endpoint,
                                             "completion_window": "24h", **({"metadata": meta} if meta else {})})
     print(b["id"])

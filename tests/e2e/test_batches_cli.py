@@ -55,3 +55,15 @@ def test_list_limit_outside_the_api_range_is_an_error(base_url, capsys, limit):
     """It was clamped to 1-100 and listed a batch with exit status 0 (the API answers such a limit with a 400)."""
     assert main(["batch", "list", "--url", base_url, "--limit", limit]) == 2
     assert "--limit must be between 1 and 100" in capsys.readouterr().err
+
+
+def test_bad_metadata_is_refused_before_anything_is_uploaded(base_url, tmp_path, capsys):
+    import httpx
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"custom_id": "q", "method": "POST", "url": "/v1/chat/completions",
+                               "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}))
+    before = len(httpx.get(base_url + "/v1/files").json()["data"])
+    assert main(["batch", "submit", str(src), "--url", base_url, "--metadata", "team"]) == 2
+    assert "use KEY=VALUE" in capsys.readouterr().err
+    assert len(httpx.get(base_url + "/v1/files").json()["data"]) == before  # no orphan upload
