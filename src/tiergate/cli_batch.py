@@ -21,7 +21,12 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
 class CliError(Exception):
-    pass
+    """A one-line error; `status` is the exit status: 2 for what the user typed or sent (a 400), 1 for
+    everything else (not found, auth, an unreachable gateway), as `tiergate keys` exits."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def add_batch_commands(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +68,10 @@ def add_batch_commands(sub: argparse._SubParsersAction) -> None:
 
 def _call(args: argparse.Namespace, method: str, path: str, body: bytes | None = None,
           content_type: str = "application/json") -> bytes:
-    url = args.url.rstrip("/") + path
+    base = args.url.rstrip("/")
+    for suffix in ("/v1", "/admin"):  # the SDK's base_url form is accepted too
+        base = base.removesuffix(suffix)
+    url = base + path
     req = urllib.request.Request(url, data=body, method=method)
     if body is not None:
         req.add_header("content-type", content_type)
@@ -78,9 +86,10 @@ def _call(args: argparse.Namespace, method: str, path: str, body: bytes | None =
             msg = json.loads(raw)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             msg = raw[:300].decode("utf-8", "replace")
-        raise CliError(f"{method} {path}: HTTP {e.code}: {msg}") from None
+        raise CliError(f"{method} {path}: HTTP {e.code}: {msg}", 2 if e.code == 400 else 1) from None
     except urllib.error.URLError as e:
-        raise CliError(f"cannot reach the gateway at {args.url} ({e.reason}); is `tiergate serve` running?") from None
+        raise CliError(f"cannot reach the gateway at {args.url} ({e.reason}); is `tiergate serve` running?",
+                       1) from None
 
 
 def _json(args: argparse.Namespace, method: str, path: str, obj: Any = None) -> dict[str, Any]:
@@ -200,6 +209,6 @@ def _handled(fn):
             return int(fn(args) or 0)
         except CliError as e:
             print(f"tiergate batch: {e}", file=sys.stderr)
-            return 2
+            return e.status
 
     return run

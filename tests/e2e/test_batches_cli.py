@@ -67,3 +67,13 @@ def test_bad_metadata_is_refused_before_anything_is_uploaded(base_url, tmp_path,
     assert main(["batch", "submit", str(src), "--url", base_url, "--metadata", "team"]) == 2
     assert "use KEY=VALUE" in capsys.readouterr().err
     assert len(httpx.get(base_url + "/v1/files").json()["data"]) == before  # no orphan upload
+
+
+def test_exit_statuses_and_the_sdk_base_url(base_url, capsys):
+    """Every error exited 2 (keys/spend: 1 for not found / auth / unreachable); `--url …/v1` (the SDK's
+    base_url form) requested /v1/v1/… and failed."""
+    assert main(["batch", "status", "batch_nope", "--url", base_url]) == 1  # 404
+    assert "HTTP 404" in capsys.readouterr().err
+    assert main(["batch", "list", "--url", "http://127.0.0.1:9"]) == 1  # nothing listens there
+    assert "cannot reach the gateway" in capsys.readouterr().err
+    assert main(["batch", "list", "--url", base_url + "/v1"]) == 0
