@@ -195,3 +195,12 @@ def test_a_dropped_effort_is_not_echoed(env):
     raw = client.responses.with_raw_response.create(model="gpt-4o", input="x", reasoning={"effort": "high"})
     assert "reasoning_effort" in raw.headers.get("x-tiergate-dropped-params", "")
     assert raw.parse().reasoning.effort is None
+
+
+def test_native_path_reports_the_effort_sent(env):
+    """Only the translated path said which effort the model ran at; the native one never did."""
+    client, _, _ = env
+    raw = client.responses.with_raw_response.create(model="o3-mini", input="x", reasoning={"effort": "low"})
+    assert raw.headers["x-tiergate-responses"] == "native" and raw.headers["x-tiergate-reasoning-effort"] == "low"
+    raw = client.responses.with_raw_response.create(model="o3-mini", input="x")
+    assert "x-tiergate-reasoning-effort" not in raw.headers

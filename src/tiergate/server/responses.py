@@ -456,6 +456,8 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
         _record_attempts(gw, ctx, model, info, effort, d.attempts, stream)
         headers = {"x-request-id": ctx.request_id, "x-tiergate-model": model, "x-tiergate-deployment": d.deployment.id,
                    "x-tiergate-responses": "native"}
+        if isinstance(effort, str) and effort:  # as on chat: the effort the model was sent
+            headers["x-tiergate-reasoning-effort"] = effort
         if stream:
             settled = True  # the relay's finaliser settles
             relay = _native_events(gw, ctx, d, admission, info, model, effort, prompt_tokens, save, echo)
