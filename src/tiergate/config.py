@@ -271,7 +271,10 @@ _COMMON_OPTIONS: dict[str, _Option] = {  # dispatch/dispatcher.py `_price` (stra
 
 PROVIDER_OPTIONS: dict[str, dict[str, _Option]] = {
     "openai": {},
-    "openai_compatible": {},
+    "openai_compatible": {
+        # server/responses.py `_native_ok`: a compatible host's own /responses endpoint (most have none)
+        "responses_api": _Option("bool"),
+    },
     "azure": {
         "auth": _Option("choice", choices=("api-key", "bearer")),
         "responses_api_version": _Option("string"),

@@ -62,7 +62,9 @@ class NoUsageOpenAI(FakeOpenAI):
 def env(tmp_path_factory):
     db = tmp_path_factory.mktemp("usage-est") / "tiergate.db"
     with NoUsageOpenAI() as up:
-        dep = {"provider": "openai_compatible", "api_base": up.url, "model": "gpt-4o-mini"}
+        # a compatible host that has its own /responses (native path): it must say so
+        dep = {"provider": "openai_compatible", "api_base": up.url, "model": "gpt-4o-mini",
+               "options": {"responses_api": True}}
         cfg = {"models": [{"name": "gpt-4o-mini", "deployments": [dep]}], "storage": f"sqlite:///{db}"}
         with running_gateway(cfg, env={"TIERGATE_MASTER_KEY": MASTER}) as base:
             admin = httpx.Client(base_url=base.removesuffix("/v1") + "/admin",
@@ -202,8 +204,9 @@ O3_MINI = (1.10, 4.40)  # catalogue $/1M input, output
 def reasoning_env(tmp_path_factory):
     db = tmp_path_factory.mktemp("usage-est-reasoning") / "tiergate.db"
     with NoUsageOpenAI() as up:
-        def dep(model: str) -> dict:
-            return {"provider": "openai_compatible", "api_base": up.url, "model": model}
+        def dep(model: str) -> dict:  # a compatible host with its own /responses
+            return {"provider": "openai_compatible", "api_base": up.url, "model": model,
+                    "options": {"responses_api": True}}
 
         cfg = {"models": [{"name": "o3-mini", "deployments": [dep("o3-mini")]},
                           {"name": "local-reasoner", "deployments": [dep("local-reasoner")]}],  # not catalogued

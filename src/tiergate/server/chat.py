@@ -254,7 +254,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
     max_out = _max_output(body)
     if max_out is None:
         max_out = default_output_limit(info)
-        if getattr(ctx.key, "budget_usd", None) is not None:
+        if getattr(ctx.key, "budget_usd", None) is not None and (info.input_price or info.output_price):
             body = {**body, "max_completion_tokens": max_out}  # a budgeted key's cost stays under its reservation
     # every choice is an answer billed on the one prompt; Claude's thinking budget comes on top of the
     # client's limit upstream (wire/anthropic.py), so it is reserved too
@@ -270,7 +270,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
             raise ContextWindowExceeded(name, prompt_tokens, target_info.context_window)
         shaped, dropped = shape_request(body, target_info)
         shaped["model"] = target_info.name
-        if stream:
+        if stream and "stream_options" not in target_info.unsupported_params:
             so = dict(shaped.get("stream_options") or {})
             so["include_usage"] = True  # always ask for usage; the client gets it only if it asked
             shaped["stream_options"] = so

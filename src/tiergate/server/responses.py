@@ -410,7 +410,11 @@ def _native_ok(gw: Gateway, req: dict[str, Any]) -> bool:
     states = gw.dispatcher.deployment_states(model)
     method = "responses_stream" if req.get("stream") else "responses"
     default = getattr(Provider, method)
-    return bool(states) and all(getattr(type(st.provider), method) is not default for st in states)
+    # an OpenAI-compatible host (vLLM, Ollama, llama.cpp, ...) rarely has /responses: translated unless its
+    # deployment says `options: {responses_api: true}`
+    return bool(states) and all(getattr(type(st.provider), method) is not default
+                                and (st.dep.provider != "openai_compatible" or st.dep.options.get("responses_api") is True)
+                                for st in states)
 
 
 async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], ctx: CallContext,

@@ -1,0 +1,74 @@
+"""OpenAI-compatible hosts (vLLM, Ollama, llama.cpp, ...) behind `provider: openai_compatible`, with the
+official SDK against a real gateway and the loopback fake upstream: a budgeted key adds no output limit to
+an unpriced model (a small-context host refused the 16,384 it used to add), a catalogue entry listing
+`stream_options` as unsupported streams without it (hosts that forbid extra fields refused every stream),
+and `/v1/responses` is translated to chat unless the deployment says the host has its own /responses."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.helpers import running_gateway
+
+MASTER = "sk-compat-hosts-master-0123456789"
+STRICT = """models:
+  local-strict:
+    family: openai_compatible
+    tokenizer: o200k_base
+    prices: {input: 0.0, output: 0.0}
+    limits: {context_window: 8192, max_output_tokens: 4096}
+    capabilities: {system_role: true, developer_role: false, tools: true, parallel_tool_calls: false, json_schema: false,
+                   json_object: true,
+                   streaming: true, vision: false, reasoning_efforts: []}
+    params: {output_limit: max_tokens, system_role_as: system, unsupported: [stream_options]}
+    sources: {prices: local host, limits: local host, capabilities: local host, params: local host}
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compat")
+    (tmp / "catalog.yaml").write_text(STRICT)
+    with FakeOpenAI() as up:
+        def dep(**options):
+            return [{"provider": "openai_compatible", "api_base": up.url, **({"options": options} if options else {})}]
+        cfg = {"models": [{"name": "local-llama", "deployments": dep()},
+                          {"name": "local-strict", "deployments": dep()},
+                          {"name": "local-resp", "deployments": dep(responses_api=True)}],
+               "catalog_file": str(tmp / "catalog.yaml"), "storage": f"sqlite:///{tmp / 'tg.db'}"}
+        with running_gateway(cfg, env={"TIERGATE_MASTER_KEY": MASTER}) as base:
+            admin = httpx.Client(base_url=base.removesuffix("/v1") + "/admin",
+                                 headers={"authorization": f"Bearer {MASTER}"}, timeout=10)
+            key = admin.post("/keys", json={"name": "budgeted", "budget_usd": 5}).json()["key"]
+            admin.close()
+            yield up, openai.OpenAI(base_url=base, api_key=key, max_retries=0, timeout=20)
+
+
+def test_a_budgeted_key_adds_no_output_limit_to_an_unpriced_model(env):
+    up, client = env
+    up.clear()
+    client.chat.completions.create(model="local-llama", messages=[{"role": "user", "content": "hi"}])
+    body = up.last.body
+    assert "max_completion_tokens" not in body and "max_tokens" not in body
+
+
+def test_stream_options_listed_unsupported_are_not_sent(env):
+    up, client = env
+    up.clear()
+    chunks = list(client.chat.completions.create(model="local-strict", messages=[{"role": "user", "content": "hi"}],
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert "stream_options" not in up.last.body
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0  # estimated by the gateway
+
+
+def test_responses_on_a_compatible_host_are_translated_unless_it_has_the_endpoint(env):
+    up, client = env
+    up.clear()
+    raw = client.responses.with_raw_response.create(model="local-llama", input="hi")
+    assert raw.parse().output_text and up.last.path.endswith("/chat/completions")
+    assert raw.headers.get("x-tiergate-responses") != "native"
+    raw = client.responses.with_raw_response.create(model="local-resp", input="hi")
+    assert raw.headers["x-tiergate-responses"] == "native" and up.last.path.endswith("/responses")
