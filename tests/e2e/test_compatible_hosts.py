@@ -72,3 +72,28 @@ def test_responses_on_a_compatible_host_are_translated_unless_it_has_the_endpoin
     assert raw.headers.get("x-tiergate-responses") != "native"
     raw = client.responses.with_raw_response.create(model="local-resp", input="hi")
     assert raw.headers["x-tiergate-responses"] == "native" and up.last.path.endswith("/responses")
+
+
+class OllamaStyleTools(FakeOpenAI):
+    """Answers with a tool call as Ollama writes it: no id, `arguments` an object."""
+
+    def _completion(self, body, model):
+        out = super()._completion(body, model)
+        out["choices"][0]["message"] = {"role": "assistant", "content": "",
+                                        "tool_calls": [{"function": {"name": "get_weather",
+                                                                     "arguments": {"city": "Oslo"}}}]}
+        out["choices"][0]["finish_reason"] = "tool_calls"
+        return out
+
+
+def test_a_local_hosts_tool_call_reaches_the_sdk_usable(tmp_path):
+    import json
+
+    with OllamaStyleTools() as up:
+        cfg = {"models": [{"name": "local-tools", "deployments": [
+            {"provider": "openai_compatible", "api_base": up.url}]}], "storage": f"sqlite:///{tmp_path / 'tg.db'}"}
+        with running_gateway(cfg) as base:
+            client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=20)
+            r = client.chat.completions.create(model="local-tools", messages=[{"role": "user", "content": "weather?"}])
+    call = r.choices[0].message.tool_calls[0]
+    assert call.id and call.type == "function" and json.loads(call.function.arguments) == {"city": "Oslo"}

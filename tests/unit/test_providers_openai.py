@@ -390,3 +390,34 @@ async def test_per_request_timeouts_do_not_grow_memory_without_bound(up, session
         ct = p._client_timeout(Timeouts(connect=1.0, first_token=1.0 + i / 1000, stream_idle=1.0, total=5.0))
         assert ct.sock_read == 1.0 + i / 1000
     assert len(p._client_timeouts) <= MAX_CACHED_TIMEOUTS
+
+
+def test_tool_calls_from_local_hosts_are_repaired_for_the_sdk():
+    """Ollama-style tool calls (no id, arguments as an object; stream chunks without `index`, one complete
+    call per chunk) broke the SDK: `json.loads(arguments)` raised, the stream helper raised on index None."""
+    import json
+
+    from tiergate.providers.openai import _repair_tool_calls
+
+    msg_calls = [{"function": {"name": "get", "arguments": {"city": "Oslo"}}}]
+    _repair_tool_calls(msg_calls, None)
+    assert msg_calls[0]["id"].startswith("call_") and msg_calls[0]["type"] == "function"
+    assert json.loads(msg_calls[0]["function"]["arguments"]) == {"city": "Oslo"}
+
+    index_of: dict[str, int] = {}
+    chunks = [[{"function": {"name": "a", "arguments": {"x": 1}}}],
+              [{"function": {"name": "b", "arguments": "{\"y\": 2}"}}],
+              [{"id": "call_c", "function": {"name": "c", "arguments": ""}}],
+              [{"function": {"arguments": "{\"z\": 3}"}}]]  # a continuation of call_c
+    for calls in chunks:
+        _repair_tool_calls(calls, index_of)
+    assert [c[0]["index"] for c in chunks] == [0, 1, 2, 2]
+    assert chunks[0][0]["function"]["arguments"] == '{"x":1}' and chunks[0][0]["id"] != chunks[1][0]["id"]
+    well_formed = [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}]
+    _repair_tool_calls(well_formed, {})
+    assert well_formed == [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}]
+
+
+async def test_only_compatible_deployments_repair_tool_calls(up, sessions):
+    assert make(up, sessions, provider="openai_compatible")._repair_tools is True
+    assert make(up, sessions)._repair_tools is False

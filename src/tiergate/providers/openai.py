@@ -16,6 +16,7 @@ Azure (`providers/azure.py`) subclasses this and overrides the small `_…` hook
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -47,6 +48,37 @@ _STATUS_FOR_TYPE = {
 }
 
 
+def _repair_tool_calls(calls: Any, index_of: dict[str, int] | None) -> None:
+    """Tool calls as OpenAI's SDKs read them, in place: a string `arguments` (an object is serialised), an
+    `id` and `type` on a call's first appearance, and on stream chunks (`index_of`: the stream's call id ->
+    index) an `index`: a new id takes the next one, a continuation without an id the last one."""
+    if not isinstance(calls, list):
+        return
+    for tc in calls:
+        if not isinstance(tc, dict):
+            continue
+        fn = tc.get("function")
+        if isinstance(fn, dict) and fn.get("arguments") is not None and not isinstance(fn["arguments"], str):
+            fn["arguments"] = orjson.dumps(fn["arguments"]).decode()
+        if index_of is None:  # a complete message
+            if not tc.get("id"):
+                tc["id"] = f"call_{uuid.uuid4().hex[:24]}"
+            tc.setdefault("type", "function")
+            continue
+        if isinstance(tc.get("index"), int):
+            if tc.get("id"):
+                index_of[str(tc["id"])] = tc["index"]
+            continue
+        new_call = bool(tc.get("id")) or not index_of or (isinstance(fn, dict) and fn.get("name"))
+        if new_call:
+            if not tc.get("id"):
+                tc["id"] = f"call_{uuid.uuid4().hex[:24]}"
+            tc.setdefault("type", "function")
+            tc["index"] = index_of.setdefault(str(tc["id"]), len(index_of))
+        else:
+            tc["index"] = len(index_of) - 1
+
+
 #: ClientTimeout objects kept per deployment (the configured timeouts and a few request overrides); a client
 #: varying `tiergate.timeouts` per request made this grow by one entry per distinct value, forever
 MAX_CACHED_TIMEOUTS = 64
@@ -70,6 +102,9 @@ class OpenAIProvider(Provider):
         self._chat_url = URL(self._url("chat"))
         self._responses_url = URL(self._url("responses"))
         self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+        # local hosts (Ollama, llama.cpp, ...) send tool calls OpenAI's SDKs cannot read: no `id`, no `index`
+        # on stream chunks, `arguments` as an object; repaired for `openai_compatible` deployments only
+        self._repair_tools = deployment.provider == "openai_compatible"
 
     # ------------------------------------------------------------ hooks (Azure overrides these)
 
@@ -130,6 +165,11 @@ class OpenAIProvider(Provider):
         result = await self._post(self._chat_url, payload, timeouts)
         if not isinstance(result.body.get("choices"), list):
             raise self._protocol_error("a chat completion without `choices`", result.headers)
+        if self._repair_tools:
+            for c in result.body["choices"]:
+                msg = c.get("message") if isinstance(c, dict) else None
+                if isinstance(msg, dict) and msg.get("tool_calls"):
+                    _repair_tool_calls(msg["tool_calls"], None)
         return result
 
     async def responses(self, body: dict[str, Any], timeouts: Timeouts) -> ChatResult:
@@ -218,6 +258,7 @@ class OpenAIProvider(Provider):
         payload["stream"] = True
         phase = "first_token"
         usage: dict[str, Any] | None = None
+        tool_index: dict[str, int] | None = {} if self._repair_tools else None  # call id -> index, this stream
         finished = False  # a finish_reason or [DONE] was seen
         complete = False  # the upstream's response was read to its end
         resp: aiohttp.ClientResponse | None = None
@@ -255,6 +296,8 @@ class OpenAIProvider(Provider):
                     for c in chunk.get("choices") or ():
                         if c.get("finish_reason"):
                             finished = True
+                        if tool_index is not None and isinstance(c.get("delta"), dict) and c["delta"].get("tool_calls"):
+                            _repair_tool_calls(c["delta"]["tool_calls"], tool_index)
                     out = self._normalize_chunk(chunk)
                     if out is not None:
                         yield out
