@@ -499,3 +499,21 @@ def test_python_api_arguments_of_the_wrong_kind_say_what_is_expected(router: Rou
     candidates = kwargs.pop("candidates", ["gpt-4o-mini", "o1@high"])
     with pytest.raises(exc, match=match):
         router.decide(prompt, candidates, **kwargs)
+
+
+@SHIPPED
+def test_a_fixed_protocol_plot_says_it_is_in_sample(tmp_path, monkeypatch) -> None:
+    """The plot of the packaged router on its own training file said only "protocol fixed"."""
+    import matplotlib.figure
+
+    titles: list[str] = []
+    real = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
+                        lambda self, t, *a, **k: (titles.append(t), real(self, t, *a, **k))[1])
+    f = _write_rows(tmp_path / "o.jsonl")
+    r = tmp_path / "r"
+    _cli_train = cli_main(["router", "train", "--outcomes", str(f), "--out", str(r), "--quiet"])
+    assert _cli_train == 0
+    assert cli_main(["router", "eval", "--outcomes", str(f), "--router", str(r), "--plot", str(tmp_path / "p.png"),
+                     "--quiet"]) == 0
+    assert titles and "in-sample: 40 of the prompts trained on" in titles[-1]

@@ -34,7 +34,9 @@ def plot_evaluation(ev: Evaluation, path: str | Path, title: str | None = None) 
     fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5.6), squeeze=False)
     for ax, kind in zip(axes[0], panels, strict=True):
         (_two_model if kind == "two" else _cost_quality)(ax, ev)
-    fig.suptitle(title or f"{', '.join(s['sources'])}: {s['n']} prompts, protocol {s.get('protocol', '?')}")
+    seen = (s.get("protocol_info") or {}).get("seen_prompts")
+    sample = f" (in-sample: {seen} of the prompts trained on)" if seen else ""
+    fig.suptitle(title or f"{', '.join(s['sources'])}: {s['n']} prompts, protocol {s.get('protocol', '?')}{sample}")
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
