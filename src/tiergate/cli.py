@@ -8,7 +8,9 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
+from typing import Any
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -93,14 +95,31 @@ def _run_server(config, args: argparse.Namespace) -> int:
             timeout_keep_alive=30,
             log_config=None,
         ))
+        serving["on"] = True
         try:
             await server.serve(sockets=sockets)
         finally:
             await gateway.close()  # done by the lifespan's shutdown already, unless start-up failed before it
         return 0 if server.started else 3
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main())
+    # uvicorn handles Ctrl-C while it serves (a graceful stop; a second one forces it) and re-raises the
+    # signal when it is done: that must not cancel the gateway's own close (asyncio.Runner's handler would,
+    # then end in a KeyboardInterrupt traceback). Before serving, Ctrl-C stops start-up as usual.
+    serving = {"on": False}
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if not serving["on"]:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main())
+    except KeyboardInterrupt:
+        print("tiergate: interrupted before the server started", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class BindError(OSError):

@@ -153,3 +153,26 @@ async def test_close_with_store_down_leaves_journal_for_next_start(tmp_path):
     assert w2.replayed == 5
     await w2.close()
     await store.close()
+
+
+async def test_a_row_recorded_after_close_is_kept_for_the_next_start(store_url, tmp_path):
+    """A stream cut by a forced shutdown (a second Ctrl-C) finishes its books after the writer closed: it
+    raised 'ledger writer is closed' and the row was lost. It now goes to a journal the next start replays."""
+    store = await open_store(store_url)
+    try:
+        w = await LedgerWriter.start(store, tmp_path / "j", flush_interval_s=0.01)
+        w.record({"request_id": "before", "cost_usd": 0.001})
+        await w.close()
+        w.record({"request_id": "after-1", "cost_usd": 0.002, "status": "client_disconnected"})
+        w.record({"request_id": "after-2", "cost_usd": 0.003, "status": "client_disconnected"})
+        assert w.late == 2
+        got = await store.fetchone("SELECT COUNT(*) AS n FROM ledger")
+        assert got["n"] == 1
+        w2 = await LedgerWriter.start(store, tmp_path / "j", flush_interval_s=0.01)  # the next start
+        assert w2.replayed == 2
+        await w2.close()
+        got = await store.fetchone("SELECT COUNT(*) AS n, SUM(cost_usd) AS s FROM ledger")
+        assert got["n"] == 3 and abs(got["s"] - 0.006) < 1e-12
+        assert list((tmp_path / "j").iterdir()) == []
+    finally:
+        await store.close()

@@ -121,3 +121,37 @@ def test_listening_is_said_once_the_backends_are_up(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_ctrl_c_stops_the_server_quietly(tmp_path):
+    """Since the server started its backends itself, Ctrl-C ended in a KeyboardInterrupt traceback and exit
+    status 130 (uvicorn re-raises the SIGINT it handled; asyncio's handler then cancelled the shutdown)."""
+    import signal
+
+    import httpx
+
+    port = free_port()
+    path = tmp_path / "gw.yaml"
+    path.write_text(f'models:\n  - name: gpt-4o-mini\n    deployments: [{{provider: sim}}]\nstorage: "sqlite:///{tmp_path / "tg.db"}"\n')
+    env = {k: v for k, v in os.environ.items() if k != "TIERGATE_MASTER_KEY"}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "tiergate.cli", "serve", "--config", str(path), "--port",
+                                 str(port)], stdout=fh, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=2, json={
+                        "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert rc == 0 and "Traceback" not in text and "KeyboardInterrupt" not in text, text[-2000:]
+    assert list((tmp_path).glob("tg.db-ledger-journal/*.jsonl")) == []  # the shutdown flushed the ledger

@@ -83,6 +83,7 @@ class LedgerWriter:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.persisted = 0  # rows this writer has inserted (replays included)
         self.replayed = 0  # rows recovered from dead writers' journals at start-up
+        self.late = 0  # rows recorded after close (kept in a journal the next start-up replays)
         self._pending: list[tuple] = []
         self._sealed: list[tuple[Path, int, list[tuple]]] = []  # (segment path, fd, rows)
         self._seq = 0
@@ -109,13 +110,31 @@ class LedgerWriter:
 
     def record(self, row: dict[str, Any]) -> None:
         """Journal the row and queue it for the store. Never awaits; raises only on a bad row."""
-        if self._closed:
-            raise RuntimeError("ledger writer is closed")
         tup = normalize_row(row)
+        if self._closed:  # a stream cut by a forced shutdown finishing its books after the writer closed
+            self._record_late(tup)
+            return
         os.write(self._fd, orjson.dumps(tup) + b"\n")
         self._pending.append(tup)
         if len(self._pending) >= self.batch_size:
             self._wake.set()
+
+    def _record_late(self, tup: tuple) -> None:
+        """A row recorded after `close`: appended to a journal of its own whose lock file is never held, so
+        the next start-up (of any replica sharing the directory) replays it like a stopped writer's."""
+        late = f"{self.id}-late"
+        lock = self.dir / f"{late}.lock"
+        if not lock.exists():
+            os.close(os.open(lock, os.O_CREAT | os.O_RDWR, 0o600))
+        fd = os.open(self.dir / f"{late}.00000001.jsonl", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, orjson.dumps(tup) + b"\n")
+        finally:
+            os.close(fd)
+        self.late += 1
+        if self.late == 1:
+            log.warning("ledger: a row was recorded after shutdown (a stream cut by a forced stop); it is kept in "
+                        "the journal %s and written at the next start", self.dir)
 
     # ------------------------------------------------------------------ background
 
