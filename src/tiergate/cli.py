@@ -186,6 +186,9 @@ def _startup_banner(config, args) -> None:
 
 
 def _host_text(host: str) -> str:
+    """The host as written in the "listening on" URL (`--host ""` listens on every address: 0.0.0.0)."""
+    if not host:
+        return "0.0.0.0"
     return f"[{host}]" if ":" in host else host
 
 

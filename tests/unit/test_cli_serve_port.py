@@ -80,3 +80,10 @@ def test_a_host_that_cannot_be_bound_is_one_line_and_exit_1(tmp_path):
     out = _serve_fails(tmp_path, "--port", "4000", "--host", "192.0.2.77")  # TEST-NET-1: not this machine's
     assert out.stderr.splitlines()[-1] == ("tiergate: cannot listen on 192.0.2.77:4000: this machine has no such "
                                            "address: check --host (127.0.0.1, 0.0.0.0 or one of its own addresses)")
+
+
+def test_the_listening_url_names_a_host():
+    """`--host ""` (every address) printed `listening on http://:PORT/v1`."""
+    from tiergate.cli import _host_text
+
+    assert _host_text("") == "0.0.0.0" and _host_text("::1") == "[::1]" and _host_text("127.0.0.1") == "127.0.0.1"
