@@ -92,18 +92,24 @@ def test_keys_with_a_bad_storage_is_one_line(tmp_path):
                                   "(connection refused): check --storage")
 
 
-def test_listening_is_said_once_the_backends_are_up(tmp_path):
-    import httpx
-
-    port = free_port()
+def _serve_sim(tmp_path, port: int, **env_extra: str):
+    """`tiergate serve` on the sim provider and a SQLite file in `tmp_path`, as a child process: (proc, log path)."""
     path = tmp_path / "gw.yaml"
     path.write_text(f'models:\n  - name: gpt-4o-mini\n    deployments: [{{provider: sim}}]\nstorage: "sqlite:///{tmp_path / "tg.db"}"\n')
     env = {k: v for k, v in os.environ.items() if k != "TIERGATE_MASTER_KEY"}
-    env["TIERGATE_JOURNAL_DIR"] = str(tmp_path / "journal")
+    env.update(env_extra)
     log = tmp_path / "serve.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "tiergate.cli", "serve", "--config", str(path), "--port",
                                  str(port)], stdout=fh, stderr=subprocess.STDOUT, env=env)
+    return proc, log
+
+
+def test_listening_is_said_once_the_backends_are_up(tmp_path):
+    import httpx
+
+    port = free_port()
+    proc, log = _serve_sim(tmp_path, port, TIERGATE_JOURNAL_DIR=str(tmp_path / "journal"))
     try:
         deadline = time.time() + 30
         while time.time() < deadline and proc.poll() is None:
@@ -131,13 +137,7 @@ def test_ctrl_c_stops_the_server_quietly(tmp_path):
     import httpx
 
     port = free_port()
-    path = tmp_path / "gw.yaml"
-    path.write_text(f'models:\n  - name: gpt-4o-mini\n    deployments: [{{provider: sim}}]\nstorage: "sqlite:///{tmp_path / "tg.db"}"\n')
-    env = {k: v for k, v in os.environ.items() if k != "TIERGATE_MASTER_KEY"}
-    log = tmp_path / "serve.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "tiergate.cli", "serve", "--config", str(path), "--port",
-                                 str(port)], stdout=fh, stderr=subprocess.STDOUT, env=env)
+    proc, log = _serve_sim(tmp_path, port)
     try:
         deadline = time.time() + 30
         while time.time() < deadline and proc.poll() is None:
