@@ -97,3 +97,25 @@ def test_a_local_hosts_tool_call_reaches_the_sdk_usable(tmp_path):
             r = client.chat.completions.create(model="local-tools", messages=[{"role": "user", "content": "weather?"}])
     call = r.choices[0].message.tool_calls[0]
     assert call.id and call.type == "function" and json.loads(call.function.arguments) == {"city": "Oslo"}
+
+
+class EmptyChoices(FakeOpenAI):
+    """Answers 200 with `choices: []` (seen from local hosts under load)."""
+
+    def _completion(self, body, model):
+        out = super()._completion(body, model)
+        out["choices"] = []
+        return out
+
+
+def test_an_answer_without_choices_fails_over_instead_of_reaching_the_client(tmp_path):
+    with EmptyChoices() as bad, FakeOpenAI() as good:
+        cfg = {"models": [{"name": "local-pair", "retry": {"max_retries": 1}, "strategy": "weighted_random", "deployments": [
+            {"id": "bad", "provider": "openai_compatible", "api_base": bad.url, "weight": 1000},
+            {"id": "good", "provider": "openai_compatible", "api_base": good.url, "weight": 0.001}]}],
+            "storage": f"sqlite:///{tmp_path / 'tg.db'}"}
+        with running_gateway(cfg) as base:
+            client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=20)
+            raw = client.chat.completions.with_raw_response.create(
+                model="local-pair", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-tiergate-deployment"] == "good" and raw.parse().choices

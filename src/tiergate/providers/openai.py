@@ -163,7 +163,8 @@ class OpenAIProvider(Provider):
         payload.pop("stream", None)
         payload.pop("stream_options", None)
         result = await self._post(self._chat_url, payload, timeouts)
-        if not isinstance(result.body.get("choices"), list):
+        if not isinstance(result.body.get("choices"), list) or not result.body["choices"]:
+            # an empty list too: no answer to give (a local host's glitch), and a failover may have one
             raise self._protocol_error("a chat completion without `choices`", result.headers)
         if self._repair_tools:
             for c in result.body["choices"]:
