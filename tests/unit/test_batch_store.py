@@ -5,20 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from tests.unit.test_store_fixtures import fx_pg_available, fx_store_url  # noqa: F401 - fixtures
+from tests.unit.test_store_fixtures import fx_batch_store, fx_pg_available, fx_store_url  # noqa: F401 - fixtures
 from tiergate.batches.store import BatchStore, line_request_id
-from tiergate.store import open_store
-
-
-@pytest.fixture
-async def bs(store_url):
-    store = await open_store(store_url)
-    try:
-        yield BatchStore(store)
-    finally:
-        await store.close()
 
 
 async def _batch(bs: BatchStore, n: int) -> str:

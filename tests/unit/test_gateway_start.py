@@ -14,27 +14,6 @@ from tiergate.server.gateway import Gateway
 OPEN_WARNING = "no master key (TIERGATE_MASTER_KEY): the gateway is open"
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[tuple[int, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append((record.levelno, record.getMessage()))
-
-
-@pytest.fixture
-def records():
-    # own handler on the package logger: `tiergate.logs.setup_logging` may have stopped propagation to root
-    logger, handler = logging.getLogger("tiergate"), _Records()
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler.messages
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 def _config(tmp_path, master: str | None):
     raw = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]}],
            "storage": f"sqlite:///{tmp_path / 'tg.db'}"}

@@ -23,26 +23,6 @@ MODELS = [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]}]
 MISMATCH = "key pepper error: this replica's TIERGATE_KEY_PEPPER differs from the one the database's API keys"
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[tuple[int, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append((record.levelno, record.getMessage()))
-
-
-@pytest.fixture
-def records():
-    logger, handler = logging.getLogger("tiergate"), _Records()
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler.messages
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 def _config(storage: str, master: str | None = MASTER):
     return parse_config({"models": MODELS, "storage": storage},
                         env={"TIERGATE_MASTER_KEY": master} if master else {})

@@ -9,18 +9,7 @@ import types
 import pytest
 
 import tiergate.batches.store as store_mod
-from tests.unit.test_store_fixtures import fx_pg_available, fx_store_url  # noqa: F401 - fixtures
-from tiergate.batches.store import BatchStore
-from tiergate.store import open_store
-
-
-@pytest.fixture
-async def bs(store_url):
-    store = await open_store(store_url)
-    try:
-        yield BatchStore(store)
-    finally:
-        await store.close()
+from tests.unit.test_store_fixtures import fx_batch_store, fx_pg_available, fx_store_url  # noqa: F401 - fixtures
 
 
 def _clock(monkeypatch, values):

@@ -9,30 +9,12 @@ from tiergate.config import parse_config
 from tiergate.server.gateway import Gateway
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno == logging.WARNING:
-            self.messages.append(record.getMessage())
-
-
-async def test_the_open_warning_says_the_admin_api_is_off(tmp_path):
+async def test_the_open_warning_says_the_admin_api_is_off(tmp_path, records):
     raw = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]}],
            "storage": f"sqlite:///{tmp_path / 'tg.db'}"}
-    logger, handler = logging.getLogger("tiergate"), _Records()
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        gw = await Gateway.start(parse_config(raw, env={}))
-        await gw.close()
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    (warning,) = [m for m in handler.messages if "no master key" in m]
+    gw = await Gateway.start(parse_config(raw, env={}))
+    await gw.close()
+    (warning,) = [m for level, m in records if level == logging.WARNING and "no master key" in m]
     assert warning == ("no master key (TIERGATE_MASTER_KEY): the gateway is open, /v1 needs no API key and no budgets "
                        "or rate limits apply; the /admin API (tiergate keys|spend --url) is off until a master key is "
                        "set (tiergate keys|spend --storage URL work on the database directly)")

@@ -129,3 +129,16 @@ def fx_budget_backend(request):
                 await store.close()
 
     return open_budget
+
+
+@pytest.fixture(name="bs")
+async def fx_batch_store(store_url):
+    """A BatchStore on each storage backend (`store_url`)."""
+    from tiergate.batches.store import BatchStore
+    from tiergate.store import open_store
+
+    store = await open_store(store_url)
+    try:
+        yield BatchStore(store)
+    finally:
+        await store.close()
