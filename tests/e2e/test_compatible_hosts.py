@@ -119,3 +119,39 @@ def test_an_answer_without_choices_fails_over_instead_of_reaching_the_client(tmp
             raw = client.chat.completions.with_raw_response.create(
                 model="local-pair", messages=[{"role": "user", "content": "hi"}])
     assert raw.headers["x-tiergate-deployment"] == "good" and raw.parse().choices
+
+
+class EosHost(FakeOpenAI):
+    """Ends answers as llama.cpp / TGI-style hosts do: `finish_reason` "eos" / "MAX_TOKENS"."""
+
+    reason = "eos"
+
+    def _completion(self, body, model):
+        out = super()._completion(body, model)
+        for c in out["choices"]:
+            c["finish_reason"] = self.reason
+        return out
+
+    def _chunks(self, body, model):
+        return [c.replace(b'"finish_reason":"stop"', b'"finish_reason":"' + self.reason.encode() + b'"')
+                for c in super()._chunks(body, model)]
+
+
+@pytest.mark.parametrize(("native", "expected"), [("eos", "stop"), ("MAX_TOKENS", "length"), ("eos_token", "stop")])
+def test_a_hosts_own_finish_reason_reaches_the_sdk_as_openais(tmp_path, native, expected):
+    class Host(EosHost):
+        reason = native
+
+    with Host() as up:
+        cfg = {"models": [{"name": "local-eos", "deployments": [
+            {"provider": "openai_compatible", "api_base": up.url}]}], "storage": f"sqlite:///{tmp_path / 'tg.db'}"}
+        with running_gateway(cfg) as base:
+            client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=20)
+            msgs = [{"role": "user", "content": "hi there"}]
+            r = client.chat.completions.create(model="local-eos", messages=msgs)
+            chunks = list(client.chat.completions.create(model="local-eos", messages=msgs, stream=True))
+    assert r.choices[0].finish_reason == expected
+    assert r.choices[0].model_extra.get("native_finish_reason") == native
+    finals = [c.choices[0] for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [f.finish_reason for f in finals] == [expected]
+    assert finals[0].model_extra.get("native_finish_reason") == native

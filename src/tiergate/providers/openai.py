@@ -79,6 +79,33 @@ def _repair_tool_calls(calls: Any, index_of: dict[str, int] | None) -> None:
             tc["index"] = len(index_of) - 1
 
 
+#: finish_reason values OpenAI's SDKs declare (`ChatCompletion.Choice.finish_reason`)
+OPENAI_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+#: What local and other OpenAI-compatible hosts write instead (TGI `eos_token`, llama.cpp/Ollama `eos`,
+#: Anthropic-style `end_turn` / `stop_sequence` / `max_tokens` / `tool_use`, vLLM's `abort` when it dropped
+#: the request), in OpenAI's words; anything else unknown reads as "stop" (the answer ended)
+_HOST_FINISH_REASONS = {
+    "eos": "stop", "eos_token": "stop", "end_turn": "stop", "stop_sequence": "stop", "end": "stop",
+    "max_tokens": "length", "max_length": "length", "model_length": "length", "abort": "length",
+    "tool_use": "tool_calls", "tool_call": "tool_calls", "function": "tool_calls", "content_filtered": "content_filter",
+}
+
+
+def _normalize_finish_reason(choice: Any) -> None:
+    """A host's non-standard `finish_reason` in `choice`, in place, as one of OpenAI's (the SDKs declare a
+    closed set and code compares against it: `parse()` raises on "length", agents loop on "tool_calls"); the
+    host's own value is kept beside it as `native_finish_reason` (as OpenRouter does)."""
+    if not isinstance(choice, dict):
+        return
+    fr = choice.get("finish_reason")
+    if fr is None or fr in OPENAI_FINISH_REASONS:
+        return
+    native = str(fr)
+    low = native.lower()
+    choice["finish_reason"] = low if low in OPENAI_FINISH_REASONS else _HOST_FINISH_REASONS.get(low, "stop")
+    choice["native_finish_reason"] = native
+
+
 #: ClientTimeout objects kept per deployment (the configured timeouts and a few request overrides); a client
 #: varying `tiergate.timeouts` per request made this grow by one entry per distinct value, forever
 MAX_CACHED_TIMEOUTS = 64
@@ -168,6 +195,7 @@ class OpenAIProvider(Provider):
             raise self._protocol_error("a chat completion without `choices`", result.headers)
         if self._repair_tools:
             for c in result.body["choices"]:
+                _normalize_finish_reason(c)
                 msg = c.get("message") if isinstance(c, dict) else None
                 if isinstance(msg, dict) and msg.get("tool_calls"):
                     _repair_tool_calls(msg["tool_calls"], None)
@@ -297,6 +325,8 @@ class OpenAIProvider(Provider):
                     for c in chunk.get("choices") or ():
                         if c.get("finish_reason"):
                             finished = True
+                            if tool_index is not None:  # an openai_compatible host
+                                _normalize_finish_reason(c)
                         if tool_index is not None and isinstance(c.get("delta"), dict) and c["delta"].get("tool_calls"):
                             _repair_tool_calls(c["delta"]["tool_calls"], tool_index)
                     out = self._normalize_chunk(chunk)
