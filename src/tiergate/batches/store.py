@@ -6,18 +6,39 @@ It renews the lease of everything it holds with one heartbeat UPDATE; a crashed 
 back to the pool when their lease lapses. A result is written only by the claim that holds the line
 (`claim = ?` in the WHERE), so a line is finished once. Ledger rows use the line's stable request id,
 so a line re-run after a crash is never billed twice (the ledger ignores a repeated request id).
+
+Files may expire (`expires_after` on upload, a batch's `output_expires_after` for its output and error
+files; migration 0101): an expired file reads as absent at once (get, list, content, batch input), and
+expired rows are deleted by `purge_expired`, run at most once per `PURGE_EVERY_S` per process from an
+upload, a file listing or the batch runner's poll (`active_batches`).
+
+List cursors: deleting a file (or purging an expired one) leaves a tombstone (id, key id, created_at)
+in `list_tombstones`, so an `after` cursor naming it still positions the next page (the SDK's
+auto-pagination keeps walking while the loop deletes what it sees). Tombstones are deleted by the same
+purge `TOMBSTONE_KEEP_S` after the deletion; a cursor older than that gives an empty page again.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
+from time import monotonic
+from time import time as _wall
 from typing import Any
 
 import orjson
 
 from tiergate.store.base import Store
 from tiergate.wire.ids import new_id
+
+log = logging.getLogger("tiergate.batches")
+
+PURGE_EVERY_S = 600.0  # expired files and old tombstones are deleted at most this often (per process)
+TOMBSTONE_KEEP_S = 86_400.0  # a deleted file's id positions a list page for this long after the deletion
+# `runner.finalize_files` names a batch's output / error file `file-out-<n>` / `file-err-<n>` for the batch
+# `batch_<n>` (idempotent finalising); `create_file` reads that batch's `output_expires_after` by it.
+OUTPUT_FILE_PREFIXES = ("file-out-", "file-err-")
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -53,23 +74,39 @@ class Claimed:
 class BatchStore:
     def __init__(self, store: Store) -> None:
         self.db = store
+        self._purged_at: float | None = None  # monotonic time of the last purge; None: never
 
     # ------------------------------------------------------------ files
 
     async def create_file(self, key_id: str | None, filename: str, purpose: str, content: bytes,
-                          file_id: str | None = None) -> dict[str, Any]:
+                          file_id: str | None = None, *, expires_after_s: int | None = None) -> dict[str, Any]:
+        """Store a file; with `expires_after_s` it expires that long after its `created_at`. A batch's
+        output / error file (`OUTPUT_FILE_PREFIXES`) takes its batch's `output_expires_after` instead."""
         fid = file_id or new_id("file-", 12)
         now = time.time()
+        if expires_after_s is None and purpose == "batch_output":
+            expires_after_s = await self._output_expiry_s(fid)
         await self.db.execute(
             "INSERT INTO files (id, key_id, filename, purpose, bytes, created_at, expires_at, content) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            fid, key_id, filename, purpose, len(content), now, None, content)
-        return await self.get_file(fid, None, owner_check=False)  # type: ignore[return-value]
+            fid, key_id, filename, purpose, len(content), now,
+            None if expires_after_s is None else now + expires_after_s, content)
+        await self.maybe_purge()
+        return await self.db.fetchone(  # type: ignore[return-value]
+            f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", fid)
+
+    async def _output_expiry_s(self, file_id: str) -> int | None:
+        prefix = next((p for p in OUTPUT_FILE_PREFIXES if file_id.startswith(p)), None)
+        if prefix is None:
+            return None
+        row = await self.db.fetchone("SELECT output_expires_s FROM batches WHERE id = ?",
+                                     "batch_" + file_id.removeprefix(prefix))
+        return None if row is None or row["output_expires_s"] is None else int(row["output_expires_s"])
 
     async def get_file(self, file_id: str, key_id: str | None, *, owner_check: bool = True) -> dict[str, Any] | None:
-        row = await self.db.fetchone(
-            "SELECT id, key_id, filename, purpose, bytes, created_at, expires_at FROM files WHERE id = ?", file_id)
-        if row is None or (owner_check and not _visible(row, key_id)):
+        """The file, or None when it does not exist, has expired or (with `owner_check`) is not `key_id`'s."""
+        row = await self.db.fetchone(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", file_id)
+        if row is None or (owner_check and not _visible(row, key_id)) or _expired(row):
             return None
         return row
 
@@ -84,24 +121,62 @@ class BatchStore:
 
     async def files_page(self, key_id: str | None, purpose: str | None = None, *, after: str | None = None,
                          limit: int = 10_000, order: str = "desc") -> tuple[list[dict[str, Any]], bool]:
-        """One page of `GET /v1/files`: (rows, has_more). See `_page` for the cursor."""
+        """One page of `GET /v1/files` (expired files left out): (rows, has_more). See `_page` for the cursor."""
+        await self.maybe_purge()
         where, args = _owner_filter(key_id)
+        where.append("(expires_at IS NULL OR expires_at > ?)")
+        args.append(_now())
         if purpose is not None:
             where.append("purpose = ?")
             args.append(purpose)
-        return await self._page("files", "id, key_id, filename, purpose, bytes, created_at, expires_at", where, args,
-                                key_id=key_id, after=after, limit=limit, order=order)
+        return await self._page("files", _FILE_COLUMNS, where, args, key_id=key_id, after=after, limit=limit,
+                                order=order)
 
     async def delete_file(self, file_id: str) -> bool:
+        """Delete a file, leaving a tombstone so a list cursor naming it still positions the next page."""
+        await self.db.execute(
+            "INSERT INTO list_tombstones (id, object, key_id, created_at, deleted_at) "
+            "SELECT id, 'files', key_id, created_at, ? FROM files WHERE id = ? ON CONFLICT (id) DO NOTHING",
+            _now(), file_id)
         return await self.db.execute("DELETE FROM files WHERE id = ?", file_id) > 0
+
+    async def purge_expired(self) -> int:
+        """Delete expired files (each leaves a tombstone) and tombstones older than `TOMBSTONE_KEEP_S`;
+        the number of files deleted."""
+        self._purged_at = monotonic()
+        now = _now()
+        await self.db.execute(
+            "INSERT INTO list_tombstones (id, object, key_id, created_at, deleted_at) "
+            "SELECT id, 'files', key_id, created_at, ? FROM files WHERE expires_at IS NOT NULL AND expires_at <= ? "
+            "ON CONFLICT (id) DO NOTHING", now, now)
+        n = await self.db.execute("DELETE FROM files WHERE expires_at IS NOT NULL AND expires_at <= ?", now)
+        await self.db.execute("DELETE FROM list_tombstones WHERE deleted_at < ?", now - TOMBSTONE_KEEP_S)
+        return n
+
+    async def maybe_purge(self) -> None:
+        """`purge_expired` if this process has not run it in the last `PURGE_EVERY_S` (or ever: `None`,
+        not 0, since the monotonic clock may itself be near 0 after a boot). A failure is logged and
+        tried again `PURGE_EVERY_S` later (expired files read as absent meanwhile); it never fails the
+        request that triggered it."""
+        if self._purged_at is not None and monotonic() - self._purged_at < PURGE_EVERY_S:
+            return
+        try:
+            n = await self.purge_expired()
+        except Exception:
+            log.exception("purging expired files failed; tried again in %.0f s", PURGE_EVERY_S)
+            return
+        if n:
+            log.info("purged %d expired file(s)", n)
 
     # ------------------------------------------------------------ batches
 
     async def create_batch(self, *, key_id: str | None, endpoint: str, input_file_id: str, window_s: float,
                            metadata: dict[str, Any] | None, lines: list[tuple[str, str]],
                            errors: list[dict[str, Any]] | None = None, mode: str = "local",
-                           upstream: dict[str, Any] | None = None) -> str:
-        """Store a new batch and its lines. With `errors` the batch is born `failed` (validation)."""
+                           upstream: dict[str, Any] | None = None, output_expires_s: int | None = None) -> str:
+        """Store a new batch and its lines. With `errors` the batch is born `failed` (validation).
+        `output_expires_s` (`output_expires_after.seconds`): its output / error files expire that long
+        after they are written."""
         bid = new_id("batch_", 12)
         now = time.time()
         if not errors and lines:
@@ -111,11 +186,11 @@ class BatchStore:
         status = "failed" if errors else "in_progress"
         await self.db.execute(
             "INSERT INTO batches (id, key_id, endpoint, input_file_id, completion_window, status, mode, upstream, "
-            "metadata, errors, total, created_at, in_progress_at, expires_at, failed_at) "
-            "VALUES (?, ?, ?, ?, '24h', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "metadata, errors, total, created_at, in_progress_at, expires_at, failed_at, output_expires_s) "
+            "VALUES (?, ?, ?, ?, '24h', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             bid, key_id, endpoint, input_file_id, status, mode, _dumps(upstream), _dumps(metadata),
             _dumps({"object": "list", "data": errors}) if errors else None, 0 if errors else len(lines), now,
-            None if errors else now, now + window_s, now if errors else None)
+            None if errors else now, now + window_s, now if errors else None, output_expires_s)
         return bid
 
     async def get_batch(self, batch_id: str, key_id: str | None = None, *, owner_check: bool = True
@@ -135,13 +210,18 @@ class BatchStore:
         """(rows, has_more) of `table` in (created_at, id) order, `asc` or `desc`, `limit` at most.
 
         `after` is an object id (OpenAI's cursor): the page starts just past it in the chosen order, so
-        objects created in the same instant are neither repeated nor skipped. A cursor the caller cannot
-        see (unknown, deleted, another key's) gives an empty page: nothing comes after it."""
+        objects created in the same instant are neither repeated nor skipped. A deleted object's id still
+        positions the page through its tombstone (`list_tombstones`, kept `TOMBSTONE_KEEP_S`), so a
+        caller deleting what it lists keeps walking. A cursor the caller cannot see (unknown, another
+        key's, a tombstone past its keep) gives an empty page: nothing comes after it."""
         if order not in ("asc", "desc"):
             raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
         where, args = list(where), list(args)
         if after:
             cur = await self.db.fetchone(f"SELECT id, key_id, created_at FROM {table} WHERE id = ?", after)
+            if cur is None:
+                cur = await self.db.fetchone(
+                    "SELECT id, key_id, created_at FROM list_tombstones WHERE id = ? AND object = ?", after, table)
             if cur is None or not _visible(cur, key_id):
                 return [], False
             cmp = ">" if order == "asc" else "<"
@@ -154,6 +234,8 @@ class BatchStore:
         return rows[:limit], len(rows) > limit
 
     async def active_batches(self) -> list[dict[str, Any]]:
+        """The batches with work left (polled by every replica's runner, which also drives the purge)."""
+        await self.maybe_purge()
         return await self.db.fetch(
             "SELECT * FROM batches WHERE status IN ('in_progress', 'finalizing', 'cancelling') ORDER BY created_at")
 
@@ -283,6 +365,18 @@ class BatchStore:
             "done" if ok else "failed", status_code, orjson.dumps(result).decode(), u.get("input_tokens", 0),
             u.get("cached_tokens", 0), u.get("output_tokens", 0), u.get("reasoning_tokens", 0), time.time(),
             batch_id, line_no)
+
+
+_FILE_COLUMNS = "id, key_id, filename, purpose, bytes, created_at, expires_at"
+
+
+def _now() -> float:
+    """Wall-clock time for expiry (a module function, so tests can move it on)."""
+    return _wall()
+
+
+def _expired(row: dict[str, Any]) -> bool:
+    return row.get("expires_at") is not None and float(row["expires_at"]) <= _now()
 
 
 def _owner_filter(key_id: str | None) -> tuple[list[str], list[Any]]:

@@ -1,5 +1,7 @@
 """OpenAI-compatible Batch API (wire facts §6): `POST /v1/batches`, `GET /v1/batches/{id}`,
 `GET /v1/batches`, `POST /v1/batches/{id}/cancel`.
+`output_expires_after` (`{anchor: "created_at", seconds}`, as `expires_after` of an upload) makes the
+batch's output and error files expire that long after they are written.
 
 Creating a batch validates the input file (JSONL lines `{custom_id, method: POST, url, body}`, unique
 custom ids, `url` equal to the batch `endpoint`, at most 50,000 lines) and stores one row per line;
@@ -23,7 +25,7 @@ from starlette.routing import Route
 
 from tiergate.batches.runner import BatchRunner, BatchSettings
 from tiergate.server.chat import error_response, read_options
-from tiergate.server.files import _json, batch_store, caller, list_limit
+from tiergate.server.files import _json, batch_store, caller, expires_after_s, list_limit
 from tiergate.wire.errors import GatewayError, bad_request, not_found
 from tiergate.wire.ids import new_id
 
@@ -191,6 +193,9 @@ async def create_batch(request: Request) -> Response:
         meta = req.get("metadata")
         if meta is not None and (not isinstance(meta, dict) or len(meta) > 16):
             raise bad_request("metadata must be an object with at most 16 keys.", param="metadata")
+        # the output / error files expire this long after they are written (also for a forwarded batch:
+        # these are the gateway's copies; the upstream batch is created without it)
+        output_expires_s = expires_after_s(req.get("output_expires_after"), "output_expires_after")
         fid = req.get("input_file_id")
         bs = batch_store(gw)
         f = await bs.get_file(str(fid), vis) if isinstance(fid, str) else None
@@ -209,7 +214,7 @@ async def create_batch(request: Request) -> Response:
         mode = "local" if upstream is None else "upstream"
         bid = await bs.create_batch(key_id=owner, endpoint=str(endpoint), input_file_id=str(fid),
                                     window_s=settings.window_s, metadata=meta, lines=lines, errors=errors or None,
-                                    mode=mode, upstream=upstream)
+                                    mode=mode, upstream=upstream, output_expires_s=output_expires_s)
         runner = gw.extras.get("batch_runner")
         if runner is not None:
             runner.wake()

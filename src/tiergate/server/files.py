@@ -2,6 +2,9 @@
 (multipart `file` + `purpose=batch`), `GET /v1/files`, `GET /v1/files/{id}`,
 `GET /v1/files/{id}/content`, `DELETE /v1/files/{id}`. Files live in the store, so every replica
 serves them; a key sees only its own files (the master key and an open gateway see all).
+An upload may carry OpenAI's `expires_after` (`{anchor: "created_at", seconds: 3600..2592000}`, sent
+by the SDK as the form fields `expires_after[anchor]` / `expires_after[seconds]`): the file object then
+has `expires_at`, and from that time the file is gone (404 as an unknown file; purged by the store).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
 
 MAX_FILE_BYTES = 200 * 1024 * 1024  # OpenAI's limit for batch input files
 PURPOSES = ("batch",)
+EXPIRES_MIN_S, EXPIRES_MAX_S = 3600, 2_592_000  # spec FileExpirationAfter / BatchFileExpirationAfter: 1 h to 30 d
+_JSON_TYPE = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array"}
 
 
 def routes() -> list[Route]:
@@ -58,6 +63,64 @@ def batch_store(gw: Gateway) -> BatchStore:
     return bs
 
 
+def expires_after_s(value: Any, param: str) -> int | None:
+    """OpenAI's `{anchor: "created_at", seconds: 3600..2592000}` (`expires_after` of an upload,
+    `output_expires_after` of a batch) -> the seconds, or None when absent; a 400 naming `param.<field>`
+    otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bad_request(f"Invalid type for '{param}': expected an object, but got "
+                          f"{_JSON_TYPE.get(type(value), 'another type')} instead.", param=param, code="invalid_type")
+    extra = sorted(set(value) - {"anchor", "seconds"})
+    if extra:
+        raise bad_request(f"Unknown parameter: '{param}.{extra[0]}'.", param=f"{param}.{extra[0]}",
+                          code="unknown_parameter")
+    for field in ("anchor", "seconds"):
+        if value.get(field) is None:
+            raise bad_request(f"Missing required parameter: '{param}.{field}'.", param=f"{param}.{field}",
+                              code="missing_required_parameter")
+    if value["anchor"] != "created_at":
+        raise bad_request(f"Invalid value for '{param}.anchor': {value['anchor']!r}. Supported values are: "
+                          "'created_at'.",
+                          param=f"{param}.anchor", code="invalid_value")
+    seconds = value["seconds"]
+    if not isinstance(seconds, int) or isinstance(seconds, bool):
+        got = repr(seconds) if isinstance(seconds, str) else _JSON_TYPE.get(type(seconds), "another type")
+        raise bad_request(f"Invalid type for '{param}.seconds': expected an integer, but got {got} instead.",
+                          param=f"{param}.seconds", code="invalid_type")
+    if seconds < EXPIRES_MIN_S:
+        raise bad_request(f"Invalid '{param}.seconds': integer below minimum value. Expected a value >= "
+                          f"{EXPIRES_MIN_S}, but got {seconds} instead.", param=f"{param}.seconds",
+                          code="integer_below_min_value")
+    if seconds > EXPIRES_MAX_S:
+        raise bad_request(f"Invalid '{param}.seconds': integer above maximum value. Expected a value <= "
+                          f"{EXPIRES_MAX_S}, but got {seconds} instead.", param=f"{param}.seconds",
+                          code="integer_above_max_value")
+    return seconds
+
+
+def _form_expires_after(form: Any) -> Any:
+    """The upload's `expires_after`: the bracket fields the SDK sends (`expires_after[anchor]`, ...) as
+    an object, or one `expires_after` field holding a JSON object; None when absent."""
+    fields = {k[len("expires_after["):-1]: v for k, v in form.multi_items()
+              if k.startswith("expires_after[") and k.endswith("]")}
+    seconds = fields.get("seconds")
+    if isinstance(seconds, str) and seconds.strip().removeprefix("-").isdigit():  # form fields are text
+        fields["seconds"] = int(seconds)
+    whole = form.get("expires_after")
+    if whole is None:
+        return fields or None
+    if fields or not isinstance(whole, str):
+        raise bad_request("Send 'expires_after' either as one JSON object or as the fields expires_after[anchor] "
+                          "and expires_after[seconds], not both.", param="expires_after", code="invalid_type")
+    try:
+        return orjson.loads(whole)
+    except orjson.JSONDecodeError:
+        raise bad_request("Invalid type for 'expires_after': expected an object such as {\"anchor\": "
+                          "\"created_at\", \"seconds\": 3600}.", param="expires_after", code="invalid_type") from None
+
+
 def _json(obj: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
 
@@ -82,12 +145,13 @@ async def upload_file(request: Request) -> Response:
             if upload is None or isinstance(upload, str):
                 raise bad_request("The `file` field is missing (send it as a file part).", param="file",
                                   code="missing_required_parameter")
+            expires_s = expires_after_s(_form_expires_after(form), "expires_after")
             content = await upload.read()
             filename = upload.filename or "upload.jsonl"
         if len(content) > MAX_FILE_BYTES:
             raise GatewayError(413, f"The file is larger than the {MAX_FILE_BYTES // 2**20} MB limit.", param="file",
                                code="file_too_large")
-        row = await batch_store(gw).create_file(owner, filename, str(purpose), content)
+        row = await batch_store(gw).create_file(owner, filename, str(purpose), content, expires_after_s=expires_s)
         return _json(file_object(row))
     except GatewayError as e:
         return error_response(e, rid)
@@ -122,8 +186,9 @@ def list_order(request: Request) -> str:
 
 async def list_files(request: Request) -> Response:
     """OpenAI's cursor page: `limit` 1-10,000 (default 10,000), `order` by `created_at` (default `desc`),
-    `after` a file id (the page starts past it in that order; an id the caller cannot see gives an empty
-    page), `has_more`, `first_id` / `last_id`."""
+    `after` a file id (the page starts past it in that order, also when that file was deleted since; an
+    id the caller cannot see gives an empty page), `has_more`, `first_id` / `last_id`. Expired files are
+    left out."""
     gw: Gateway = request.app.state.gateway
     try:
         _, vis = await caller(gw, request)
