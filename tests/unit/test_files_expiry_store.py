@@ -103,17 +103,27 @@ async def test_first_purge_runs_right_after_boot_then_every_purge_every_s(bs, cl
 
 
 async def test_batch_output_files_take_output_expires_after(bs):
+    from tiergate.batches.runner import finalize_files
+
     f = await bs.create_file("k1", "in", "batch", b"x")
     with_exp = await bs.create_batch(key_id="k1", endpoint="/v1/chat/completions", input_file_id=f["id"],
-                                     window_s=60, metadata=None, lines=[("a", "{}")], output_expires_s=7200)
+                                     window_s=60, metadata=None, lines=[("a", "{}"), ("b", "{}")],
+                                     output_expires_s=7200)
     without = await bs.create_batch(key_id="k1", endpoint="/v1/chat/completions", input_file_id=f["id"],
-                                    window_s=60, metadata=None, lines=[("a", "{}")])
+                                    window_s=60, metadata=None, lines=[("a", "{}"), ("b", "{}")])
     for bid, want in ((with_exp, 7200), (without, None)):
-        n = bid.removeprefix("batch_")
-        for prefix in store_mod.OUTPUT_FILE_PREFIXES:
-            out = await bs.create_file("k1", f"{bid}.jsonl", "batch_output", b"{}\n", file_id=f"{prefix}{n}")
+        assert await bs.output_expiry_s(bid) == want
+        # one line answered, one failed: finalising writes an output and an error file
+        await bs.db.execute("UPDATE batch_lines SET state = 'done', result = ? WHERE batch_id = ? AND line_no = 0",
+                            '{"custom_id": "a"}', bid)
+        await bs.db.execute("UPDATE batch_lines SET state = 'failed', result = ? WHERE batch_id = ? AND line_no = 1",
+                            '{"custom_id": "b"}', bid)
+        await finalize_files(bs, bid, "k1")
+        batch = await bs.get_batch(bid, "k1")
+        for col in ("output_file_id", "error_file_id"):
+            out = await bs.get_file(batch[col], "k1")
             got = None if out["expires_at"] is None else round(out["expires_at"] - out["created_at"])
-            assert got == want, (prefix, bid)
+            assert got == want, (col, bid)
     # an upload's own setting is left alone, and an uploaded id never picks up a batch's
     up = await bs.create_file("k1", "u", "batch", b"x", file_id=f"file-out-{with_exp.removeprefix('batch_')}x")
     assert up["expires_at"] is None

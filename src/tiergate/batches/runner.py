@@ -372,13 +372,16 @@ async def finalize_files(store: BatchStore, batch_id: str, key_id: str | None) -
         await store.db.executemany("UPDATE batch_lines SET state = 'failed', result = ?, updated_at = ? "
                                    "WHERE batch_id = ? AND line_no = ? AND state = ?", unrun)
     fields: dict[str, Any] = {}
+    expires_s = await store.output_expiry_s(batch_id) if out_lines or err_lines else None
     if out_lines:
         f = await store.create_file(key_id, f"{batch_id}_output.jsonl", "batch_output",
-                                    b"\n".join(out_lines) + b"\n", file_id=f"file-out-{rid_base}")
+                                    b"\n".join(out_lines) + b"\n", file_id=f"file-out-{rid_base}",
+                                    expires_after_s=expires_s)
         fields["output_file_id"] = f["id"]
     if err_lines:
         f = await store.create_file(key_id, f"{batch_id}_error.jsonl", "batch_output",
-                                    b"\n".join(err_lines) + b"\n", file_id=f"file-err-{rid_base}")
+                                    b"\n".join(err_lines) + b"\n", file_id=f"file-err-{rid_base}",
+                                    expires_after_s=expires_s)
         fields["error_file_id"] = f["id"]
     if fields:
         sets = ", ".join(f"{k} = ?" for k in fields)

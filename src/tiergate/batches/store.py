@@ -36,9 +36,6 @@ log = logging.getLogger("tiergate.batches")
 
 PURGE_EVERY_S = 600.0  # expired files and old tombstones are deleted at most this often (per process)
 TOMBSTONE_KEEP_S = 86_400.0  # a deleted file's id positions a list page for this long after the deletion
-# `runner.finalize_files` names a batch's output / error file `file-out-<n>` / `file-err-<n>` for the batch
-# `batch_<n>` (idempotent finalising); `create_file` reads that batch's `output_expires_after` by it.
-OUTPUT_FILE_PREFIXES = ("file-out-", "file-err-")
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -80,12 +77,10 @@ class BatchStore:
 
     async def create_file(self, key_id: str | None, filename: str, purpose: str, content: bytes,
                           file_id: str | None = None, *, expires_after_s: int | None = None) -> dict[str, Any]:
-        """Store a file; with `expires_after_s` it expires that long after its `created_at`. A batch's
-        output / error file (`OUTPUT_FILE_PREFIXES`) takes its batch's `output_expires_after` instead."""
+        """Store a file; with `expires_after_s` it expires that long after its `created_at` (a batch's
+        output / error file: its batch's `output_expires_after`, `output_expiry_s`)."""
         fid = file_id or new_id("file-", 12)
         now = time.time()
-        if expires_after_s is None and purpose == "batch_output":
-            expires_after_s = await self._output_expiry_s(fid)
         await self.db.execute(
             "INSERT INTO files (id, key_id, filename, purpose, bytes, created_at, expires_at, content) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
@@ -95,12 +90,10 @@ class BatchStore:
         return await self.db.fetchone(  # type: ignore[return-value]
             f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", fid)
 
-    async def _output_expiry_s(self, file_id: str) -> int | None:
-        prefix = next((p for p in OUTPUT_FILE_PREFIXES if file_id.startswith(p)), None)
-        if prefix is None:
-            return None
-        row = await self.db.fetchone("SELECT output_expires_s FROM batches WHERE id = ?",
-                                     "batch_" + file_id.removeprefix(prefix))
+    async def output_expiry_s(self, batch_id: str) -> int | None:
+        """The batch's `output_expires_after.seconds` (its output and error files expire that long after
+        they are written), None when it set none."""
+        row = await self.db.fetchone("SELECT output_expires_s FROM batches WHERE id = ?", batch_id)
         return None if row is None or row["output_expires_s"] is None else int(row["output_expires_s"])
 
     async def get_file(self, file_id: str, key_id: str | None, *, owner_check: bool = True) -> dict[str, Any] | None:
