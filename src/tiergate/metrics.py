@@ -13,7 +13,8 @@ What is recorded, and by whom:
   `tiergate_upstream_latency_seconds` and `tiergate_upstream_ttft_seconds{model,deployment}`;
 - server (`observe_request(row)` with each ledger row): `tiergate_requests_total{model,deployment,status}`,
   `tiergate_request_duration_seconds`, `tiergate_ttft_seconds{model,deployment}`,
-  `tiergate_tokens_total{model,deployment,kind}`, `tiergate_cost_usd_total{model,deployment}`.
+  `tiergate_tokens_total{model,deployment,kind}` (billed tokens: `cache_hit` rows add none),
+  `tiergate_cost_usd_total{model,deployment}`.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class Metrics:
                                           "End-to-end request latency seen by the gateway.", md)
         self.ttft = Histogram("tiergate_ttft_seconds", "Time to first token of answered requests.", md)
         self.tokens = Counter("tiergate_tokens_total", "Tokens billed, by kind (prompt, completion; cached and "
-                              "reasoning are parts of prompt and completion).",
+                              "reasoning are parts of prompt and completion). Response-cache hits are not "
+                              "billed and not counted.",
                               (*md, "kind"))
         self.cost = Counter("tiergate_cost_usd_total", "Cost billed in USD.", md)
         self.attempts = Counter("tiergate_upstream_attempts_total", "Upstream attempts by outcome (ok, http_<status>, "
@@ -182,10 +184,11 @@ class Metrics:
         ttft = row.get("ttft_ms")
         if ttft and status == "ok":
             self.ttft.observe(k, ttft / 1000.0)
-        for kind, keys in _TOKEN_FIELDS:
-            n = row.get(keys[0]) or row.get(keys[1])
-            if n:
-                self.tokens.inc((model, dep, kind), float(n))
+        if status != "cache_hit":  # a hit's row carries the cached answer's usage, but nothing was billed
+            for kind, keys in _TOKEN_FIELDS:
+                n = row.get(keys[0]) or row.get(keys[1])
+                if n:
+                    self.tokens.inc((model, dep, kind), float(n))
         cost = row.get("cost_usd")
         if cost:
             self.cost.inc(k, float(cost))
