@@ -472,7 +472,7 @@ def _parse_model(d: Any, path: str, env: dict[str, str]) -> ModelConfig:
 
 _TOP_KEYS = {"models", "storage", "redis", "routing", "master_key", "cache", "batches", "responses",
              "catalog_file"}
-_CACHE_KEYS = {"enabled": bool, "ttl_s": float, "max_entries": int}
+_CACHE_KEYS = {"enabled": bool, "ttl_s": float, "max_entries": int, "max_bytes": int, "shared_across_keys": bool}
 
 
 def _check_cache(d: Any) -> None:
@@ -480,7 +480,8 @@ def _check_cache(d: Any) -> None:
     (unknown keys were ignored and `enabled: maybe` counted as on)."""
     if d is None:
         return
-    _expect(d, dict, "cache", "a mapping such as {enabled: true, ttl_s: 3600, max_entries: 10000}")
+    _expect(d, dict, "cache", "a mapping such as {enabled: true, ttl_s: 3600, max_entries: 10000, "
+            "max_bytes: 67108864, shared_across_keys: false}")
     _unknown_keys(d, set(_CACHE_KEYS), "cache")
     for k, kind in _CACHE_KEYS.items():
         if k not in d:

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tiergate.accounting.budget import Budget, InProcessBudget, RedisBudget, Reservation, StoreBudget
-from tiergate.accounting.cache import MemoryCache, RedisCache, ResponseCache
+from tiergate.accounting.cache import DEFAULT_MAX_BYTES, MemoryCache, RedisCache, ResponseCache
 from tiergate.accounting.keys import MASTER, KeyInfo, KeyStore
 from tiergate.accounting.ledger import LedgerWriter, spend_report
 from tiergate.accounting.ratelimit import (
@@ -121,14 +121,16 @@ class Accounting:
 
         cache_cfg = dict(config.extra.get("cache") or {})
         ttl = float(cache_cfg.get("ttl_s", 3600))
+        shared = cache_cfg.get("shared_across_keys") is True  # default: entries scoped per key
         if redis is not None:
             budget: Budget = RedisBudget(redis, prefix, seed)
             limiter: RateLimiter = RedisRateLimiter(redis, prefix)
-            cache: ResponseCache = RedisCache(redis, prefix, ttl)
+            cache: ResponseCache = RedisCache(redis, prefix, ttl, shared_across_keys=shared)
         else:
             budget = StoreBudget(store, seed) if store.dialect == "postgresql" else InProcessBudget(seed)
             limiter = InProcessRateLimiter()
-            cache = MemoryCache(ttl, int(cache_cfg.get("max_entries", 10_000)))
+            cache = MemoryCache(ttl, int(cache_cfg.get("max_entries", 10_000)),
+                                int(cache_cfg.get("max_bytes", DEFAULT_MAX_BYTES)), shared_across_keys=shared)
         if cache_cfg.get("enabled") is False:
             cache = None
         log.info("accounting: storage %s, counters in %s, ledger journal %s", store.url_redacted,
