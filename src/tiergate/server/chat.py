@@ -189,7 +189,16 @@ def read_options(body: dict[str, Any], requested: Any) -> dict[str, Any]:
             f"Send model=\"auto\" to let the router choose, or remove 'tiergate.{name}' "
             f"(routing-only options: {', '.join(ROUTING_OPTIONS)}).",
             param=f"tiergate.{name}", code="unsupported_parameter")
+    cache = opts.get("cache")
+    if cache is not None and not isinstance(cache, bool):  # "no", "false", 1: a truthy string turned the cache on
+        raise bad_request(f"tiergate.cache: expected true or false, got {_shown(cache)}", param="tiergate.cache",
+                          code="invalid_type")
     return opts
+
+
+def _shown(value: Any) -> str:
+    text = orjson.dumps(value).decode() if isinstance(value, str | int | float | list | dict | bool) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def request_timeouts(base: Timeouts, override: Any) -> Timeouts:
@@ -286,10 +295,10 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
     headers.update(getattr(admission, "headers", None) or {})
     settled = False
     try:
-        cache = gw.accounting.cache if (not stream and _cacheable(body, opts, ctx)) else None
-        # routed requests keep their own entries: an answer an `auto` request escalated to is cached under its
-        # first candidate's body, which an explicit request for that model must not be served
-        scope = ROUTED_SCOPE if route_info is not None else None
+        # an escalation's retry is cached by the request that escalated (as an escalated entry), not by itself
+        cache = gw.accounting.cache if (not stream and _escalated_from is None and _cacheable(body, opts, ctx)) \
+            else None
+        scope = _cache_scope(cache, ctx, route_info) if cache is not None else None
         if cache is not None:
             hit = await cache.get(body, scope)
             if hit is not None and isinstance(hit.get(ESCALATED_ENTRY), dict):  # what this request escalated to
@@ -363,7 +372,8 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
             if nxt is not None:
                 first = ChatOutcome(headers=headers, body=result)
                 out = await _escalate(gw, routed_body, ctx, requested, route_info, nxt, reason, cost, first)
-                if cache is not None and out is not first and out.body is not None:
+                if (cache is not None and out is not first and out.body is not None
+                        and "x-tiergate-fallback" not in out.headers and unusable_reason(body, out.body) is None):
                     # cached under this request, so a repeat does not pay for the unusable first answer again
                     out.headers["x-tiergate-cache"] = "miss"
                     await cache.set(body, scope=scope, result={ESCALATED_ENTRY: {
@@ -371,7 +381,9 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
                         "header": out.headers.get("x-tiergate-escalated", "").split("; first_cost_usd=")[0]},
                         "response": out.body})
                 return out
-            if cache is not None:
+            # never cached: an answer a fallback model gave (the requested model did not answer), nor an
+            # unusable one (it would be served to every repeat, and to `auto` requests instead of escalating)
+            if cache is not None and not d.fallback_from and (reason or unusable_reason(body, result)) is None:
                 await cache.set(body, result, scope)
             return ChatOutcome(headers=headers, body=result)
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -537,12 +549,37 @@ def _record_attempts(gw: Gateway, ctx: CallContext, requested: str, attempts, in
 
 
 def _cacheable(body: dict[str, Any], opts: dict[str, Any], ctx: CallContext) -> bool:
+    """Whether this request uses the response cache: a key's `cache` flag turns it on (a request may turn
+    it off with `tiergate.cache: false`, never on for a key whose flag is false); the master key and an
+    open gateway opt in per request. Deterministic requests only."""
+    key = ctx.key
+    key_on = bool(getattr(key, "cache_enabled", False))
     wanted = opts.get("cache")
+    if key is not None and not getattr(key, "is_master", False) and not key_on:
+        return False
     if wanted is None:
-        wanted = bool(getattr(ctx.key, "cache_enabled", False))
+        wanted = key_on
     if not wanted:
         return False
     return body.get("temperature") == 0 or body.get("seed") is not None
+
+
+def _cache_scope(cache: Any, ctx: CallContext, route_info: dict[str, Any] | None) -> str | None:
+    """What keeps this request's cache entries apart from others' with the same body: the key's id (the
+    master key and an open gateway share one scope; config `cache.shared_across_keys` drops it), and for
+    an `auto` request the routing inputs (policy, target, cost cap, candidates) and the candidate an
+    escalation would go to, so an escalated answer is only served to requests that would have routed the
+    same way (the routed body names the first candidate only)."""
+    parts: list[str] = []
+    key = ctx.key
+    if key is not None and not getattr(key, "is_master", False) and not cache.shared_across_keys:
+        parts.append(f"key={key.id}")
+    if route_info is not None:
+        d = route_info["decision"]
+        nxt = next_candidate_up(d)
+        parts.append(orjson.dumps([ROUTED_SCOPE, d.policy, d.target, d.cost_cap, [a.candidate for a in d.assessments],
+                                   nxt.candidate if nxt is not None else None]).decode())
+    return "\0".join(parts) or None
 
 
 def _total_tokens(usage: dict[str, Any] | None) -> int:
