@@ -140,9 +140,10 @@ def test_an_escalated_entry_is_served_only_to_requests_that_route_the_same_way(e
 # ------------------------------------------------------------------ 3: tenancy
 
 
-def test_entries_are_kept_per_key_and_a_key_without_cache_cannot_turn_it_on(env):
+def test_entries_are_kept_per_key_even_when_a_request_turns_the_cache_on(env):
     """Entries were shared by every key (another key's hit told it the exact prompt was sent, with the
-    first key's completion id), and a key created with `cache: false` turned the cache on per request."""
+    first key's completion id), also for a key created with `cache: false` that turned the cache on per
+    request. Now each key sees only its own entries."""
     prompt = f"secret prompt {_tag()}"
     a, b = env.key(cache=True), env.key(cache=True)
     first = _chat(a, prompt)
@@ -151,9 +152,10 @@ def test_entries_are_kept_per_key_and_a_key_without_cache_cannot_turn_it_on(env)
     other = _chat(b, prompt)
     assert other.headers["x-tiergate-cache"] == "miss" and other.parse().id != first.parse().id
     off = env.key(cache=False)
-    for _ in range(2):
-        r = _chat(off, prompt, extra_body={"tiergate": {"cache": True}})
-        assert "x-tiergate-cache" not in r.headers and r.parse().id != first.parse().id
+    assert "x-tiergate-cache" not in _chat(off, prompt).headers  # the key's flag is the default
+    on = [_chat(off, prompt, extra_body={"tiergate": {"cache": True}}) for _ in range(2)]
+    assert [r.headers["x-tiergate-cache"] for r in on] == ["miss", "hit"]  # its own entry, not a's
+    assert on[0].parse().id != first.parse().id and on[1].parse().id == on[0].parse().id
     assert "x-tiergate-cache" not in _chat(a, prompt, extra_body={"tiergate": {"cache": False}}).headers
 
 

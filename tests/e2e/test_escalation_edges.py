@@ -240,10 +240,11 @@ def test_a_cached_escalated_answer_stays_with_routed_requests_it_may_serve(env):
     o3-mini (its `auto` routes to gpt-4o-mini alone)."""
     up, client, _ = env
     kw = {"messages": [{"role": "user", "content": "Say hi, scoped"}], "temperature": 0}
-    first = client().chat.completions.with_raw_response.create(model="auto", extra_body=_cheap_first(cache=True), **kw)
+    c = client(cache=True)  # entries are kept per key: one key for both
+    first = c.chat.completions.with_raw_response.create(model="auto", extra_body=_cheap_first(cache=True), **kw)
     assert first.headers["x-tiergate-model"] == "o3-mini"  # escalated from gpt-4o-mini, cached
     up.clear()
-    explicit = client().chat.completions.with_raw_response.create(
+    explicit = c.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", extra_body={"tiergate": {"cache": True}}, **kw)
     assert explicit.headers["x-tiergate-cache"] == "miss" and explicit.headers["x-tiergate-model"] == "gpt-4o-mini"
     assert "x-tiergate-escalated" not in explicit.headers and len(up.requests) == 1

@@ -549,14 +549,12 @@ def _record_attempts(gw: Gateway, ctx: CallContext, requested: str, attempts, in
 
 
 def _cacheable(body: dict[str, Any], opts: dict[str, Any], ctx: CallContext) -> bool:
-    """Whether this request uses the response cache: a key's `cache` flag turns it on (a request may turn
-    it off with `tiergate.cache: false`, never on for a key whose flag is false); the master key and an
-    open gateway opt in per request. Deterministic requests only."""
-    key = ctx.key
-    key_on = bool(getattr(key, "cache_enabled", False))
+    """Whether this request uses the response cache: `tiergate.cache` when the request says (true or false),
+    else the key's `cache` flag (off for the master key and an open gateway). Entries are kept per key
+    (`_cache_scope`), so turning it on exposes nothing of another key's; a deployment that must store no
+    answers at all sets `cache.enabled: false`. Deterministic requests only."""
+    key_on = bool(getattr(ctx.key, "cache_enabled", False))
     wanted = opts.get("cache")
-    if key is not None and not getattr(key, "is_master", False) and not key_on:
-        return False
     if wanted is None:
         wanted = key_on
     if not wanted:
