@@ -13,7 +13,11 @@ real API refuses an altered one), then, with `redacted_thinking` set, a `redacte
 (its `data` self-checking the same way). Assistant turns sent back are checked as the real API does:
 thinking blocks first, never last, and with thinking enabled a tool-using turn must start with one.
 Failures on demand: `fail_next` holds (status,
-error type) answers for the next requests; `stream_error_after` sends an `error` event mid-stream.
+error type) answers for the next requests; `stream_error_after` sends an `error` event mid-stream;
+`cut_after` drops the connection mid-stream. Thinking blocks sent back with fields the API does not
+take (e.g. a stream delta's `index`) are refused. With `tool_choice: any` after tool results, a
+`json_output_*` tool (the gateway's json_schema answer) is called. `empty_first_json_delta` streams
+tool inputs as the real API does (an empty `input_json_delta` first; only that for `{}`).
 
 Message Batches (`/v1/messages/batches`: create, list, retrieve, cancel, results): every request's
 `custom_id` (1-64 of `[A-Za-z0-9_-]`, unique) and `params` (as for /v1/messages, no `stream`) are
@@ -43,6 +47,7 @@ ALLOWED_TOP = {
 }
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
 CUSTOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+THINKING_FIELDS = {"thinking": {"type", "thinking", "signature"}, "redacted_thinking": {"type", "data"}}
 
 
 def sign(text: str) -> str:
@@ -171,6 +176,8 @@ def check_request(body: Any, headers: dict[str, str], api_key: str, signed: bool
                     p.append(f"{where}: Invalid `signature` in `thinking` block")
                 if bt == "redacted_thinking" and signed and not _redacted_ok(b.get("data")):
                     p.append(f"{where}.data: Invalid `data` in `redacted_thinking` block")
+                for extra in sorted(set(b) - THINKING_FIELDS[bt]):
+                    p.append(f"{where}.{bt}.{extra}: Extra inputs are not permitted")
             else:
                 p.append(f"{where}.type: unknown block type {bt!r}")
         kinds = [b.get("type") if isinstance(b, dict) else None for b in blocks]
@@ -218,6 +225,10 @@ class FakeAnthropic:
     batch_polls_to_end: int = 2
     redacted_thinking: bool = False  # with thinking, also answer a redacted_thinking block
     lose_next_batch_create: bool = False
+    # stream a tool_use input as the real API does: one empty input_json_delta first, and for an empty
+    # input ({}, a tool without parameters) nothing else
+    empty_first_json_delta: bool = False
+    cut_after: int | None = None  # drop the connection (no error event) after this many text deltas
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {batch, requests, polls, results}
     batch_creates: list[dict[str, Any]] = field(default_factory=list)
     batch_calls: list[str] = field(default_factory=list)  # "METHOD /path" of every batch request
@@ -274,7 +285,13 @@ class FakeAnthropic:
             b.get("type") == "tool_result" for b in last["content"])
         tools = body.get("tools") or []
         tc = body.get("tool_choice") or {}
-        if tools and not last_has_result and tc.get("type") != "none":
+        json_tool = next((t for t in tools if t["name"].startswith("json_output_")), None)
+        if tools and last_has_result and tc.get("type") == "any" and json_tool is not None:
+            # a tool call is required after the results: the final answer through the json_schema tool
+            content.append({"type": "tool_use", "id": f"toolu_{len(self.requests)}", "name": json_tool["name"],
+                            "input": _fill(json_tool["input_schema"])})
+            stop = "tool_use"
+        elif tools and not last_has_result and tc.get("type") != "none":
             tool = next((t for t in tools if t["name"] == tc.get("name")), tools[0])
             content.append({"type": "tool_use", "id": f"toolu_{len(self.requests)}", "name": tool["name"],
                             "input": _fill(tool["input_schema"])})
@@ -343,6 +360,11 @@ class FakeAnthropic:
                         await send({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
                         await resp.write_eof()
                         return resp
+                    if self.cut_after is not None and deltas >= self.cut_after:
+                        await asyncio.sleep(0.01)
+                        if request.transport is not None:
+                            request.transport.abort()
+                        return resp
                     await send({"type": "content_block_delta", "index": i,
                                 "delta": {"type": "text_delta", "text": w if k == 0 else " " + w}})
                     deltas += 1
@@ -357,7 +379,10 @@ class FakeAnthropic:
             else:
                 js = orjson.dumps(block["input"]).decode()
                 half = len(js) // 2
-                for piece in (js[:half], js[half:]):
+                pieces = (js[:half], js[half:])
+                if self.empty_first_json_delta:
+                    pieces = ("",) if block["input"] == {} else ("", js[:half], js[half:])
+                for piece in pieces:
                     await send({"type": "content_block_delta", "index": i,
                                 "delta": {"type": "input_json_delta", "partial_json": piece}})
             await send({"type": "content_block_stop", "index": i})

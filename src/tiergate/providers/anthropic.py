@@ -194,7 +194,7 @@ class AnthropicProvider(Provider):
                         status, oa_type = wa.map_status(200, e.type)
                         raise UpstreamError(status, f"anthropic: {scrub(e.message, self._secrets())}", type=oa_type,
                                             code=e.type, kind="stream_cut" if sent_any else "status",
-                                            usage=tr.openai_usage() if sent_any else None) from None
+                                            usage=tr.reported_usage()) from None
                     for c in chunks:
                         sent_any = True
                         yield c
@@ -205,15 +205,14 @@ class AnthropicProvider(Provider):
             except TimeoutError:
                 phase = ("total" if deadline is not None and loop.time() >= deadline - 0.01
                          else "stream_idle" if sent_any else "first_token")
-                err = self._timeout(phase, timeouts, usage=tr.openai_usage() if sent_any else None)
+                err = self._timeout(phase, timeouts, usage=tr.reported_usage())
                 if sent_any:
                     err.kind = "stream_cut"
                 raise err from None
             except aiohttp.ClientError as e:
-                raise self._transport(e, after_headers=True,
-                                      usage=tr.openai_usage() if sent_any else None) from None
+                raise self._transport(e, after_headers=True, usage=tr.reported_usage()) from None
             raise UpstreamError(502, "anthropic: stream ended before message_stop", kind="stream_cut",
-                                usage=tr.openai_usage() if sent_any else None)
+                                usage=tr.reported_usage())
 
 
 BETA_OUTPUT_128K = "output-128k-2025-02-19"  # anthropic-beta flag: Claude 3.7 Sonnet writes up to 128,000 tokens

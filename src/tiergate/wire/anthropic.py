@@ -14,7 +14,9 @@ passed through; `system` is then a list of text blocks.
 Response (`from_message`, `StreamTranslator`): text -> `message.content`, `tool_use` ->
 `tool_calls` (input object -> JSON string arguments), thinking -> `reasoning_content` (+
 `thinking_blocks`, passed back on the next turn so tool loops with thinking keep working; streamed,
-each finished block comes as one `delta.thinking_blocks` chunk, signature included),
+each finished block comes as one `delta.thinking_blocks` chunk, signature included, its entry with the
+`index` every array delta entry has; passed back, only the API's fields are sent), a tool input that
+streamed no JSON (no parameters) -> `"{}"` arguments as unstreamed,
 `stop_reason` -> `finish_reason`, usage -> `prompt_tokens` (input + cache read + cache write),
 `cached_tokens` (cache read), `cache_write_tokens`, and `reasoning_tokens` (thinking; estimated from
 the thinking text when Anthropic does not report it, and always a part of `completion_tokens`,
@@ -198,7 +200,7 @@ def _convert_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[st
         elif role == "user":
             push("user", _mark_last(_blocks(m.get("content"), path), m, path))
         elif role == "assistant":
-            blocks = [dict(b) for b in (m.get("thinking_blocks") or []) if _is_thinking(b)]
+            blocks = [_thinking_block(b) for b in (m.get("thinking_blocks") or []) if _is_thinking(b)]
             blocks += _mark_last(_blocks(m.get("content"), path), m, path)
             blocks += _tool_use_blocks(m.get("tool_calls"), path)
             push("assistant", blocks)
@@ -221,6 +223,16 @@ def _convert_messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[st
 
 def _is_thinking(block: Any) -> bool:
     return isinstance(block, dict) and block.get("type") in ("thinking", "redacted_thinking")
+
+
+_THINKING_FIELDS = {"thinking": ("type", "thinking", "signature"), "redacted_thinking": ("type", "data")}
+
+
+def _thinking_block(block: dict[str, Any]) -> dict[str, Any]:
+    """A (redacted_)thinking block passed back, with only the fields the API takes: a streamed block
+    carries the `index` of its `thinking_blocks` delta entry (kept by the SDK's stream helpers), which
+    Anthropic would refuse as an extra input."""
+    return {k: block[k] for k in _THINKING_FIELDS[block["type"]] if k in block}
 
 
 def _tidy(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -304,6 +316,40 @@ def structured_tool(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _structured_answer(body: dict[str, Any], out: dict[str, Any], structured: str, choice: dict[str, Any] | None,
+                       system: list[dict[str, Any]]) -> bool:
+    """`response_format: json_schema` as the tool `structured` (its input is the answer's content), with
+    `choice` the client's own tool_choice translated. OpenAI's json_schema shapes the final answer and
+    leaves the tools to tool_choice, so:
+    - no tools of the client's, or tool_choice `none`: the json tool is forced (`{type: tool}`): the
+      answer is the JSON object, and no tool of the client's is called, as `none` says;
+    - the client's tools with tool_choice auto (or none given): the json tool is offered alongside them
+      and `{type: any}` asks for a tool call: the model calls the client's tools, or answers through the
+      json tool; a plain-text answer, which the schema would not allow, is left out;
+    - tool_choice `required` or a named function: the answer is a call of the client's tools, as asked;
+      the json tool is not offered (nothing the schema shapes comes back on such a turn).
+    `disable_parallel_tool_use` (`parallel_tool_calls: false`) is kept on whatever is sent. Returns
+    whether the json tool is offered; a system note naming it is appended to `system` when the model
+    must choose between it and the client's tools."""
+    client_tools = bool(out.get("tools"))
+    kind = None if choice is None else choice["type"]
+    parallel = {k: v for k, v in (choice or {}).items() if k == "disable_parallel_tool_use"}
+    if client_tools and kind in ("any", "tool"):
+        return False  # the client's own choice, sent as translated
+    rf = body["response_format"]["json_schema"]
+    tool = {"name": structured, "description": rf.get("description") or "Give the final answer as this JSON object.",
+            "input_schema": rf.get("schema") or {"type": "object"}}
+    out["tools"] = [*out.get("tools", []), tool]
+    if client_tools and kind in (None, "auto"):
+        out["tool_choice"] = {"type": "any", **parallel}
+        system.append({"type": "text", "text": f"When you give your final answer rather than call a tool, give "
+                                               f"it by calling the {structured} tool."})
+        out["system"] = _system_value(system)
+    else:
+        out["tool_choice"] = {"type": "tool", "name": structured, **parallel}
+    return True
+
+
 def _number(value: Any, param: str, low: float, high: float) -> float:
     """A sampling parameter as OpenAI validates it: a number in [low, high], else the 400 naming it."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
@@ -372,11 +418,7 @@ def to_messages_request(body: dict[str, Any], model: str, max_output: int | None
         out["tool_choice"] = dict(choice)
     structured = structured_tool(body)
     if structured is not None:
-        rf = body["response_format"]["json_schema"]
-        tool = {"name": structured, "description": rf.get("description") or "Give the final answer as this JSON object.",
-                "input_schema": rf.get("schema") or {"type": "object"}}
-        out["tools"] = [*out.get("tools", []), tool]
-        out["tool_choice"] = {"type": "tool", "name": structured}
+        _structured_answer(body, out, structured, choice, system)
     elif (body.get("response_format") or {}).get("type") == "json_object":
         system.append({"type": "text", "text": "Respond with a single JSON object and nothing else."})
         out["system"] = _system_value(system)
@@ -403,7 +445,7 @@ def to_messages_request(body: dict[str, Any], model: str, max_output: int | None
             if tc.get("type") in ("any", "tool"):
                 # only auto/none are allowed with thinking
                 out["tool_choice"] = {"type": "auto", **{k: v for k, v in tc.items() if k == "disable_parallel_tool_use"}}
-                if structured is not None:
+                if tc.get("type") == "tool" and tc.get("name") == structured:  # the json tool was forced
                     out["system"] = _system_value([*system, {
                         "type": "text", "text": f"Give your final answer by calling the {structured} tool."}])
     if body.get("tool_choice") is not None and choice is not None and out.get("tool_choice") != choice:
@@ -419,7 +461,7 @@ def to_messages_request(body: dict[str, Any], model: str, max_output: int | None
 def translation_dropped(body: dict[str, Any], max_output: int | None = None) -> list[str]:
     """The client's parameters the Messages request leaves out or changes, sorted: `temperature` above 1
     (clamped to 1) or with thinking (removed, as `top_p`), `tool_choice` replaced (thinking allows only
-    auto/none; a `json_schema` answer forces its own tool) or left out, `reasoning_effort` when thinking
+    auto/none; a `json_schema` answer's tool: `auto` -> `any`, `none` -> that tool forced) or left out, `reasoning_effort` when thinking
     cannot be on (a tool loop without its thinking blocks, no room in the model's output), and the fields
     of `IGNORED_FIELDS` sent. [] for a body the translation refuses."""
     dropped: list[str] = []
@@ -536,10 +578,13 @@ class StreamTranslator:
     usage: dict[str, Any] = field(default_factory=dict)
     finish_reason: str | None = None
     started: bool = False
+    usage_final: bool = False  # a message_delta reported usage: `usage` is Anthropic's count, not message_start's
     _tool_index: dict[int, int] = field(default_factory=dict)  # anthropic block index -> OpenAI tool index
     _thinking: list[str] = field(default_factory=list)
     _content_blocks: set[int] = field(default_factory=set)  # structured-output tool blocks
     _thinking_blocks: dict[int, dict[str, Any]] = field(default_factory=dict)  # open (redacted_)thinking blocks
+    _thinking_count: int = 0  # thinking blocks finished so far: the `index` of the next `thinking_blocks` entry
+    _json_seen: set[int] = field(default_factory=set)  # tool_use blocks (anthropic index) that got some JSON
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
@@ -584,12 +629,15 @@ class StreamTranslator:
             dt = d.get("type")
             if dt == "text_delta":
                 return [self._chunk({"content": d.get("text", "")})]
-            if dt == "input_json_delta" and int(ev.get("index", 0)) in self._content_blocks:
-                return [self._chunk({"content": d.get("partial_json", "")})]
             if dt == "input_json_delta":
+                piece = str(d.get("partial_json") or "")
+                if not piece:  # Anthropic opens every tool input with an empty delta (a no-argument tool: only that)
+                    return []
+                self._json_seen.add(int(ev.get("index", 0)))
+                if int(ev.get("index", 0)) in self._content_blocks:
+                    return [self._chunk({"content": piece})]
                 idx = self._tool_index.get(int(ev.get("index", 0)), 0)
-                return [self._chunk({"tool_calls": [{"index": idx,
-                                                     "function": {"arguments": d.get("partial_json", "")}}]})]
+                return [self._chunk({"tool_calls": [{"index": idx, "function": {"arguments": piece}}]})]
             open_block = self._thinking_blocks.get(int(ev.get("index", 0)))
             if dt == "thinking_delta":
                 self._thinking.append(d.get("thinking", ""))
@@ -600,12 +648,30 @@ class StreamTranslator:
                 open_block["signature"] = open_block.get("signature", "") + d.get("signature", "")
             return []  # citations_delta, unknown deltas
         if t == "content_block_stop":
-            # a finished (redacted_)thinking block, signed, as the client must pass it back (thinking_blocks)
-            done = self._thinking_blocks.pop(int(ev.get("index", 0)), None)
-            return [] if done is None else [self._chunk({"thinking_blocks": [done]})]
+            bi = int(ev.get("index", 0))
+            if bi in self._tool_index or bi in self._content_blocks:
+                if bi in self._json_seen:
+                    return []
+                # a tool input that ended with no JSON (a tool without parameters: Anthropic streams one empty
+                # input_json_delta) is the empty object, as the non-streamed answer says: valid JSON arguments
+                if bi in self._content_blocks:
+                    return [self._chunk({"content": "{}"})]
+                return [self._chunk({"tool_calls": [{"index": self._tool_index[bi], "function": {"arguments": "{}"}}]})]
+            # a finished (redacted_)thinking block, signed, as the client must pass it back (thinking_blocks);
+            # `index` (its place among the answer's thinking blocks) as every array delta entry has, so the
+            # SDK's stream helpers (openai.lib.streaming accumulate_delta) build the list
+            done = self._thinking_blocks.pop(bi, None)
+            if done is None:
+                return []
+            entry = {"index": self._thinking_count, **done}
+            self._thinking_count += 1
+            return [self._chunk({"thinking_blocks": [entry]})]
         if t == "message_delta":
             d = ev.get("delta") or {}
-            self.usage.update({k: v for k, v in (ev.get("usage") or {}).items() if v is not None})
+            reported = {k: v for k, v in (ev.get("usage") or {}).items() if v is not None}
+            self.usage.update(reported)
+            if "output_tokens" in reported:
+                self.usage_final = True
             if d.get("stop_reason"):
                 self.finish_reason = FINISH_REASONS.get(d["stop_reason"], "stop")
                 if self.finish_reason == "tool_calls" and not self._tool_index:
@@ -628,6 +694,12 @@ class StreamTranslator:
 
     def openai_usage(self) -> dict[str, Any]:
         return usage_to_openai(self.usage, "".join(self._thinking))
+
+    def reported_usage(self) -> dict[str, Any] | None:
+        """The usage Anthropic reported for the answer, or None before its `message_delta`: until then
+        `usage` holds message_start's placeholder (`output_tokens: 1`), and a stream cut short must be
+        billed by the gateway's estimate of what it relayed, not by that placeholder."""
+        return self.openai_usage() if self.usage_final else None
 
 
 class AnthropicStreamError(Exception):
