@@ -263,6 +263,7 @@ async def _events(chunks: AsyncIterator[bytes], tr: wr.StreamTranslator, save: S
             if data == b"[DONE]":
                 break
             obj = orjson.loads(data)
+            _plain_thinking_blocks(obj)
             if not started:
                 tr.model = obj.get("model") or tr.model
                 started = True
@@ -290,6 +291,16 @@ async def _events(chunks: AsyncIterator[bytes], tr: wr.StreamTranslator, save: S
             await aclose()  # let the pipeline finish its books if the client went away
         if not ended:  # the client hung up mid-answer: keep what was produced, retrievable by its id
             await _save_cut(save, tr.cancelled())
+
+
+def _plain_thinking_blocks(chunk: dict[str, Any]) -> None:
+    """A streamed chunk's `thinking_blocks` entries without their delta `index` (the chat stream's array
+    delta position): the reasoning item keeps Claude's blocks as Anthropic sent them, as unstreamed."""
+    for ch in chunk.get("choices") or ():
+        blocks = (ch.get("delta") or {}).get("thinking_blocks") if isinstance(ch, dict) else None
+        if isinstance(blocks, list):
+            ch["delta"]["thinking_blocks"] = [{k: v for k, v in b.items() if k != "index"} if isinstance(b, dict)
+                                              else b for b in blocks]
 
 
 async def _save_cut(save: Saver, resp: dict[str, Any]) -> None:
@@ -510,6 +521,11 @@ def _record_attempts(gw: Gateway, ctx: CallContext, model: str, info: Any, effor
                     request_id=f"{ctx.request_id}:a{i + 1}", latency_ms=a.latency_s * 1000)
 
 
+def _response_error_code(e: UpstreamError) -> str:
+    """A Response's `error.code` (the spec's ResponseErrorCode enum) for an upstream failure mid-stream."""
+    return "rate_limit_exceeded" if e.status == 429 or e.code == "rate_limit_exceeded" else "server_error"
+
+
 async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, info: Any, model: str, effort: Any,
                          prompt_tokens: int, save: Saver, echo: dict[str, Any] | None = None
                          ) -> AsyncIterator[bytes]:
@@ -548,9 +564,13 @@ async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, 
     except UpstreamError as e:
         status, error = "error", upstream_error_text(e)
         usage = usage or e.usage
-        failed = {**snapshot, "status": "failed",
-                  "error": {"code": e.code or "server_error",
-                            "message": f"The upstream stream failed after it started: {e.message}"}}
+        # the output relayed so far (open items as `incomplete`), as the translated path and a client's
+        # hang-up keep it; `error.code` from the spec's ResponseErrorCode (the gateway's own code, e.g.
+        # upstream_stream_cut, is in the message)
+        failed = {**snapshot, "status": "failed", "output": relayed.items(),
+                  "error": {"code": _response_error_code(e),
+                            "message": f"The upstream stream failed after it started: {e.message}"
+                                       + (f" ({e.code})" if e.code else "")}}
         if snapshot.get("id"):
             ended = True
             await save(failed)
