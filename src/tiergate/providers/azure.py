@@ -2,7 +2,8 @@
 
 Two URL shapes (wire facts §9):
 - classic: `{api_base}/openai/deployments/{deployment}/chat/completions?api-version={api_version}`
-  (Responses: `{api_base}/openai/responses?api-version=…`); the deployment in the path picks the model.
+  (Responses: `{api_base}/openai/responses?api-version=…`, its own version: `responses_api_version`);
+  the deployment in the path picks the model.
 - v1, chosen when `api_base` ends with `/openai/v1`: `{api_base}/chat/completions` and
   `{api_base}/responses`, no api-version, and `model` = the deployment name (or the upstream model).
 Auth is the `api-key` header; `options: {auth: bearer}` sends `Authorization: Bearer` instead (Entra
@@ -30,6 +31,10 @@ DEFAULT_API_VERSION = "2024-10-21"  # GA inference version
 DEFAULT_REASONING_API_VERSION = "2024-12-01-preview"
 _O_SERIES = re.compile(r"^o\d")
 DEFAULT_RESPONSES_API_VERSION = "2025-04-01-preview"  # the classic Responses API needs a preview version
+# the first api-version of the classic Responses API (`/openai/responses`); GA versions (2024-10-21, ...)
+# do not have it
+FIRST_RESPONSES_API_VERSION = "2025-03-01-preview"
+_PREVIEW = re.compile(r"^\d{4}-\d{2}-\d{2}-preview$")
 
 
 @register("azure")
@@ -49,9 +54,20 @@ class AzureProvider(OpenAIProvider):
             dep = quote(self.deployment.deployment or self.upstream_model(self.deployment.model), safe="")
             version = self.deployment.api_version or self._default_api_version()
             return f"{root}/openai/deployments/{dep}/chat/completions?api-version={quote(version)}"
-        version = self.deployment.options.get("responses_api_version") or self.deployment.api_version \
-            or DEFAULT_RESPONSES_API_VERSION
-        return f"{root}/openai/responses?api-version={quote(str(version))}"
+        return f"{root}/openai/responses?api-version={quote(self.responses_api_version())}"
+
+    def responses_api_version(self) -> str:
+        """The `api-version` of `/openai/responses` (classic URLs): `options.responses_api_version` when set;
+        else the deployment's `api_version` when it is a preview version that has the Responses API
+        (2025-03-01-preview or later); else `DEFAULT_RESPONSES_API_VERSION`. A chat `api_version` such
+        as the GA 2024-10-21 is not inherited: Azure answers /openai/responses with it as unsupported."""
+        own = self.deployment.options.get("responses_api_version")
+        if own:
+            return str(own)
+        chat = str(self.deployment.api_version or "")
+        if _PREVIEW.match(chat) and chat >= FIRST_RESPONSES_API_VERSION:
+            return chat
+        return DEFAULT_RESPONSES_API_VERSION
 
     def _default_api_version(self) -> str:
         """Without `api_version`: the reasoning models' minimum for an o-series model (by the configured or
