@@ -329,27 +329,30 @@ class StoreBudget(Budget):
             return None
         period, start, _ = period_of(key.budget_period)
         amount, rid, now = to_nano(amount_usd), "res_" + secrets.token_hex(8), time.time()
+        pool = self.store.pool
         seed = None
-        async with self.store.pool.acquire() as c:
-            if await c.fetchval("SELECT 1 FROM budget_usage WHERE key_id = $1 AND period = $2",
-                                key.id, period) is None:
-                seed = to_nano(await self.seed(key.id, start))
-            async with c.transaction():
-                await c.execute(_NO_SYNC)
-                if seed is not None:
-                    await c.execute("INSERT INTO budget_usage (key_id, period, spent_nusd) VALUES ($1, $2, $3) "
-                                    "ON CONFLICT DO NOTHING", key.id, period, seed)
-                spent = await c.fetchval("SELECT spent_nusd FROM budget_usage WHERE key_id = $1 AND period = $2 "
-                                         "FOR UPDATE", key.id, period)
-                await c.execute("DELETE FROM budget_reservations WHERE key_id = $1 AND period = $2 AND "
-                                "expires_at <= $3", key.id, period, now)
-                reserved = await c.fetchval("SELECT COALESCE(SUM(amount_nusd), 0) FROM budget_reservations "
-                                            "WHERE key_id = $1 AND period = $2", key.id, period)
-                if spent + reserved + amount > to_nano(key.budget_usd):
-                    raise over_budget(key.name, key.budget_usd, spent, int(reserved), amount, key.budget_period)
-                await c.execute("INSERT INTO budget_reservations (id, key_id, period, amount_nusd, expires_at) "
-                                "VALUES ($1, $2, $3, $4, $5)", rid, key.id, period, amount,
-                                now + self.reservation_ttl_s)
+        # The seed (a ledger flush and a query) takes pool connections of its own, so it runs before this
+        # request takes its connection: waiting for it while holding one let a burst of first requests
+        # (at least max_size of them) hold every connection and wait for a free one forever.
+        if await pool.fetchval("SELECT 1 FROM budget_usage WHERE key_id = $1 AND period = $2", key.id,
+                               period) is None:
+            seed = to_nano(await self.seed(key.id, start))
+        async with pool.acquire() as c, c.transaction():
+            await c.execute(_NO_SYNC)
+            if seed is not None:
+                await c.execute("INSERT INTO budget_usage (key_id, period, spent_nusd) VALUES ($1, $2, $3) "
+                                "ON CONFLICT DO NOTHING", key.id, period, seed)
+            spent = await c.fetchval("SELECT spent_nusd FROM budget_usage WHERE key_id = $1 AND period = $2 "
+                                     "FOR UPDATE", key.id, period)
+            await c.execute("DELETE FROM budget_reservations WHERE key_id = $1 AND period = $2 AND "
+                            "expires_at <= $3", key.id, period, now)
+            reserved = await c.fetchval("SELECT COALESCE(SUM(amount_nusd), 0) FROM budget_reservations "
+                                        "WHERE key_id = $1 AND period = $2", key.id, period)
+            if spent + reserved + amount > to_nano(key.budget_usd):
+                raise over_budget(key.name, key.budget_usd, spent, int(reserved), amount, key.budget_period)
+            await c.execute("INSERT INTO budget_reservations (id, key_id, period, amount_nusd, expires_at) "
+                            "VALUES ($1, $2, $3, $4, $5)", rid, key.id, period, amount,
+                            now + self.reservation_ttl_s)
         return Reservation(key.id, period, rid, amount)
 
     async def settle(self, res: Reservation, cost_usd: float) -> None:
