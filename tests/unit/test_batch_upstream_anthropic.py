@@ -58,3 +58,22 @@ def test_untranslatable_lines_are_refused_as_the_gateways_own_400() -> None:
     assert (two["param"], two["code"]) == ("n", "unsupported_value")
     assert hot["message"].startswith("this line cannot be sent to Anthropic: ") and hot["code"] == "invalid_value"
     assert not any(x["message"].startswith("anthropic:") for x in (two, hot))
+
+
+def test_a_lines_reservation_counts_its_tools() -> None:
+    """A forwarded line's prompt reservation counted only its messages: a line whose tool schema is most
+    of its prompt was admitted against the key's budget and TPM as if it had none."""
+    from types import SimpleNamespace
+
+    from tiergate.catalog.catalog import Catalog
+
+    info = Catalog.load().get("claude-3-7-sonnet")
+    client = AnthropicBatchClient.__new__(AnthropicBatchClient)
+    client.gw, client.model, client.info = SimpleNamespace(infos={"claude-3-7-sonnet": info}), "claude-3-7-sonnet", info
+    client.endpoint, client.upstream_model = "/v1/chat/completions", "claude-3-7-sonnet-20250219"
+    body = {"model": "claude-3-7-sonnet", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {
+        f"field_{i}": {"type": "string", "description": "a long description of this field"} for i in range(200)}}}}
+    plain, _ = client.reservation(body, True)
+    with_tools, _ = client.reservation({**body, "tools": [tool]}, True)
+    assert with_tools > plain + 1_000

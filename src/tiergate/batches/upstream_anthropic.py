@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from tiergate.accounting.tokens import count_messages
+from tiergate.accounting.tokens import count_request
 from tiergate.batches.store import UNRUN
 from tiergate.batches.upstream_common import JsonHttp, LineResult, Polled, Settle
 from tiergate.catalog.shaping import check_capabilities, shape_request
@@ -115,7 +115,7 @@ class AnthropicBatchClient:
         """(prompt tokens, output tokens) the line can use at most: the `max_tokens` it is sent with
         (thinking budget included). Raises GatewayError for a line that cannot be sent (see `params`)."""
         params = self.params(body)
-        return count_messages(self._chat_body(body)["messages"], self.info), int(params["max_tokens"])
+        return count_request(self._chat_body(body), self.info), int(params["max_tokens"])  # tools count too
 
     def _requests(self, lines: list[dict[str, Any]], remap: dict[str, int]
                   ) -> tuple[list[dict[str, Any]], list[LineResult]]:

@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from tiergate.accounting.pricing import cost_usd, max_cost_usd
 from tiergate.accounting.tokens import (
-    count_messages,
+    count_request,
     count_text,
     estimate_usage,
     estimated_reasoning_tokens,
@@ -440,7 +440,7 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
     info = gw.infos[model]
     check_output_limit(chat_body, info)  # max_output_tokens above the model's maximum: refused as on chat
     timeouts = request_timeouts(gw.config.model(model).timeouts, opts.get("timeouts"))
-    prompt_tokens = count_messages(chat_body["messages"], info)
+    prompt_tokens = count_request(chat_body, info)  # tools and a json_schema format are prompt too
     max_out = req.get("max_output_tokens")
     capped = isinstance(max_out, int) and not isinstance(max_out, bool) and max_out > 0
     if not capped:

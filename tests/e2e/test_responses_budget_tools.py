@@ -1,0 +1,43 @@
+"""A native `/v1/responses` call (and a forwarded Anthropic batch line) reserves its tools and json_schema
+format as prompt: the budget reservation counted only the messages, so a key with a small budget was
+admitted for requests whose tool schemas alone cost several times its budget."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.helpers import running_gateway
+
+MASTER = "sk-resp-budget-tools-master-0123456789"
+
+
+def _big_tool(words: int = 20_000) -> dict:
+    props = {f"field_{i}": {"type": "string", "description": "a long description of this field " * 4}
+             for i in range(words // 20)}
+    return {"type": "function", "name": "lookup", "description": "look something up",
+            "parameters": {"type": "object", "properties": props}}
+
+
+def test_a_native_responses_call_reserves_its_tool_schema(tmp_path):
+    with FakeOpenAI() as up:
+        cfg = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "openai", "api_base": up.url,
+                                                                   "api_key": "env:TG_TEST_UP_KEY"}]}],
+               "storage": f"sqlite:///{tmp_path / 'tg.db'}"}
+        with running_gateway(cfg, env={"TIERGATE_MASTER_KEY": MASTER, "TG_TEST_UP_KEY": "sk-up-0123456789"}) as base:
+            admin = httpx.Client(base_url=base.removesuffix("/v1") + "/admin",
+                                 headers={"authorization": f"Bearer {MASTER}"}, timeout=10)
+            # the tool schema is ~25k o200k tokens: $0.0037 at gpt-4o-mini's $0.15/M, above this budget
+            secret = admin.post("/keys", json={"name": "small", "budget_usd": 0.002}).json()["key"]
+            admin.close()
+            client = openai.OpenAI(base_url=base, api_key=secret, max_retries=0, timeout=20)
+            up.clear()
+            small = client.responses.with_raw_response.create(model="gpt-4o-mini", input="hi", max_output_tokens=16)
+            assert small.headers["x-tiergate-responses"] == "native"  # the path under test
+            up.clear()
+            with pytest.raises(openai.RateLimitError) as e:
+                client.responses.create(model="gpt-4o-mini", input="hi", max_output_tokens=16, tools=[_big_tool()])
+            assert e.value.code == "insufficient_quota"
+            assert not up.requests  # refused before anything was sent upstream
