@@ -2,14 +2,28 @@
 or the first use of a new daily/monthly period) on a cold pool. Each one seeds the key's counter from
 the ledger (a flush and a query, each taking a pool connection); waiting for that seed while holding a
 connection let a burst of at least `max_size` requests hold every connection and wait for a free one
-forever (the replica answered nothing more, /admin included). Real PostgreSQL, a private schema."""
+forever (the replica answered nothing more, /admin included). Real PostgreSQL, a private schema.
+
+And on every backend: a reservation settled after its key's period changed (an admin edit of
+`budget_period`, or a UTC midnight) counts in the period that is current when it settles."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
+from types import SimpleNamespace
 
-from tests.unit.test_store_fixtures import fx_pg_available, fx_pg_url  # noqa: F401 (fixtures)
+import pytest
+
+from tests.unit.test_store_fixtures import (  # noqa: F401 (fixtures)
+    fx_budget_backend,
+    fx_pg_available,
+    fx_pg_url,
+    fx_redis_available,
+    fx_redis_prefix,
+)
+from tiergate.accounting import budget as budget_mod
 from tiergate.accounting.budget import StoreBudget, period_of
 from tiergate.accounting.keys import KeyInfo
 from tiergate.accounting.service import Accounting
@@ -76,3 +90,50 @@ async def test_burst_of_first_requests_through_the_accounting_service(pg_url, tm
         assert abs(spent - 0.01) < 1e-9 and abs(reserved - 0.04) < 1e-9
     finally:
         await asyncio.wait_for(acc.close(), 10)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The budget module's wall clock, set by the test (`clock.t = ...`)."""
+    c = SimpleNamespace(t=time.time())
+    monkeypatch.setattr(budget_mod, "time", SimpleNamespace(time=lambda: c.t))
+    return c
+
+
+def _key(period: str, kid: str = "key_period") -> KeyInfo:
+    return KeyInfo(id=kid, prefix="tg-x", name="period", budget_usd=1.0, budget_period=period)
+
+
+async def test_settled_after_a_period_change_counts_in_the_new_period(budget_backend, clock):
+    async with budget_backend() as b:
+        old = await b.reserve(_key("none"), 0.3)
+        # an admin switches the key to monthly while the request is in flight; the month's counter is
+        # seeded (from a ledger that has no row of the request yet) by the next reservation or usage view
+        r2 = await b.reserve(_key("monthly"), 0.1)
+        assert await b.usage(_key("monthly")) == pytest.approx((0.0, 0.1))
+        await b.settle(old, 0.25)
+        await b.settle(r2, 0.05)
+        assert await b.usage(_key("monthly")) == pytest.approx((0.30, 0.0))  # before: 0.05
+        assert await b.usage(_key("none")) == pytest.approx((0.30, 0.0))  # the old counter kept counting too
+
+
+async def test_settled_after_midnight_counts_in_the_new_day(budget_backend, clock):
+    day = datetime(2031, 3, 31, tzinfo=UTC).timestamp()  # the last day of a month
+    clock.t = day + 86400 - 0.5
+    async with budget_backend() as b:
+        late = await b.reserve(_key("daily"), 0.4)
+        late_m = await b.reserve(_key("monthly", "key_m"), 0.4)
+        clock.t = day + 86400 + 0.5
+        for k in (_key("daily"), _key("monthly", "key_m")):  # a new day, a new month: counters seeded
+            await b.settle(await b.reserve(k, 0.01), 0.0)
+            assert await b.usage(k) == pytest.approx((0.0, 0.0))
+        await b.settle(late, 0.35)
+        await b.settle(late_m, 0.2)
+        assert await b.usage(_key("daily")) == pytest.approx((0.35, 0.0))  # before: 0.0
+        assert await b.usage(_key("monthly", "key_m")) == pytest.approx((0.2, 0.0))
+        # a counter that does not exist yet is not created by a settlement (the ledger seeds it)
+        clock.t = day + 2 * 86400 + 10
+        r = await b.reserve(_key("daily"), 0.1)
+        clock.t = day + 3 * 86400 + 10
+        await b.settle(r, 0.1)
+        assert await b.usage(_key("daily")) == pytest.approx((0.0, 0.0))  # seeded: nothing in the (empty) ledger

@@ -1,7 +1,11 @@
 """Budgets with reservations: before dispatch reserve the most a request can cost, settle to the real
 cost afterwards. Reserve is an atomic check-and-add of `spent + reserved + amount <= budget`, so
-however many requests race, settled spend stays within the budget (as long as each request's real
-cost is at most what it reserved — the reservation is the worst case by construction).
+however many requests race, settled spend stays within the budget as long as each request's real cost
+is at most what it reserved. The output side of a reservation is a hard bound (the output limit is sent
+upstream); the prompt side is the gateway's token estimate, so a request whose upstream bills more
+prompt tokens than estimated (images, files, another tokenizer) settles above its hold. Settlement
+always adds the real cost, and a request is refused once `spent` alone reaches the budget, so spend
+can pass the budget only by what the requests in flight at that moment cost beyond their holds.
 
 Money is counted in integer nano-dollars (1e-9 USD) so sums are exact. Three backends, one contract:
 - `InProcessBudget`: one replica (SQLite); counters in memory, seeded from the ledger.
@@ -45,6 +49,26 @@ def period_of(period: str, now: float | None = None) -> tuple[str, float, float 
         nxt = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
         return start.strftime("m%Y-%m"), start.timestamp(), nxt.timestamp()
     return "all", 0.0, None
+
+
+PERIODS = ("none", "daily", "monthly")
+
+
+def periods_now(but: str, now: float | None = None) -> list[str]:
+    """The ids of the periods of every kind that `now` falls in, less `but` (the reservation's own).
+
+    A settlement adds its cost to the reservation's period and also to each of these whose counter
+    already exists, so every counter of a key stays equal to the ledger's spend since it was seeded:
+    when an admin changes the key's `budget_period` while requests are in flight (they reserved in the
+    old period; the new period's counter was seeded from the ledger before their rows existed), and when
+    a request in flight at a UTC midnight settles in the next day's (or month's) counter. A counter that
+    does not exist yet is left alone: it is seeded from the ledger, which has the request's row."""
+    ids = []
+    for kind in PERIODS:
+        pid = period_of(kind, now)[0]
+        if pid != but:
+            ids.append(pid)
+    return ids
 
 
 @dataclass
@@ -109,7 +133,8 @@ class Budget(abc.ABC):
 
     @abc.abstractmethod
     async def settle(self, res: Reservation, cost_usd: float) -> None:
-        """Release the hold and add the real cost to the spent total of the reservation's period."""
+        """Release the hold and add the real cost to the spent total of the reservation's period (and of
+        the key's other existing counters whose period is current: see `periods_now`)."""
 
     @abc.abstractmethod
     async def renew(self, res: Reservation) -> bool:
@@ -165,7 +190,13 @@ class InProcessBudget(Budget):
     async def settle(self, res: Reservation, cost_usd: float) -> None:
         k = (res.key_id, res.period)
         self._holds.get(k, {}).pop(res.id, None)
-        self._spent[k] = self._spent.get(k, 0) + to_nano(cost_usd)
+        cost = to_nano(cost_usd)
+        self._spent[k] = self._spent.get(k, 0) + cost
+        if cost:
+            for period in periods_now(res.period):
+                other = (res.key_id, period)
+                if other in self._spent:  # (see `periods_now`)
+                    self._spent[other] += cost
 
     async def renew(self, res: Reservation) -> bool:
         holds, now = self._holds.get((res.key_id, res.period), {}), time.time()
@@ -222,6 +253,13 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
 return 1
 """
+# KEYS: 1 counter hash of another period now current (see `periods_now`); ARGV: cost. Only a counter that
+# exists: a missing one is seeded from the ledger when first used.
+_ADD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'spent', ARGV[1])
+return 1
+"""
 # KEYS as above; ARGV: res id, now, hold ttl
 _RENEW = """
 local exp = redis.call('ZSCORE', KEYS[2], ARGV[1])
@@ -260,6 +298,7 @@ class RedisBudget(Budget):
         self.prefix = prefix
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
+        self._add = redis.register_script(_ADD)
         self._renew = redis.register_script(_RENEW)
         self._usage = redis.register_script(_USAGE)
         self._seeding: dict[tuple[str, str], asyncio.Lock] = {}
@@ -291,7 +330,16 @@ class RedisBudget(Budget):
         return Reservation(key.id, period, rid, amount)
 
     async def settle(self, res: Reservation, cost_usd: float) -> None:
-        await self._settle(keys=self._keys(res.key_id, res.period), args=[res.id, to_nano(cost_usd)])
+        cost = to_nano(cost_usd)
+        if not cost:
+            await self._settle(keys=self._keys(res.key_id, res.period), args=[res.id, 0])
+            return
+        # one round trip; a script per counter (each key+period is its own hash slot)
+        async with self.redis.pipeline(transaction=False) as p:
+            await self._settle(keys=self._keys(res.key_id, res.period), args=[res.id, cost], client=p)
+            for period in periods_now(res.period):
+                await self._add(keys=self._keys(res.key_id, period)[:1], args=[cost], client=p)
+            await p.execute()
 
     async def renew(self, res: Reservation) -> bool:
         args = [res.id, time.time(), self.reservation_ttl_s]
@@ -356,10 +404,13 @@ class StoreBudget(Budget):
         return Reservation(key.id, period, rid, amount)
 
     async def settle(self, res: Reservation, cost_usd: float) -> None:
+        cost = to_nano(cost_usd)
         async with self.store.pool.acquire() as c, c.transaction():
             await c.execute(_NO_SYNC)
-            await c.execute("UPDATE budget_usage SET spent_nusd = spent_nusd + $3 WHERE key_id = $1 AND period = $2",
-                            res.key_id, res.period, to_nano(cost_usd))
+            if cost:  # the reservation's period and every other existing one now current (see `periods_now`)
+                await c.execute("UPDATE budget_usage SET spent_nusd = spent_nusd + $3 WHERE key_id = $1 AND "
+                                "period = ANY($2::text[])", res.key_id,
+                                [res.period, *periods_now(res.period)], cost)
             await c.execute("DELETE FROM budget_reservations WHERE id = $1", res.id)
 
     async def renew(self, res: Reservation) -> bool:

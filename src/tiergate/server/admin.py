@@ -223,7 +223,7 @@ def build_admin_app(accounting: Accounting) -> FastAPI:
 
     async def _out(k: KeyInfo) -> dict[str, Any]:
         d = k.public()
-        d["usage"] = await accounting.key_usage(k) if k.revoked_at is None else None
+        d["usage"] = await accounting.key_usage(k)  # a revoked key's too: what it spent stays of interest
         return d
 
     async def _get(key_id: str) -> KeyInfo:
