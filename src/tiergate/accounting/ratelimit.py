@@ -85,9 +85,10 @@ def refusal(key_name: str, rpm: int | None, tpm: int | None, tokens: int, d: Dec
     return GatewayError(429, msg, type=d.which, code="rate_limit_exceeded", headers=d.headers)
 
 
-def too_large(key_name: str, tpm: int, tokens: int) -> GatewayError:
+def too_large(key_name: str, tpm: int, tokens: int, model: str | None = None) -> GatewayError:
+    on = f" on model '{model}'" if model else ""
     return GatewayError(
-        429, f"Request too large for key '{key_name}': it needs up to {tokens} tokens (prompt + output limit) "
+        429, f"Request too large for key '{key_name}'{on}: it needs up to {tokens} tokens (prompt + output limit) "
         f"but the key's limit is {tpm} tokens per minute. Set a lower max_tokens / max_completion_tokens (without "
         "one the model's default output limit is counted) or shorten the prompt; retrying it unchanged cannot "
         "succeed.",

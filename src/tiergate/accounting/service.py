@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from tiergate.accounting.budget import Budget, InProcessBudget, RedisBudget, Reservation, StoreBudget
+from tiergate.accounting.budget import (
+    NANO,
+    Budget,
+    InProcessBudget,
+    RedisBudget,
+    Reservation,
+    StoreBudget,
+    to_nano,
+)
 from tiergate.accounting.cache import DEFAULT_MAX_BYTES, MemoryCache, RedisCache, ResponseCache
 from tiergate.accounting.keys import MASTER, KeyInfo, KeyStore
 from tiergate.accounting.ledger import LedgerWriter, spend_report
@@ -186,7 +194,7 @@ class Accounting:
         limited = bool(key.rpm or key.tpm)
         if limited:
             if key.tpm and est_tokens > key.tpm:
-                raise too_large(key.name, key.tpm, est_tokens)
+                raise too_large(key.name, key.tpm, est_tokens, model)
             d = await self.limiter.acquire(key.id, key.rpm, key.tpm, est_tokens)
             if not d.allowed:
                 raise refusal(key.name, key.rpm, key.tpm, est_tokens, d)
@@ -209,8 +217,13 @@ class Accounting:
         admission.settled = True
         key = admission.key
         work = []
-        if admission.reservation is not None:
-            work.append(self.budget.settle(admission.reservation, cost_usd))
+        res = admission.reservation
+        if res is not None:
+            work.append(self.budget.settle(res, cost_usd))
+            if to_nano(cost_usd) > res.amount_nusd:  # the upstream billed more prompt tokens than estimated
+                log.warning("accounting: %s for key %s cost $%.6f, over its reservation of $%.6f (prompt tokens "
+                            "above the gateway's estimate: images, files or another tokenizer)", admission.model,
+                            res.key_id, cost_usd, res.amount_nusd / NANO)
         if key is not None and key.tpm and tokens != admission.est_tokens:
             work.append(self.limiter.adjust(key.id, key.tpm, tokens - admission.est_tokens))
         try:

@@ -36,7 +36,7 @@ import orjson
 
 from tiergate.accounting.budget import BudgetRefused, Reservation
 from tiergate.accounting.pricing import cost_usd, max_cost_usd, usage_breakdown
-from tiergate.accounting.tokens import count_messages
+from tiergate.accounting.tokens import count_request
 from tiergate.batches.store import line_request_id
 from tiergate.batches.upstream_anthropic import AnthropicBatchClient
 from tiergate.batches.upstream_common import (
@@ -99,7 +99,7 @@ class OpenAIBatchClient:
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             limit = default_output_limit(self.info)  # sent with the line when `capped` (see _input)
         n = chat.get("n") if isinstance(chat.get("n"), int) else 1
-        return count_messages(chat["messages"], self.info), limit * max(1, n)
+        return count_request(chat, self.info), limit * max(1, n)  # tools and a json_schema format too
 
     async def upload(self, content: bytes, filename: str) -> str:
         form = aiohttp.FormData()

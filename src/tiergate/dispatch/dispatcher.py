@@ -8,7 +8,8 @@ Order of work for `dispatch(model, shape, ...)`:
    outright (`Provider.check`, e.g. Anthropic with `n` > 1); any other `GatewayError` from `shape` or
    a check skips a fallback, and on the requested model ends the request at once, marked
    `before_upstream` (see `refused_before_upstream`): no attempt, no retry, no circuit count, so the
-   server records the gateway's own refusal as `rejected`, not as an upstream failure;
+   server records the gateway's own refusal as `rejected`, not as an upstream failure; a fallback the
+   caller may not use (`may_use`: the key's model allow-list) is skipped before it is shaped;
 2. for each model up to `1 + retry.max_retries` attempts, each on an available deployment not yet tried
    (`balancer.choose` by the model's strategy); once all were tried, the same deployment again after
    the upstream's `Retry-After` (when at most `max_retry_after_s`) or an exponential backoff with jitter;
@@ -196,22 +197,43 @@ class Dispatcher:
             return e.message
         return None
 
+    def chain(self, model: str) -> tuple[str, ...]:
+        """Every configured model a request for `model` may be served by, requested model first: its
+        `fallbacks`, and the `context_window_fallback` of any of those (and of that one, and so on), as
+        `dispatch` may insert them. What a budget reservation prices (the dearest the key may use)."""
+        m = self._models.get(model)
+        if m is None:
+            return (model,)
+        out = [n for n in dict.fromkeys(m.chain) if n in self._models]
+        i = 0
+        while i < len(out):
+            cw = self._models[out[i]].config.context_window_fallback
+            if cw and cw in self._models and cw not in out:
+                out.append(cw)
+            i += 1
+        return tuple(out)
+
     async def dispatch(self, model: str, shape: Shape, *, stream: bool, timeouts: Timeouts | None = None,
-                       request_id: str, prompt_tokens: int = 0, operation: str = "chat") -> Dispatched:
+                       request_id: str, prompt_tokens: int = 0, operation: str = "chat",
+                       may_use: Callable[[str], str | None] | None = None) -> Dispatched:
         """`operation` is "chat" (Chat Completions) or "responses" (a provider's native Responses API;
         a stream then yields its events), streaming or not: the same balancing, retries, circuits and
-        fallbacks, and a stream fails over until its first answer-bearing chunk or event."""
+        fallbacks, and a stream fails over until its first answer-bearing chunk or event. `may_use(name)`
+        says why the caller may not be served by fallback `name` (the key's model allow-list), or None:
+        such a fallback (or context-window fallback) is skipped, never sent anything."""
         if operation not in ("chat", "responses"):
             raise ValueError(f"unsupported dispatch operation {operation!r}")
         run = _Run()
         try:
-            return await self._dispatch(model, shape, stream, timeouts, request_id, prompt_tokens, operation, run)
+            return await self._dispatch(model, shape, stream, timeouts, request_id, prompt_tokens, operation, run,
+                                        may_use)
         except GatewayError as e:
             e.attempts = run.attempts  # type: ignore[attr-defined]  # the failed attempts, for the ledger
             raise
 
     async def _dispatch(self, model: str, shape: Shape, stream: bool, timeouts: Timeouts | None, request_id: str,
-                        prompt_tokens: int, operation: str, run: _Run) -> Dispatched:
+                        prompt_tokens: int, operation: str, run: _Run,
+                        may_use: Callable[[str], str | None] | None = None) -> Dispatched:
         m = self._models.get(model)
         if m is None:
             raise before_upstream(not_found(f"The model '{model}' is not configured on this gateway.",
@@ -227,6 +249,7 @@ class Dispatcher:
         i = 0
         seen: set[str] = set()
         shape_error: GatewayError | None = None
+        context_err: UpstreamError | None = None  # an upstream context error its context_window_fallback follows
         tried_models: list[str] = []
         while i < len(order):
             name = order[i]
@@ -237,6 +260,11 @@ class Dispatcher:
             cur = self._models.get(name)
             if cur is None:
                 continue
+            if name != model and may_use is not None:
+                why = may_use(name)
+                if why:
+                    log.info("fallback %s skipped for request %s: %s", name, request_id, why)
+                    continue
             try:
                 body, dropped = shape(name)
                 for p in cur.checkers:  # a request no deployment of this model could send: refused here
@@ -270,11 +298,13 @@ class Dispatcher:
                     cw = cur.config.context_window_fallback
                     if cw and cw not in seen:
                         order = [*order[:i], cw, *order[i:]]
-                        run.last = None
+                        context_err, run.last = err, None
                         continue
                 raise from_upstream(err, run.last_model, run.last_dep, len(run.attempts))
             if loop.time() >= deadline:
                 break
+        if run.last is None and context_err is not None:  # its context_window_fallback was skipped: say why
+            run.last = context_err
         if run.last is not None:
             raise from_upstream(run.last, run.last_model, run.last_dep, len(run.attempts))
         if shape_error is not None and not tried_models:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tiergate.accounting.pricing import cost_usd, max_cost_usd, usage_breakdown
-from tiergate.accounting.tokens import count_messages, estimate_usage, usage_reported
+from tiergate.accounting.tokens import count_request, estimate_usage, usage_reported
 from tiergate.catalog.shaping import check_capabilities, shape_request
 from tiergate.dispatch.errors import ContextWindowExceeded, refused_before_upstream
 from tiergate.logs import log_request
@@ -255,21 +255,50 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
         )
     info = gw.infos[model]
     check_capabilities(body, info, gw.infos, model)
-    counted = route_info["prompt_tokens"] if route_info is not None else {}  # routing counted the same messages
+    # the prompt side of the request as billed: messages, tools/functions and a json_schema response format
+    # (routing counted the same request, per tokenizer)
+    counted: dict[str, int] = dict(route_info["prompt_tokens"]) if route_info is not None else {}
     prompt_tokens = counted.get(info.tokenizer)
     if prompt_tokens is None:
-        prompt_tokens = count_messages(body["messages"], info)
+        prompt_tokens = counted[info.tokenizer] = count_request(body, info)
     routed_body = body  # what an escalation re-sends: without a default limit chosen for this model
+    budgeted = getattr(ctx.key, "budget_usd", None) is not None
+    chain = gw.dispatcher.chain(model) if budgeted else (model,)  # the models that may serve it
     max_out = _max_output(body)
     if max_out is None:
         max_out = default_output_limit(info)
-        if getattr(ctx.key, "budget_usd", None) is not None and (info.input_price or info.output_price):
+        if budgeted and any(i.input_price or i.output_price for i in map(gw.infos.get, chain) if i is not None):
             body = {**body, "max_completion_tokens": max_out}  # a budgeted key's cost stays under its reservation
     # every choice is an answer billed on the one prompt; Claude's thinking budget comes on top of the
     # client's limit upstream (wire/anthropic.py), so it is reserved too
     effort = body.get("reasoning_effort")
-    thinking = THINKING_BUDGETS.get(effort, 0) if info.family == "anthropic" and isinstance(effort, str) else 0
-    all_out = (max_out + thinking) * (body.get("n") or 1)
+    choices = body.get("n") or 1
+
+    def out_tokens(target: Any) -> int:
+        thinking = THINKING_BUDGETS.get(effort, 0) if target.family == "anthropic" and isinstance(effort, str) else 0
+        return (max_out + thinking) * choices
+
+    all_out = out_tokens(info)
+    key = ctx.key
+    restricted = key is not None and not getattr(key, "is_master", False) and getattr(key, "models", None) is not None
+
+    def may_use(name: str) -> str | None:
+        """Why the key may not be served by fallback `name` (the dispatcher then skips it), or None."""
+        if restricted and not key.allows(name):
+            return f"key '{key.name}' may not use model '{name}' (its models: {', '.join(key.models or ())})"
+        return None
+
+    # The reservation covers the dearest model the request may be served by: the requested one or any
+    # fallback / context-window fallback the key may use (a fallback answers at its own prices).
+    reserve_usd = max_cost_usd(prompt_tokens, all_out, info)
+    for name in chain[1:]:  # (only a budgeted key's: the reservation is all this is for)
+        target = gw.infos.get(name)
+        if target is None or may_use(name):
+            continue
+        tok = counted.get(target.tokenizer)
+        if tok is None:
+            tok = counted[target.tokenizer] = count_request(body, target)
+        reserve_usd = max(reserve_usd, max_cost_usd(tok, out_tokens(target), target))
 
     def shape(name: str) -> tuple[dict[str, Any], list[str]]:
         target_info = gw.infos[name]
@@ -289,9 +318,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
         raise ContextWindowExceeded(model, prompt_tokens, info.context_window)
 
     timeouts = request_timeouts(mc.timeouts, opts.get("timeouts"))  # a bad override is a 400 before admission
-    admission = await gw.accounting.admit(
-        ctx.key, model, prompt_tokens, max_cost_usd(prompt_tokens, all_out, info), prompt_tokens + all_out
-    )
+    admission = await gw.accounting.admit(ctx.key, model, prompt_tokens, reserve_usd, prompt_tokens + all_out)
     headers.update(getattr(admission, "headers", None) or {})
     settled = False
     try:
@@ -323,7 +350,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
         try:
             d = await gw.dispatcher.dispatch(
                 model, shape, stream=stream, timeouts=timeouts, request_id=ctx.request_id,
-                prompt_tokens=prompt_tokens,
+                prompt_tokens=prompt_tokens, may_use=may_use if restricted else None,
             )
         except GatewayError as e:
             attempts = getattr(e, "attempts", ())

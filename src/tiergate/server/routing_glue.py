@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from tiergate.accounting.tokens import count_messages
+from tiergate.accounting.tokens import count_request
 from tiergate.catalog.catalog import ALL_REASONING_EFFORTS
 from tiergate.catalog.shaping import check_capabilities, shape_request
 from tiergate.routing.policy import POLICY_TARGETS
@@ -146,11 +146,24 @@ def _pin_effort(gw: Gateway, candidates: list[str], effort: Any) -> tuple[list[s
     return out, ruled_out
 
 
+def _output_allowance(info: Any, max_output: int | None, effort: str | None) -> int:
+    """The output tokens the pipeline counts for this candidate (`server.chat.run_chat`): the request's
+    limit, else the model's default one, plus Claude's thinking budget at `effort`."""
+    from tiergate.server.chat import default_output_limit
+    from tiergate.wire.anthropic import THINKING_BUDGETS
+
+    out = max_output if max_output is not None else default_output_limit(info)
+    if info.family == "anthropic" and isinstance(effort, str):
+        out += THINKING_BUDGETS.get(effort, 0)
+    return out
+
+
 def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: str,
           key: Any = None) -> tuple[dict[str, Any], dict]:
     """Decide the (model, effort) for an `auto` request: the new body (model and effort set) and the route
     info (header, ledger JSON, decision, prompt tokens per tokenizer). With `key`, candidates whose model
-    the key may not use are ineligible (they would be refused after routing)."""
+    the key may not use, or whose prompt + output limit exceeds the key's TPM limit, are ineligible (they
+    would be refused after routing)."""
     if gw.router is None or not gw.config.routing.candidates:
         raise bad_request(
             "model 'auto' needs a `routing: candidates:` list in the gateway config (docs/routing.md).",
@@ -180,13 +193,16 @@ def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: st
     if pinned is not None:
         candidates, ruled_out = _pin_effort(gw, candidates, pinned)
 
-    # counted once: the router prices with the o200k_base count, eligibility reuses it per tokenizer
-    prompt_tokens = count_messages(body["messages"])
+    # counted once: the router prices with the o200k_base count, eligibility reuses it per tokenizer; the
+    # whole prompt side (messages, tools/functions, a json_schema response format), as the pipeline reserves it
+    prompt_tokens = count_request(body)
     tokens_cache: dict[str, int] = {"o200k_base": prompt_tokens}
     bound = body.get("max_completion_tokens", body.get("max_tokens"))
     max_output = bound if isinstance(bound, int) and not isinstance(bound, bool) and bound > 0 else None
     plain = {k: v for k, v in body.items() if k != "reasoning_effort"}
     allowed = None if key is None or getattr(key, "is_master", False) else getattr(key, "models", None)
+    tpm = None if key is None or getattr(key, "is_master", False) else getattr(key, "tpm", None)
+    choices = body.get("n") or 1
 
     def may_use(name: str) -> bool:
         return allowed is None or name in allowed
@@ -207,9 +223,17 @@ def route(gw: Gateway, body: dict[str, Any], opts: dict[str, Any], requested: st
             return e.message
         tok = tokens_cache.get(info.tokenizer)
         if tok is None:
-            tok = tokens_cache[info.tokenizer] = count_messages(body["messages"], info)
+            tok = tokens_cache[info.tokenizer] = count_request(body, info)
         if tok > info.context_window:
             return f"prompt of {tok} tokens exceeds the {info.context_window}-token context window"
+        if tpm:
+            out = _output_allowance(info, max_output, effort)
+            need = tok + out * choices
+            if need > tpm:  # the pipeline would refuse it as "Request too large" for this key
+                limit = "output limit" if max_output is not None else "default output limit"
+                return (f"needs up to {need} tokens ({tok} prompt + {limit} {out}"
+                        f"{f' x {choices} choices' if choices > 1 else ''}), over this API key's limit of {tpm} "
+                        "tokens per minute")
         return gw.dispatcher.refusal(name, lambda: {**shape_request(probe, info)[0], "model": info.name},
                                      stream=bool(body.get("stream")))
 
