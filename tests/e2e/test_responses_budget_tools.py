@@ -41,3 +41,20 @@ def test_a_native_responses_call_reserves_its_tool_schema(tmp_path):
                 client.responses.create(model="gpt-4o-mini", input="hi", max_output_tokens=16, tools=[_big_tool()])
             assert e.value.code == "insufficient_quota"
             assert not up.requests  # refused before anything was sent upstream
+
+
+def test_a_model_with_a_context_window_fallback_is_answered_through_the_chat_pipeline(tmp_path):
+    """The native path sent its body, named for the requested model, to whatever the dispatcher failed over
+    to, without the key's allow-list check or the fallback's price in the reservation: a model with a
+    `context_window_fallback` now goes through the chat pipeline, which applies both."""
+    with FakeOpenAI() as up:
+        dep = [{"provider": "openai", "api_base": up.url, "api_key": "env:TG_TEST_UP_KEY"}]
+        cfg = {"models": [{"name": "gpt-4o-mini", "context_window_fallback": "gpt-4.1", "deployments": dep},
+                          {"name": "gpt-4.1", "deployments": dep}, {"name": "gpt-4o", "deployments": dep}],
+               "storage": f"sqlite:///{tmp_path / 'tg.db'}"}
+        with running_gateway(cfg, env={"TG_TEST_UP_KEY": "sk-up-0123456789"}) as base:
+            client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=20)
+            with_fb = client.responses.with_raw_response.create(model="gpt-4o-mini", input="hi")
+            plain = client.responses.with_raw_response.create(model="gpt-4o", input="hi")
+    assert with_fb.parse().output_text and with_fb.headers.get("x-tiergate-responses") != "native"
+    assert plain.headers["x-tiergate-responses"] == "native"

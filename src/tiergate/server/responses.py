@@ -416,7 +416,9 @@ def _native_ok(gw: Gateway, req: dict[str, Any]) -> bool:
     if not isinstance(model, str) or is_auto(model):
         return False
     mc = gw.config.model(model)
-    if mc is None or mc.fallbacks:
+    if mc is None or mc.fallbacks or mc.context_window_fallback:
+        # a fallback answers through the chat pipeline, which shapes the body for it, applies the key's
+        # allow-list to it and prices the budget reservation at the dearest model it may use
         return False
     states = gw.dispatcher.deployment_states(model)
     method = "responses_stream" if req.get("stream") else "responses"
