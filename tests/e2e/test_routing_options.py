@@ -225,3 +225,23 @@ def test_out_of_range_sampling_settings_are_400s(env, kw, param, code):
     ok = client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, temperature=2, top_p=0,
                                         stop=["a", "b", "c", "d"], logprobs=True, top_logprobs=20)
     assert ok.choices
+
+
+@pytest.mark.parametrize(("kw", "param"), [
+    ({"reasoning_effort": []}, "reasoning_effort"),
+    ({"reasoning_effort": {"level": "low"}}, "reasoning_effort"),
+    ({"tools": True}, "tools"),
+    ({"tools": ["get_weather"]}, "tools[0]"),
+    ({"tool_choice": 1}, "tool_choice"),
+    ({"response_format": "json"}, "response_format"),
+    ({"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+    ({"seed": 1.5}, "seed"),
+    ({"seed": True}, "seed"),
+])
+def test_fields_of_the_wrong_json_type_are_400s_naming_them(env, kw, param):
+    """A list as `reasoning_effort` reached the ledger (and jammed every flush after it); `tools: true`
+    crashed the provider and opened its circuit for everyone. Both are OpenAI's `invalid_type` 400s."""
+    client, _ = env
+    for model in ("gpt-4o-mini", "o3-mini"):
+        e = _refused(client, model=model, extra_body=kw)
+        assert (e.status_code, e.param, e.code) == (400, param, "invalid_type"), e.body

@@ -133,11 +133,31 @@ def validate_body(body: Any) -> None:
     if so is not None and not body.get("stream"):
         raise bad_request("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
                           param="stream_options", code="invalid_value")
+    for name, types in _FIELD_TYPES:
+        v = body.get(name)
+        if v is not None and (not isinstance(v, types) or (bool not in types and isinstance(v, bool))):
+            want = " or ".join(_JSON_TYPE[t] for t in types)
+            raise bad_request(f"Invalid type for '{name}': expected {want}, but got {_JSON_TYPE.get(type(v), type(v).__name__)} "
+                              "instead.", param=name, code="invalid_type")
+    for name in ("tools", "functions"):
+        for i, t in enumerate(body.get(name) or ()):
+            if not isinstance(t, dict):
+                raise bad_request(f"Invalid type for '{name}[{i}]': expected an object, but got "
+                                  f"{_JSON_TYPE.get(type(t), type(t).__name__)} instead.", param=f"{name}[{i}]",
+                                  code="invalid_type")
 
 
 #: Sampling settings checked against the API reference's ranges (a value out of range is OpenAI's 400)
 _NUMBER_RANGES = (("temperature", 0, 2), ("top_p", 0, 1), ("presence_penalty", -2, 2), ("frequency_penalty", -2, 2))
 _JSON_TYPE = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "an object", list: "an array"}
+#: Fields whose JSON type is checked before anything reads them (a list as `reasoning_effort` reached the
+#: ledger and jammed it; `tools: true` crashed a provider); values are checked where they are used
+_FIELD_TYPES: tuple[tuple[str, tuple[type, ...]], ...] = (
+    ("reasoning_effort", (str,)), ("tools", (list,)), ("functions", (list,)), ("tool_choice", (str, dict)),
+    ("function_call", (str, dict)), ("response_format", (dict,)), ("parallel_tool_calls", (bool,)),
+    ("logprobs", (bool,)), ("seed", (int,)), ("user", (str,)), ("logit_bias", (dict,)), ("metadata", (dict,)),
+    ("store", (bool,)), ("service_tier", (str,)), ("modalities", (list,)), ("prediction", (dict,)),
+)
 
 
 def _check_content(content: Any, i: int) -> None:
