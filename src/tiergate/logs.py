@@ -2,8 +2,9 @@
 
 `configure_logging(level)` installs a JSON formatter on the `tiergate` logger (idempotent). Every string
 that reaches the output (message, fields, traceback) is scrubbed: values under secret-looking keys
-(`api_key`, `authorization`, `password`, `secret`, `token`, …) become `***`, and `sk-…` keys, bearer
-tokens, `user:pass@` in URLs and `key=`/`token=` query parameters are masked wherever they appear.
+(`api_key`, `authorization`, `password`, `secret`, `token`, …) become `***`, and `sk-…` keys, the
+gateway's own `tg-…` keys (all but the prefix the admin API shows), bearer tokens, `user:pass@` in URLs
+and `key=`/`token=` query parameters are masked wherever they appear.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ _REQUEST_LOGGER = "tiergate.request"
 _SECRET_KEY = re.compile(r"(?i)(api[-_]?key|authorization|password|passwd|secret|token|credential|cookie)")
 _PATTERNS = (
     (re.compile(r"\b(sk-[A-Za-z0-9_-]{0,8})[A-Za-z0-9_\-]{8,}"), r"\1***"),
+    # the gateway's own virtual keys (accounting/keys.py: `tg-` + 43 URL-safe characters): the first 8 are
+    # the prefix the admin API shows, the rest is masked
+    (re.compile(r"\b(tg-[A-Za-z0-9_-]{8})[A-Za-z0-9_-]{12,}"), r"\1***"),
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{6,}"), r"\1***"),
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@:]+:[^/\s@]+@"), r"\1***@"),
     (re.compile(r"(?i)([?&](?:api[-_]?key|key|token|access_token|sig|signature)=)[^&\s\"']+"), r"\1***"),

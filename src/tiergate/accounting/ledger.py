@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from tiergate.logs import scrub_text
 from tiergate.store.base import LEDGER_COLUMNS, Store
 
 log = logging.getLogger("tiergate.ledger")
@@ -35,40 +36,140 @@ log = logging.getLogger("tiergate.ledger")
 _INT = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "attempt")
 _COLUMNS = frozenset(LEDGER_COLUMNS)
 _MAX_ERROR = 2000
+QUARANTINE = "ledger-quarantine.jsonl"  # in the journal directory: rows the store refused, kept for a person
+_MAX_TEXT = 1000  # a short text column (model names, effort, ids): the client may have sent any of them
+_INT4 = (-(2**31), 2**31 - 1)  # PostgreSQL's INTEGER columns
+_SCRUBBED = frozenset({"requested_model", "reasoning_effort", "error"})  # text a client may have put a key in
+_SHORT_TEXT = ("key_id", "kind", "requested_model", "served_model", "deployment", "reasoning_effort", "status",
+               "batch_id")
+
+
+def _text(v: Any, limit: int | None = _MAX_TEXT) -> str | None:
+    """A value for a TEXT column: None stays None, a string stays itself, anything else (a list or an
+    object a client sent as `reasoning_effort`, a number) becomes its compact JSON text. Bounded, and never
+    something a database refuses (a NUL byte for PostgreSQL, a lone surrogate for UTF-8)."""
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        try:
+            v = orjson.dumps(v, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except (TypeError, orjson.JSONEncodeError):
+            v = repr(v)
+    if limit is not None and len(v) > limit:
+        v = v[:limit]
+    if "\x00" in v:
+        v = v.replace("\x00", "\ufffd")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        v = v.encode("utf-8", "replace").decode("utf-8")
+    return v
+
+
+def _number(v: Any, name: str, extra: dict[str, Any]) -> float | None:
+    """A finite float, or None (noted in `extra`) for what is not one."""
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError, OverflowError):
+        f = math.nan
+    if isinstance(v, bool) or not math.isfinite(f):
+        extra[f"{name}_invalid"] = _text(v, 100)
+        return None
+    return f
+
+
+def _int4(v: Any, name: str, extra: dict[str, Any]) -> int:
+    if v is None:
+        return 0
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, int) and not isinstance(v, bool) and _INT4[0] <= v <= _INT4[1]:
+        return v
+    f = _number(v, name, extra)
+    if f is None:
+        return 0
+    n = int(f)
+    if not _INT4[0] <= n <= _INT4[1]:
+        extra[f"{name}_invalid"] = _text(v, 100)
+        n = max(_INT4[0], min(_INT4[1], n))
+    return n
 
 
 def normalize_row(row: dict[str, Any]) -> tuple:
-    """A ledger dict -> a tuple in LEDGER_COLUMNS order, with defaults filled and JSON fields encoded.
-    Keys that are not columns are kept, under `metadata`, rather than dropped."""
+    """A ledger dict -> a tuple in LEDGER_COLUMNS order, with defaults filled, JSON fields encoded and every
+    value coerced to its column's type (what a client sent, e.g. `reasoning_effort: []`, is stored as text;
+    a number that is not one is noted under `metadata`), so no row can be one the database refuses and
+    hold every later row in the journal. Text a client may have put a secret in (requested_model,
+    reasoning_effort, error) is scrubbed as the logs are. Keys that are not columns are kept, under
+    `metadata`, rather than dropped."""
     if not row.get("request_id"):
         raise ValueError("ledger row needs a request_id")
     r = dict(row)
     extra = {k: r.pop(k) for k in list(r) if k not in _COLUMNS}
-    r.setdefault("ts", time.time())
-    r.setdefault("kind", "chat")
-    r.setdefault("status", "ok")
-    r.setdefault("cost_usd", 0.0)
-    r["cost_usd"] = float(r["cost_usd"] or 0.0)
-    if not math.isfinite(r["cost_usd"]):  # never a row the database refuses (NaN is NULL to SQLite): that
-        extra["cost_not_finite"] = repr(r["cost_usd"])  # would hold every later row in the journal
-        r["cost_usd"] = 0.0
+    r["request_id"] = _text(r["request_id"])
+    ts = _number(r.get("ts"), "ts", extra)
+    r["ts"] = ts if ts is not None else time.time()
+    r["kind"] = r.get("kind") or "chat"
+    r["status"] = r.get("status") or "ok"
+    cost = r.get("cost_usd")
+    c = _number(cost, "cost_usd", {}) if cost is not None else 0.0
+    if c is None:  # never a row the database refuses (NaN is NULL to SQLite): that
+        extra["cost_not_finite"] = repr(cost) if isinstance(cost, float) else _text(cost, 100)
+        c = 0.0  # would hold every later row in the journal
+    r["cost_usd"] = c
     for k in _INT:
-        r[k] = int(r.get(k) or 0)
+        r[k] = _int4(r.get(k), k, extra)
     for k in ("latency_ms", "ttft_ms"):
-        if r.get(k) is not None:
-            r[k] = float(r[k])
+        r[k] = _number(r.get(k), k, extra)
     r["stream"] = bool(r.get("stream"))
+    for k in _SHORT_TEXT:
+        v = r.get(k)
+        if v is not None:
+            v = _text(v)
+            r[k] = scrub_text(v) if k in _SCRUBBED else v
     if r.get("error") is not None:
-        r["error"] = str(r["error"])[:_MAX_ERROR]
+        r["error"] = scrub_text(_text(r["error"], _MAX_ERROR))
     meta = r.get("metadata")
     if extra:
-        meta = {**(orjson.loads(meta) if isinstance(meta, str) else (meta or {})), **extra}
+        if isinstance(meta, str):
+            try:
+                meta = orjson.loads(meta)
+            except orjson.JSONDecodeError:
+                pass
+        if not isinstance(meta, dict):
+            meta = {} if meta is None else {"metadata": meta}
+        meta = {**meta, **extra}
     r["metadata"] = meta
     for k in ("route", "metadata"):
-        v = r.get(k)
-        if v is not None and not isinstance(v, str):
-            r[k] = orjson.dumps(v, default=str).decode()
+        r[k] = _text(r.get(k), None)
     return tuple(r.get(c) for c in LEDGER_COLUMNS)
+
+
+def _row_error(e: BaseException) -> bool:
+    """Whether the store refused the rows themselves (a value of the wrong type, out of range, a NUL
+    byte) rather than failed (unreachable, timed out, shutting down, a missing table): the rows of the
+    first kind are set aside one by one, the second kind keeps every row journaled until the store is back."""
+    import sqlite3
+
+    if isinstance(e, (sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.IntegrityError, sqlite3.DataError)):
+        return True
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        asyncpg = None
+    if asyncpg is not None:
+        if isinstance(e, asyncpg.DataError):  # the driver could not encode an argument
+            return True
+        if isinstance(e, asyncpg.PostgresError):
+            state = getattr(e, "sqlstate", None) or ""
+            return state[:2] in ("22", "23")  # data exception, integrity constraint violation
+        if isinstance(e, asyncpg.InterfaceError):
+            return False
+    if isinstance(e, (OSError, asyncio.TimeoutError)):
+        return False
+    return isinstance(e, (TypeError, ValueError, OverflowError))
 
 
 class LedgerWriter:
@@ -84,6 +185,8 @@ class LedgerWriter:
         self.persisted = 0  # rows this writer has inserted (replays included)
         self.replayed = 0  # rows recovered from dead writers' journals at start-up
         self.late = 0  # rows recorded after close (kept in a journal the next start-up replays)
+        self.set_aside = 0  # rows the store refused (a value it cannot take): in QUARANTINE, not in the ledger
+        self._aside: set[str] = set()  # their request ids, so a retried segment does not set them aside twice
         self._pending: list[tuple] = []
         self._sealed: list[tuple[Path, int, list[tuple]]] = []  # (segment path, fd, rows)
         self._seq = 0
@@ -159,11 +262,49 @@ class LedgerWriter:
             while self._sealed:
                 seg, fd, rows = self._sealed[0]
                 for i in range(0, len(rows), 5000):
-                    self.persisted += await self.store.insert_ledger(rows[i:i + 5000])
+                    self.persisted += await self._insert(rows[i:i + 5000], seg.name)
                 self._sealed.pop(0)
                 os.close(fd)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(seg)
+
+    async def _insert(self, rows: list[tuple], source: str) -> int:
+        """Insert `rows`; when the store refuses the rows themselves (not an outage: see `_row_error`) the
+        batch is split until the row it refuses is alone, and that row is set aside (`_quarantine`), so one
+        bad row never holds the others. A store failure raises: every row stays journaled."""
+        if self._aside:
+            rows = [r for r in rows if r[0] not in self._aside]
+        if not rows:
+            return 0
+        try:
+            return await self.store.insert_ledger(rows)
+        except Exception as e:  # sorted below: a refused row, or a store failure (re-raised)
+            if not _row_error(e):
+                raise
+            if len(rows) == 1:
+                self._quarantine(rows[0], e, source)
+                return 0
+        mid = len(rows) // 2
+        return await self._insert(rows[:mid], source) + await self._insert(rows[mid:], source)
+
+    def _quarantine(self, row: tuple | list, e: BaseException | str, source: str) -> None:
+        """Set a row the store refuses aside, in QUARANTINE next to the journal (one JSON line: when, why,
+        from which journal segment, the row by column), with one error line in the log."""
+        why = e if isinstance(e, str) else f"{type(e).__name__}: {e}"
+        why = scrub_text(" ".join(why.split()))[:500]
+        vals = list(row)
+        rec = {"ts": time.time(), "writer": self.id, "source": source, "error": why,
+               "row": dict(zip(LEDGER_COLUMNS, vals)) if len(vals) == len(LEDGER_COLUMNS) else vals}
+        fd = os.open(self.dir / QUARANTINE, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, orjson.dumps(rec, default=str) + b"\n")
+        finally:
+            os.close(fd)
+        rid = str(vals[0]) if vals else "?"
+        self._aside.add(rid)
+        self.set_aside += 1
+        log.error("ledger: the store refused row %s (%s); set aside in %s, not counted in spend; the other rows "
+                  "are written", rid, why, self.dir / QUARANTINE)
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -201,10 +342,9 @@ class LedgerWriter:
                 except BlockingIOError:
                     continue  # its writer is alive
                 for seg in sorted(self.dir.glob(f"{wid}.*.jsonl")):
-                    rows = _read_segment(seg)
+                    rows = self._read_segment(seg)
                     for i in range(0, len(rows), 5000):
-                        n = await self.store.insert_ledger(rows[i:i + 5000])
-                        total += n
+                        total += await self._insert(rows[i:i + 5000], seg.name)
                     seg.unlink(missing_ok=True)
                 lock.unlink(missing_ok=True)
             finally:
@@ -233,8 +373,9 @@ class LedgerWriter:
             except Exception as e:  # noqa: BLE001 - any store failure: retry, then leave the journal
                 if time.monotonic() + delay > deadline:
                     # Leave the journal (and release its lock): the next start-up replays it.
-                    log.error("ledger: store unreachable at shutdown (%s); %d rows stay in journal %s",
-                              type(e).__name__, self.pending, self.dir)
+                    log.error("ledger: the store did not take the last rows at shutdown (%s: %s); %d rows stay in "
+                              "journal %s and are written at the next start", type(e).__name__,
+                              scrub_text(" ".join(str(e).split()))[:300], self.pending, self.dir)
                     self._closed = True
                     for fd in [self._fd, *(s[1] for s in self._sealed), self._lock_fd]:
                         os.close(fd)
@@ -252,20 +393,27 @@ class LedgerWriter:
     def pending(self) -> int:
         return len(self._pending) + sum(len(s[2]) for s in self._sealed)
 
-
-def _read_segment(path: Path) -> list[tuple]:
-    rows = []
-    for n, line in enumerate(path.read_bytes().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            vals = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            log.warning("ledger journal %s line %d is torn; skipped", path.name, n + 1)
-            continue
-        if len(vals) == len(LEDGER_COLUMNS):
-            rows.append(tuple(vals))
-    return rows
+    def _read_segment(self, path: Path) -> list[tuple]:
+        """A stopped writer's journal segment, each row normalised again (a journal written before rows were
+        coerced to their columns' types may hold values the store refuses); a row that cannot be read as one
+        is set aside, not dropped and not fatal."""
+        rows = []
+        for n, line in enumerate(path.read_bytes().splitlines()):
+            if not line.strip():
+                continue
+            try:
+                vals = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                log.warning("ledger journal %s line %d is torn; skipped", path.name, n + 1)
+                continue
+            try:
+                if not isinstance(vals, list) or len(vals) != len(LEDGER_COLUMNS):
+                    raise ValueError(f"not a row of {len(LEDGER_COLUMNS)} columns")
+                rows.append(normalize_row(dict(zip(LEDGER_COLUMNS, vals))))
+            except (ValueError, TypeError) as e:
+                self._quarantine(vals if isinstance(vals, list) else [vals], f"unreadable journal row: {e}",
+                                 f"{path.name}:{n + 1}")
+        return rows
 
 
 GROUPS = {"key": "key_id", "model": "served_model", "deployment": "deployment", "day": None,
