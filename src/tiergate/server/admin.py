@@ -17,10 +17,12 @@ master key is set). Errors are OpenAI-shaped.
 from __future__ import annotations
 
 import hmac
+import math
 import time
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
+import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,9 +33,14 @@ from tiergate.accounting.keys import KeyInfo
 from tiergate.accounting.service import Accounting
 from tiergate.wire.errors import GatewayError
 
+#: JSON types are taken as given (`rpm: true` was a 1-rpm key, `"rpm": "10"` and `cache: "yes"` were accepted)
+_STRICT = ConfigDict(extra="forbid", strict=True)
+#: A key's metadata is read back on every authentication: bounded (a 20 MB object was accepted)
+MAX_METADATA_BYTES = 16 * 1024
+
 
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
     name: str = Field(min_length=1, max_length=200, description="who the key is for")
     budget_usd: float | None = Field(None, ge=0, description="spend cap; null = no budget")
     budget_period: Literal["none", "daily", "monthly"] = Field("none", description="when the budget resets (UTC)")
@@ -45,7 +52,7 @@ class KeyCreate(BaseModel):
 
 
 class KeyUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
     name: str | None = Field(None, min_length=1, max_length=200)
     budget_usd: float | None = Field(None, ge=0)
     budget_period: Literal["none", "daily", "monthly"] | None = None
@@ -102,14 +109,20 @@ class SpendReport(BaseModel):
     data: list[SpendRow]
 
 
-def parse_time(value: str | None, default: float) -> float:
-    """Epoch seconds, `YYYY-MM-DD` (UTC midnight) or an ISO-8601 datetime (UTC when no zone)."""
+def parse_time(value: str | None, default: float, param: str | None = None) -> float:
+    """Epoch seconds, `YYYY-MM-DD` (UTC midnight) or an ISO-8601 datetime (UTC when no zone); anything
+    else (`nan`, `inf` included) is a 400 naming `param`."""
     if value is None or value == "":
         return default
     try:
-        return float(value)
+        t = float(value)
     except ValueError:
         pass
+    else:
+        if math.isfinite(t):
+            return t
+        raise GatewayError(400, f"Could not read the time {value!r}: epoch seconds must be a finite number.",
+                           param=param, code="invalid_value")
     try:
         if len(value) == 10:
             return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC).timestamp()
@@ -117,14 +130,14 @@ def parse_time(value: str | None, default: float) -> float:
         return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
     except ValueError:
         raise GatewayError(400, f"Could not read the time {value!r}: use YYYY-MM-DD, an ISO-8601 datetime or "
-                           "epoch seconds.") from None
+                           "epoch seconds.", param=param, code="invalid_value") from None
 
 
 def spend_window(start: str | None, end: str | None, now: float) -> tuple[float, float]:
     """A spend report's [start, end) in epoch seconds (defaults: the last 30 days); a window that ends
     before it starts is a 400 (it used to return an empty report, which reads as "nothing spent")."""
-    t_end = parse_time(end, now + 1)
-    t_start = parse_time(start, t_end - 30 * 86400)
+    t_end = parse_time(end, now + 1, "end")
+    t_start = parse_time(start, t_end - 30 * 86400, "start")
     if t_start >= t_end:
         raise GatewayError(400, f"The spend window is empty: start ({start}) is not before end ({end}).",
                            param="start")
@@ -212,14 +225,25 @@ def build_admin_app(accounting: Accounting) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
         first = e.errors()[0] if e.errors() else {}
+        if first.get("type") == "json_invalid":  # its loc is ("body", <offset>), not a field
+            msg = "We could not parse the JSON body of your request. The body must be valid JSON."
+            return JSONResponse(GatewayError(400, msg, code="invalid_json").to_dict(), status_code=400)
         loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path")]
         param = ".".join(loc) or None
         msg = f"Invalid value for '{param}': {first.get('msg', 'invalid')}." if param else str(first.get("msg"))
-        return JSONResponse(GatewayError(400, msg, param=param).to_dict(), status_code=400)
+        return JSONResponse(GatewayError(400, msg, param=param, code="invalid_value").to_dict(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(GatewayError(e.status_code, str(e.detail)).to_dict(), status_code=e.status_code)
+    async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        if e.status_code == 404:  # worded and coded as the gateway's own unknown URLs
+            err = GatewayError(404, f"Unknown admin URL: {request.method} {request.url.path}. The admin API has "
+                               "/admin/keys, /admin/keys/{id} and /admin/spend.", code="unknown_url")
+        elif e.status_code == 405:
+            err = GatewayError(405, f"{request.method} is not allowed on {request.url.path}.",
+                               code="method_not_allowed")
+        else:
+            err = GatewayError(e.status_code, str(e.detail))
+        return JSONResponse(err.to_dict(), status_code=e.status_code, headers=getattr(e, "headers", None))
 
     async def _out(k: KeyInfo) -> dict[str, Any]:
         d = k.public()
@@ -238,10 +262,17 @@ def build_admin_app(accounting: Accounting) -> FastAPI:
         for path in SCHEMA_PATHS:
             app.add_api_route(path, require_master, methods=["GET", "HEAD"], include_in_schema=False)
 
+    def check_metadata(metadata: dict[str, Any] | None) -> None:
+        if metadata is not None and len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
+            raise GatewayError(400, f"'metadata' is too large: at most {MAX_METADATA_BYTES // 1024} KiB of JSON "
+                               "(it is read back on every request the key makes).", param="metadata",
+                               code="invalid_value")
+
     @app.post("/keys", response_model=KeyCreated, dependencies=deps, summary="Create a virtual key")
     async def create_key(body: KeyCreate) -> dict[str, Any]:
         f = body.model_dump()
         check_models(f.get("models"))
+        check_metadata(f.get("metadata"))
         info, secret = await accounting.keys.create(f.pop("name"), **f)
         return {**await _out(info), "key": secret}
 
@@ -259,8 +290,11 @@ def build_admin_app(accounting: Accounting) -> FastAPI:
         for k in ("name", "budget_period", "cache"):
             if k in fields and fields[k] is None:
                 raise GatewayError(400, f"'{k}' cannot be null.", param=k)
-        await _get(key_id)
+        if (await _get(key_id)).revoked_at is not None:
+            raise GatewayError(409, f"Key '{key_id}' is revoked and cannot be changed; create a new key "
+                               "(POST /admin/keys).", param="id", code="key_revoked")
         check_models(fields.get("models"))
+        check_metadata(fields.get("metadata"))
         info = await accounting.keys.update(key_id, **fields)
         return await _out(info)
 
