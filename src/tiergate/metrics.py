@@ -115,7 +115,8 @@ class Metrics:
         md = ("model", "deployment")
         self.requests = Counter("tiergate_requests_total", "Requests answered, by served model, deployment and "
                                 "ledger status (ok, error, failed_attempt, cache_hit, client_disconnected, escalated, "
-                                "rejected).",
+                                "rejected; internal_error, storage_unavailable, redis_unavailable with model and "
+                                "deployment \"-\" for answers made outside the request handlers).",
                                 (*md, "status"))
         self.request_duration = Histogram("tiergate_request_duration_seconds",
                                           "End-to-end request latency seen by the gateway.", md)
@@ -192,6 +193,11 @@ class Metrics:
         cost = row.get("cost_usd")
         if cost:
             self.cost.inc(k, float(cost))
+
+    def gateway_error(self, status: str) -> None:
+        """An answer made outside the request handlers (an internal error: the 500; a database or Redis that
+        is down: the 503), which writes no ledger row: counted under model and deployment `-`."""
+        self.requests.inc(("-", "-", status))
 
     # ------------------------------------------------------------ exposition
 

@@ -3,8 +3,11 @@ the Gateway in the lifespan. `build_app(config)` is what `tiergate serve` and th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import sqlite3
+import time
 
 import orjson
 from starlette.applications import Starlette
@@ -14,6 +17,7 @@ from starlette.routing import Mount, Route
 
 from tiergate import __version__
 from tiergate.config import GatewayConfig
+from tiergate.logs import log_request, scrub_text
 from tiergate.server.chat import chat_completions
 from tiergate.server.gateway import Gateway
 from tiergate.server.models import get_model, list_models
@@ -30,6 +34,38 @@ async def health(request: Request) -> Response:
                       "router": gw.router is not None}),
         media_type="application/json",
     )
+
+
+READY_TIMEOUT_S = 2.0  # per backend check of GET /ready
+
+
+async def _check(coro) -> str | None:
+    """None when the check answered within READY_TIMEOUT_S, else why not (one line, no secret)."""
+    try:
+        await asyncio.wait_for(coro, READY_TIMEOUT_S)
+    except TimeoutError:
+        return f"no answer within {READY_TIMEOUT_S:g} s"
+    except Exception as e:  # noqa: BLE001 - any failure is the answer to the check
+        return scrub_text(" ".join(f"{type(e).__name__}: {e}".split()))[:300]
+    return None
+
+
+async def ready(request: Request) -> Response:
+    """Readiness: 200 when the gateway can serve keyed requests, 503 when its database (a cheap query) or
+    its Redis (PING) does not answer within READY_TIMEOUT_S. `/health` is liveness only (the process
+    answers), so a load balancer should route on this one."""
+    gw: Gateway = request.app.state.gateway
+    acc = gw.accounting
+    checks: dict[str, str] = {}
+    store_err = await _check(acc.store.fetch("SELECT 1 AS ok"))
+    checks["storage"] = "ok" if store_err is None else store_err
+    if getattr(acc, "redis", None) is not None:
+        redis_err = await _check(acc.redis.ping())
+        checks["redis"] = "ok" if redis_err is None else redis_err
+    ok = all(v == "ok" for v in checks.values())
+    body = {"status": "ready" if ok else "unavailable", "checks": checks}
+    return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json",
+                    headers={} if ok else {"Retry-After": str(OUTAGE_RETRY_AFTER_S)})
 
 
 async def metrics(request: Request) -> Response:
@@ -50,13 +86,115 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
                     headers={"x-request-id": new_id("req_")})
 
 
+OUTAGE_RETRY_AFTER_S = 5  # Retry-After of a 503 for a database or Redis that does not answer
+
+_SQLITE_OUTAGE = ("unable to open", "disk i/o", "database is locked", "disk is full", "readonly database")
+
+
+def _from_module(e: BaseException, *prefixes: str) -> bool:
+    """Whether a frame of `e`'s traceback runs code of one of these modules (or packages)."""
+    tb = e.__traceback__
+    while tb is not None:
+        if (tb.tb_frame.f_globals.get("__name__") or "").startswith(prefixes):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def backend_outage(exc: BaseException) -> str | None:
+    """`storage` or `redis` when `exc` (or an exception it was raised from) is a backend that cannot be
+    reached: a connection refused, reset or timed out, a server shutting down, a SQLite file that cannot be
+    opened or written. None for anything else (a bug: the 500)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        kind = _outage_kind(e)
+        if kind is not None:
+            return kind
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _outage_kind(e: BaseException) -> str | None:
+    mod = type(e).__module__ or ""
+    if mod.startswith("redis"):
+        import redis.exceptions as rx
+
+        return "redis" if isinstance(e, (rx.ConnectionError, rx.TimeoutError)) else None
+    if mod.startswith("asyncpg"):
+        import asyncpg
+
+        if isinstance(e, asyncpg.DataError):  # an argument the driver cannot encode: not an outage
+            return None
+        if isinstance(e, (asyncpg.InterfaceError, asyncpg.PostgresConnectionError)):
+            return "storage"  # connection closed / does not exist, pool closing, cannot connect now
+        state = getattr(e, "sqlstate", None) or ""
+        # 08 connection exception, 53 insufficient resources (too many connections), 57 operator
+        # intervention (admin shutdown, crash shutdown, cannot connect now), 58 system error
+        return "storage" if state[:2] in ("08", "53", "57", "58") else None
+    if isinstance(e, sqlite3.OperationalError):
+        text = str(e).lower()
+        return "storage" if any(t in text for t in _SQLITE_OUTAGE) else None
+    if isinstance(e, OSError):  # refused, reset, timed out (TimeoutError is one): whose socket was it?
+        if _from_module(e, "redis."):
+            return "redis"
+        if _from_module(e, "asyncpg.", "tiergate.store."):
+            return "storage"
+    return None
+
+
+_OUTAGE_LOG_EVERY_S = 10.0
+_outage_logged: dict[str, list[float]] = {}  # kind -> [last logged at (monotonic), lines held back since]
+
+
+def _log_outage(kind: str, line: str) -> None:
+    """One error line per backend every _OUTAGE_LOG_EVERY_S while it is down (each request still has its
+    own request line), with the count of those held back: an outage under load is not a log flood."""
+    now = time.monotonic()
+    state = _outage_logged.setdefault(kind, [0.0, 0])
+    if now - state[0] < _OUTAGE_LOG_EVERY_S:
+        state[1] += 1
+        return
+    held, state[0], state[1] = state[1], now, 0
+    log.error("%s%s", line, f" ({held:g} more like it in the last {_OUTAGE_LOG_EVERY_S:g} s)" if held else "")
+
+
+_BACKEND_TEXT = {"storage": ("storage_unavailable", "database"), "redis": ("redis_unavailable", "Redis server")}
+
+
+def _count(request: Request, rid: str, status: int, label: str, error: str) -> None:
+    """The request line and `tiergate_requests_total` for an answer the handlers did not write themselves
+    (an internal error, a backend outage): every answer is in the log and the metrics."""
+    gw = getattr(request.app.state, "gateway", None)
+    metrics_ = getattr(gw, "metrics", None)
+    if metrics_ is not None:
+        metrics_.gateway_error(label)
+    log_request(rid, status=status, path=request.url.path, method=request.method, error=error)
+
+
 async def _server_error(request: Request, exc: Exception) -> Response:
     """An unhandled exception: logged with an id that the client gets in `x-request-id`, so a report of it
-    can be matched to the log line (the message asks for it)."""
+    can be matched to the log line (the message asks for it). A database or Redis that cannot be reached
+    is no bug: that is a 503 the client may retry (`Retry-After`, `x-should-retry: true`)."""
     rid = new_id("req_")
+    outage = backend_outage(exc)
+    if outage is not None:
+        code, what = _BACKEND_TEXT[outage]
+        reason = scrub_text(" ".join(f"{type(exc).__name__}: {exc}".split()))[:300]
+        _log_outage(outage, f"{what} unreachable while serving {request.method} {request.url.path} "
+                            f"(x-request-id {rid}): {reason}")
+        e = GatewayError(503, f"The gateway's {what} is not answering, so the request was not served. Retry in "
+                         f"a few seconds; if it persists, the gateway's operator should check its {what} "
+                         "(GET /ready says what is down).", type="api_error", code=code)
+        _count(request, rid, 503, code, f"503 {code}: {reason}")
+        return Response(e.to_json(), status_code=503, media_type="application/json",
+                        headers={"x-request-id": rid, "Retry-After": str(OUTAGE_RETRY_AFTER_S),
+                                 "x-should-retry": "true"})
     log.exception("unhandled error on %s (x-request-id %s)", request.url.path, rid)
     e = GatewayError(500, "The gateway hit an internal error; the request was not completed. Retry, and "
                      "report it with the x-request-id if it persists.", type="api_error", code="internal_error")
+    _count(request, rid, 500, "internal_error", f"500 internal_error: {type(exc).__name__}")
     return Response(e.to_json(), status_code=500, media_type="application/json", headers={"x-request-id": rid})
 
 
@@ -106,6 +244,7 @@ def build_app(config: GatewayConfig, *, gateway: Gateway | None = None) -> Starl
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *_optional_routes(),
     ]
@@ -165,5 +304,23 @@ class _LazyAdmin:
     async def __call__(self, scope, receive, send) -> None:
         if self._app is None:
             gw: Gateway = scope["app"].state.gateway
-            self._app = self._factory(gw.accounting)
-        await self._app(scope, receive, send)
+            app = self._factory(gw.accounting)
+            # an unexpected error (a bug, or a database that is down) is the same OpenAI-shaped JSON with an
+            # x-request-id as under /v1, not FastAPI's plain-text "Internal Server Error"
+            app.add_exception_handler(Exception, _server_error)
+            self._app = app
+        answered = False
+
+        async def send_(message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_)
+        except Exception:
+            if not answered:
+                raise
+            # FastAPI re-raises after its error handler answered (so a server can log it): that answer is
+            # sent and logged already; raising on would only add uvicorn's second traceback
