@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 from typing import Any
@@ -29,20 +30,27 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"tiergate: configuration error: {e}", file=sys.stderr)
         return 2
 
-    from tiergate.logs import configure_logging
-
-    logger = configure_logging(args.log_level)
-    for name in ("uvicorn", "uvicorn.error"):  # uvicorn's own lines in the same JSON format
-        uv = logging.getLogger(name)
-        uv.handlers = list(logger.handlers)
-        uv.setLevel(logger.level)
-        uv.propagate = False
-
+    _setup_logging(args.log_level)
     _startup_banner(config, args)
     if unpriced:
         print(f"tiergate: not in the catalogue, served UNPRICED (cost 0): {', '.join(unpriced)} "
               "(add `catalog: <entry>` to price them)", file=sys.stderr)
     return _run_server(config, args)
+
+
+def _setup_logging(level: str) -> logging.Logger:
+    """JSON lines on stderr, scrubbed, for tiergate, uvicorn and every other library (asyncpg, aiohttp,
+    redis, asyncio: at warning or above), a repeating traceback held back (logs.RepeatFilter)."""
+    from tiergate.logs import capture_other_loggers, configure_logging
+
+    logger = configure_logging(level)
+    for name in ("uvicorn", "uvicorn.error"):  # uvicorn's own lines in the same JSON format
+        uv = logging.getLogger(name)
+        uv.handlers = list(logger.handlers)
+        uv.setLevel(logger.level)
+        uv.propagate = False
+    capture_other_loggers(level)
+    return logger
 
 
 def _run_server(config, args: argparse.Namespace) -> int:
@@ -192,8 +200,23 @@ def _host_text(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+_SECRET_PARAM = re.compile(r"(?i)([?&](?:ssl)?(?:password|passwd|pass|secret|token|api_key|key)=)[^&#]*")
+
+
 def _redacted(url: str) -> str:
-    return url.split("@")[-1] if "@" in url else url
+    """A storage (or Redis) URL fit to print: the password of `user:password@` and the value of a
+    password-like query parameter (`?password=`, `sslpassword=`) masked. A SQLite URL is a path: as it is."""
+    if url.startswith("sqlite:"):
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        netloc = (user.split(":", 1)[0] + ":***" if ":" in user else user) + "@" + host
+    return f"{scheme}{sep}{netloc}{_SECRET_PARAM.sub(lambda m: m.group(1) + '***', tail)}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -87,13 +87,65 @@ def configure_logging(level: str | int = "INFO", stream: TextIO | None = None) -
     for h in list(logger.handlers):
         if getattr(h, "_tiergate", False):
             logger.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    handler._tiergate = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
+    logger.addHandler(_json_handler(stream))
     logger.setLevel(level.upper() if isinstance(level, str) else level)
     logger.propagate = False
     return logger
+
+
+REPEAT_WINDOW_S = 30.0
+
+
+class RepeatFilter(logging.Filter):
+    """Holds back a traceback that repeats: a record with an exception whose logger, message and exception
+    (type and text) were written less than REPEAT_WINDOW_S ago is dropped; the next one written says how
+    many were (`repeated`). A store or Redis outage made a background loop (the batch runner, asyncpg's
+    pool) log the same traceback about once a second."""
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._seen: dict[tuple, list[float]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        key = (record.name, record.getMessage(), type(exc).__name__, str(exc)[:300])
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.window_s:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            record.repeated = int(seen[1])
+        if len(self._seen) >= 1000:
+            self._seen.clear()
+        self._seen[key] = [now, 0]
+        return True
+
+
+def _json_handler(stream: TextIO | None) -> logging.Handler:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RepeatFilter())
+    handler._tiergate = True  # type: ignore[attr-defined]
+    return handler
+
+
+def capture_other_loggers(level: str | int = "WARNING", stream: TextIO | None = None) -> None:
+    """Every other library's log records (asyncpg, aiohttp, redis, asyncio, uvicorn, …) in the same scrubbed
+    JSON lines as tiergate's, at `level` or above (never below WARNING for them: their debug output is not
+    the gateway's): they went to Python's last-resort handler, as multi-line plain-text tracebacks that were
+    neither JSON nor scrubbed."""
+    lvl = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    lvl = max(int(lvl) if isinstance(lvl, int) else logging.WARNING, logging.WARNING)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_tiergate", False):
+            root.removeHandler(h)
+    root.addHandler(_json_handler(stream))
+    root.setLevel(lvl)
 
 
 def log_request(request_id: str, *, status: int | str, logger: logging.Logger | None = None, **fields: Any) -> None:

@@ -303,4 +303,95 @@ def _get_ok(url: str) -> bool:
         return False
 
 
-PG_ON = PG_BASE  # (kept for the CLI tests below)
+def _serve(cfg_path, port: int, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tiergate.cli", "serve", "--config", str(cfg_path), "--port",
+                             str(port), "--log-level", "info"], env={**os.environ, **env}, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate(timeout=5)
+    return err
+
+
+@needs_pg
+def test_serve_during_a_database_outage_writes_json_lines_and_no_password(pg_proxy_url, tmp_path):
+    """The start-up line printed `?password=` in clear, and asyncpg's own records during an outage went to
+    stderr as multi-line plain-text tracebacks (not JSON, not scrubbed)."""
+    url, proxy = pg_proxy_url
+    url = url.replace("postgres@", "postgres:userinfo-pw-1@") + "&password=query-pw-2"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"models:\n  - name: gpt-4o-mini\n    deployments: [{{provider: sim}}]\nstorage: '{url}'\n")
+    port = free_port()
+    root = f"http://127.0.0.1:{port}"
+    proc = _serve(cfg, port, {"TIERGATE_MASTER_KEY": MASTER, "TIERGATE_JOURNAL_DIR": str(tmp_path / "j")})
+    try:
+        assert _wait(lambda: proc.poll() is not None or _get_ok(root + "/health"), 30) and proc.poll() is None
+        with _admin(root) as admin:
+            key = admin.post("/keys", json={"name": "a", "budget_usd": 5}).json()["key"]
+        client = _client(root + "/v1", key)
+        assert client.chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
+        proxy.down()
+        time.sleep(1.5)
+        codes = []
+        for _ in range(4):
+            with contextlib.suppress(openai.APIStatusError):
+                client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+                codes.append(200)
+                continue
+            codes.append(503)
+            time.sleep(0.5)
+        assert 503 in codes
+        time.sleep(2)  # asyncpg's pool tries to restore its connection floor in the background
+        proxy.up()
+        time.sleep(1)
+    finally:
+        err = _stop(proc)
+    assert "query-pw-2" not in err and "userinfo-pw-1" not in err, err
+    banner = next(ln for ln in err.splitlines() if "listening on" in ln)
+    assert "password=***" in banner and "postgres:***@" in banner
+    for ln in err.splitlines():
+        if ln.strip() and not ln.startswith("tiergate: "):
+            json.loads(ln)  # a plain-text traceback line (`Traceback (most recent call last):`) is not JSON
+
+
+def test_a_repeating_traceback_is_written_once_per_window():
+    """The batch runner (and asyncpg's pool) logged the same traceback about once a second while the database
+    was down."""
+    import io
+
+    from tiergate.logs import capture_other_loggers
+
+    out = io.StringIO()
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    try:
+        capture_other_loggers("info", stream=out)
+        handler = next(h for h in root.handlers if getattr(h, "_tiergate", False))
+        flt = next(f for f in handler.filters if hasattr(f, "window_s"))
+        lg = logging.getLogger("asyncpg.pool")
+        for _ in range(5):
+            try:
+                raise ConnectionRefusedError(111, "Connect call failed password=hunter2")
+            except OSError:
+                lg.warning("Failed to restore the pool connection floor; retrying", exc_info=True)
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 1 and json.loads(lines[0])["logger"] == "asyncpg.pool" and "hunter2" not in lines[0]
+        flt.window_s = 0.0
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed password=hunter2")
+        except OSError:
+            lg.warning("Failed to restore the pool connection floor; retrying", exc_info=True)
+        last = json.loads(out.getvalue().splitlines()[-1])
+        assert last["repeated"] == 4
+    finally:
+        for h in list(root.handlers):
+            if getattr(h, "_tiergate", False):
+                root.removeHandler(h)
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
