@@ -1,12 +1,13 @@
 """`tiergate keys create|list|update|revoke` and `tiergate spend`.
 
-Two ways to reach the data, same output:
+Two ways to reach the data, same output (the admin API's objects, `--json` prints them as they are):
 - over HTTP to a running gateway's admin API (default): `--url` (env TIERGATE_URL, default
   http://127.0.0.1:4000; the SDK base URL `…/v1` is accepted too) and `--master-key` (env
   TIERGATE_MASTER_KEY);
 - straight to the database with `--storage URL` (sqlite:///… or postgresql://…), e.g. before the
-  gateway is started. With `--storage` and a budget key using Redis counters, the usage column shows
-  what the ledger says, not live reservations.
+  gateway is started. With `--storage` a budget key's `usage` is what the ledger says (no Redis counters
+  are read, so live reservations are not in it). Only `keys create` creates a database (a SQLite file, a
+  PostgreSQL `?schema=`) that is not there; the other commands say so and exit 2.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ EXIT_CODES = """exit status:
   0  done
   2  a mistake in the command line, or a value the gateway refuses with a 400 (with --storage: the
      same checks, made here): bad --metadata JSON, a --url that is not an http(s) URL, an unsupported
-     --storage URL or a SQLite file that is not there, --rpm 0, --tpm -5, --budget-usd -1, an unknown
-     --models name, a --start/--end that cannot be read
+     --storage URL, a SQLite file or PostgreSQL schema that is not there, --rpm 0, --tpm -5,
+     --budget-usd -1, an empty --models or an unknown --models name, a --start/--end that cannot be read
   1  anything else: the gateway cannot be reached, wants the master key (401), has its admin API off
      (403: no master key), has no such key (404), or the database cannot be used"""
 
@@ -48,11 +49,28 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:
     ks = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
 
     def key_fields(p: argparse.ArgumentParser, create: bool) -> None:
-        p.add_argument("--budget-usd", type=float, help="spend cap in USD")
+        def clearable(flag: str, clear: str, clear_help: str, **kw: Any) -> None:
+            if create:
+                p.add_argument(flag, **kw)
+                return
+            g = p.add_mutually_exclusive_group()
+            g.add_argument(flag, **kw)
+            g.add_argument(clear, action="store_true", help=clear_help)
+
+        unchanged = " (default: none)" if create else " (unchanged unless given)"
+        clearable("--budget-usd", "--no-budget", "remove the key's budget (no spend cap)", type=float,
+                  help="spend cap in USD" + unchanged)
         p.add_argument("--budget-period", choices=["none", "daily", "monthly"], default="none" if create else None)
-        p.add_argument("--rpm", type=int, help="requests per minute")
-        p.add_argument("--tpm", type=int, help="tokens per minute")
-        p.add_argument("--models", help="comma-separated models the key may use (default: all)")
+        clearable("--rpm", "--no-rpm", "remove the key's requests-per-minute limit", type=int,
+                  help="requests per minute" + unchanged)
+        clearable("--tpm", "--no-tpm", "remove the key's tokens-per-minute limit", type=int,
+                  help="tokens per minute" + unchanged)
+        if create:
+            p.add_argument("--models", help="comma-separated models the key may use (default: all models)")
+        else:
+            g = p.add_mutually_exclusive_group()
+            g.add_argument("--models", help="comma-separated models the key may use from now on (replaces its list)")
+            g.add_argument("--all-models", action="store_true", help="let the key use every model (removes its list)")
         p.add_argument("--metadata", help="JSON object stored with the key")
         p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=False if create else None,
                        help="serve deterministic requests of this key from the response cache")
@@ -96,8 +114,15 @@ def _fields(a: argparse.Namespace) -> dict[str, Any]:
         v = getattr(a, name, None)
         if v is not None:
             f[name] = v
+    for flag, name in (("no_budget", "budget_usd"), ("no_rpm", "rpm"), ("no_tpm", "tpm"), ("all_models", "models")):
+        if getattr(a, flag, False):
+            f[name] = None  # the admin API's null: no budget, no limit, every model
     if a.models is not None:
-        f["models"] = [m.strip() for m in a.models.split(",") if m.strip()] or None
+        f["models"] = [m.strip() for m in a.models.split(",") if m.strip()]
+        if not f["models"]:  # an empty list (or an unset $VAR) meant null: every model
+            clear = " (to let the key use every model, pass --all-models)" if a.op == "update" else \
+                " (leave --models out to let the key use every model)"
+            _usage_error(f"--models {a.models!r} names no model: pass comma-separated model names{clear}")
     if a.metadata is not None:
         try:
             f["metadata"] = json.loads(a.metadata)
@@ -200,6 +225,7 @@ async def _direct(a: argparse.Namespace, op: str) -> Any:
         _refused(e)
     if op != "create":
         _require_existing_sqlite(a.storage)
+        await _require_existing_postgres(a.storage)
     from tiergate.store import StorageError
 
     try:
@@ -215,22 +241,31 @@ async def _direct(a: argparse.Namespace, op: str) -> Any:
             except PepperMismatch as e:
                 raise SystemExit(f"tiergate: key pepper error: {e}") from None
             info, secret = await acc.keys.create(f.pop("name"), **f)
-            return {**info.public(), "key": secret}
+            return {**await _key_object(acc, info), "key": secret}
         if op == "list":
-            return {"data": [k.public() for k in await acc.keys.list(include_revoked=not a.active)]}
+            return {"object": "list",
+                    "data": [await _key_object(acc, k) for k in await acc.keys.list(include_revoked=not a.active)]}
         if op in ("update", "revoke"):
             info = await (acc.keys.update(a.id, **f) if op == "update" else acc.keys.revoke(a.id))
             if info is None:
                 raise SystemExit(f"tiergate: no key with id {a.id!r}")
-            return info.public()
+            return await _key_object(acc, info)
         import time
 
         start, end = spend_window(a.start, a.end, time.time())
-        return spend_body(a.group_by, start, end, await acc.spend(a.group_by, start, end, a.key_id), a.key_id)
+        return {"object": "spend_report",
+                **spend_body(a.group_by, start, end, await acc.spend(a.group_by, start, end, a.key_id), a.key_id)}
     except GatewayError as e:
         _refused(e)
     finally:
         await acc.close()
+
+
+async def _key_object(acc: Any, info: Any) -> dict[str, Any]:
+    """A key as the admin API returns it (`object: api_key`, its fields, `usage`)."""
+    from tiergate.server.admin import KeyOut
+
+    return KeyOut(**info.public(), usage=await acc.key_usage(info)).model_dump()
 
 
 def _refused(e: Any) -> NoReturn:
@@ -258,6 +293,45 @@ def _require_existing_sqlite(url: str) -> None:
     if path != ":memory:" and not os.path.exists(path):
         _usage_error(f"the SQLite database {path} does not exist (--storage {url}): check the path; the gateway "
                      "creates it on its first start, as `tiergate keys create --storage` does")
+
+
+async def _require_existing_postgres(url: str) -> None:
+    """`keys list|update|revoke` and `spend` with a PostgreSQL `--storage` read (or change) existing tables:
+    a `?schema=` that is not there (a typo) is a usage error, not a new schema with every table in it and
+    an empty table printed; so is a database without tiergate's tables. `keys create` may make them, as
+    `tiergate serve` does."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return
+    import asyncpg
+
+    from tiergate.store.postgres import CONNECT_TIMEOUT_S, connect_reason, server_address, split_url
+
+    try:
+        dsn, schema, _ = split_url(url)
+    except ValueError as e:
+        _usage_error(f"{e}: check --storage")
+    where = server_address(url)
+    try:
+        conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        raise SystemExit(f"tiergate: storage error: cannot connect to PostgreSQL at {where} "
+                         f"({connect_reason(e, url)}): check --storage") from None
+    try:
+        if schema is not None:
+            found = await conn.fetchval("SELECT 1 FROM information_schema.schemata WHERE schema_name = $1", schema)
+        else:
+            schema = await conn.fetchval("SELECT current_schema()")
+            found = True
+        tables = found and await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{schema}".api_keys')
+    finally:
+        await conn.close()
+    if not found:
+        _usage_error(f"the PostgreSQL schema {schema!r} does not exist at {where} (--storage ...?schema={schema}): "
+                     "check the name; the gateway creates it on its first start, as `tiergate keys create "
+                     "--storage` does")
+    if not tables:
+        _usage_error(f"the PostgreSQL schema {schema!r} at {where} has no tiergate tables: check --storage; the "
+                     "gateway creates them on its first start, as `tiergate keys create --storage` does")
 
 
 def _check_models(a: argparse.Namespace, models: list[str] | None) -> None:

@@ -395,3 +395,82 @@ def test_a_repeating_traceback_is_written_once_per_window():
                 root.removeHandler(h)
         root.handlers[:] = before[0]
         root.setLevel(before[1])
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tiergate.cli", *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})}, check=False)
+
+
+def test_an_empty_models_list_is_a_usage_error_and_limits_can_be_removed(tmp_path, journal):
+    """`keys update ID --models ""` (or " , ", or an unset $VAR) set the allow-list to null, every model,
+    with exit 0."""
+    env = {"TIERGATE_MASTER_KEY": MASTER}
+    with running_gateway({"models": SIM, "storage": f"sqlite:///{tmp_path / 'tg.db'}"}, env=env) as base:
+        root = base.removesuffix("/v1")
+        with _admin(root) as admin:
+            kid = admin.post("/keys", json={"name": "y", "models": ["gpt-4o-mini"], "budget_usd": 3, "rpm": 60,
+                                            "tpm": 9000}).json()["id"]
+            for bad in ("", " , "):
+                p = _cli("keys", "update", kid, "--models", bad, "--url", root, env=env)
+                assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (bad, p.returncode, p.stderr)
+                assert "--all-models" in p.stderr
+                assert admin.get(f"/keys/{kid}").json()["models"] == ["gpt-4o-mini"]
+            p = _cli("keys", "create", "z", "--models", "", "--url", root, env=env)
+            assert p.returncode == 2 and len(admin.get("/keys").json()["data"]) == 1
+            p = _cli("keys", "update", kid, "--all-models", "--no-budget", "--no-rpm", "--no-tpm", "--url", root,
+                     env=env)
+            assert p.returncode == 0, p.stderr
+            got = admin.get(f"/keys/{kid}").json()
+            assert (got["models"], got["budget_usd"], got["rpm"], got["tpm"]) == (None, None, None, None)
+            p = _cli("keys", "update", kid, "--models", "gpt-4o-mini", "--all-models", "--url", root, env=env)
+            assert p.returncode == 2  # one or the other
+    assert "(default: all" not in _cli("keys", "update", "--help").stdout
+
+
+@needs_pg
+def test_read_only_commands_do_not_create_a_missing_postgresql_schema():
+    import asyncpg
+
+    schema = f"tg_ops_typo_{secrets.token_hex(4)}"
+
+    async def exists() -> bool:
+        conn = await asyncpg.connect(PG_BASE)
+        try:
+            return bool(await conn.fetchval("SELECT 1 FROM information_schema.schemata WHERE schema_name = $1",
+                                            schema))
+        finally:
+            await conn.close()
+
+    try:
+        for cmd in (("keys", "list"), ("spend",), ("keys", "revoke", "key_0")):
+            p = _cli(*cmd, "--storage", f"{PG_BASE}?schema={schema}")
+            assert p.returncode == 2, (cmd, p.returncode, p.stdout, p.stderr)  # was 0 and an empty table
+            assert len(p.stderr.strip().splitlines()) == 1 and schema in p.stderr and "does not exist" in p.stderr
+            assert not asyncio.run(exists())
+        p = _cli("keys", "create", "first", "--storage", f"{PG_BASE}?schema={schema}")
+        assert p.returncode == 0, p.stderr  # create may make it, as `serve` does
+        assert _cli("keys", "list", "--storage", f"{PG_BASE}?schema={schema}").returncode == 0
+    finally:
+        asyncio.run(drop_schema(schema))
+
+
+def test_storage_json_output_is_the_admin_apis(tmp_path, journal):
+    """The docstring promised the same output over HTTP and with --storage; --storage lacked `object` and
+    `usage`."""
+    db = tmp_path / "tg.db"
+    storage = f"sqlite:///{db}"
+    p = _cli("keys", "create", "s", "--budget-usd", "2", "--storage", storage, "--json")
+    assert p.returncode == 0, p.stderr
+    created = json.loads(p.stdout)
+    assert created["object"] == "api_key" and created["usage"]["remaining_usd"] == 2.0
+    env = {"TIERGATE_MASTER_KEY": MASTER}
+    with running_gateway({"models": SIM, "storage": storage}, env=env) as base:
+        root = base.removesuffix("/v1")
+        for cmd in (("keys", "list"), ("spend",), ("keys", "update", created["id"], "--rpm", "5")):
+            over_http = json.loads(_cli(*cmd, "--json", "--url", root, env=env).stdout)
+            direct = json.loads(_cli(*cmd, "--json", "--storage", storage).stdout)
+            for out in (over_http, direct):
+                for k in ("start", "end"):
+                    out.pop(k, None)
+            assert direct == over_http, cmd
