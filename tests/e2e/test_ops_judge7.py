@@ -474,3 +474,25 @@ def test_storage_json_output_is_the_admin_apis(tmp_path, journal):
                 for k in ("start", "end"):
                     out.pop(k, None)
             assert direct == over_http, cmd
+
+
+def test_a_malformed_responses_reasoning_is_a_400_naming_it(tmp_path, journal):
+    """`/v1/responses` with `"reasoning": [1]` or `[]` was a 500 (`.get` on a list)."""
+    cases = [([1], "reasoning", "invalid_type"), ([], "reasoning", "invalid_type"), ("high", "reasoning", "invalid_type"),
+             ({"effort": []}, "reasoning.effort", "invalid_type"), ({"effort": "hgih"}, "reasoning.effort", "invalid_value"),
+             ({"summary": 3}, "reasoning.summary", "invalid_type"), ({"summary": "long"}, "reasoning.summary", "invalid_value")]
+    with running_gateway({"models": SIM, "storage": f"sqlite:///{tmp_path / 'tg.db'}"}) as base:
+        client = _client(base, "unused")
+        for value, param, code in cases:
+            with pytest.raises(openai.BadRequestError) as e:
+                client.responses.create(model="gpt-4o-mini", input="hi", extra_body={"reasoning": value})
+            assert (e.value.param, e.value.code) == (param, code), value
+            assert param in e.value.message
+        for stream in (False, True):
+            r = client.responses.create(model="gpt-4o-mini", input="hi", stream=stream,
+                                        reasoning={"effort": "low", "summary": "auto"})
+            if stream:
+                assert [ev.type for ev in r][-1] == "response.completed"
+            else:
+                assert r.status == "completed"
+        assert client.responses.create(model="gpt-4o-mini", input="hi", extra_body={"reasoning": None}).status

@@ -269,6 +269,46 @@ def _response_format(text: Any) -> dict[str, Any] | None:
     raise _err(f"text.format type {fmt.get('type')!r} is not supported", "text.format.type", "invalid_value")
 
 
+_REASONING_SUMMARIES = ("auto", "concise", "detailed")
+
+
+def _reasoning(reasoning: Any) -> str | None:
+    """The `reasoning` object's effort, once the object is checked: an object (or null) whose `effort` is
+    null or a known effort and whose `summary` / `generate_summary` is null or auto, concise, detailed."""
+    if reasoning is None:
+        return None
+    if not isinstance(reasoning, dict):
+        raise _err(f"reasoning must be an object such as {{\"effort\": \"low\"}}, got {_json_type(reasoning)}",
+                   "reasoning", "invalid_type")
+    from tiergate.catalog.catalog import ALL_REASONING_EFFORTS
+
+    effort = reasoning.get("effort")
+    if effort is not None and not isinstance(effort, str):
+        raise _err(f"reasoning.effort must be a string, got {_json_type(effort)}", "reasoning.effort", "invalid_type")
+    if effort is not None and effort not in ALL_REASONING_EFFORTS:
+        raise _err(f"reasoning.effort must be one of {', '.join(ALL_REASONING_EFFORTS)}, got {effort[:50]!r}",
+                   "reasoning.effort", "invalid_value")
+    for k in ("summary", "generate_summary"):
+        v = reasoning.get(k)
+        if v is not None and v not in _REASONING_SUMMARIES:
+            got = repr(v[:50]) if isinstance(v, str) else _json_type(v)
+            raise _err(f"reasoning.{k} must be one of {', '.join(_REASONING_SUMMARIES)}, got {got}",
+                       f"reasoning.{k}", "invalid_value" if isinstance(v, str) else "invalid_type")
+    return effort
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    return "an array" if isinstance(v, list) else "an object"
+
+
 def to_chat_request(req: Any, *, thinking_blocks: bool = False) -> dict[str, Any]:
     """A Responses request body -> a Chat Completions body. Raises GatewayError (400) on what cannot map.
 
@@ -297,7 +337,7 @@ def to_chat_request(req: Any, *, thinking_blocks: bool = False) -> dict[str, Any
     for k in _PASS:
         if req.get(k) is not None:
             body[k] = req[k]
-    effort = (req.get("reasoning") or {}).get("effort")
+    effort = _reasoning(req.get("reasoning"))
     if effort is not None:
         body["reasoning_effort"] = effort
     mot = req.get("max_output_tokens")
