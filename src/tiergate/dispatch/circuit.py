@@ -2,7 +2,10 @@
 after the cooldown, where exactly one probe request may pass -> closed on its success, open again on
 its failure. A 429 with a `Retry-After` opens it for that long (`trip`).
 
-Times are the event loop's monotonic clock. Checking a closed breaker is one attribute read, so the
+Times are the event loop's monotonic clock. An open breaker counts as over `TIMER_SLACK_S` (5 ms) before
+its `open_until`: uvloop rounds timers to whole milliseconds and wakes up to ~1 ms early, so a request that
+slept exactly the upstream's `Retry-After` (250.3 ms, or an HTTP date's fraction) used to find the
+circuit tripped for that same time still open and lose its retry. Checking a closed breaker is one attribute read, so the
 happy path costs nothing. `SharedCircuits` (dispatch/shared.py) mirrors the state into Redis so all
 replicas see it; this class stays the local, authoritative-for-this-process cache.
 """
@@ -14,6 +17,8 @@ from collections import deque
 from tiergate.config import CircuitPolicy
 
 CLOSED, HALF_OPEN, OPEN = 0, 1, 2
+#: How early an open breaker's cooldown may be taken as over (timer rounding; see the module docstring).
+TIMER_SLACK_S = 0.005
 STATE_NAMES = {CLOSED: "closed", HALF_OPEN: "half_open", OPEN: "open"}
 
 
@@ -42,7 +47,7 @@ class CircuitBreaker:
         if self.state == CLOSED:
             return True
         if self.state == OPEN:
-            if now < self.open_until:
+            if now < self.open_until - TIMER_SLACK_S:
                 return False
             self._set(HALF_OPEN)
             self.probing = False
@@ -111,12 +116,13 @@ class CircuitBreaker:
         """The state as of `now`, without changing anything: an open breaker whose cooldown has ended is
         half-open (the next request would be let through as the probe), even if no request has come to
         move it there yet. For the metrics gauge at scrape time."""
-        if self.state == OPEN and now >= self.open_until:
+        if self.state == OPEN and now >= self.open_until - TIMER_SLACK_S:
             return HALF_OPEN
         return self.state
 
     def recovers_in(self, now: float) -> float:
         """Seconds until a request may be tried again (0 when available)."""
         if self.state == OPEN:
-            return max(0.0, self.open_until - now)
+            left = self.open_until - now
+            return left if left > TIMER_SLACK_S else 0.0
         return 0.0

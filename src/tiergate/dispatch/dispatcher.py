@@ -12,8 +12,11 @@ Order of work for `dispatch(model, shape, ...)`:
    caller may not use (`may_use`: the key's model allow-list) is skipped before it is shaped;
 2. for each model up to `1 + retry.max_retries` attempts, each on an available deployment not yet tried
    (`balancer.choose` by the model's strategy); once all were tried, the same deployment again after
-   the upstream's `Retry-After` (when at most `max_retry_after_s`) or an exponential backoff with jitter;
-   non-retryable failures (400/401/403/404/422) end the request at once;
+   the upstream's `Retry-After` (when at most `max_retry_after_s`) or an exponential backoff with jitter,
+   unless no deployment will be available by then (its circuit was just opened): then it ends at once;
+   a fault of the deployment's own (401/403: its upstream key; a 404 saying it lacks the model) fails
+   over to the other deployments and fallback models and counts against its circuit, but that
+   deployment is not tried again; other client errors (400/404/422) end the request at once;
 3. a streaming attempt is read up to its first content or tool-call chunk before it is handed back, so
    a failure before the first token fails over invisibly; a failure after it ends the stream with
    `UpstreamError(kind="stream_cut")` and is never retried (the client would see two answers).
@@ -35,7 +38,7 @@ from typing import Any
 
 from tiergate.config import GatewayConfig, ModelConfig
 from tiergate.dispatch.balancer import DeploymentState, choose
-from tiergate.dispatch.circuit import CLOSED, CircuitBreaker
+from tiergate.dispatch.circuit import CLOSED, TIMER_SLACK_S, CircuitBreaker
 from tiergate.dispatch.errors import (
     ContextWindowExceeded,
     before_upstream,
@@ -44,7 +47,14 @@ from tiergate.dispatch.errors import (
     no_healthy_deployment,
     rate_limited,
 )
-from tiergate.dispatch.retry import backoff, counts_against_circuit, hinted_wait, own_timeout, retryable
+from tiergate.dispatch.retry import (
+    backoff,
+    counts_against_circuit,
+    deployment_fault,
+    fails_over,
+    hinted_wait,
+    own_timeout,
+)
 from tiergate.dispatch.watchdog import Watchdog
 from tiergate.providers.base import ChatResult, Deployment, Provider, RequestRefused, Timeouts, UpstreamError
 from tiergate.providers.registry import provider_class
@@ -148,6 +158,13 @@ class Dispatcher:
             from tiergate.dispatch.shared import SharedCircuits
 
             self.shared = SharedCircuits(redis, self.states, prefix=f"{prefix}cb:")
+            try:  # built inside the server's loop (Gateway.start): refresh from now on, so that an idle
+                # replica's first /metrics scrape and first request already see the shared state
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # built outside a loop: started by the first request or scrape
+            else:
+                self.shared.start()
         if metrics is not None:
             metrics.add_collector(self._collect_circuits)
 
@@ -161,8 +178,9 @@ class Dispatcher:
     def _collect_circuits(self) -> None:
         """Set `tiergate_circuit_state` from every breaker as of now (called by `Metrics.render`): an open
         circuit whose cooldown has ended reads half-open although no request has moved it there yet. With
-        Redis, a scrape also starts the background refresh, so a replica that has had no traffic yet still
-        reports the state the other replicas share."""
+        Redis, the background refresh runs from the dispatcher's start in the server's loop (a dispatcher built
+        outside a loop starts it at its first request or scrape), so a replica that has had no traffic yet
+        still reports the state the other replicas share."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -293,7 +311,7 @@ class Dispatcher:
                         self.metrics.fallback(model, name)
                 return out
             err = run.last
-            if err is not None and not retryable(err):
+            if err is not None and not fails_over(err):
                 if is_context_error(err):
                     cw = cur.config.context_window_fallback
                     if cw and cw not in seen:
@@ -322,6 +340,7 @@ class Dispatcher:
                      operation: str = "chat") -> Dispatched | None:
         policy = m.config.retry
         tried: list[DeploymentState] = []
+        barred: list[DeploymentState] = []  # failed by a fault of their own (key, model): never again here
         err: UpstreamError | None = None
         for n in range(1 + policy.max_retries):
             now = loop.time()
@@ -335,9 +354,13 @@ class Dispatcher:
                 wait = hint if hint is not None else backoff(n - 1, policy, self._rng)
                 if now + wait >= deadline:
                     return None
+                # nothing to wait for when no deployment will be available by then (the failure that just
+                # happened opened the last circuit, every deployment failed by a fault of its own, ...)
+                if self._ready_in(m, now, tokens, barred) > wait + TIMER_SLACK_S:
+                    return None
                 await asyncio.sleep(wait)
                 now = loop.time()
-                st = self._pick(m, now, (), tokens, run)
+                st = self._pick(m, now, barred, tokens, run)
                 if st is None:
                     return None
             if n and self.metrics is not None:
@@ -351,9 +374,25 @@ class Dispatcher:
                 return out
             err = run.last
             tried.append(st)
-            if err is None or not retryable(err) or loop.time() >= deadline:
+            if err is not None and deployment_fault(err):
+                barred.append(st)
+            if err is None or not fails_over(err) or loop.time() >= deadline:
                 return None
         return None
+
+    @staticmethod
+    def _ready_in(m: _Model, now: float, tokens: int, barred: list[DeploymentState]) -> float:
+        """Seconds until some deployment of `m` not in `barred` may be sent the request (0 when one may now,
+        or may at any moment: a half-open one whose probe is in flight); `inf` when none ever will."""
+        best = math.inf
+        for st in m.deps:
+            if st in barred:
+                continue
+            ready = st.circuit.recovers_in(now)
+            if st.capped:
+                ready = max(ready, st.caps_free_in(now, tokens))
+            best = min(best, ready)
+        return best
 
     def _pick(self, m: _Model, now: float, tried, tokens: int, run: _Run) -> DeploymentState | None:
         deps = m.deps

@@ -5,24 +5,69 @@ parsed by the provider into `UpstreamError.retry_after`)."""
 from __future__ import annotations
 
 import random
+import re
 
 from tiergate.config import RetryPolicy
 from tiergate.providers.base import Timeouts, UpstreamError
 
 NEVER_RETRY = frozenset({400, 401, 403, 404, 422})
 
+#: `code`s with which an upstream says the model the gateway asked for is not there (OpenAI, Azure's
+#: classic deployment URLs). The model in the upstream body is the deployment's own (`model:` /
+#: `deployment:` in the config), never the client's, so these are the deployment's configuration fault.
+_MODEL_MISSING_CODES = frozenset({"model_not_found", "deploymentnotfound"})
+# the message *opens* with the missing model (a client-chosen id quoted mid-message cannot match):
+# OpenAI / vLLM "The model `x` does not exist...", Ollama 'model "x" not found, try pulling it first',
+# Anthropic's not_found_error "model: claude-x" (the provider prefixes "anthropic: ")
+_MODEL_MISSING_TEXT = re.compile(r"^(?:anthropic: )?(?:the )?model\b(?::|[^.\n]{0,200}?\b(?:does not exist|not found))",
+                                 re.IGNORECASE)
+
+
+def model_missing(e: UpstreamError) -> bool:
+    """A 404 that clearly says this deployment lacks the model (OpenAI `code: model_not_found`, Azure
+    `DeploymentNotFound`, Anthropic's `not_found_error` on the model, a host's "The model `x` does not
+    exist"): the deployment's fault. Never a 404 about something the client named (an unknown
+    `previous_response_id`, a file id): those are the client's, and must not open a circuit."""
+    if e.status != 404 or e.kind != "status":
+        return False
+    code = (e.code or "").lower()
+    if code in _MODEL_MISSING_CODES:
+        return True
+    if code in ("", "not_found_error", "notfounderror", "404"):
+        return bool(_MODEL_MISSING_TEXT.match(e.message or ""))
+    return False
+
+
+def deployment_fault(e: UpstreamError) -> bool:
+    """A failure of this deployment's own configuration, not of the request: the upstream refused the
+    gateway's credentials for it (401/403: the gateway sends its own key, never the client's), or it does
+    not have the model (`model_missing`). Sending the same request to the same deployment would fail the
+    same way, so it is not retried there; but another deployment (or a fallback model) may well answer,
+    so it fails over, and it counts against the deployment's circuit breaker."""
+    if e.kind != "status":
+        return False
+    return e.status in (401, 403) or model_missing(e)
+
 
 def retryable(e: UpstreamError) -> bool:
-    """429, 5xx, 408/409, connection errors, timeouts, protocol errors and cut streams. Never the
-    client's own errors (400, 401, 403, 404, 422), whatever the transport says."""
+    """May the same request be sent again, to this deployment or another: 429, 5xx, 408/409, connection
+    errors, timeouts, protocol errors and cut streams. Never the client's own errors (400, 401, 403, 404,
+    422), whatever the transport says (401/403 and a missing model fail over instead: `fails_over`)."""
     if e.status in NEVER_RETRY and e.kind == "status":
         return False
     return e.retryable
 
 
+def fails_over(e: UpstreamError) -> bool:
+    """May the request go on to another deployment or fallback model: a retryable failure, or a fault
+    of this deployment's own (`deployment_fault`; that deployment is then not tried again)."""
+    return retryable(e) or deployment_fault(e)
+
+
 def counts_against_circuit(e: UpstreamError) -> bool:
-    """A failure that says the deployment is unhealthy (not that the request was bad)."""
-    return retryable(e)
+    """A failure that says the deployment is unhealthy (not that the request was bad): the retryable
+    ones and the deployment's own faults (bad credentials, model missing)."""
+    return retryable(e) or deployment_fault(e)
 
 
 def own_timeout(e: UpstreamError, requested: Timeouts, configured: Timeouts) -> str | None:
