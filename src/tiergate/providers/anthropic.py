@@ -20,8 +20,16 @@ from typing import Any
 import aiohttp
 import orjson
 
+from tiergate.providers import http as _http
 from tiergate.providers.base import ChatResult, Deployment, Provider, RequestRefused, Timeouts, UpstreamError
-from tiergate.providers.http import parse_retry_after, scrub, transport_failure
+from tiergate.providers.http import (
+    BodyTooLarge,
+    parse_retry_after,
+    read_answer,
+    read_error_body,
+    scrub,
+    transport_failure,
+)
 from tiergate.providers.registry import register
 from tiergate.wire import anthropic as wa
 from tiergate.wire.sse import iter_data
@@ -103,7 +111,7 @@ class AnthropicProvider(Provider):
         return UpstreamError(502, message, kind=kind, type="api_error", code=code, usage=usage, detail=detail)
 
     async def _error(self, resp: aiohttp.ClientResponse, catalog_name: str = "") -> UpstreamError:
-        raw = await resp.read()
+        raw = await read_error_body(resp)  # at most 64 KiB: the message is all that is used
         err_type, message = None, raw[:500].decode("utf-8", "replace") or resp.reason or "upstream error"
         try:
             obj = orjson.loads(raw)
@@ -121,7 +129,7 @@ class AnthropicProvider(Provider):
                         f"that deployment '{self.deployment.id}' sends: check the deployment's `model:` "
                         "and `api_base` in the gateway config)")
         return UpstreamError(status, message, type=oa_type, code=err_type,
-                             retry_after=parse_retry_after(hdrs), headers=_pick(hdrs))
+                             retry_after=parse_retry_after(hdrs, resp.status), headers=_pick(hdrs))
 
     # ------------------------------------------------------------ non-streaming
 
@@ -138,7 +146,7 @@ class AnthropicProvider(Provider):
                 async with resp:
                     if resp.status != 200:
                         raise await self._error(resp, str(body.get("model", "")))
-                    raw = await resp.read()
+                    raw = await read_answer(resp)
                     hdrs = _pick({k.lower(): v for k, v in resp.headers.items()})
         except UpstreamError:
             raise
@@ -148,6 +156,10 @@ class AnthropicProvider(Provider):
             raise self._timeout(phase, timeouts) from None
         except aiohttp.ClientError as e:
             raise self._transport(e, after_headers=resp is not None) from None
+        except BodyTooLarge as e:
+            raise UpstreamError(502, f"anthropic: upstream {self.deployment.id} answered with an {e} (the gateway's "
+                                "limit for a non-streaming answer)", kind="protocol", type="api_error",
+                                code="upstream_protocol_error") from None
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -211,6 +223,10 @@ class AnthropicProvider(Provider):
                 raise err from None
             except aiohttp.ClientError as e:
                 raise self._transport(e, after_headers=True, usage=tr.reported_usage()) from None
+            except BodyTooLarge as e:
+                raise UpstreamError(502, f"anthropic: upstream {self.deployment.id} sent {e}", kind="protocol",
+                                    type="api_error", code="upstream_protocol_error",
+                                    usage=tr.reported_usage()) from None
             raise UpstreamError(502, "anthropic: stream ended before message_stop", kind="stream_cut",
                                 usage=tr.reported_usage())
 
@@ -281,8 +297,11 @@ def translate_request(body: dict[str, Any], stream: bool, model: str, max_output
 
 async def _timed_reads(resp: aiohttp.ClientResponse, t: Timeouts, deadline: float | None,
                        loop: asyncio.AbstractEventLoop) -> AsyncIterator[bytes]:
-    """Raw body pieces; the first must come within `first_token`, later ones within `stream_idle`."""
+    """Raw body pieces; the first must come within `first_token`, later ones within `stream_idle`. More
+    than `http.MAX_STREAM_EVENT` bytes without an event boundary (a blank line) raise `BodyTooLarge`: the SSE
+    decoder buffers an unfinished event whole."""
     first = True
+    pending = 0  # bytes since the last blank line (about)
     while True:
         limit = t.first_token if first else t.stream_idle
         if deadline is not None:
@@ -292,6 +311,10 @@ async def _timed_reads(resp: aiohttp.ClientResponse, t: Timeouts, deadline: floa
         if not piece:
             return
         first = False
+        j = max(piece.rfind(b"\n\n"), piece.rfind(b"\n\r\n"))
+        pending = len(piece) - j if j >= 0 else pending + len(piece)
+        if pending > _http.MAX_STREAM_EVENT:
+            raise BodyTooLarge(_http.MAX_STREAM_EVENT, "a stream event")
         yield piece
 
 

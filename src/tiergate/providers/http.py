@@ -8,6 +8,11 @@ The helpers are pure: `scrub` removes credentials from any text that may reach a
 `parse_retry_after` reads the upstream's back-off hints, `pick_headers` keeps the upstream response
 headers worth passing on (request id, rate limits), `transport_failure` words a transport exception for
 clients (plain words and the deployment id; never a host, port or exception repr).
+
+Bounded reads: an upstream's body is never read whole without a limit. `read_capped` reads at most
+`MAX_ERROR_BODY` (64 KiB) of an error body (its message is all the gateway uses) and at most
+`MAX_ANSWER_BODY` (32 MiB) of a non-streaming answer (larger is a 502 `upstream_protocol_error`);
+`bounded_events` stops a stream whose single event grows past `MAX_STREAM_EVENT` (16 MiB).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from email.utils import parsedate_to_datetime
 from time import time
 from typing import Self
@@ -182,6 +187,100 @@ def transport_failure(exc: BaseException, dep_id: str, *, after_headers: bool,
     return "connect", "upstream_unreachable", f"deployment {dep_id}: {what}", detail
 
 
+# ---------------------------------------------------------------- bounded reads
+
+#: The most of an upstream's error body the gateway reads: its message is all that is used (a proxy's
+#: 50 MB HTML error page is not buffered for a 200-character snippet); the rest is dropped with the
+#: connection.
+MAX_ERROR_BODY = 64 * 1024
+#: The largest non-streaming answer accepted from an upstream (a 502 `upstream_protocol_error` beyond it).
+MAX_ANSWER_BODY = 32 * 1024 * 1024
+#: The largest single server-sent event accepted in an upstream stream (bytes between two blank lines).
+MAX_STREAM_EVENT = 16 * 1024 * 1024
+
+
+class BodyTooLarge(Exception):
+    """An upstream body (or one stream event) is larger than the gateway accepts."""
+
+    def __init__(self, limit: int, what: str = "answer") -> None:
+        super().__init__(f"{what} larger than {size_words(limit)}")
+        self.limit = limit
+        self.what = what
+
+
+def size_words(n: int) -> str:
+    if n >= 1 << 20 and n % (1 << 20) == 0:
+        return f"{n >> 20} MiB"
+    if n >= 1 << 10 and n % (1 << 10) == 0:
+        return f"{n >> 10} KiB"
+    return f"{n} bytes"
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of `resp`'s body: (body, complete). `complete` is False when more followed;
+    the caller then closes `resp` (its connection holds an unread rest and cannot be reused). A body
+    whose Content-Length fits is read in one call, as `resp.read()` would."""
+    n = resp.content_length
+    if n is not None and n <= limit:
+        return await resp.read(), True
+    buf = bytearray()
+    content = resp.content
+    while len(buf) <= limit:
+        piece = await content.read(limit + 1 - len(buf))
+        if not piece:
+            return bytes(buf), True
+        buf += piece
+    return bytes(buf[:limit]), False
+
+
+async def read_answer(resp: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
+    """A successful answer's body, or `BodyTooLarge` (nothing more is read; `resp` is closed) when its
+    Content-Length says, or its bytes show, that it is larger than `limit` (default `MAX_ANSWER_BODY`)."""
+    if limit is None:
+        limit = MAX_ANSWER_BODY
+    n = resp.content_length
+    if n is not None and n > limit:
+        resp.close()
+        raise BodyTooLarge(limit)
+    raw, complete = await read_capped(resp, limit)
+    if not complete:
+        resp.close()
+        raise BodyTooLarge(limit)
+    return raw
+
+
+async def read_error_body(resp: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
+    """The first `limit` bytes (default `MAX_ERROR_BODY`) of an error answer's body (enough for any real
+    error message); a longer body is cut there and its connection closed rather than drained."""
+    if limit is None:
+        limit = MAX_ERROR_BODY
+    raw, complete = await read_capped(resp, limit)
+    if not complete:
+        resp.close()
+    return raw
+
+
+async def bounded_events(chunks: AsyncIterator[bytes], limit: int | None = None) -> AsyncIterator[bytes]:
+    """`chunks` (a stream body's reads) passed through unchanged, raising `BodyTooLarge` once more than
+    `limit` (default `MAX_STREAM_EVENT`) bytes arrive without an event boundary (a blank line): the SSE decoder buffers an unfinished
+    event whole, so an upstream that never ends one would otherwise grow it without bound."""
+    if limit is None:
+        limit = MAX_STREAM_EVENT
+    pending = 0  # bytes since the last blank line (about: a boundary split across reads resets it late)
+    prev_end = b""
+    async for piece in chunks:
+        j = max(piece.rfind(b"\n\n"), piece.rfind(b"\n\r\n"))
+        if j >= 0:
+            pending = len(piece) - j
+        else:
+            joined = prev_end + piece[:3]
+            pending = len(piece) if b"\n\n" in joined or b"\n\r\n" in joined else pending + len(piece)
+        if pending > limit:
+            raise BodyTooLarge(limit, "a stream event")
+        prev_end = (prev_end + piece[-2:])[-2:]
+        yield piece
+
+
 # ---------------------------------------------------------------- upstream headers
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -204,10 +303,27 @@ def parse_duration(value: str) -> float | None:
     return total if pos == len(value) and pos > 0 else None
 
 
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+def _exhausted(raw: str | None) -> bool | None:
+    """An `x-ratelimit-remaining-*` value: True when it is 0 (that limit is used up), False when it is
+    another number, None when absent or unreadable."""
+    if raw is None:
+        return None
+    try:
+        return float(raw) == 0
+    except ValueError:
+        return None
+
+
+def parse_retry_after(headers: Mapping[str, str], status: int | None = None) -> float | None:
     """Seconds the upstream asks us to wait: `retry-after-ms`, then `retry-after` (seconds or an HTTP
-    date), then the `x-ratelimit-reset-*` duration of the exhausted limit (the shorter one when the
-    upstream does not say which is exhausted). None when there is no hint."""
+    date), then the `x-ratelimit-reset-*` duration of an *exhausted* limit. None when there is no hint.
+
+    OpenAI sends `x-ratelimit-*` on every answer, errors included: a reset is a hint only for a limit
+    whose `x-ratelimit-remaining-*` is 0 (the longest such reset when both are used up). On a 429 whose
+    upstream does not say what remains (no `remaining` header for a limit), the shortest of those resets
+    is taken, as the 429 says some limit is used up; on any other status (`status` given, not 429) a
+    limit without a `remaining` header gives no hint. A 500/503 carrying the ordinary headers (remaining
+    4999, reset 8.64s) is no hint at all: the dispatcher backs off exponentially instead."""
     v = headers.get("retry-after-ms")
     if v:
         try:
@@ -223,16 +339,23 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
                 return max(0.0, parsedate_to_datetime(v).timestamp() - time())
             except (TypeError, ValueError, IndexError, OverflowError):
                 pass
-    resets: list[float] = []
+    used_up: list[float] = []
+    unknown: list[float] = []
     for which in ("requests", "tokens"):
         raw = headers.get(f"x-ratelimit-reset-{which}")
         d = parse_duration(raw) if raw else None
         if d is None:
             continue
-        if headers.get(f"x-ratelimit-remaining-{which}") == "0":
-            return d
-        resets.append(d)
-    return min(resets) if resets else None
+        ex = _exhausted(headers.get(f"x-ratelimit-remaining-{which}"))
+        if ex:
+            used_up.append(d)
+        elif ex is None:
+            unknown.append(d)
+    if used_up:
+        return max(used_up)
+    if unknown and status in (None, 429):
+        return min(unknown)
+    return None
 
 
 _PASS_ON = frozenset({"x-request-id", "apim-request-id", "openai-processing-ms", "retry-after", "retry-after-ms",

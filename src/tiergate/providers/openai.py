@@ -25,7 +25,16 @@ import orjson
 from yarl import URL
 
 from tiergate.providers.base import ChatResult, Deployment, Provider, SessionFactory, Timeouts, UpstreamError
-from tiergate.providers.http import parse_retry_after, pick_headers, scrub, transport_failure
+from tiergate.providers.http import (
+    BodyTooLarge,
+    bounded_events,
+    parse_retry_after,
+    pick_headers,
+    read_answer,
+    read_error_body,
+    scrub,
+    transport_failure,
+)
 from tiergate.providers.registry import register
 from tiergate.wire.sse import iter_data_batches
 
@@ -178,7 +187,7 @@ class OpenAIProvider(Provider):
             type=etype,
             code=code,
             param=param,
-            retry_after=parse_retry_after(headers),
+            retry_after=parse_retry_after(headers, status),
             headers=pick_headers(headers),
         )
 
@@ -222,7 +231,7 @@ class OpenAIProvider(Provider):
             )
             await self._check_stream(resp)
             protocol = resp.connection.protocol if resp.connection is not None else None
-            async for batch in iter_data_batches(resp.content.iter_any()):
+            async for batch in iter_data_batches(bounded_events(resp.content.iter_any())):
                 for data in batch:
                     try:
                         event = orjson.loads(data)
@@ -263,6 +272,9 @@ class OpenAIProvider(Provider):
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._transport_error(exc, phase, timeouts, after_headers=resp is not None,
                                         usage=usage) from None
+        except BodyTooLarge as exc:
+            raise UpstreamError(502, f"upstream {self.deployment.id} sent {exc}", kind="protocol", type="api_error",
+                                code="upstream_protocol_error", usage=usage) from None
         finally:
             if resp is not None:
                 if complete:
@@ -273,10 +285,10 @@ class OpenAIProvider(Provider):
     async def _check_stream(self, resp: aiohttp.ClientResponse) -> None:
         """Raise the UpstreamError for a streaming request's response that is not an event stream."""
         if resp.status >= 400:
-            raise self._status_error(resp.status, await resp.read(), resp.headers)
+            raise self._status_error(resp.status, await read_error_body(resp), resp.headers)
         ctype = resp.headers.get("Content-Type", "")
         if not ctype.startswith("text/event-stream"):
-            raw = await resp.read()
+            raw = await read_error_body(resp)  # not a stream: at most an error's worth is read
             if ctype.startswith(_JSON) and b'"error"' in raw:
                 raise self._status_error(502, raw, resp.headers)
             raise self._protocol_error(f"a stream with content-type {ctype or 'none'!r}", pick_headers(resp.headers))
@@ -299,7 +311,7 @@ class OpenAIProvider(Provider):
             await self._check_stream(resp)
             protocol = resp.connection.protocol if resp.connection is not None else None
             # one generator step per socket read, not per event: a read often holds dozens of events
-            async for batch in iter_data_batches(resp.content.iter_any()):
+            async for batch in iter_data_batches(bounded_events(resp.content.iter_any())):
                 for data in batch:
                     if data == _DONE:
                         finished = complete = True
@@ -343,6 +355,9 @@ class OpenAIProvider(Provider):
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._transport_error(exc, phase, timeouts, after_headers=resp is not None,
                                         usage=usage) from None
+        except BodyTooLarge as exc:
+            raise UpstreamError(502, f"upstream {self.deployment.id} sent {exc}", kind="protocol", type="api_error",
+                                code="upstream_protocol_error", usage=usage) from None
         finally:
             if resp is not None:
                 if complete:
@@ -360,12 +375,16 @@ class OpenAIProvider(Provider):
             conn = resp.connection
             if conn is not None and conn.protocol is not None:
                 conn.protocol.read_timeout = timeouts.stream_idle
-            raw = await resp.read()
+            # an error's body is read only as far as its message can go; an answer up to MAX_ANSWER_BODY
+            raw = await (read_error_body(resp) if resp.status >= 400 else read_answer(resp))
         except (TimeoutError, aiohttp.ClientError) as exc:
             if resp is not None:
                 resp.close()
             raise self._transport_error(exc, "first_token" if resp is None else "stream_idle", timeouts,
                                         after_headers=resp is not None) from None
+        except BodyTooLarge as exc:
+            raise self._protocol_error(f"an {exc} (the gateway's limit for a non-streaming answer)",
+                                       pick_headers(resp.headers) if resp is not None else {}) from None
         status = resp.status
         if status >= 400:
             raise self._status_error(status, raw, resp.headers)
