@@ -42,6 +42,10 @@ _INT4 = (-(2**31), 2**31 - 1)  # PostgreSQL's INTEGER columns
 _SCRUBBED = frozenset({"requested_model", "reasoning_effort", "error"})  # text a client may have put a key in
 _SHORT_TEXT = ("key_id", "kind", "requested_model", "served_model", "deployment", "reasoning_effort", "status",
                "batch_id")
+# normalize_row builds the tuple by position, in this order:
+assert LEDGER_COLUMNS == ("request_id", "ts", "key_id", "kind", "requested_model", "served_model", "deployment",
+                          "reasoning_effort", *_INT[:4], "cost_usd", "latency_ms", "ttft_ms", "status", "error",
+                          "route", "stream", "attempt", "batch_id", "metadata")
 
 
 def _text(v: Any, limit: int | None = _MAX_TEXT) -> str | None:
@@ -50,6 +54,8 @@ def _text(v: Any, limit: int | None = _MAX_TEXT) -> str | None:
     something a database refuses (a NUL byte for PostgreSQL, a lone surrogate for UTF-8)."""
     if v is None:
         return None
+    if type(v) is str and v.isascii() and (limit is None or len(v) <= limit) and "\x00" not in v:
+        return v  # the common case, in a fraction of a microsecond
     if not isinstance(v, str):
         try:
             v = orjson.dumps(v, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
@@ -70,6 +76,8 @@ def _number(v: Any, name: str, extra: dict[str, Any]) -> float | None:
     """A finite float, or None (noted in `extra`) for what is not one."""
     if v is None:
         return None
+    if type(v) is float and math.isfinite(v):
+        return v
     try:
         f = float(v)
     except (TypeError, ValueError, OverflowError):
@@ -81,6 +89,8 @@ def _number(v: Any, name: str, extra: dict[str, Any]) -> float | None:
 
 
 def _int4(v: Any, name: str, extra: dict[str, Any]) -> int:
+    if type(v) is int and _INT4[0] <= v <= _INT4[1]:
+        return v
     if v is None:
         return 0
     if isinstance(v, bool):
@@ -104,34 +114,35 @@ def normalize_row(row: dict[str, Any]) -> tuple:
     hold every later row in the journal. Text a client may have put a secret in (requested_model,
     reasoning_effort, error) is scrubbed as the logs are. Keys that are not columns are kept, under
     `metadata`, rather than dropped."""
-    if not row.get("request_id"):
+    get = row.get
+    if not get("request_id"):
         raise ValueError("ledger row needs a request_id")
-    r = dict(row)
-    extra = {k: r.pop(k) for k in list(r) if k not in _COLUMNS}
-    r["request_id"] = _text(r["request_id"])
-    ts = _number(r.get("ts"), "ts", extra)
-    r["ts"] = ts if ts is not None else time.time()
-    r["kind"] = r.get("kind") or "chat"
-    r["status"] = r.get("status") or "ok"
-    cost = r.get("cost_usd")
-    c = _number(cost, "cost_usd", {}) if cost is not None else 0.0
-    if c is None:  # never a row the database refuses (NaN is NULL to SQLite): that
-        extra["cost_not_finite"] = repr(cost) if isinstance(cost, float) else _text(cost, 100)
-        c = 0.0  # would hold every later row in the journal
-    r["cost_usd"] = c
-    for k in _INT:
-        r[k] = _int4(r.get(k), k, extra)
-    for k in ("latency_ms", "ttft_ms"):
-        r[k] = _number(r.get(k), k, extra)
-    r["stream"] = bool(r.get("stream"))
+    unknown = row.keys() - _COLUMNS
+    extra: dict[str, Any] = {k: row[k] for k in unknown} if unknown else {}
+    ts = get("ts")
+    if type(ts) is not float or not math.isfinite(ts):
+        ts = _number(ts, "ts", extra)
+        if ts is None:
+            ts = time.time()
+    cost = get("cost_usd")
+    if type(cost) is not float or not math.isfinite(cost):
+        c = _number(cost, "cost_usd", {}) if cost is not None else 0.0
+        if c is None:  # never a row the database refuses (NaN is NULL to SQLite): that would hold every
+            extra["cost_not_finite"] = repr(cost) if isinstance(cost, float) else _text(cost, 100)  # later row
+            c = 0.0
+        cost = c
+    ints = [_int4(get(k), k, extra) for k in _INT]
+    lat, ttft = _number(get("latency_ms"), "latency_ms", extra), _number(get("ttft_ms"), "ttft_ms", extra)
+    text = {}
     for k in _SHORT_TEXT:
-        v = r.get(k)
+        v = get(k)
         if v is not None:
             v = _text(v)
-            r[k] = scrub_text(v) if k in _SCRUBBED else v
-    if r.get("error") is not None:
-        r["error"] = scrub_text(_text(r["error"], _MAX_ERROR))
-    meta = r.get("metadata")
+            text[k] = scrub_text(v) if k in _SCRUBBED else v
+    error = get("error")
+    if error is not None:
+        error = scrub_text(_text(error, _MAX_ERROR))
+    meta = get("metadata")
     if extra:
         if isinstance(meta, str):
             try:
@@ -141,10 +152,13 @@ def normalize_row(row: dict[str, Any]) -> tuple:
         if not isinstance(meta, dict):
             meta = {} if meta is None else {"metadata": meta}
         meta = {**meta, **extra}
-    r["metadata"] = meta
-    for k in ("route", "metadata"):
-        r[k] = _text(r.get(k), None)
-    return tuple(r.get(c) for c in LEDGER_COLUMNS)
+    tget = text.get
+    return (
+        _text(get("request_id")), ts, tget("key_id"), tget("kind") or "chat", tget("requested_model"),
+        tget("served_model"), tget("deployment"), tget("reasoning_effort"), *ints[:4], cost, lat, ttft,
+        tget("status") or "ok", error, _text(get("route"), None), bool(get("stream")), ints[4], tget("batch_id"),
+        _text(meta, None),
+    )
 
 
 def _row_error(e: BaseException) -> bool:
