@@ -246,6 +246,9 @@ def test_an_internal_error_is_in_the_request_log_and_the_metrics(tmp_path, journ
             r = admin.get("/spend")  # was FastAPI's text/plain "Internal Server Error", no request id
         assert r.status_code == 500 and r.headers["content-type"] == "application/json"
         assert r.json()["error"]["code"] == "internal_error" and r.headers["x-request-id"].startswith("req_")
+        metrics = httpx.get(root + "/metrics", timeout=10).text
+        assert 'tiergate_requests_total{model="-",deployment="-",status="internal_error"} 2' in metrics
+        assert sum(1 for x in log_lines if "unhandled error on /admin/spend" in x) == 1  # logged once
 
 
 def test_a_virtual_key_sent_as_the_model_is_not_logged_or_stored(tmp_path, journal, log_lines):

@@ -177,7 +177,10 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     """An unhandled exception: logged with an id that the client gets in `x-request-id`, so a report of it
     can be matched to the log line (the message asks for it). A database or Redis that cannot be reached
     is no bug: that is a 503 the client may retry (`Retry-After`, `x-should-retry: true`)."""
+    if request.scope.get(_ANSWERED):  # answered (logged, counted) by the admin app's own handler already; an
+        return Response(status_code=500)  # outer ServerErrorMiddleware calls its handler too, but sends nothing
     rid = new_id("req_")
+    request.scope[_ANSWERED] = True  # Starlette re-raises after this answer: see GatewayApp.__call__
     outage = backend_outage(exc)
     if outage is not None:
         code, what = _BACKEND_TEXT[outage]
@@ -260,6 +263,7 @@ def build_app(config: GatewayConfig, *, gateway: Gateway | None = None) -> Starl
 
 
 _CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+_ANSWERED = "tiergate.error_answered"  # scope key: _server_error answered (and logged) this exception
 
 
 class GatewayApp(Starlette):
@@ -282,7 +286,13 @@ class GatewayApp(Starlette):
                 response = await _server_error(request, exc)
             await response(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        try:
+            await super().__call__(scope, receive, send)
+        except Exception:
+            if not scope.get(_ANSWERED):
+                raise
+            # Starlette re-raises an exception after `_server_error` answered it, so that a server can log
+            # it: that is done (with the request id); uvicorn's second, id-less traceback would only add noise
 
 
 def _admin_mount() -> Mount | None:
@@ -308,19 +318,6 @@ class _LazyAdmin:
             # an unexpected error (a bug, or a database that is down) is the same OpenAI-shaped JSON with an
             # x-request-id as under /v1, not FastAPI's plain-text "Internal Server Error"
             app.add_exception_handler(Exception, _server_error)
+            app.state.gateway = gw  # for _server_error's request line and metrics
             self._app = app
-        answered = False
-
-        async def send_(message) -> None:
-            nonlocal answered
-            if message["type"] == "http.response.start":
-                answered = True
-            await send(message)
-
-        try:
-            await self._app(scope, receive, send_)
-        except Exception:
-            if not answered:
-                raise
-            # FastAPI re-raises after its error handler answered (so a server can log it): that answer is
-            # sent and logged already; raising on would only add uvicorn's second traceback
+        await self._app(scope, receive, send)
