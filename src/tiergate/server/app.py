@@ -166,7 +166,8 @@ _BACKEND_TEXT = {"storage": ("storage_unavailable", "database"), "redis": ("redi
 def _count(request: Request, rid: str, status: int, label: str, error: str) -> None:
     """The request line and `tiergate_requests_total` for an answer the handlers did not write themselves
     (an internal error, a backend outage): every answer is in the log and the metrics."""
-    gw = getattr(request.app.state, "gateway", None)
+    app = request.scope.get("app")
+    gw = getattr(getattr(app, "state", None), "gateway", None)
     metrics_ = getattr(gw, "metrics", None)
     if metrics_ is not None:
         metrics_.gateway_error(label)
