@@ -183,21 +183,32 @@ async def test_retryable_failure_goes_to_the_other_deployment(fault):
     assert CALLS == [out.attempts[0].deployment_id, out.deployment.id]
 
 
-@pytest.mark.parametrize("code", [400, 401, 403, 404, 422])
+@pytest.mark.parametrize("code", [400, 404, 422])
 async def test_client_errors_are_never_retried(code):
-    d = Dispatcher(two_deps(fallbacks=["f"]) if False else make_config(
+    d = Dispatcher(make_config(
         [{"name": "m", "deployments": [{}, {}], "fallbacks": ["f"]}, {"name": "f", "deployments": [{}]}]), None)
     SCRIPTS["m/0"] = [("status", code)]
     SCRIPTS["m/1"] = [("status", code)]
     with pytest.raises(GatewayError) as ei:
         await d.dispatch("m", shaper(), stream=False, request_id="r")
-    if code in (401, 403):  # the upstream refused the gateway's credentials: a gateway problem, not the client's
-        assert (ei.value.status, ei.value.code) == (502, "upstream_auth_failed")
-        assert "Deployment 'm/" in ei.value.message
-    else:
-        assert ei.value.status == code
+    assert ei.value.status == code
     assert len(CALLS) == 1
     assert len(ei.value.attempts) == 1  # the failed attempt travels with the error, for the ledger
+
+
+@pytest.mark.parametrize("code", [401, 403])
+async def test_refused_upstream_credentials_fail_over_but_never_retry_the_same_deployment(code):
+    """401/403: the upstream refused the gateway's own key for that deployment (docs/reliability.md): the
+    other deployments and the fallback are tried, each once; when all refuse, 502 upstream_auth_failed."""
+    d = Dispatcher(make_config(
+        [{"name": "m", "deployments": [{}, {}], "fallbacks": ["f"]}, {"name": "f", "deployments": [{}]}]), None)
+    for dep in ("m/0", "m/1", "f/0"):
+        SCRIPTS[dep] = [("status", code)]
+    with pytest.raises(GatewayError) as ei:
+        await d.dispatch("m", shaper(), stream=False, request_id="r")
+    assert (ei.value.status, ei.value.code) == (502, "upstream_auth_failed")
+    assert "Deployment 'f/0'" in ei.value.message
+    assert sorted(CALLS) == ["f/0", "m/0", "m/1"] and len(ei.value.attempts) == 3
 
 
 async def test_failed_attempt_carries_upstream_usage():
