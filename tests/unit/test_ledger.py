@@ -3,6 +3,7 @@ replay never double-counts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -176,3 +177,35 @@ async def test_a_row_recorded_after_close_is_kept_for_the_next_start(store_url, 
         assert list((tmp_path / "j").iterdir()) == []
     finally:
         await store.close()
+
+
+async def test_a_flush_after_a_failed_close_touches_no_descriptor_and_keeps_the_journal(tmp_path):
+    """A close that gave up left its (closed) segment descriptors listed; a later flush (a budget seed of a
+    request still in flight) closed those numbers again once the store answered, by then reused by the OS
+    (a client's socket: a journal row was written into an HTTP connection), and unlinked the journal the
+    next start-up needs. Now the journal stays and nothing is closed twice."""
+    store = await open_store(f"sqlite:///{tmp_path / 'tg.db'}")
+    real = store.insert_ledger
+
+    async def down(rows):
+        raise ConnectionError("store down")
+
+    store.insert_ledger = down
+    w = await LedgerWriter.start(store, tmp_path / "j", flush_interval_s=3600)
+    for i in range(5):
+        w.record({"request_id": f"r{i}"})
+    with contextlib.suppress(ConnectionError):
+        await w.flush()  # seals the segment: its descriptor is now in the sealed list
+    await w.close(timeout_s=0.2)
+    reused = [os.open(tmp_path / f"other{i}", os.O_CREAT | os.O_RDWR) for i in range(4)]  # take the freed numbers
+    store.insert_ledger = real
+    await w.flush()  # the store is back; the writer is closed
+    for fd in reused:
+        os.fstat(fd)  # still open: not closed by the flush
+        os.close(fd)
+    assert sorted(p.suffix for p in (tmp_path / "j").iterdir() if p.suffix == ".jsonl")  # journal kept
+    w2 = await LedgerWriter.start(store, tmp_path / "j")
+    assert w2.replayed == 5
+    await w2.close()
+    assert (await store.fetchone("SELECT COUNT(*) AS n FROM ledger"))["n"] == 5
+    await store.close()

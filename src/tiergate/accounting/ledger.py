@@ -272,6 +272,8 @@ class LedgerWriter:
     async def flush(self) -> None:
         """Persist every row recorded so far; retries until the store accepts them."""
         async with self._flush_lock:
+            if self._closed:  # closed: a journal left by a failed close belongs to the next start-up's replay
+                return
             self._rotate()
             while self._sealed:
                 seg, fd, rows = self._sealed[0]
@@ -390,9 +392,14 @@ class LedgerWriter:
                     log.error("ledger: the store did not take the last rows at shutdown (%s: %s); %d rows stay in "
                               "journal %s and are written at the next start", type(e).__name__,
                               scrub_text(" ".join(str(e).split()))[:300], self.pending, self.dir)
-                    self._closed = True
-                    for fd in [self._fd, *(s[1] for s in self._sealed), self._lock_fd]:
-                        os.close(fd)
+                    async with self._flush_lock:  # not under a flush another task (a budget seed) is in
+                        self._closed = True
+                        fds = [self._fd, *(s[1] for s in self._sealed), self._lock_fd]
+                        # forgotten, so no later flush closes these numbers again (the OS reuses them for
+                        # sockets: a second close, or a write, would hit a client's connection)
+                        self._sealed, self._pending, self._fd, self._lock_fd = [], [], -1, -1
+                        for fd in fds:
+                            os.close(fd)
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
