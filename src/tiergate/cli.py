@@ -8,7 +8,6 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import signal
 import sys
 from typing import Any
@@ -200,23 +199,11 @@ def _host_text(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-_SECRET_PARAM = re.compile(r"(?i)([?&](?:ssl)?(?:password|passwd|pass|secret|token|api_key|key)=)[^&#]*")
-
-
 def _redacted(url: str) -> str:
-    """A storage (or Redis) URL fit to print: the password of `user:password@` and the value of a
-    password-like query parameter (`?password=`, `sslpassword=`) masked. A SQLite URL is a path: as it is."""
-    if url.startswith("sqlite:"):
-        return url
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    netloc, tail = rest[:cut], rest[cut:]
-    if "@" in netloc:
-        user, host = netloc.rsplit("@", 1)
-        netloc = (user.split(":", 1)[0] + ":***" if ":" in user else user) + "@" + host
-    return f"{scheme}{sep}{netloc}{_SECRET_PARAM.sub(lambda m: m.group(1) + '***', tail)}"
+    """A storage (or Redis) URL fit to print (`logs.redact_url`)."""
+    from tiergate.logs import redact_url
+
+    return redact_url(url)
 
 
 def build_parser() -> argparse.ArgumentParser:

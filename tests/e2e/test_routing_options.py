@@ -245,3 +245,16 @@ def test_fields_of_the_wrong_json_type_are_400s_naming_them(env, kw, param):
     for model in ("gpt-4o-mini", "o3-mini"):
         e = _refused(client, model=model, extra_body=kw)
         assert (e.status_code, e.param, e.code) == (400, param, "invalid_type"), e.body
+
+
+def test_a_key_pasted_as_the_model_is_not_echoed(env):
+    """A client that put its key in `model` got it back in the 404 message, which also went to the ledger's
+    error column and the request log."""
+    client, db = env
+    secret = "tg-" + "a1b2c3d4e5f6" * 3
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model=secret, messages=MSGS)
+    assert e.value.code == "model_not_found" and e.value.param == "model"
+    assert secret[:12] not in e.value.message and "looks like an API key" in e.value.message
+    rows = ledger_rows(db, "error LIKE ?", "%looks like an API key%", columns="error, requested_model")
+    assert rows and all(secret[:12] not in str(v) for r in rows for v in r.values())

@@ -155,3 +155,12 @@ def test_ctrl_c_stops_the_server_quietly(tmp_path):
     text = log.read_text()
     assert rc == 0 and "Traceback" not in text and "KeyboardInterrupt" not in text, text[-2000:]
     assert list((tmp_path).glob("tg.db-ledger-journal/*.jsonl")) == []  # the shutdown flushed the ledger
+
+
+async def test_a_redis_password_given_as_a_query_parameter_is_not_printed(tmp_path):
+    port = free_port()
+    cfg = _config(tmp_path, storage=f"sqlite:///{tmp_path / 'tg.db'}",
+                  redis=f"redis://127.0.0.1:{port}/7?password=pw-qu3ry&prefix=judge:")
+    with pytest.raises(StartupError) as ei:
+        await Gateway.start(cfg)
+    assert "pw-qu3ry" not in str(ei.value) and "pw-qu3ry" not in repr(ei.value.__cause__ or "")

@@ -39,6 +39,7 @@ from tiergate.accounting.ratelimit import (
     too_large,
 )
 from tiergate.config import GatewayConfig
+from tiergate.logs import redact_url, scrub_text
 from tiergate.store import Store, open_store
 from tiergate.wire.errors import GatewayError
 
@@ -116,7 +117,8 @@ class Accounting:
                 await redis.ping()
             except (OSError, aioredis.RedisError) as e:
                 await store.close()
-                raise RuntimeError(f"redis: cannot reach {url.split('@')[-1]} ({type(e).__name__}: {e})") from None
+                raise RuntimeError(f"redis: cannot reach {redact_url(url)} ({type(e).__name__}: "
+                                   f"{scrub_text(str(e))})") from None
         ledger = await LedgerWriter.start(store, Path(journal_dir) if journal_dir else default_journal_dir(store))
         pepper = os.environ.get("TIERGATE_KEY_PEPPER", "").encode() or DEFAULT_PEPPER
         keys = KeyStore(store, pepper)

@@ -267,6 +267,10 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
     model = body["model"]
     mc = gw.config.model(model)
     if mc is None:
+        if _looks_like_a_key(model):  # never echoed (it would reach the ledger, the log and the client)
+            raise not_found("The model name looks like an API key, so it is not repeated here: send your key as "
+                            "the API key (Authorization: Bearer) and a model name as `model`. Configured models: "
+                            f"{', '.join(m.name for m in gw.config.models)}.", param="model", code="model_not_found")
         raise not_found(
             f"The model '{model}' does not exist or is not configured on this gateway. "
             f"Configured models: {', '.join(m.name for m in gw.config.models)}.",
@@ -625,6 +629,12 @@ def _cache_scope(cache: Any, ctx: CallContext, route_info: dict[str, Any] | None
         parts.append(orjson.dumps([ROUTED_SCOPE, d.policy, d.target, d.cost_cap, [a.candidate for a in d.assessments],
                                    nxt.candidate if nxt is not None else None]).decode())
     return "\0".join(parts) or None
+
+
+def _looks_like_a_key(name: str) -> bool:
+    """A `model` that is a secret pasted in the wrong field: a tiergate (`tg-`) or OpenAI/Anthropic-style
+    (`sk-`) key, or a long token without spaces or separators a model name would have."""
+    return name.startswith(("tg-", "sk-")) and len(name) >= 20
 
 
 def _total_tokens(usage: dict[str, Any] | None) -> int:
