@@ -58,6 +58,9 @@ async def ready(request: Request) -> Response:
     acc = gw.accounting
     checks: dict[str, str] = {}
     store_err = await _check(acc.store.fetch("SELECT 1 AS ok"))
+    problem = getattr(acc.store, "file_problem", None)
+    if store_err is None and problem is not None:
+        store_err = problem()  # an SQLite file removed or replaced under the running gateway
     checks["storage"] = "ok" if store_err is None else store_err
     if getattr(acc, "redis", None) is not None:
         redis_err = await _check(acc.redis.ping())

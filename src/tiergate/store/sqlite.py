@@ -4,6 +4,8 @@ reader thread serves queries, so the event loop never blocks on disk and writes 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +14,8 @@ from typing import Any
 
 from tiergate.store.base import LEDGER_COLUMNS, StorageError, Store
 from tiergate.store.migrations import CREATE_TABLE, load_migrations
+
+log = logging.getLogger("tiergate.store")
 
 _INSERT_LEDGER = (
     f"INSERT INTO ledger ({', '.join(LEDGER_COLUMNS)}) VALUES ({', '.join('?' * len(LEDGER_COLUMNS))}) "
@@ -47,6 +51,8 @@ class SQLiteStore(Store):
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="tiergate-sqlite-reader")
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
+        self.created = False  # the file did not exist: this open made a new, empty database
+        self._file_id: tuple[int, int] | None = None  # (device, inode) of the file opened
 
     @classmethod
     async def open(cls, url: str) -> SQLiteStore:
@@ -58,7 +64,11 @@ class SQLiteStore(Store):
         try:
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+                store.created = not Path(path).exists()
             await store._on_writer(store._open_writer)
+            if path != ":memory:":
+                st = os.stat(path)
+                store._file_id = (st.st_dev, st.st_ino)
         except (OSError, sqlite3.Error) as e:
             if store._wconn is not None:
                 store._wconn.close()
@@ -72,6 +82,21 @@ class SQLiteStore(Store):
         else:
             store._rconn = await store._on_reader(_connect, path)
         return store
+
+    def file_problem(self) -> str | None:
+        """Why the database file the gateway has open is no longer the one at its path (removed or replaced
+        while running: every key and spend row then goes to a file nobody will open again), or None."""
+        if self._file_id is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return (f"the SQLite database file {self.path} was removed while the gateway runs; what it writes is "
+                    "lost at exit: restore the file and restart the gateway")
+        if (st.st_dev, st.st_ino) != self._file_id:
+            return (f"the SQLite database file {self.path} was replaced while the gateway runs (it still writes to "
+                    "the old one): restart the gateway")
+        return None
 
     def _open_writer(self) -> None:
         self._wconn = _connect(self.path)
