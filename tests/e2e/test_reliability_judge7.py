@@ -326,7 +326,7 @@ def test_upstream_bodies_are_read_with_bounds(monkeypatch):
         up.fail_next("huge", mb=2)
         with pytest.raises(openai.APIStatusError) as ei:
             client.chat.completions.create(model="m", messages=MSGS)
-        assert (ei.value.status_code, ei.value.code) == (502, "upstream_protocol_error")
+        assert (ei.value.status_code, ei.value.code) == (502, "upstream_answer_too_large")
         assert "larger than 1 MiB" in ei.value.message
         # an answer within it is served
         up.fail_next("huge", mb=0.5)
@@ -344,7 +344,7 @@ def test_upstream_bodies_are_read_with_bounds(monkeypatch):
         up.fail_next("endless_event", chunks=200)
         with pytest.raises(openai.APIStatusError) as ei:
             list(client.chat.completions.create(model="m", messages=MSGS, stream=True))
-        assert ei.value.status_code == 502 and ei.value.code == "upstream_protocol_error"
+        assert ei.value.status_code == 502 and ei.value.code == "upstream_answer_too_large"
         assert up.trickled < 100
 
 

@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tiergate.accounting.tokens import usage_reported
 from tiergate.config import GatewayConfig, ModelConfig
 from tiergate.dispatch.balancer import DeploymentState, choose
 from tiergate.dispatch.circuit import CLOSED, TIMER_SLACK_S, CircuitBreaker
@@ -54,6 +55,7 @@ from tiergate.dispatch.retry import (
     fails_over,
     hinted_wait,
     own_timeout,
+    too_large,
 )
 from tiergate.dispatch.watchdog import Watchdog
 from tiergate.providers.base import ChatResult, Deployment, Provider, RequestRefused, Timeouts, UpstreamError
@@ -318,13 +320,13 @@ class Dispatcher:
                         order = [*order[:i], cw, *order[i:]]
                         context_err, run.last = err, None
                         continue
-                raise from_upstream(err, run.last_model, run.last_dep, len(run.attempts))
+                raise _client_error(err, run.last_model, run.last_dep, len(run.attempts))
             if loop.time() >= deadline:
                 break
         if run.last is None and context_err is not None:  # its context_window_fallback was skipped: say why
             run.last = context_err
         if run.last is not None:
-            raise from_upstream(run.last, run.last_model, run.last_dep, len(run.attempts))
+            raise _client_error(run.last, run.last_model, run.last_dep, len(run.attempts))
         if shape_error is not None and not tried_models:
             raise before_upstream(shape_error)
         names = tried_models or [model]
@@ -491,6 +493,8 @@ class Dispatcher:
             relay = self._relay(m, st, None if exhausted else it, buffered, wd, t, start, ttft, _Lease(st), responses)
             return Dispatched(m.name, st.dep, body, st.provider.dropped_params(body), None, run.attempts, stream=relay, ttft_s=ttft)
         except UpstreamError as e:
+            if too_large(e) and not usage_reported(e.usage):  # generated and billed upstream: bill it here too
+                e.usage = _too_large_usage(body, tokens)
             await self._failed(m, st, e, loop.time() - start, request_id, run, t)
             return None
         except RequestRefused as e:  # the provider refused before sending: the gateway's 400, not a failure
@@ -651,6 +655,46 @@ def _note_own(e: UpstreamError, phase: str, t: Timeouts, configured: Timeouts) -
     e.message = (f"{e.message}; this request's {phase} limit ({getattr(t, phase):g}s) is stricter than the "
                  f"model's configured {'none' if theirs is None else f'{theirs:g}s'}, so the deployment was not "
                  "marked unhealthy")
+
+
+#: Output tokens billed for an over-large answer to a request that set no output limit (the gateway's default
+#: bound, `server.chat.DEFAULT_MAX_OUTPUT`; a budgeted key's request always carries its limit)
+_DEFAULT_OUTPUT_BOUND = 4096
+
+
+def _too_large_usage(body: dict, prompt_tokens: int) -> dict:
+    """The usage billed for an answer the gateway refused as too large (`too_large`): the upstream generated
+    it (and bills it) but its report was never read, so the request's prompt and its whole output limit
+    (`max_completion_tokens` / `max_tokens` / `max_output_tokens`, times `n`) are taken, marked estimated."""
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+        limit = _DEFAULT_OUTPUT_BOUND
+    n = body.get("n")
+    out = limit * (n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": out, "total_tokens": prompt_tokens + out,
+            "estimated": True}
+
+
+def _client_error(e: UpstreamError, model: str, deployment_id: str, n_attempts: int) -> GatewayError:
+    """The client-facing error for the request's last upstream failure: `from_upstream`, except for
+    - an answer too large to accept: a 502 `upstream_answer_too_large` that says the limit and how to ask for
+      less (not worth resending: `x-should-retry: false`);
+    - a 403 that is not the deployment's fault (`deployment_fault`: e.g. a host's moderation refusing the
+      content): the upstream's 403 and its words, naming the deployment, never "check its api_key"."""
+    if too_large(e):
+        return GatewayError(
+            502,
+            f"Model '{model}' could not be served: {e.message}. The request was "
+            "not resent (it would be answered as large again) and is billed at its output limit; ask for a "
+            "smaller answer (lower max_tokens / max_completion_tokens, n or top_logprobs).",
+            type="api_error", code=e.code, headers={"x-should-retry": "false"})
+    if e.kind == "status" and e.status == 403 and not deployment_fault(e):
+        return GatewayError(
+            403,
+            f"Deployment '{deployment_id}' of model '{model}' refused this request (403): {e.message}",
+            type=e.type or "permission_error", param=e.param, code=e.code or "upstream_refused",
+            headers={"x-should-retry": "false"})
+    return from_upstream(e, model, deployment_id, n_attempts)
 
 
 def _outcome(e: UpstreamError) -> str:

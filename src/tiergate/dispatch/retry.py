@@ -9,6 +9,7 @@ import re
 
 from tiergate.config import RetryPolicy
 from tiergate.providers.base import Timeouts, UpstreamError
+from tiergate.providers.http import ANSWER_TOO_LARGE
 
 NEVER_RETRY = frozenset({400, 401, 403, 404, 422})
 
@@ -38,22 +39,69 @@ def model_missing(e: UpstreamError) -> bool:
     return False
 
 
+#: 403 `code`s / `type`s with which an upstream says the gateway's credentials or account are the problem
+#: (OpenAI `invalid_api_key`, `unsupported_country_region_territory`, an account without quota or billing,
+#: a deactivated organization; Anthropic's `permission_error`; Azure's `PermissionDenied`).
+_AUTH_403_CODES = frozenset({
+    "invalid_api_key", "incorrect_api_key", "unsupported_country_region_territory", "insufficient_quota",
+    "billing_not_active", "billing_hard_limit_reached", "account_deactivated", "organization_deactivated",
+    "access_terminated", "invalid_organization", "no_such_organization", "invalid_project", "project_not_found",
+    "permission_error", "permissiondenied", "authenticationtypedisabled", "authentication_error",
+    "model_not_found", "deploymentnotfound", "unauthorized",
+})
+# a 403 whose message names the credentials, the account or access to the model
+_AUTH_403_TEXT = re.compile(
+    r"\b(?:api[ _-]?key|x-api-key|credential|organi[sz]ation|project|access to (?:the |this )?model|"
+    r"(?:do(?:es)? not|don't|doesn't) have access|not (?:allowed|authori[sz]ed|permitted) to (?:use|access)|"
+    r"country|region|territory|quota|billing|account|subscription|virtual network|firewall)\b", re.IGNORECASE)
+# ... but never one about the request's content (OpenRouter: "Your chosen model requires moderation and your
+# input was flagged"): that request would be refused the same everywhere, and must not open a circuit
+_CONTENT_403_TEXT = re.compile(r"\b(?:moderation|flagged|content[ _-]?(?:policy|filter|management)|safety|"
+                               r"violat\w*|prohibited|inappropriate)\b", re.IGNORECASE)
+
+
+def auth_refused(e: UpstreamError) -> bool:
+    """A 401, or a 403 that clearly says the gateway's credentials, account or access are refused (a code
+    or type in `_AUTH_403_CODES`, or a message naming the API key, organization, project, region, quota or
+    access to the model). A 403 about the request's content (moderation), or one that says nothing
+    clear, is not: it is passed to the client as the upstream's 403."""
+    if e.kind != "status" or e.status not in (401, 403):
+        return False
+    if e.status == 401:
+        return True
+    text = e.message or ""
+    if _CONTENT_403_TEXT.search(text):
+        return False
+    if (e.code or "").lower() in _AUTH_403_CODES or (e.type or "").lower() in _AUTH_403_CODES:
+        return True
+    return bool(_AUTH_403_TEXT.search(text))
+
+
 def deployment_fault(e: UpstreamError) -> bool:
     """A failure of this deployment's own configuration, not of the request: the upstream refused the
-    gateway's credentials for it (401/403: the gateway sends its own key, never the client's), or it does
-    not have the model (`model_missing`). Sending the same request to the same deployment would fail the
-    same way, so it is not retried there; but another deployment (or a fallback model) may well answer,
-    so it fails over, and it counts against the deployment's circuit breaker."""
+    gateway's credentials for it (`auth_refused`: any 401, a 403 only when it says so clearly; the gateway
+    sends its own key, never the client's), or it does not have the model (`model_missing`). Sending the
+    same request to the same deployment would fail the same way, so it is not retried there; but another
+    deployment (or a fallback model) may well answer, so it fails over, and it counts against the
+    deployment's circuit breaker. Any other 403 (a host's moderation refusing the content) ends the request."""
     if e.kind != "status":
         return False
-    return e.status in (401, 403) or model_missing(e)
+    return auth_refused(e) or model_missing(e)
+
+
+def too_large(e: UpstreamError) -> bool:
+    """The upstream's answer was larger than the gateway accepts: not retried, not failed over (it would be
+    as large again), not counted against the circuit (the deployment answered)."""
+    return e.code == ANSWER_TOO_LARGE
 
 
 def retryable(e: UpstreamError) -> bool:
     """May the same request be sent again, to this deployment or another: 429, 5xx, 408/409, connection
     errors, timeouts, protocol errors and cut streams. Never the client's own errors (400, 401, 403, 404,
-    422), whatever the transport says (401/403 and a missing model fail over instead: `fails_over`)."""
+    422), nor an answer too large to accept (`too_large`), whatever the transport says (401/403 and a missing model fail over instead: `fails_over`)."""
     if e.status in NEVER_RETRY and e.kind == "status":
+        return False
+    if too_large(e):
         return False
     return e.retryable
 

@@ -28,6 +28,7 @@ from tiergate.providers.http import (
     read_answer,
     read_error_body,
     scrub,
+    too_large_error,
     transport_failure,
 )
 from tiergate.providers.registry import register
@@ -157,9 +158,7 @@ class AnthropicProvider(Provider):
         except aiohttp.ClientError as e:
             raise self._transport(e, after_headers=resp is not None) from None
         except BodyTooLarge as e:
-            raise UpstreamError(502, f"anthropic: upstream {self.deployment.id} answered with an {e} (the gateway's "
-                                "limit for a non-streaming answer)", kind="protocol", type="api_error",
-                                code="upstream_protocol_error") from None
+            raise too_large_error(self.deployment.id, e) from None
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -224,9 +223,7 @@ class AnthropicProvider(Provider):
             except aiohttp.ClientError as e:
                 raise self._transport(e, after_headers=True, usage=tr.reported_usage()) from None
             except BodyTooLarge as e:
-                raise UpstreamError(502, f"anthropic: upstream {self.deployment.id} sent {e}", kind="protocol",
-                                    type="api_error", code="upstream_protocol_error",
-                                    usage=tr.reported_usage()) from None
+                raise too_large_error(self.deployment.id, e, tr.reported_usage()) from None
             raise UpstreamError(502, "anthropic: stream ended before message_stop", kind="stream_cut",
                                 usage=tr.reported_usage())
 

@@ -11,8 +11,11 @@ clients (plain words and the deployment id; never a host, port or exception repr
 
 Bounded reads: an upstream's body is never read whole without a limit. `read_capped` reads at most
 `MAX_ERROR_BODY` (64 KiB) of an error body (its message is all the gateway uses) and at most
-`MAX_ANSWER_BODY` (32 MiB) of a non-streaming answer (larger is a 502 `upstream_protocol_error`);
-`bounded_events` stops a stream whose single event grows past `MAX_STREAM_EVENT` (16 MiB).
+`MAX_ANSWER_BODY` (32 MiB) of a non-streaming answer (refused before reading when its Content-Length says it
+is larger); `bounded_events` stops a stream whose single event grows past `MAX_STREAM_EVENT` (16 MiB). Either
+becomes `too_large_error`: a 502 `upstream_answer_too_large` that is not retried, not failed over and not
+counted against the circuit (the same request would be answered as large again), billed at the request's
+output limit (`dispatch.dispatcher`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Self
 
 import aiohttp
 
-from tiergate.providers.base import SessionFactory
+from tiergate.providers.base import SessionFactory, UpstreamError
 
 USER_AGENT = "tiergate/0.1"
 
@@ -193,7 +196,7 @@ def transport_failure(exc: BaseException, dep_id: str, *, after_headers: bool,
 #: 50 MB HTML error page is not buffered for a 200-character snippet); the rest is dropped with the
 #: connection.
 MAX_ERROR_BODY = 64 * 1024
-#: The largest non-streaming answer accepted from an upstream (a 502 `upstream_protocol_error` beyond it).
+#: The largest non-streaming answer accepted from an upstream (a 502 `upstream_answer_too_large` beyond it).
 MAX_ANSWER_BODY = 32 * 1024 * 1024
 #: The largest single server-sent event accepted in an upstream stream (bytes between two blank lines).
 MAX_STREAM_EVENT = 16 * 1024 * 1024
@@ -206,6 +209,19 @@ class BodyTooLarge(Exception):
         super().__init__(f"{what} larger than {size_words(limit)}")
         self.limit = limit
         self.what = what
+
+
+#: `UpstreamError.code` of an answer (or stream event) larger than the gateway accepts
+ANSWER_TOO_LARGE = "upstream_answer_too_large"
+
+
+def too_large_error(dep_id: str, exc: BodyTooLarge, usage: dict | None = None) -> UpstreamError:
+    """The UpstreamError for `exc` on deployment `dep_id`: kind "protocol", code `ANSWER_TOO_LARGE`, which
+    `dispatch.retry` neither retries nor fails over nor counts against the circuit."""
+    what = ("a non-streaming answer" if exc.what == "answer" else exc.what)
+    return UpstreamError(502, f"deployment {dep_id} sent {what} larger than {size_words(exc.limit)} (the "
+                         f"gateway's limit for {'a non-streaming answer' if exc.what == 'answer' else 'one stream event'})",
+                         kind="protocol", type="api_error", code=ANSWER_TOO_LARGE, usage=usage)
 
 
 def size_words(n: int) -> str:

@@ -33,6 +33,7 @@ from tiergate.providers.http import (
     read_answer,
     read_error_body,
     scrub,
+    too_large_error,
     transport_failure,
 )
 from tiergate.providers.registry import register
@@ -273,8 +274,7 @@ class OpenAIProvider(Provider):
             raise self._transport_error(exc, phase, timeouts, after_headers=resp is not None,
                                         usage=usage) from None
         except BodyTooLarge as exc:
-            raise UpstreamError(502, f"upstream {self.deployment.id} sent {exc}", kind="protocol", type="api_error",
-                                code="upstream_protocol_error", usage=usage) from None
+            raise too_large_error(self.deployment.id, exc, usage) from None
         finally:
             if resp is not None:
                 if complete:
@@ -356,8 +356,7 @@ class OpenAIProvider(Provider):
             raise self._transport_error(exc, phase, timeouts, after_headers=resp is not None,
                                         usage=usage) from None
         except BodyTooLarge as exc:
-            raise UpstreamError(502, f"upstream {self.deployment.id} sent {exc}", kind="protocol", type="api_error",
-                                code="upstream_protocol_error", usage=usage) from None
+            raise too_large_error(self.deployment.id, exc, usage) from None
         finally:
             if resp is not None:
                 if complete:
@@ -383,8 +382,7 @@ class OpenAIProvider(Provider):
             raise self._transport_error(exc, "first_token" if resp is None else "stream_idle", timeouts,
                                         after_headers=resp is not None) from None
         except BodyTooLarge as exc:
-            raise self._protocol_error(f"an {exc} (the gateway's limit for a non-streaming answer)",
-                                       pick_headers(resp.headers) if resp is not None else {}) from None
+            raise too_large_error(self.deployment.id, exc) from None
         status = resp.status
         if status >= 400:
             raise self._status_error(status, raw, resp.headers)

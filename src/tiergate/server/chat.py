@@ -380,7 +380,11 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
             attempts = getattr(e, "attempts", ())
             if not attempts and refused_before_upstream(e):
                 raise  # the gateway's own refusal (e.g. n=2 for Anthropic): the caller records it as `rejected`
-            _record_attempts(gw, ctx, requested, attempts, info, body.get("reasoning_effort"), route_info, stream)
+            spent, spent_tokens = _record_attempts(gw, ctx, requested, attempts, info, body.get("reasoning_effort"),
+                                                   route_info, stream)
+            if spent or spent_tokens:  # what failed attempts were billed (a cut stream, an over-large answer)
+                await gw.accounting.settle(admission, spent, spent_tokens)
+                settled = True
             last_dep = attempts[-1].deployment_id if attempts else None
             record_call(gw, ctx, requested, model, last_dep, body.get("reasoning_effort"), None, 0.0, "error",
                         e.message, route_info, stream, len(attempts))
@@ -389,7 +393,8 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
             if last_dep:
                 e.headers.setdefault("x-tiergate-deployment", last_dep)
             raise
-        _record_attempts(gw, ctx, requested, d.attempts, info, d.body.get("reasoning_effort"), route_info, stream)
+        prior = _record_attempts(gw, ctx, requested, d.attempts, info, d.body.get("reasoning_effort"), route_info,
+                                 stream)  # the failed attempts' cost and tokens, settled with the answer's
         served_info = gw.infos[d.model]
         headers["x-tiergate-model"] = d.model
         headers["x-tiergate-deployment"] = d.deployment.id
@@ -418,7 +423,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
                     reason if nxt is not None else None, route_info, False, len(d.attempts) + 1,
                     ttft_ms=(d.ttft_s or 0) * 1000,
                     request_id=f"{ctx.request_id}:escalated" if nxt is not None else None)
-            await gw.accounting.settle(admission, cost, _total_tokens(usage))
+            await gw.accounting.settle(admission, cost + prior[0], _total_tokens(usage) + prior[1])
             settled = True
             if nxt is not None:
                 first = ChatOutcome(headers=headers, body=result)
@@ -441,14 +446,15 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
         settled = True  # the stream's finaliser settles
         return ChatOutcome(
             headers=headers,
-            chunks=_relay(gw, ctx, d, admission, served_info, requested, route_info, wants_usage),
+            chunks=_relay(gw, ctx, d, admission, served_info, requested, route_info, wants_usage, prior),
         )
     finally:
         if not settled:
             await gw.accounting.settle(admission, 0.0, 0)
 
 
-async def _relay(gw, ctx, d, admission, info, requested, route_info, wants_usage) -> AsyncIterator[bytes]:
+async def _relay(gw, ctx, d, admission, info, requested, route_info, wants_usage,
+                 prior: tuple[float, int] = (0.0, 0)) -> AsyncIterator[bytes]:
     """Forward upstream chunks to the client as SSE; always finish the books, even when the client
     goes away mid-stream (the generator is closed) or the upstream cuts the stream. Without an upstream
     usage report the usage is estimated from what was relayed (`estimate_usage`), and a client that
@@ -482,7 +488,7 @@ async def _relay(gw, ctx, d, admission, info, requested, route_info, wants_usage
         cost = cost_usd(usage, info, batch=ctx.batch_pricing)
         record_call(gw, ctx, requested, d.model, d.deployment.id, d.body.get("reasoning_effort"), usage, cost, status,
                 error, route_info, True, len(d.attempts) + 1, ttft_ms=(d.ttft_s or 0) * 1000)
-        await gw.accounting.settle(admission, cost, _total_tokens(usage))
+        await gw.accounting.settle(admission, cost + prior[0], _total_tokens(usage) + prior[1])
     if status == "ok":
         if usage.get("estimated"):
             if wants_usage:
@@ -588,15 +594,20 @@ def _ascii(text: str) -> str:
 
 
 def _record_attempts(gw: Gateway, ctx: CallContext, requested: str, attempts, info, effort, route_info,
-                     stream: bool) -> None:
+                     stream: bool) -> tuple[float, int]:
     """One `failed_attempt` row per upstream attempt that did not answer, billed at what the upstream
-    reported (zero when it reported nothing)."""
+    reported (zero when it reported nothing; an over-large answer at the request's output limit). Returns
+    their total cost and tokens, which the caller settles against the key's budget."""
+    total, tokens = 0.0, 0
     for i, a in enumerate(attempts):
         a_info = gw.infos.get(a.model, info)
         a_cost = cost_usd(a.usage, a_info, batch=ctx.batch_pricing) if a.usage else 0.0
+        total += a_cost
+        tokens += _total_tokens(a.usage)
         record_call(gw, ctx, requested, a.model, a.deployment_id, effort, a.usage, a_cost, "failed_attempt",
                     upstream_error_text(a.error), route_info, stream, i + 1, request_id=f"{ctx.request_id}:a{i + 1}",
                     latency_ms=a.latency_s * 1000)
+    return total, tokens
 
 
 def _cacheable(body: dict[str, Any], opts: dict[str, Any], ctx: CallContext) -> bool:
