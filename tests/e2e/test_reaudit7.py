@@ -89,3 +89,17 @@ def test_an_oversized_answer_is_not_resent_not_counted_and_is_billed(monkeypatch
             assert client.chat.completions.create(model="pair", messages=MSGS).choices[0].message.content \
                 == "echo: hi"
             admin.close()
+
+
+def test_a_key_as_model_id_is_not_echoed_by_get_model():
+    secret = "tg-" + "Q" * 40
+    with running_gateway({"models": [{"name": "m", "catalog": "gpt-4o-mini",
+                                      "deployments": [{"provider": "sim"}]}]}) as url:
+        client = _client(url)
+        for k in (secret, "sk-proj-" + "Z" * 40):
+            with pytest.raises(openai.NotFoundError) as ei:
+                client.models.retrieve(k)
+            assert k not in ei.value.response.text and "looks like an API key" in ei.value.message
+        with pytest.raises(openai.NotFoundError) as ei:
+            client.models.retrieve("no-such-model")
+        assert "no-such-model" in ei.value.message

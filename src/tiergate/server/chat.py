@@ -267,7 +267,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
     model = body["model"]
     mc = gw.config.model(model)
     if mc is None:
-        if _looks_like_a_key(model):  # never echoed (it would reach the ledger, the log and the client)
+        if looks_like_a_key(model):  # never echoed (it would reach the ledger, the log and the client)
             raise not_found("The model name looks like an API key, so it is not repeated here: send your key as "
                             "the API key (Authorization: Bearer) and a model name as `model`. Configured models: "
                             f"{', '.join(m.name for m in gw.config.models)}.", param="model", code="model_not_found")
@@ -642,10 +642,14 @@ def _cache_scope(cache: Any, ctx: CallContext, route_info: dict[str, Any] | None
     return "\0".join(parts) or None
 
 
-def _looks_like_a_key(name: str) -> bool:
+def looks_like_a_key(name: str) -> bool:
     """A `model` that is a secret pasted in the wrong field: a tiergate (`tg-`) or OpenAI/Anthropic-style
-    (`sk-`) key, or a long token without spaces or separators a model name would have."""
+    (`sk-`) key of at least 20 characters (also used by `GET /v1/models/{id}`). Other long tokens are not
+    detected (a model name may be long too)."""
     return name.startswith(("tg-", "sk-")) and len(name) >= 20
+
+
+_looks_like_a_key = looks_like_a_key  # the former name
 
 
 def _total_tokens(usage: dict[str, Any] | None) -> int:

@@ -53,6 +53,12 @@ async def get_model(request: Request) -> Response:
         for m in model_objects(gw, key):
             if m["id"] == model_id:
                 return Response(orjson.dumps(m), media_type="application/json")
+        from tiergate.server.chat import looks_like_a_key
+
+        if looks_like_a_key(model_id):  # a key pasted as the id is never echoed (nor logged through the error)
+            raise not_found("The model id looks like an API key, so it is not repeated here: send your key as the "
+                            "API key (Authorization: Bearer) and a model name in the path.", param="model",
+                            code="model_not_found")
         raise not_found(f"The model '{model_id}' does not exist", param="model", code="model_not_found")
     except GatewayError as e:
         return Response(e.to_json(), status_code=e.status, media_type="application/json")
