@@ -337,6 +337,8 @@ def to_chat_request(req: Any, *, thinking_blocks: bool = False) -> dict[str, Any
     for k in _PASS:
         if req.get(k) is not None:
             body[k] = req[k]
+    if body.get("top_logprobs") is not None:
+        body["logprobs"] = True  # Chat Completions needs it for top_logprobs; Responses has no such switch
     effort = _reasoning(req.get("reasoning"))
     if effort is not None:
         body["reasoning_effort"] = effort
@@ -404,10 +406,11 @@ def skeleton(req: dict[str, Any], resp_id: str, created_at: int, model: str) -> 
     }
 
 
-def _message_item(item_id: str, text: str | None, refusal: str | None, status: str) -> dict[str, Any]:
+def _message_item(item_id: str, text: str | None, refusal: str | None, status: str,
+                  logprobs: list[Any] | None = None) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     if text:
-        content.append({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+        content.append({"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []})
     if refusal:
         content.append({"type": "refusal", "refusal": refusal})
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
@@ -441,7 +444,10 @@ def to_response(chat: dict[str, Any], req: dict[str, Any], resp_id: str, created
         output.append(_reasoning_item(new_id("rs_"), str(text), blocks))
     if msg.get("content") or msg.get("refusal"):
         item_status = "incomplete" if status == "incomplete" else "completed"
-        output.append(_message_item(new_id("msg_"), msg.get("content"), msg.get("refusal"), item_status))
+        # chat's logprobs.content entries ({token, logprob, bytes, top_logprobs}) are Responses' shape too
+        lp = (choice.get("logprobs") or {}).get("content") if isinstance(choice.get("logprobs"), dict) else None
+        output.append(_message_item(new_id("msg_"), msg.get("content"), msg.get("refusal"), item_status,
+                                    lp if isinstance(lp, list) else None))
     for tc in msg.get("tool_calls") or []:
         fn = tc.get("function") or {}
         output.append(_call_item(new_id("fc_"), tc.get("id") or new_id("call_"), fn.get("name", ""),
