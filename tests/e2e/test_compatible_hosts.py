@@ -137,7 +137,8 @@ class EosHost(FakeOpenAI):
                 for c in super()._chunks(body, model)]
 
 
-@pytest.mark.parametrize(("native", "expected"), [("eos", "stop"), ("MAX_TOKENS", "length"), ("eos_token", "stop")])
+@pytest.mark.parametrize(("native", "expected"), [("eos", "stop"), ("MAX_TOKENS", "length"), ("eos_token", "stop"),
+                                                   ("tool_use", "stop")])  # no tool call in the answer
 def test_a_hosts_own_finish_reason_reaches_the_sdk_as_openais(tmp_path, native, expected):
     class Host(EosHost):
         reason = native
@@ -155,3 +156,22 @@ def test_a_hosts_own_finish_reason_reaches_the_sdk_as_openais(tmp_path, native, 
     finals = [c.choices[0] for c in chunks if c.choices and c.choices[0].finish_reason]
     assert [f.finish_reason for f in finals] == [expected]
     assert finals[0].model_extra.get("native_finish_reason") == native
+
+
+class ToolUseHost(OllamaStyleTools):
+    """A tool call whose answer ends with an Anthropic-style `tool_use` reason."""
+
+    def _completion(self, body, model):
+        out = super()._completion(body, model)
+        out["choices"][0]["finish_reason"] = "tool_use"
+        return out
+
+
+def test_a_tool_use_reason_with_a_tool_call_is_tool_calls(tmp_path):
+    with ToolUseHost() as up:
+        cfg = {"models": [{"name": "local-tools", "deployments": [
+            {"provider": "openai_compatible", "api_base": up.url}]}], "storage": f"sqlite:///{tmp_path / 'tg.db'}"}
+        with running_gateway(cfg) as base:
+            client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=20)
+            r = client.chat.completions.create(model="local-tools", messages=[{"role": "user", "content": "weather?"}])
+    assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.tool_calls

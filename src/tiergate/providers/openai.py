@@ -101,10 +101,11 @@ _HOST_FINISH_REASONS = {
 }
 
 
-def _normalize_finish_reason(choice: Any) -> None:
+def _normalize_finish_reason(choice: Any, had_tool_calls: bool) -> None:
     """A host's non-standard `finish_reason` in `choice`, in place, as one of OpenAI's (the SDKs declare a
     closed set and code compares against it: `parse()` raises on "length", agents loop on "tool_calls"); the
-    host's own value is kept beside it as `native_finish_reason` (as OpenRouter does)."""
+    host's own value is kept beside it as `native_finish_reason` (as OpenRouter does). A tool-use reason
+    becomes "tool_calls" only when the answer carried tool calls (`had_tool_calls`), else "stop"."""
     if not isinstance(choice, dict):
         return
     fr = choice.get("finish_reason")
@@ -112,7 +113,10 @@ def _normalize_finish_reason(choice: Any) -> None:
         return
     native = str(fr)
     low = native.lower()
-    choice["finish_reason"] = low if low in OPENAI_FINISH_REASONS else _HOST_FINISH_REASONS.get(low, "stop")
+    mapped = low if low in OPENAI_FINISH_REASONS else _HOST_FINISH_REASONS.get(low, "stop")
+    if mapped == "tool_calls" and not had_tool_calls:
+        mapped = "stop"  # an agent loop would read message.tool_calls as None
+    choice["finish_reason"] = mapped
     choice["native_finish_reason"] = native
 
 
@@ -205,8 +209,8 @@ class OpenAIProvider(Provider):
             raise self._protocol_error("a chat completion without `choices`", result.headers)
         if self._repair_tools:
             for c in result.body["choices"]:
-                _normalize_finish_reason(c)
                 msg = c.get("message") if isinstance(c, dict) else None
+                _normalize_finish_reason(c, isinstance(msg, dict) and bool(msg.get("tool_calls")))
                 if isinstance(msg, dict) and msg.get("tool_calls"):
                     _repair_tool_calls(msg["tool_calls"], None)
         return result
@@ -335,12 +339,12 @@ class OpenAIProvider(Provider):
                     if chunk.get("usage"):
                         usage = chunk["usage"]
                     for c in chunk.get("choices") or ():
-                        if c.get("finish_reason"):
-                            finished = True
-                            if tool_index is not None:  # an openai_compatible host
-                                _normalize_finish_reason(c)
                         if tool_index is not None and isinstance(c.get("delta"), dict) and c["delta"].get("tool_calls"):
                             _repair_tool_calls(c["delta"]["tool_calls"], tool_index)
+                        if c.get("finish_reason"):
+                            finished = True
+                            if tool_index is not None:  # an openai_compatible host; tool_index: calls seen
+                                _normalize_finish_reason(c, bool(tool_index))
                     out = self._normalize_chunk(chunk)
                     if out is not None:
                         yield out
