@@ -131,6 +131,11 @@ def _fields(a: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(f["metadata"], dict):
             _usage_error("--metadata must be a JSON object such as '{\"team\": \"search\"}', got "
                          f"{type(f['metadata']).__name__}")
+        from tiergate.server.admin import MAX_METADATA_BYTES
+
+        if len(json.dumps(f["metadata"], separators=(",", ":")).encode()) > MAX_METADATA_BYTES:
+            _usage_error(f"--metadata is too large: at most {MAX_METADATA_BYTES // 1024} KiB of JSON (as the "
+                         "admin API accepts)")
     return f
 
 
@@ -246,6 +251,11 @@ async def _direct(a: argparse.Namespace, op: str) -> Any:
             return {"object": "list",
                     "data": [await _key_object(acc, k) for k in await acc.keys.list(include_revoked=not a.active)]}
         if op in ("update", "revoke"):
+            if op == "update":  # as the admin API: a revoked key is not changed (409 key_revoked)
+                current = await acc.keys.get(a.id)
+                if current is not None and current.revoked_at is not None:
+                    raise SystemExit(f"tiergate: key {a.id!r} is revoked and cannot be changed; create a new key "
+                                     "(tiergate keys create)")
             info = await (acc.keys.update(a.id, **f) if op == "update" else acc.keys.revoke(a.id))
             if info is None:
                 raise SystemExit(f"tiergate: no key with id {a.id!r}")

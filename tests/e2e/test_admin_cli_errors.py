@@ -189,3 +189,19 @@ def test_help_documents_the_exit_codes(args):
     assert p.returncode == 0
     assert "exit status:\n  0  done\n  2  a mistake in the command line, or a value the gateway refuses" in p.stdout
     assert "--rpm 0, --tpm -5, --budget-usd -1" in p.stdout.replace("\n     ", " ")
+
+
+def test_storage_mode_applies_the_admin_apis_revoked_and_metadata_checks(tmp_path):
+    """`--storage` said it makes the API's checks locally, but changed a revoked key and stored any metadata."""
+    import json as _json
+
+    db = f"sqlite:///{tmp_path / 'tg.db'}"
+    made = _cli("keys", "create", "gone", "--storage", db, "--json")
+    assert made.returncode == 0, made.stderr
+    kid = _json.loads(made.stdout)["id"]
+    assert _cli("keys", "revoke", kid, "--storage", db).returncode == 0
+    err = _one_line(_cli("keys", "update", kid, "--rpm", "9", "--storage", db), 1)
+    assert "is revoked and cannot be changed" in err
+    big = _json.dumps({"blob": "x" * 17_000})
+    err = _one_line(_cli("keys", "create", "big", "--metadata", big, "--storage", db), 2)
+    assert "--metadata is too large" in err
