@@ -106,10 +106,6 @@ class Accounting:
     @classmethod
     async def start(cls, config: GatewayConfig, *, journal_dir: str | Path | None = None) -> Accounting:
         store = await open_store(config.storage)
-        if getattr(store, "created", False):  # first start, or the file was removed: say so (keys live there)
-            log.warning("created a new, empty SQLite database at %s (no keys, no spend yet); if this gateway had "
-                        "keys before, its database file was moved or removed: check `storage:` in the config and "
-                        "the working directory", getattr(store, "path", config.storage))
         redis = None
         prefix = "tiergate:"
         if config.redis:

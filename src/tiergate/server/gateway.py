@@ -155,9 +155,13 @@ async def check_key_pepper(accounting: Accounting) -> None:
 
 
 def warn_serving_setup(accounting: Accounting) -> None:
-    """Start-up warnings about how this gateway will serve (an open gateway; budgets shared through
+    """Start-up warnings about how this gateway will serve (a new empty SQLite database; an open gateway; budgets shared through
     PostgreSQL without Redis). Said by the server, not by `Accounting.start`, so read-only users of the
     store (`tiergate spend --storage`) do not see them."""
+    if getattr(accounting.store, "created", False):  # first start, or the file was removed: keys live there
+        log.warning("created a new, empty SQLite database at %s (no keys, no spend yet); if this gateway had "
+                    "keys before, its database file was moved or removed: check `storage:` in the config and "
+                    "the working directory", getattr(accounting.store, "path", "?"))
     if accounting.is_open:
         log.warning("no master key (TIERGATE_MASTER_KEY): the gateway is open, /v1 needs no API key and "
                     "no budgets or rate limits apply; the /admin API (tiergate keys|spend --url) is off until a "
