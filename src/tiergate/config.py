@@ -132,11 +132,13 @@ def _unknown_keys(d: dict, allowed: set[str], path: str) -> None:
 
 def resolve_secret(ref: Any, path: str, env: dict[str, str]) -> Secret:
     """`env:NAME` -> the value of $NAME. Literal keys are refused so they never sit in a file."""
-    _expect(ref, str, path, "a reference like env:OPENAI_API_KEY")
+    field = path.rsplit(".", 1)[-1]
+    example = "master_key: env:TIERGATE_MASTER_KEY" if field == "master_key" else f"{field}: env:OPENAI_API_KEY"
+    _expect(ref, str, path, f"a reference like env:{example.split('env:')[1]}")
     if not ref.startswith("env:") or len(ref) <= 4:
         raise _err(
             path,
-            "write secrets as a reference, e.g. `api_key: env:OPENAI_API_KEY`, and export that "
+            f"write secrets as a reference, e.g. `{example}`, and export that "
             "variable; literal keys are not accepted in the config file",
         )
     name = ref[4:]

@@ -70,3 +70,10 @@ def test_metadata_is_bounded_and_a_revoked_key_cannot_be_changed(admin):
     p = admin.patch(f"/keys/{kid}", json={"budget_usd": 100})
     assert p.status_code == 409 and p.json()["error"]["code"] == "key_revoked"
     assert admin.get(f"/keys/{kid}").json()["budget_usd"] is None
+
+
+def test_a_json_body_sent_as_a_form_says_to_send_json(admin):
+    """curl -d '{...}' without a Content-Type header sends a form: the 400 said only "Input should be a
+    valid dictionary or object to extract fields from"."""
+    r = admin.post("/keys", content=b'{"name": "r"}', headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and "Content-Type: application/json" in r.json()["error"]["message"]

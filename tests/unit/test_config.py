@@ -361,3 +361,11 @@ def test_serve_with_a_directory_or_binary_config_is_one_line(tmp_path):
                              capture_output=True, text=True, timeout=60, check=False)
         assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
         assert out.stderr.startswith(f"tiergate: configuration error: config file {path} {want}")
+
+
+def test_a_literal_master_key_error_shows_the_master_key_form():
+    """It suggested `api_key: env:OPENAI_API_KEY` for a literal `master_key:`."""
+    with pytest.raises(ConfigError) as e:
+        parse_config({"models": [{"name": "m", "deployments": [{"provider": "sim"}]}], "master_key": "sk-literal"},
+                     env={})
+    assert "`master_key: env:TIERGATE_MASTER_KEY`" in str(e.value)

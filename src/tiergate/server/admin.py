@@ -223,8 +223,14 @@ def build_admin_app(accounting: Accounting) -> FastAPI:
         return JSONResponse(e.to_dict(), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         first = e.errors()[0] if e.errors() else {}
+        ctype = request.headers.get("content-type", "")
+        if tuple(first.get("loc", ())) == ("body",) and "json" not in ctype.lower():
+            # e.g. curl -d '{...}' without -H: it sends application/x-www-form-urlencoded
+            msg = (f"Send the body as a JSON object with Content-Type: application/json (this request said "
+                   f"{ctype or 'no Content-Type'}); with curl add -H 'Content-Type: application/json'.")
+            return JSONResponse(GatewayError(400, msg, code="invalid_json").to_dict(), status_code=400)
         if first.get("type") == "json_invalid":  # its loc is ("body", <offset>), not a field
             msg = "We could not parse the JSON body of your request. The body must be valid JSON."
             return JSONResponse(GatewayError(400, msg, code="invalid_json").to_dict(), status_code=400)
