@@ -15,6 +15,12 @@ from tiergate.providers.http import ANSWER_TOO_LARGE
     ("Forbidden", None, None),
     ("upstream returned HTTP 403", None, None),
     ("Request blocked by content policy", "invalid_request_error", None),
+    # words a client controls (hosts and guardrails echo the prompt): never enough to blame the deployment
+    ("Blocked: the prompt 'here is my api key, organization and project' was flagged", None, None),
+    ("Project `proj_x` does not have access to model `gpt-4o`", "invalid_request_error", None),
+    ("You are not allowed to access this organization", None, None),
+    ("Your project does not have access to the scale service tier", "invalid_request_error", None),
+    ("<html><body><h1>403 Forbidden</h1>nginx</body></html>", None, None),
 ])
 def test_a_403_about_the_request_is_not_the_deployments_fault(message, etype, code):
     e = UpstreamError(403, message, type=etype, code=code)
@@ -26,8 +32,8 @@ def test_a_403_about_the_request_is_not_the_deployments_fault(message, etype, co
     ("Incorrect API key provided", "invalid_request_error", "invalid_api_key"),
     ("Country, region, or territory not supported", "request_forbidden", "unsupported_country_region_territory"),
     ("You exceeded your current quota, please check your plan and billing details.", None, "insufficient_quota"),
-    ("Project `proj_x` does not have access to model `gpt-4o`", "invalid_request_error", None),
-    ("You are not allowed to access this organization", None, None),
+    # the code decides, whatever the message says
+    ("Your access was terminated due to violation of our policies", "invalid_request_error", "access_terminated"),
 ])
 def test_a_403_that_names_the_credentials_is_the_deployments_fault(message, etype, code):
     e = UpstreamError(403, message, type=etype, code=code)

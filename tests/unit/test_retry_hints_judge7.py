@@ -90,7 +90,7 @@ def _err(status: int, message: str = "x", code: str | None = None, kind: str = "
 
 @pytest.mark.parametrize("e", [
     _err(401, "Incorrect API key provided", "invalid_api_key"),
-    _err(403, "Project does not have access"),
+    _err(403, "Your API key does not have permission", "permission_error"),
     _err(404, "The model `gpt-4o-mini` does not exist or you do not have access to it.", "model_not_found"),
     _err(404, "The API deployment for this resource does not exist.", "DeploymentNotFound"),
     _err(404, "anthropic: model: claude-9 (Anthropic did not find the upstream model ...)", "not_found_error"),

@@ -49,32 +49,17 @@ _AUTH_403_CODES = frozenset({
     "permission_error", "permissiondenied", "authenticationtypedisabled", "authentication_error",
     "model_not_found", "deploymentnotfound", "unauthorized",
 })
-# a 403 whose message names the credentials, the account or access to the model
-_AUTH_403_TEXT = re.compile(
-    r"\b(?:api[ _-]?key|x-api-key|credential|organi[sz]ation|project|access to (?:the |this )?model|"
-    r"(?:do(?:es)? not|don't|doesn't) have access|not (?:allowed|authori[sz]ed|permitted) to (?:use|access)|"
-    r"country|region|territory|quota|billing|account|subscription|virtual network|firewall)\b", re.IGNORECASE)
-# ... but never one about the request's content (OpenRouter: "Your chosen model requires moderation and your
-# input was flagged"): that request would be refused the same everywhere, and must not open a circuit
-_CONTENT_403_TEXT = re.compile(r"\b(?:moderation|flagged|content[ _-]?(?:policy|filter|management)|safety|"
-                               r"violat\w*|prohibited|inappropriate)\b", re.IGNORECASE)
-
-
 def auth_refused(e: UpstreamError) -> bool:
-    """A 401, or a 403 that clearly says the gateway's credentials, account or access are refused (a code
-    or type in `_AUTH_403_CODES`, or a message naming the API key, organization, project, region, quota or
-    access to the model). A 403 about the request's content (moderation), or one that says nothing
-    clear, is not: it is passed to the client as the upstream's 403."""
+    """A 401, or a 403 whose `code` or `type` says the gateway's credentials, account or access are refused
+    (`_AUTH_403_CODES`). Never the message's words: hosts and guardrails repeat the client's prompt in their
+    403 messages ("... my api key ..."), so words would let a client open a deployment's circuit. Any other
+    403 (a host's moderation, a WAF page, a bare "Forbidden") is passed to the client as the upstream's 403
+    and ends that request only."""
     if e.kind != "status" or e.status not in (401, 403):
         return False
     if e.status == 401:
         return True
-    text = e.message or ""
-    if _CONTENT_403_TEXT.search(text):
-        return False
-    if (e.code or "").lower() in _AUTH_403_CODES or (e.type or "").lower() in _AUTH_403_CODES:
-        return True
-    return bool(_AUTH_403_TEXT.search(text))
+    return (e.code or "").lower() in _AUTH_403_CODES or (e.type or "").lower() in _AUTH_403_CODES
 
 
 def deployment_fault(e: UpstreamError) -> bool:
