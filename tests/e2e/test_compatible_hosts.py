@@ -175,3 +175,34 @@ def test_a_tool_use_reason_with_a_tool_call_is_tool_calls(tmp_path):
             client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=20)
             r = client.chat.completions.create(model="local-tools", messages=[{"role": "user", "content": "weather?"}])
     assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.tool_calls
+
+
+class MixedToolUseStream(FakeOpenAI):
+    """A stream of two choices that both end with `tool_use`: choice 0 called a tool, choice 1 wrote text."""
+
+    def _chunks(self, body, model):
+        import orjson
+
+        base = {"id": "chatcmpl-mixed", "object": "chat.completion.chunk", "created": 1, "model": model}
+
+        def chunk(index, delta, finish=None):
+            c = {**base, "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            return b"data: " + orjson.dumps(c) + b"\n\n"
+
+        return [chunk(0, {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                                               "function": {"name": "f", "arguments": "{}"}}]}),
+                chunk(1, {"role": "assistant", "content": "plain text"}),
+                chunk(0, {}, "tool_use"), chunk(1, {}, "tool_use"), b"data: [DONE]\n\n"]
+
+
+def test_a_streamed_tool_use_reason_is_judged_per_choice(tmp_path):
+    with MixedToolUseStream() as up:
+        cfg = {"models": [{"name": "local-mixed", "deployments": [
+            {"provider": "openai_compatible", "api_base": up.url}]}], "storage": f"sqlite:///{tmp_path / 'tg.db'}"}
+        with running_gateway(cfg) as base:
+            client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=20)
+            finals = {c.choices[0].index: c.choices[0].finish_reason
+                      for c in client.chat.completions.create(model="local-mixed", n=2, stream=True,
+                                                              messages=[{"role": "user", "content": "hi"}])
+                      if c.choices and c.choices[0].finish_reason}
+    assert finals == {0: "tool_calls", 1: "stop"}

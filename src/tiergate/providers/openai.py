@@ -304,6 +304,7 @@ class OpenAIProvider(Provider):
         phase = "first_token"
         usage: dict[str, Any] | None = None
         tool_index: dict[str, int] | None = {} if self._repair_tools else None  # call id -> index, this stream
+        with_tools: set[Any] = set()  # choice indexes whose deltas carried tool calls
         finished = False  # a finish_reason or [DONE] was seen
         complete = False  # the upstream's response was read to its end
         resp: aiohttp.ClientResponse | None = None
@@ -341,10 +342,11 @@ class OpenAIProvider(Provider):
                     for c in chunk.get("choices") or ():
                         if tool_index is not None and isinstance(c.get("delta"), dict) and c["delta"].get("tool_calls"):
                             _repair_tool_calls(c["delta"]["tool_calls"], tool_index)
+                            with_tools.add(c.get("index", 0))
                         if c.get("finish_reason"):
                             finished = True
-                            if tool_index is not None:  # an openai_compatible host; tool_index: calls seen
-                                _normalize_finish_reason(c, bool(tool_index))
+                            if tool_index is not None:  # an openai_compatible host
+                                _normalize_finish_reason(c, c.get("index", 0) in with_tools)
                     out = self._normalize_chunk(chunk)
                     if out is not None:
                         yield out
