@@ -103,3 +103,31 @@ def test_a_key_as_model_id_is_not_echoed_by_get_model():
         with pytest.raises(openai.NotFoundError) as ei:
             client.models.retrieve("no-such-model")
         assert "no-such-model" in ei.value.message
+
+
+class _HtmlForbidden(Fake):
+    """403 as a proxy or firewall in front of the upstream writes it: an HTML page."""
+
+    async def _early_fault(self, request, f, stream):
+        from aiohttp import web
+
+        if f.kind == "html_403":
+            return web.Response(status=403, text="<html><body><h1>403 Forbidden</h1><hr>nginx</body></html>",
+                                content_type="text/html")
+        return await super()._early_fault(request, f, stream)
+
+
+def test_a_proxys_html_403_and_a_numeric_code_reach_the_client_readable():
+    """The client read the proxy's raw HTML in the message; OpenRouter's integer `code: 403` became the
+    error code "403"."""
+    with _HtmlForbidden() as a, Fake() as b, running_gateway(
+            {"models": [_model("solo", [a.url]), _model("router", [b.url])]}) as url:
+        client = _client(url)
+        a.fail_every("html_403", 1)
+        with pytest.raises(openai.PermissionDeniedError) as ei:
+            client.chat.completions.create(model="solo", messages=MSGS)
+        assert "<html" not in ei.value.message and "HTML page" in ei.value.message
+        b.fail_every("x_status", 1, status=403, body=FLAGGED)
+        with pytest.raises(openai.PermissionDeniedError) as ei:
+            client.chat.completions.create(model="router", messages=MSGS)
+        assert ei.value.code == "upstream_refused"

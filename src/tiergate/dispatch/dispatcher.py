@@ -689,10 +689,14 @@ def _client_error(e: UpstreamError, model: str, deployment_id: str, n_attempts: 
             "smaller answer (lower max_tokens / max_completion_tokens, n or top_logprobs).",
             type="api_error", code=e.code, headers={"x-should-retry": "false"})
     if e.kind == "status" and e.status == 403 and not deployment_fault(e):
+        words = e.message or ""
+        if "<html" in words.lower() or "<!doctype" in words.lower():  # a proxy's or WAF's page, not an API error
+            words = "an HTML page, not an API error (a proxy or firewall in front of the upstream refused it)"
+        code = e.code if e.code and not e.code.isdigit() else "upstream_refused"  # OpenRouter sends code 403
         return GatewayError(
             403,
-            f"Deployment '{deployment_id}' of model '{model}' refused this request (403): {e.message}",
-            type=e.type or "permission_error", param=e.param, code=e.code or "upstream_refused",
+            f"Deployment '{deployment_id}' of model '{model}' refused this request (403): {words}",
+            type=e.type or "permission_error", param=e.param, code=code,
             headers={"x-should-retry": "false"})
     return from_upstream(e, model, deployment_id, n_attempts)
 
