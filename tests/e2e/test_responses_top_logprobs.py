@@ -5,6 +5,7 @@ dropped (`output_text.logprobs` was always [])."""
 from __future__ import annotations
 
 import openai
+import orjson
 
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.helpers import running_gateway
@@ -21,6 +22,13 @@ class WithLogprobs(FakeOpenAI):
                 c["logprobs"] = {"content": LP, "refusal": None}
         return out
 
+    def _chunks(self, body, model):
+        chunks = super()._chunks(body, model)
+        if not body.get("logprobs"):
+            return chunks
+        lp = b'"logprobs":' + orjson.dumps({"content": LP, "refusal": None})
+        return [c.replace(b'"logprobs":null', lp) if b'"content":"' in c else c for c in chunks]
+
 
 def test_top_logprobs_on_a_translated_response(tmp_path):
     with WithLogprobs() as up:
@@ -32,7 +40,12 @@ def test_top_logprobs_on_a_translated_response(tmp_path):
             r = client.responses.create(model="local", input="hi", top_logprobs=2)
             sent = up.last.body
             sim = client.responses.create(model="gpt-4o-mini", input="hi", top_logprobs=2)
+            events = list(client.responses.create(model="local", input="hi", top_logprobs=2, stream=True))
     assert sent["logprobs"] is True and sent["top_logprobs"] == 2
     part = r.output[0].content[0]
     assert part.logprobs[0].token == "echo" and part.logprobs[0].top_logprobs[0].logprob == -0.1
     assert sim.output_text
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert deltas and all(e.logprobs and e.logprobs[0].token == "echo" for e in deltas)
+    done = next(e for e in events if e.type == "response.completed").response
+    assert len(done.output[0].content[0].logprobs) == len(deltas)

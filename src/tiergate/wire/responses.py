@@ -470,6 +470,7 @@ class _Open:
     name: str = ""
     part: str | None = None  # output_text | refusal (the open content part of a message); summary_text
     blocks: list[dict[str, Any]] = field(default_factory=list)  # a reasoning item's thinking blocks
+    logprobs: list[Any] = field(default_factory=list)  # a message's token logprobs (chat's logprobs.content)
 
 
 class RelayedOutput:
@@ -617,8 +618,8 @@ class StreamTranslator:
         if m.part == "output_text":
             text = "".join(m.text)
             out.append(self._ev("response.output_text.done", item_id=m.item_id, output_index=m.output_index,
-                                content_index=0, text=text, logprobs=[]))
-            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+                                content_index=0, text=text, logprobs=list(m.logprobs)))
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": list(m.logprobs)}
             ci = 0
         else:
             refusal = "".join(m.refusal)
@@ -636,7 +637,8 @@ class StreamTranslator:
         if m is None:
             return []
         out = self._close_part()
-        item = _message_item(m.item_id, "".join(m.text) or None, "".join(m.refusal) or None, status)
+        item = _message_item(m.item_id, "".join(m.text) or None, "".join(m.refusal) or None, status,
+                             list(m.logprobs) or None)
         self._items[m.output_index] = item
         out.append(self._ev("response.output_item.done", output_index=m.output_index, item=item))
         self._open_msg = None
@@ -662,8 +664,12 @@ class StreamTranslator:
                 out += self._ensure_msg("output_text")
                 m = self._open_msg
                 m.text.append(d["content"])
+                lp = ch.get("logprobs")
+                lp = lp.get("content") if isinstance(lp, dict) else None
+                lp = lp if isinstance(lp, list) else []
+                m.logprobs += lp
                 out.append(self._ev("response.output_text.delta", item_id=m.item_id, output_index=m.output_index,
-                                    content_index=0, delta=d["content"], logprobs=[]))
+                                    content_index=0, delta=d["content"], logprobs=lp))
             if d.get("refusal"):
                 out += self._ensure_msg("refusal")
                 m = self._open_msg
