@@ -67,15 +67,16 @@ class BatchSettings:
 
 
 async def execute_line(gw: Gateway, endpoint: str, body: dict[str, Any], request_id: str, key: Any,
-                       batch_id: str) -> tuple[int, dict[str, Any]]:
-    """Run one batch request through the live pipeline -> (status code, response body)."""
+                       batch_id: str, attempt: int = 1) -> tuple[int, dict[str, Any]]:
+    """Run one batch request through the live pipeline -> (status code, response body). `attempt`: which
+    try of the line this is (its failure rows are tagged with it: `CallContext.error_tag`)."""
     from tiergate.server.chat import CallContext, run_chat
     from tiergate.wire import responses as wr
 
     if body.get("stream"):
         raise GatewayError(400, "stream is not supported in batch requests; remove it from the line body.",
                            param="stream", code="invalid_value")
-    ctx = CallContext(request_id=request_id, key=key, kind="batch", batch_id=batch_id)
+    ctx = CallContext(request_id=request_id, key=key, kind="batch", batch_id=batch_id, error_tag=f":try{attempt}")
     if endpoint == "/v1/responses":
         chat_body = wr.to_chat_request(body, thinking_blocks=True)  # shaping drops them for non-Claude models
         out = await run_chat(gw, chat_body, ctx)
@@ -250,10 +251,13 @@ class BatchRunner:
             return e.status, e.to_dict(), None
         delay, retries = 1.0, 0
         hold_delay, hold_deadline = 0.05, time.monotonic() + self.settings.budget_wait_s
+        attempt = 0
         while True:
+            attempt += 1
             try:
                 async with self._global:  # held while the line runs, not while it waits to try again
-                    status, resp = await execute_line(self.gw, batch["endpoint"], body, rid, key, batch["id"])
+                    status, resp = await execute_line(self.gw, batch["endpoint"], body, rid, key, batch["id"],
+                                                      attempt)
                 return status, resp, None
             except BudgetRefused as e:
                 # Not spent, only held by requests in flight (this batch's other lines, live traffic):

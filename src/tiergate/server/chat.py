@@ -54,6 +54,11 @@ class CallContext:
     batch_id: str | None = None
     batch_pricing: bool = False
     started: float = field(default_factory=time.perf_counter)
+    #: appended to the request id of the rows a failed try writes (its `error` row, its failed attempts'
+    #: `:aN` rows): the batch runner tries a line again under the line's own id after a gateway refusal
+    #: (a rate limit, no healthy deployment), and the ledger keeps the first row of an id, so each try's
+    #: failure rows get their own (`:try1`, `:try2`, ...) and the line's answered row keeps the line's id
+    error_tag: str = ""
 
 
 @dataclass
@@ -387,7 +392,8 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
                 settled = True
             last_dep = attempts[-1].deployment_id if attempts else None
             record_call(gw, ctx, requested, model, last_dep, body.get("reasoning_effort"), None, 0.0, "error",
-                        e.message, route_info, stream, len(attempts))
+                        e.message, route_info, stream, len(attempts),
+                        request_id=f"{ctx.request_id}{ctx.error_tag}" if ctx.error_tag else None)
             e.recorded = True  # type: ignore[attr-defined]
             e.headers.setdefault("x-tiergate-model", model)
             if last_dep:
@@ -605,7 +611,7 @@ def _record_attempts(gw: Gateway, ctx: CallContext, requested: str, attempts, in
         total += a_cost
         tokens += _total_tokens(a.usage)
         record_call(gw, ctx, requested, a.model, a.deployment_id, effort, a.usage, a_cost, "failed_attempt",
-                    upstream_error_text(a.error), route_info, stream, i + 1, request_id=f"{ctx.request_id}:a{i + 1}",
+                    upstream_error_text(a.error), route_info, stream, i + 1, request_id=f"{ctx.request_id}{ctx.error_tag}:a{i + 1}",
                     latency_ms=a.latency_s * 1000)
     return total, tokens
 
