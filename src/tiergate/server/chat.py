@@ -5,6 +5,7 @@ and the batch runner all use the same path; `chat_completions` is the HTTP handl
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -494,7 +495,7 @@ async def _relay(gw, ctx, d, admission, info, requested, route_info, wants_usage
         cost = cost_usd(usage, info, batch=ctx.batch_pricing)
         record_call(gw, ctx, requested, d.model, d.deployment.id, d.body.get("reasoning_effort"), usage, cost, status,
                 error, route_info, True, len(d.attempts) + 1, ttft_ms=(d.ttft_s or 0) * 1000)
-        await gw.accounting.settle(admission, cost + prior[0], _total_tokens(usage) + prior[1])
+        await settle_surely(gw, admission, cost + prior[0], _total_tokens(usage) + prior[1])
     if status == "ok":
         if usage.get("estimated"):
             if wants_usage:
@@ -646,6 +647,20 @@ def _cache_scope(cache: Any, ctx: CallContext, route_info: dict[str, Any] | None
         parts.append(orjson.dumps([ROUTED_SCOPE, d.policy, d.target, d.cost_cap, [a.candidate for a in d.assessments],
                                    nxt.candidate if nxt is not None else None]).decode())
     return "\0".join(parts) or None
+
+
+_SETTLING: set[asyncio.Task] = set()  # settlements shielded from their stream's cancellation (kept referenced)
+
+
+async def settle_surely(gw: Gateway, admission: Any, cost: float, tokens: int) -> None:
+    """Settle a stream's admission from its finaliser: a client that hangs up cancels the response task, and
+    the cancellation reaches every await of the finaliser, so a settlement of several round trips (Redis,
+    PostgreSQL) was cut off after the ledger row was written (the hold stayed reserved, spend was short). The
+    settlement runs as its own task, shielded: it completes even when the awaiting task is cancelled."""
+    task = asyncio.ensure_future(gw.accounting.settle(admission, cost, tokens))
+    _SETTLING.add(task)
+    task.add_done_callback(_SETTLING.discard)
+    await asyncio.shield(task)
 
 
 def looks_like_a_key(name: str) -> bool:

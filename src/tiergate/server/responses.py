@@ -57,6 +57,7 @@ from tiergate.server.chat import (
     record_rejected,
     request_timeouts,
     run_chat,
+    settle_surely,
     upstream_error_text,
     validate_body,
 )
@@ -589,8 +590,10 @@ async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, 
         record_call(gw, ctx, model, model, d.deployment.id, effort, usage, cost, status, error, None, True,
                     len(d.attempts) + 1, ttft_ms=(d.ttft_s or 0) * 1000)
         tokens = int(usage.get("total_tokens") or 0)
-        await gw.accounting.settle(admission, cost, tokens)
-        if not ended and snapshot.get("id"):  # the client hung up mid-answer: keep what was produced
-            await _save_cut(save, {**snapshot, "status": "cancelled", "output": relayed.items()})
+        try:
+            await settle_surely(gw, admission, cost, tokens)  # completes even if the client hung up
+        finally:
+            if not ended and snapshot.get("id"):  # the client hung up mid-answer: keep what was produced
+                await _save_cut(save, {**snapshot, "status": "cancelled", "output": relayed.items()})
     if status == "ok":
         yield f": x-tiergate-cost-usd={cost:.8f}\n\n".encode()
