@@ -31,6 +31,7 @@ def test_validation_codes_are_documented(tmp_path):
         json.dumps({**ok, "custom_id": "d", "url": "/v1/embeddings"}),
         json.dumps({**ok, "custom_id": "e", "body": {"messages": []}}),
         json.dumps({**ok, "custom_id": ""}),
+        json.dumps({k: v for k, v in ok.items() if k != "method"} | {"custom_id": "no-method"}),  # line 11
     ]
     cfg = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "sim"}]}],
            "storage": f"sqlite:///{tmp_path / 'tg.db'}", "batches": {"poll_s": 0.05}}
@@ -50,6 +51,7 @@ def test_validation_codes_are_documented(tmp_path):
         e2 = client.batches.create(input_file_id=empty.id, endpoint="/v1/chat/completions", completion_window="24h")
         codes |= {e.code for e in e2.errors.data}
     assert by_line[3] == ("invalid_request", "body")  # a line with no body
+    assert by_line[11] == ("missing_required_parameter", "method")  # was invalid_method "method must be POST."
     assert {"invalid_json_line", "invalid_request", "duplicate_custom_id", "invalid_method", "mismatched_endpoint",
             "missing_required_parameter", "empty_file"} <= codes
     assert codes <= _documented(), codes - _documented()

@@ -145,7 +145,9 @@ def parse_input(content: bytes, endpoint: str, forward_to: UpstreamChoice | None
                 "within a batch.", n, "custom_id")
         else:
             seen.add(cid)
-        if obj.get("method") != "POST":
+        if "method" not in obj:
+            err("missing_required_parameter", "method is required: \"method\": \"POST\".", n, "method")
+        elif obj.get("method") != "POST":
             err("invalid_method", "method must be POST.", n, "method")
         if obj.get("url") != endpoint:
             err("mismatched_endpoint", f"The url {obj.get('url')!r} does not match the batch endpoint {endpoint}.",
