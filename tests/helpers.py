@@ -23,8 +23,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_gateway(raw_config: dict[str, Any], env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start the gateway for `raw_config` (a dict in the YAML shape) and yield its base URL (`…/v1`)."""
+def running_gateway(raw_config: dict[str, Any], env: dict[str, str] | None = None,
+                    loop: str = "asyncio") -> Iterator[str]:
+    """Start the gateway for `raw_config` (a dict in the YAML shape) and yield its base URL (`…/v1`).
+    `loop="uvloop"` runs it as `tiergate serve` does (uvloop rounds timers to whole milliseconds)."""
     import os
 
     import uvicorn
@@ -35,7 +37,7 @@ def running_gateway(raw_config: dict[str, Any], env: dict[str, str] | None = Non
     config = parse_config(raw_config, source="<test>", env={**os.environ, **(env or {})})
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(build_app(config), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", loop="asyncio"))
+                                           lifespan="on", loop=loop))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import threading
 import time
 from email.utils import formatdate
 from typing import Any
@@ -31,7 +30,7 @@ import pytest
 from aiohttp import web
 
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.helpers import free_port, running_gateway
+from tests.helpers import running_gateway
 
 MSGS = [{"role": "user", "content": "hi"}]
 REDIS = "redis://127.0.0.1:6379/0"
@@ -127,32 +126,6 @@ def _circuit_state(url: str, dep: str) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _uvloop_gateway(raw_config: dict[str, Any]):
-    """`running_gateway` on uvloop, as `tiergate serve` runs (its timers are rounded to whole ms)."""
-    import uvicorn
-
-    from tiergate.config import parse_config
-    from tiergate.server.app import build_app
-
-    config = parse_config(raw_config, source="<test>", env=dict(os.environ))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_app(config), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", loop="uvloop"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        if not thread.is_alive() or time.time() > deadline:
-            raise RuntimeError("the gateway did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 # ---------------------------------------------------------------- 1. x-ratelimit-* is no hint unless exhausted
 
 
@@ -210,7 +183,7 @@ def test_fractional_retry_after_is_waited_for_and_retried(shared):
         with Fake() as up:
             cfg["models"][0]["deployments"] = [{"id": f"s1-{prefix}", "provider": "openai_compatible",
                                                 "api_base": up.url, "model": "gpt-4o-mini"}]
-            with _uvloop_gateway(cfg) as url:
+            with running_gateway(cfg, loop="uvloop") as url:
                 client = _client(url)
                 outcomes = []
                 # one 429 with a sub-ms fraction, then a healthy upstream: each request waits once and is

@@ -670,7 +670,6 @@ def looks_like_a_key(name: str) -> bool:
     return name.startswith(("tg-", "sk-")) and len(name) >= 20
 
 
-_looks_like_a_key = looks_like_a_key  # the former name
 
 
 def _total_tokens(usage: dict[str, Any] | None) -> int:
