@@ -137,7 +137,8 @@ async def test_live_writer_journal_is_not_stolen(tmp_path):
     assert os.listdir(tmp_path / "j") == []
 
 
-async def test_close_with_store_down_leaves_journal_for_next_start(tmp_path):
+async def _writer_with_store_down(tmp_path, rows: int = 5):
+    """(store, its real insert_ledger, a writer holding `rows` rows) with the store refusing every insert."""
     store = await open_store(f"sqlite:///{tmp_path / 'tg.db'}")
     real = store.insert_ledger
 
@@ -146,8 +147,13 @@ async def test_close_with_store_down_leaves_journal_for_next_start(tmp_path):
 
     store.insert_ledger = down
     w = await LedgerWriter.start(store, tmp_path / "j", flush_interval_s=3600)
-    for i in range(5):
+    for i in range(rows):
         w.record({"request_id": f"r{i}"})
+    return store, real, w
+
+
+async def test_close_with_store_down_leaves_journal_for_next_start(tmp_path):
+    store, real, w = await _writer_with_store_down(tmp_path)
     await w.close(timeout_s=0.2)
     store.insert_ledger = real
     w2 = await LedgerWriter.start(store, tmp_path / "j")
@@ -184,16 +190,7 @@ async def test_a_flush_after_a_failed_close_touches_no_descriptor_and_keeps_the_
     request still in flight) closed those numbers again once the store answered, by then reused by the OS
     (a client's socket: a journal row was written into an HTTP connection), and unlinked the journal the
     next start-up needs. Now the journal stays and nothing is closed twice."""
-    store = await open_store(f"sqlite:///{tmp_path / 'tg.db'}")
-    real = store.insert_ledger
-
-    async def down(rows):
-        raise ConnectionError("store down")
-
-    store.insert_ledger = down
-    w = await LedgerWriter.start(store, tmp_path / "j", flush_interval_s=3600)
-    for i in range(5):
-        w.record({"request_id": f"r{i}"})
+    store, real, w = await _writer_with_store_down(tmp_path)
     with contextlib.suppress(ConnectionError):
         await w.flush()  # seals the segment: its descriptor is now in the sealed list
     await w.close(timeout_s=0.2)
