@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,14 +23,23 @@ class _Records(logging.Handler):
         self.messages.append((record.levelno, record.getMessage()))
 
 
-@pytest.fixture
-def records():
-    """(level, message) of every record the `tiergate` logger emits during the test (an own handler on the
-    package logger: `tiergate.logs.setup_logging` may have stopped propagation to root)."""
-    logger, handler = logging.getLogger("tiergate"), _Records()
+@contextlib.contextmanager
+def on_tiergate_logger(handler: logging.Handler) -> Iterator[logging.Handler]:
+    """`handler` on the `tiergate` package logger at DEBUG for the block (an own handler: `tiergate.logs`
+    may have stopped propagation to root); the logger's level is restored after."""
+    logger = logging.getLogger("tiergate")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
-    yield handler.messages
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.fixture
+def records():
+    """(level, message) of every record the `tiergate` logger emits during the test."""
+    with on_tiergate_logger(_Records()) as handler:
+        yield handler.messages

@@ -212,13 +212,10 @@ class _Json(logging.Handler):
 
 @pytest.fixture
 def log_lines():
-    logger, handler = logging.getLogger("tiergate"), _Json()
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler.lines
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    from tests.conftest import on_tiergate_logger
+
+    with on_tiergate_logger(_Json()) as handler:
+        yield handler.lines
 
 
 def test_an_internal_error_is_in_the_request_log_and_the_metrics(tmp_path, journal, monkeypatch, log_lines):
