@@ -49,6 +49,8 @@ _AUTH_403_CODES = frozenset({
     "permission_error", "permissiondenied", "authenticationtypedisabled", "authentication_error",
     "model_not_found", "deploymentnotfound", "unauthorized",
 })
+
+
 def auth_refused(e: UpstreamError) -> bool:
     """A 401, or a 403 whose `code` or `type` says the gateway's credentials, account or access are refused
     (`_AUTH_403_CODES`). Never the message's words: hosts and guardrails repeat the client's prompt in their
@@ -64,7 +66,7 @@ def auth_refused(e: UpstreamError) -> bool:
 
 def deployment_fault(e: UpstreamError) -> bool:
     """A failure of this deployment's own configuration, not of the request: the upstream refused the
-    gateway's credentials for it (`auth_refused`: any 401, a 403 only when it says so clearly; the gateway
+    gateway's credentials for it (`auth_refused`: any 401, a 403 only when its code says so; the gateway
     sends its own key, never the client's), or it does not have the model (`model_missing`). Sending the
     same request to the same deployment would fail the same way, so it is not retried there; but another
     deployment (or a fallback model) may well answer, so it fails over, and it counts against the
@@ -83,7 +85,8 @@ def too_large(e: UpstreamError) -> bool:
 def retryable(e: UpstreamError) -> bool:
     """May the same request be sent again, to this deployment or another: 429, 5xx, 408/409, connection
     errors, timeouts, protocol errors and cut streams. Never the client's own errors (400, 401, 403, 404,
-    422), nor an answer too large to accept (`too_large`), whatever the transport says (401/403 and a missing model fail over instead: `fails_over`)."""
+    422), nor an answer too large to accept (`too_large`), whatever the transport says (401/403 and a
+    missing model fail over instead: `fails_over`)."""
     if e.status in NEVER_RETRY and e.kind == "status":
         return False
     if too_large(e):
