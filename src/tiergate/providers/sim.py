@@ -6,10 +6,11 @@ What it does with a Chat Completions body (docs/providers.md has the full rules)
   `stream_options`), the choice index and `options.seed`. The same body and seed give the same answer,
   streamed or not.
 - Usage is realistic: prompt tokens are counted with `tiergate.accounting.tokens.count_request`
-  (messages, tools, response schema: the gateway's own estimate); visible completion tokens are a share of `max_completion_tokens`/`max_tokens` when
-  given, else around `options.completion_tokens`; reasoning tokens appear when `reasoning_effort` is
-  set (or `options.reasoning` is true): factor x (reasoning_tokens + prompt_tokens/4), factor
-  low:medium:high = 1:2.5:6, and are part of completion_tokens. A limit too small for reasoning + answer ends with finish_reason "length".
+  (messages, tools, response schema: the gateway's own estimate); visible completion tokens are 50-150%
+  of `options.completion_tokens` whatever the limit, cut to fit `max_completion_tokens`/`max_tokens`;
+  reasoning tokens appear when `reasoning_effort` is set (or `options.reasoning` is true): factor x
+  (reasoning_tokens + prompt_tokens/4), factor low:medium:high = 1:2.5:6, and are part of
+  completion_tokens. A limit too small for reasoning + answer ends with finish_reason "length".
 - Tools: a call is made when `tool_choice` is "required" or names a function, or when it is "auto"/
   absent and the last message is a user message that mentions a tool by name. Arguments are JSON
   generated from the tool's parameter schema. `response_format` json_schema/json_object answers with
@@ -195,14 +196,20 @@ class SimProvider(Provider):
             if room is not None and visible > room:  # a truncated JSON answer, as a real model gives
                 return _Choice(text[: max(1, len(text) * room // visible)], None, "length", room, reasoning)
             return _Choice(text, None, "stop", visible, reasoning)
-        if limit is not None:
-            target = max(1, round(limit * (0.25 + 0.5 * rng.random())))
-        else:
-            target = max(1, round(self.completion_tokens * (0.5 + rng.random())))
+        # the answer's length does not depend on the limit (a real model does not write more because it
+        # may): a budgeted key's gateway-added limit must not make its answers dearer; the limit only cuts
+        target = max(1, round(self.completion_tokens * (0.5 + rng.random())))
         finish = "stop"
         if room is not None and target > room:
             target, finish = room, "length"
         text = _sentences(rng, target)
+        visible = count_text(text, self.tokenizer)
+        if room is not None and visible > room:  # words are not tokens: cut to the limit in tokens
+            words = text.split(" ")
+            keep = len(words) * room // visible
+            while keep > 0 and count_text(" ".join(words[:keep]), self.tokenizer) > room:
+                keep -= 1
+            text, finish = " ".join(words[:keep]), "length"
         for s in stops:
             cut = text.find(s)
             if cut >= 0:
