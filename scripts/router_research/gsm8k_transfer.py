@@ -443,9 +443,10 @@ def shipped_lobo(ev: list[OutcomeRow], tr: list[OutcomeRow], base: bool = False)
     return out[key], out[key + "_ref"]
 
 
-def cdf_blend(parts: list[str], tr, ev) -> np.ndarray:
-    """Mean over recipes of the empirical CDF of their score over `reference_rows(tr)`: the serving-
-    feasible form of the rank average (no use of the evaluated prompts' score distribution)."""
+def cdf_blend(parts: list[str], tr, ev, weights: tuple[float, ...] | None = None) -> np.ndarray:
+    """Mean (or `weights`-weighted sum) over recipes of the empirical CDF of their score over
+    `reference_rows(tr)`: the serving-feasible form of the rank average (no use of the evaluated prompts'
+    score distribution)."""
     ref = reference_rows(tr)
     out = []
     for p in parts:
@@ -455,6 +456,8 @@ def cdf_blend(parts: list[str], tr, ev) -> np.ndarray:
             s_all = recipe_score(p, tr, ev + ref)
             s_ev, s_ref = s_all[:len(ev)], s_all[len(ev):]
         out.append(np.searchsorted(np.sort(s_ref), s_ev, side="right") / len(s_ref))
+    if weights is not None:
+        return np.sum([w * o for w, o in zip(weights, out, strict=True)], 0)
     return np.mean(out, 0)
 
 
@@ -467,6 +470,9 @@ def recipe_score(name: str, tr, ev) -> np.ndarray:
         return np.mean([rank(recipe_score(p, tr, ev)) for p in parts], 0)
     if " ~ " in name:
         return cdf_blend(name.split(" ~ "), tr, ev)
+    m = re.fullmatch(r"(.+) ~\[([0-9.]+)\] (.+)", name)
+    if m:  # `A ~[w] B`: w F_A + (1 - w) F_B (production's `router_weight` is w for A = base)
+        return cdf_blend([m.group(1), m.group(3)], tr, ev, weights=(float(m.group(2)), 1 - float(m.group(2))))
     if name in ("shipped", "base"):
         return shipped_lobo(ev, tr, base=name == "base")[0]
     if name == "len":
