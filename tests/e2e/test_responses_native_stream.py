@@ -108,6 +108,11 @@ def test_cut_after_the_answer_started_ends_with_response_failed(env):
     rows = _rows(db, rid)
     assert [r["status"] for r in rows] == ["error"]
     assert rows[0]["output_tokens"] > 0 and rows[0]["cost_usd"] > 0  # estimated from what was relayed
+    # the failed response carries the usage that is billed (the spec's Response.usage is an object, not null)
+    usage = events[-1].response.usage
+    assert usage is not None
+    assert (usage.input_tokens, usage.output_tokens) == (rows[0]["input_tokens"], rows[0]["output_tokens"])
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
 
 
 def test_client_going_away_is_billed_for_what_was_relayed(env):

@@ -543,6 +543,11 @@ async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, 
     text_parts: list[str] = []
     last_seq = -1
     status, error = "client_disconnected", None
+
+    def _estimated(parts: list[str]) -> dict[str, Any]:
+        visible = count_text("".join(parts), info.tokenizer)
+        return estimated_usage(prompt_tokens, visible, estimated_reasoning_tokens(info, d.body, visible))
+
     try:
         async for ev in d.stream:
             etype = ev.get("type") or "message"
@@ -566,11 +571,13 @@ async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, 
         status = "ok"
     except UpstreamError as e:
         status, error = "error", upstream_error_text(e)
-        usage = usage or e.usage
+        usage = usage or e.usage or _estimated(text_parts)
         # the output relayed so far (open items as `incomplete`), as the translated path and a client's
         # hang-up keep it; `error.code` from the spec's ResponseErrorCode (the gateway's own code, e.g.
-        # upstream_stream_cut, is in the message)
+        # upstream_stream_cut, is in the message); `usage` is what is billed (the spec's Response.usage
+        # is an object, not null)
         failed = {**snapshot, "status": "failed", "output": relayed.items(),
+                  "usage": usage if "input_tokens" in usage else wr.usage_to_responses(usage),
                   "error": {"code": _response_error_code(e),
                             "message": f"The upstream stream failed after it started: {e.message}"
                                        + (f" ({e.code})" if e.code else "")}}
@@ -584,8 +591,7 @@ async def _native_events(gw: Gateway, ctx: CallContext, d: Any, admission: Any, 
         if aclose is not None:
             await aclose()  # the deployment's in-flight slot goes back now, not at garbage collection
         if usage is None:  # cut or abandoned before the final event: estimate what was produced
-            visible = count_text("".join(text_parts), info.tokenizer)
-            usage = estimated_usage(prompt_tokens, visible, estimated_reasoning_tokens(info, d.body, visible))
+            usage = _estimated(text_parts)
         cost = cost_usd(usage, info)
         record_call(gw, ctx, model, model, d.deployment.id, effort, usage, cost, status, error, None, True,
                     len(d.attempts) + 1, ttft_ms=(d.ttft_s or 0) * 1000)
