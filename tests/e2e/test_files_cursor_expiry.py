@@ -76,7 +76,8 @@ def test_upload_expires_after_then_gone(gw):
     f = ca.files.create(file=("exp.jsonl", b'{"x": 1}\n'), purpose="batch",
                         expires_after={"anchor": "created_at", "seconds": 7200})
     plain = ca.files.create(file=("plain.jsonl", b"{}\n"), purpose="batch")
-    assert f.expires_at == f.created_at + 7200 and plain.expires_at is None
+    assert f.expires_at == f.created_at + 7200
+    assert plain.expires_at == plain.created_at + 30 * 86400  # OpenAI's default for purpose=batch uploads
     assert ca.files.retrieve(f.id).expires_at == f.expires_at
     assert {x.id: x.expires_at for x in ca.files.list()}[f.id] == f.expires_at
     assert ca.files.content(f.id).content == b'{"x": 1}\n'

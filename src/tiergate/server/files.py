@@ -5,6 +5,7 @@ serves them; a key sees only its own files (the master key and an open gateway s
 An upload may carry OpenAI's `expires_after` (`{anchor: "created_at", seconds: 3600..2592000}`, sent
 by the SDK as the form fields `expires_after[anchor]` / `expires_after[seconds]`): the file object then
 has `expires_at`, and from that time the file is gone (404 as an unknown file; purged by the store).
+Without one, a `purpose=batch` upload expires after 30 days, as OpenAI's (spec `FileExpirationAfter`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 MAX_FILE_BYTES = 200 * 1024 * 1024  # OpenAI's limit for batch input files
 PURPOSES = ("batch",)
 EXPIRES_MIN_S, EXPIRES_MAX_S = 3600, 2_592_000  # spec FileExpirationAfter / BatchFileExpirationAfter: 1 h to 30 d
+# spec FileExpirationAfter: "By default, files with `purpose=batch` expire after 30 days and all other files
+# are persisted until they are manually deleted" (batch output and error files have their own purpose)
+DEFAULT_BATCH_UPLOAD_EXPIRY_S = 2_592_000
 _JSON_TYPE = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array"}
 
 
@@ -146,6 +150,8 @@ async def upload_file(request: Request) -> Response:
                 raise bad_request("The `file` field is missing (send it as a file part).", param="file",
                                   code="missing_required_parameter")
             expires_s = expires_after_s(_form_expires_after(form), "expires_after")
+            if expires_s is None and purpose == "batch":
+                expires_s = DEFAULT_BATCH_UPLOAD_EXPIRY_S
             content = await upload.read()
             filename = upload.filename or "upload.jsonl"
         if len(content) > MAX_FILE_BYTES:
