@@ -55,6 +55,14 @@ def test_a_budgeted_key_adds_no_output_limit_to_an_unpriced_model(env):
     assert "max_completion_tokens" not in body and "max_tokens" not in body
 
 
+def test_a_budgeted_key_adds_no_output_limit_to_an_unpriced_model_on_the_native_responses_path(env):
+    up, client = env
+    up.clear()
+    r = client.responses.with_raw_response.create(model="local-resp", input="hi")
+    assert r.headers["x-tiergate-responses"] == "native"  # the path under test
+    assert "max_output_tokens" not in up.last.body
+
+
 def test_stream_options_listed_unsupported_are_not_sent(env):
     up, client = env
     up.clear()

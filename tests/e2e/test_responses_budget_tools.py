@@ -41,6 +41,8 @@ def test_a_native_responses_call_reserves_its_tool_schema(tmp_path):
                 client.responses.create(model="gpt-4o-mini", input="hi", max_output_tokens=16, tools=[_big_tool()])
             assert e.value.code == "insufficient_quota"
             assert not up.requests  # refused before anything was sent upstream
+            # the advice names the client's own parameter, not Chat Completions' ones
+            assert "max_output_tokens" in e.value.message and "max_completion_tokens" not in e.value.message
 
 
 def test_a_model_with_a_context_window_fallback_is_answered_through_the_chat_pipeline(tmp_path):

@@ -158,6 +158,9 @@ def _in_responses_terms(e: GatewayError, req: Any) -> None:
     if e.param == "max_completion_tokens" and isinstance(req, dict) and "max_output_tokens" in req:
         e.param = "max_output_tokens"
         e.message = e.message.replace("max_completion_tokens", "max_output_tokens")
+    if "max_completion_tokens" in e.message:  # advice such as a budget refusal's "lower max_tokens / ..."
+        e.message = (e.message.replace("max_tokens / max_completion_tokens", "max_output_tokens")
+                     .replace("max_completion_tokens", "max_output_tokens"))
 
 
 async def _answered_here(gw: Gateway, ctx: CallContext, response_id: Any) -> bool:
@@ -455,8 +458,12 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
     if "input" in upstream_body:  # reasoning items made here from Claude's thinking mean nothing upstream
         upstream_body["input"] = wr.without_gateway_reasoning(upstream_body["input"])
     upstream_body["model"] = info.name
-    if not capped and getattr(ctx.key, "budget_usd", None) is not None:
-        upstream_body["max_output_tokens"] = max_out  # a budgeted key's cost stays under its reservation
+    if (not capped and getattr(ctx.key, "budget_usd", None) is not None
+            and any(i.input_price or i.output_price for i in map(gw.infos.get, gw.dispatcher.chain(model))
+                    if i is not None)):
+        # a budgeted key's cost stays under its reservation; an unpriced model (a local host) costs nothing
+        # and may have a small context that the added limit would overflow (as on chat)
+        upstream_body["max_output_tokens"] = max_out
     cost, tokens = 0.0, 0
     settled = False
     try:
