@@ -95,6 +95,27 @@ def test_store_false_and_delete(gw):
             call()
 
 
+def test_a_deleted_native_response_is_continued_by_nobody(gw):
+    """The upstream keeps its own copy of a native response (one account for every key): deleted here, its
+    id was still continued upstream for the master key."""
+    (master, a, _), up, _, _ = gw
+    r = a.responses.create(model="o3-mini", input="secret")  # native: the fake's Responses endpoint
+    assert master.responses.create(model="o3-mini", input="and then?", previous_response_id=r.id).output_text
+    a.responses.delete(r.id)
+    up.clear()
+    for client in (a, master):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.responses.create(model="o3-mini", input="and then?", previous_response_id=r.id)
+        assert e.value.body["code"] == "previous_response_not_found" and e.value.body["param"] == "previous_response_id"
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(r.id)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.delete(r.id)
+    assert not up.requests  # nothing sent upstream
+    # an id the gateway never stored (made upstream outside it) is still the master key's to continue
+    assert master.responses.create(model="o3-mini", input="x", previous_response_id="resp_made_elsewhere").output_text
+
+
 def test_input_items_order_limit_after(gw):
     (_, a, _), _, _, base = gw
     inp = [{"role": "developer", "content": "d"}, {"role": "user", "content": "u1"},

@@ -187,6 +187,11 @@ async def handle_responses(gw: Gateway, request: Request) -> Response:
         native = isinstance(req, dict) and _native_ok(gw, req)
         chat_req = req
         if isinstance(req, dict) and req.get("previous_response_id") is not None:
+            prev = req["previous_response_id"]
+            if native and isinstance(prev, str) and await response_store(gw).was_deleted(prev):
+                # deleted here: no caller continues it upstream (the upstream still holds its copy)
+                raise bad_request(f"Previous response with id '{prev}' not found.",
+                                  param="previous_response_id", code="previous_response_not_found")
             if native and _viewer(ctx.key) is not None:
                 # a virtual key: the upstream would resolve any id it knows, whichever key made it (they share
                 # its account), so the chain must be this key's, stored here; the master key and an open

@@ -10,6 +10,11 @@ Retention: with `retention_s` (config `responses.retention_days`, default 30 as 
 than that reads as absent at once, and rows past it are deleted after a save, at most once per
 `PURGE_EVERY_S` per process; `None` keeps them until deleted.
 
+Deletion leaves a tombstone (`path` = `deleted`, the content cleared): the id reads as absent to every
+caller, and `was_deleted` lets the native path refuse it as a `previous_response_id` even for the master
+key (the upstream, which shares one account for all keys, would otherwise continue it). Tombstones go
+with the retention purge.
+
 Visibility: a virtual key sees only the responses it created; the master key and an open gateway
 (`viewer=None`) see all. Anything a caller may not see reads as absent, so another key's response id
 is a plain 404, never a 403 that would confirm it exists.
@@ -28,6 +33,7 @@ from tiergate.store.base import Store
 
 MAX_CHAIN = 1000  # previous_response_id links followed at most (a cycle cannot form, but stay bounded)
 PURGE_EVERY_S = 600.0  # expired rows are deleted after a save at most this often (per process)
+DELETED = "deleted"  # the `path` of a deleted response's tombstone
 
 
 @dataclass(frozen=True)
@@ -99,14 +105,23 @@ class ResponseStore:
         r = await self.db.fetchone(
             "SELECT id, key_id, created_at, path, previous_response_id, instructions, input_items, response "
             "FROM responses WHERE id = ?", response_id)
-        if r is None or not _visible(r["key_id"], viewer) or self._expired(float(r["created_at"])):
+        if (r is None or r["path"] == DELETED or not _visible(r["key_id"], viewer)
+                or self._expired(float(r["created_at"]))):
             return None
         return _row(r)
 
     async def delete(self, response_id: str, viewer: str | None) -> bool:
+        """Delete a response `viewer` may see, leaving a tombstone; whether there was one to delete."""
+        sql = ("UPDATE responses SET path = ?, response = '{}', input_items = '[]', instructions = NULL "
+               "WHERE id = ? AND path <> ?")
         if viewer is None:
-            return await self.db.execute("DELETE FROM responses WHERE id = ?", response_id) == 1
-        return await self.db.execute("DELETE FROM responses WHERE id = ? AND key_id = ?", response_id, viewer) == 1
+            return await self.db.execute(sql, DELETED, response_id, DELETED) == 1
+        return await self.db.execute(sql + " AND key_id = ?", DELETED, response_id, DELETED, viewer) == 1
+
+    async def was_deleted(self, response_id: str) -> bool:
+        """Whether `response_id` was stored here and deleted (by any caller)."""
+        r = await self.db.fetchone("SELECT path FROM responses WHERE id = ?", response_id)
+        return r is not None and r["path"] == DELETED
 
     async def conversation(self, response_id: str, viewer: str | None) -> list[dict[str, Any]]:
         """The items of the chain ending at `response_id`, oldest first: each response's input items
