@@ -96,6 +96,54 @@ def get_encoding(name: str = "o200k_base") -> tiktoken.Encoding:
     )
 
 
+#: Token counts of prompt texts kept per tokenizer: a system prompt, a tool schema and a conversation's
+#: earlier turns come back in request after request (a chat client resends the whole history each turn),
+#: and tiktoken costs ~1 us per short text, far more per long one. Bounded by entries and by characters
+#: held; when either bound is reached the cache starts over (no per-hit bookkeeping on the hot path).
+PROMPT_CACHE_ENTRIES = 4096
+PROMPT_CACHE_CHARS = 4_000_000
+_PROMPT_CACHE_MAX_TEXT = 100_000  # longer texts are counted every time, never held
+
+
+class _CachedCounter:
+    """`len(encode_ordinary(text))` for one tokenizer, memoised for prompt texts (an exact count: the
+    encoding is deterministic)."""
+
+    __slots__ = ("_chars", "_counts", "_encode")
+
+    def __init__(self, encode: Any) -> None:
+        self._encode = encode
+        self._counts: dict[str, int] = {}
+        self._chars = 0
+
+    def __call__(self, text: str) -> int:
+        n = self._counts.get(text)
+        if n is not None:
+            return n
+        n = len(self._encode(text))
+        size = len(text)
+        if size <= _PROMPT_CACHE_MAX_TEXT:
+            if len(self._counts) >= PROMPT_CACHE_ENTRIES or self._chars + size > PROMPT_CACHE_CHARS:
+                self._counts.clear()
+                self._chars = 0
+            self._counts[text] = n
+            self._chars += size
+        return n
+
+
+@functools.cache
+def _prompt_counter(tokenizer: str) -> _CachedCounter:
+    """The memoised counter of prompt texts (messages, tools, schemas) for `tokenizer`."""
+    return _CachedCounter(get_encoding(tokenizer).encode_ordinary)
+
+
+@functools.cache
+def _counter(tokenizer: str) -> Any:
+    """An uncached counter for `tokenizer` (answers: they rarely repeat, and would only evict prompts)."""
+    encode = get_encoding(tokenizer).encode_ordinary
+    return lambda text: len(encode(text))
+
+
 def _tokenizer_of(info_or_tokenizer: Any) -> str:
     if isinstance(info_or_tokenizer, str):
         return info_or_tokenizer
@@ -115,9 +163,9 @@ def _image_tokens(part: Mapping[str, Any]) -> int:
     return IMAGE_TOKENS_LOW if detail == "low" else IMAGE_TOKENS_HIGH
 
 
-def _content_tokens(content: Any, encode: Any) -> int:
+def _content_tokens(content: Any, count: Any) -> int:
     if isinstance(content, str):
-        return len(encode(content)) if content else 0
+        return count(content) if content else 0
     if not isinstance(content, list):
         return 0
     n = 0
@@ -127,7 +175,7 @@ def _content_tokens(content: Any, encode: Any) -> int:
         kind = part.get("type")
         if kind in ("text", "input_text", "refusal"):
             text = part.get("text") or part.get("refusal") or ""
-            n += len(encode(text)) if text else 0
+            n += count(text) if text else 0
         elif kind in ("image_url", "input_image", "image"):
             n += _image_tokens(part)
     return n
@@ -137,7 +185,7 @@ def count_messages(messages: Iterable[Mapping[str, Any]], info_or_tokenizer: Any
     """Prompt tokens of a Chat Completions `messages` list, with OpenAI's chat-format overhead.
 
     `info_or_tokenizer` is a ModelInfo (its `tokenizer` is used) or a tokenizer name."""
-    encode = get_encoding(_tokenizer_of(info_or_tokenizer)).encode_ordinary
+    count = _prompt_counter(_tokenizer_of(info_or_tokenizer))
     n = TOKENS_REPLY_PRIMING
     for m in messages:
         if not isinstance(m, Mapping):
@@ -145,21 +193,21 @@ def count_messages(messages: Iterable[Mapping[str, Any]], info_or_tokenizer: Any
         n += TOKENS_PER_MESSAGE
         role = m.get("role")
         if isinstance(role, str):
-            n += len(encode(role))
-        n += _content_tokens(m.get("content"), encode)
+            n += count(role)
+        n += _content_tokens(m.get("content"), count)
         name = m.get("name")
         if isinstance(name, str) and name:
-            n += TOKENS_PER_NAME + len(encode(name))
+            n += TOKENS_PER_NAME + count(name)
         calls = m.get("tool_calls")
         if isinstance(calls, list):
             for call in calls:
                 fn = call.get("function") if isinstance(call, dict) else None
                 if isinstance(fn, dict):
-                    n += TOKENS_PER_TOOL_CALL + len(encode(str(fn.get("name") or "")))
-                    n += len(encode(str(fn.get("arguments") or "")))
+                    n += TOKENS_PER_TOOL_CALL + count(str(fn.get("name") or ""))
+                    n += count(str(fn.get("arguments") or ""))
         fc = m.get("function_call")
         if isinstance(fc, dict):
-            n += TOKENS_PER_TOOL_CALL + len(encode(str(fc.get("name") or ""))) + len(encode(str(fc.get("arguments") or "")))
+            n += TOKENS_PER_TOOL_CALL + count(str(fc.get("name") or "")) + count(str(fc.get("arguments") or ""))
     return n
 
 
@@ -168,16 +216,16 @@ def count_tools(tools: Any, info_or_tokenizer: Any = "o200k_base") -> int:
     of each function, plus framing (TOKENS_PER_TOOL, TOKENS_TOOLS_BASE)."""
     if not isinstance(tools, list) or not tools:
         return 0
-    encode = get_encoding(_tokenizer_of(info_or_tokenizer)).encode_ordinary
+    count = _prompt_counter(_tokenizer_of(info_or_tokenizer))
     n = TOKENS_TOOLS_BASE
     for tool in tools:
         if not isinstance(tool, dict):
             continue
         fn = tool.get("function") if isinstance(tool.get("function"), dict) else tool
-        n += TOKENS_PER_TOOL + len(encode(str(fn.get("name") or ""))) + len(encode(str(fn.get("description") or "")))
+        n += TOKENS_PER_TOOL + count(str(fn.get("name") or "")) + count(str(fn.get("description") or ""))
         params = fn.get("parameters")
         if params:
-            n += len(encode(orjson.dumps(params).decode()))
+            n += count(orjson.dumps(params).decode())
     return n
 
 
@@ -188,8 +236,8 @@ def count_response_format(response_format: Any, info_or_tokenizer: Any = "o200k_
     spec = response_format.get("json_schema")
     if not isinstance(spec, dict):
         return 0
-    encode = get_encoding(_tokenizer_of(info_or_tokenizer)).encode_ordinary
-    return TOKENS_RESPONSE_FORMAT + len(encode(orjson.dumps(spec.get("schema") or {}).decode()))
+    count = _prompt_counter(_tokenizer_of(info_or_tokenizer))
+    return TOKENS_RESPONSE_FORMAT + count(orjson.dumps(spec.get("schema") or {}).decode())
 
 
 def count_request(body: Mapping[str, Any], info_or_tokenizer: Any = "o200k_base") -> int:
@@ -209,24 +257,24 @@ def count_completion(choices: Any, info_or_tokenizer: Any = "o200k_base") -> int
     the same shape count the same way. Used when the upstream reports no usage."""
     if not isinstance(choices, list):
         return 0
-    encode = get_encoding(_tokenizer_of(info_or_tokenizer)).encode_ordinary
+    count = _counter(_tokenizer_of(info_or_tokenizer))
     n = 0
     for ch in choices:
         msg = ch.get("message") if isinstance(ch, Mapping) else None
         if not isinstance(msg, Mapping):
             continue
-        n += _content_tokens(msg.get("content"), encode)
+        n += _content_tokens(msg.get("content"), count)
         refusal = msg.get("refusal")
         if isinstance(refusal, str) and refusal:
-            n += len(encode(refusal))
+            n += count(refusal)
         calls = msg.get("tool_calls")
         fcs = [c.get("function") for c in calls if isinstance(c, Mapping)] if isinstance(calls, list) else []
         if isinstance(msg.get("function_call"), Mapping):
             fcs.append(msg["function_call"])
         for fn in fcs:
             if isinstance(fn, Mapping):
-                n += TOKENS_PER_TOOL_CALL + len(encode(str(fn.get("name") or "")))
-                n += len(encode(str(fn.get("arguments") or "")))
+                n += TOKENS_PER_TOOL_CALL + count(str(fn.get("name") or ""))
+                n += count(str(fn.get("arguments") or ""))
     return n
 
 
