@@ -164,3 +164,16 @@ def test_forwarded_batch_output_expires_after(tmp_path):
             for fid in (b.output_file_id, b.error_file_id):
                 got = client.files.retrieve(fid)
                 assert got.expires_at == got.created_at + 3600, got
+
+
+def test_an_upload_without_purpose_names_the_missing_field(gw):
+    clients, _db = gw
+    ca = clients["a"]
+    with httpx.Client(timeout=10) as h:
+        r = h.post(str(ca.base_url).rstrip("/") + "/files", headers={"authorization": f"Bearer {ca.api_key}"},
+                   files={"file": ("x.jsonl", b"{}\n")})
+        assert r.status_code == 400
+        assert (r.json()["error"]["code"], r.json()["error"]["param"]) == ("missing_required_parameter", "purpose")
+        r = h.post(str(ca.base_url).rstrip("/") + "/files", headers={"authorization": f"Bearer {ca.api_key}"},
+                   files={"file": ("x.jsonl", b"{}\n")}, data={"purpose": "fine-tune"})
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_value")

@@ -176,6 +176,9 @@ def test_translated_response_echoes_the_settings_the_model_ran_with(env):
     ({"top_logprobs": 30}, "top_logprobs"),
     ({"instructions": 5}, "instructions"),
     ({"input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]}, "input[0].content[0].text"),
+    ({"extra_body": {"stream": "yes"}}, "stream"),  # was streamed
+    ({"extra_body": {"store": 1}}, "store"),
+    ({"include": ["bogus.value"]}, "include[0]"),  # spec IncludeEnum
 ])
 def test_responses_refuse_what_chat_refuses_on_both_paths(env, model, kw, param):
     """The native path sent out-of-range settings upstream unchecked; `instructions: 5` and a numeric text part

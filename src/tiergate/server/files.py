@@ -143,6 +143,9 @@ async def upload_file(request: Request) -> Response:
         async with request.form(max_files=1, max_fields=10, max_part_size=MAX_FILE_BYTES) as form:
             purpose = form.get("purpose")
             upload = form.get("file")
+            if purpose is None:
+                raise bad_request("The `purpose` field is missing: send purpose=batch with the file.",
+                                  param="purpose", code="missing_required_parameter")
             if purpose not in PURPOSES:
                 raise bad_request(f"purpose must be one of {', '.join(PURPOSES)} on this gateway, got {purpose!r}.",
                                   param="purpose", code="invalid_value")

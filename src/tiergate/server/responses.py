@@ -152,6 +152,35 @@ async def _with_history(gw: Gateway, ctx: CallContext, req: dict[str, Any]) -> d
     return rest  # a missing or malformed input is left for to_chat_request to refuse
 
 
+#: spec `IncludeEnum`: what `include` may ask for
+INCLUDABLE = frozenset({"file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+                        "message.input_image.image_url", "computer_call_output.output.image_url",
+                        "code_interpreter_call.outputs", "reasoning.encrypted_content",
+                        "message.output_text.logprobs"})
+_BOOLEANS = ("stream", "store", "background", "parallel_tool_calls")
+
+
+def _check_types(req: dict[str, Any]) -> None:
+    """Fields read as flags or lists before anything else: a wrong JSON type is OpenAI's 400, not a guess
+    (`"stream": "yes"` streamed)."""
+    for name in _BOOLEANS:
+        v = req.get(name)
+        if v is not None and not isinstance(v, bool):
+            raise bad_request(f"Invalid type for '{name}': expected a boolean, but got {type(v).__name__} instead.",
+                              param=name, code="invalid_type")
+    inc = req.get("include")
+    if inc is None:
+        return
+    if not isinstance(inc, list):
+        raise bad_request("Invalid type for 'include': expected an array of strings.", param="include",
+                          code="invalid_type")
+    for i, v in enumerate(inc):
+        if v not in INCLUDABLE:
+            raise bad_request(f"Invalid value for 'include[{i}]': {v!r}. Supported values are: "
+                              + ", ".join(f"'{x}'" for x in sorted(INCLUDABLE)) + ".",
+                              param=f"include[{i}]", code="invalid_value")
+
+
 def _in_responses_terms(e: GatewayError, req: Any) -> None:
     """An error raised on the translated request names the Chat Completions field; the client sent the
     Responses one (`max_output_tokens` became `max_completion_tokens`): say it in the client's terms."""
@@ -184,6 +213,8 @@ async def handle_responses(gw: Gateway, request: Request) -> Response:
         except orjson.JSONDecodeError:
             raise bad_request("We could not parse the JSON body of your request. The body must be valid JSON.") from None
         ctx.key = await gw.accounting.authenticate(request.headers.get("authorization"))
+        if isinstance(req, dict):
+            _check_types(req)
         native = isinstance(req, dict) and _native_ok(gw, req)
         chat_req = req
         if isinstance(req, dict) and req.get("previous_response_id") is not None:
