@@ -37,6 +37,17 @@ class DataDecoder:
         out: list[bytes] = []
         lines = self._lines
         pos = 0  # scan by index: slicing the rest of the buffer per line would copy it once per line
+        if not lines and b"\r" not in buf:
+            # the common framing, one `data: {...}` line per event: an event is taken whole (a search for its
+            # blank line, one for a second line) instead of line by line; anything else (comments, other
+            # fields, multi-line data, CRLF, a payload starting with a space) goes through the loop below
+            find, startswith = buf.find, buf.startswith
+            while True:
+                end = find(b"\n\n", pos)
+                if end < 0 or not startswith(b"data: ", pos) or buf[pos + 6] == 32 or find(b"\n", pos, end) >= 0:
+                    break
+                out.append(buf[pos + 6:end])
+                pos = end + 2
         while True:
             nl = buf.find(b"\n", pos)
             if nl < 0:
