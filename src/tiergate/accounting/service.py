@@ -228,8 +228,13 @@ class Accounting:
                             res.key_id, cost_usd, res.amount_nusd / NANO)
         if key is not None and key.tpm and tokens != admission.est_tokens:
             work.append(self.limiter.adjust(key.id, key.tpm, tokens - admission.est_tokens))
+        if not work:  # an open gateway, the master key, a key without budget or TPM limit: nothing to wait for
+            return
         try:
-            await asyncio.gather(*work)  # independent: one round trip's time, not two
+            if len(work) == 1:
+                await work[0]  # (gather would wrap it in a task of its own)
+            else:
+                await asyncio.gather(*work)  # independent: one round trip's time, not two
         except Exception:
             log.exception("accounting: settling %s for key %s failed", admission.model, getattr(key, "id", None))
 
