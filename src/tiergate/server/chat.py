@@ -469,20 +469,22 @@ async def _relay(gw, ctx, d, admission, info, requested, route_info, wants_usage
     usage: dict[str, Any] | None = None
     answer = _StreamedAnswer()
     status, error = "client_disconnected", None
+    add, dumps = answer.add, orjson.dumps  # (per chunk: no attribute look-ups, no encode call of its own)
     try:
         async for chunk in d.stream:
             u = chunk.get("usage")
             if u:
                 usage = u
-            answer.meta(chunk)
-            if not chunk.get("choices") and u:
+            if not answer.head:
+                answer.meta(chunk)
+            if u and not chunk.get("choices"):
                 if wants_usage:
                     yield sse.encode(chunk)
                 continue
-            if not wants_usage:
-                chunk.pop("usage", None)
-            answer.add(chunk)
-            yield sse.encode(chunk)
+            if not wants_usage and "usage" in chunk:
+                del chunk["usage"]
+            add(chunk)
+            yield b"data: " + dumps(chunk) + b"\n\n"  # sse.encode
         status = "ok"
     except UpstreamError as e:
         status, error = "error", upstream_error_text(e)
@@ -532,6 +534,8 @@ class _StreamedAnswer:
             c = delta.get("content")
             if c and isinstance(c, str):
                 msg[0].append(c)
+                if len(delta) == 1:  # the common chunk, a piece of text and nothing else
+                    continue
             r = delta.get("refusal")
             if r and isinstance(r, str):
                 msg[1].append(r)
