@@ -276,25 +276,39 @@ async def read_error_body(resp: aiohttp.ClientResponse, limit: int | None = None
     return raw
 
 
-async def bounded_events(chunks: AsyncIterator[bytes], limit: int | None = None) -> AsyncIterator[bytes]:
+class bounded_events:  # (lower case: it replaced a generator function of this name)
     """`chunks` (a stream body's reads) passed through unchanged, raising `BodyTooLarge` once more than
-    `limit` (default `MAX_STREAM_EVENT`) bytes arrive without an event boundary (a blank line): the SSE decoder buffers an unfinished
-    event whole, so an upstream that never ends one would otherwise grow it without bound."""
-    if limit is None:
-        limit = MAX_STREAM_EVENT
-    pending = 0  # bytes since the last blank line (about: a boundary split across reads resets it late)
-    prev_end = b""
-    async for piece in chunks:
+    `limit` (default `MAX_STREAM_EVENT`) bytes arrive without an event boundary (a blank line): the SSE decoder
+    buffers an unfinished event whole, so an upstream that never ends one would otherwise grow it without bound.
+
+    A plain async iterator, not an async generator: a stream the relay stops reading at `[DONE]` is dropped
+    unfinished, and each unfinished async generator is finalised through the event loop (an eventfd write and
+    read, and a task of its own)."""
+
+    __slots__ = ("_limit", "_next", "_pending", "_prev_end")
+
+    def __init__(self, chunks: AsyncIterator[bytes], limit: int | None = None) -> None:
+        self._next = chunks.__aiter__().__anext__
+        self._limit = MAX_STREAM_EVENT if limit is None else limit
+        self._pending = 0  # bytes since the last blank line (about: a boundary split across reads resets it late)
+        self._prev_end = b""
+
+    def __aiter__(self) -> bounded_events:
+        return self
+
+    async def __anext__(self) -> bytes:
+        piece = await self._next()
         j = max(piece.rfind(b"\n\n"), piece.rfind(b"\n\r\n"))
         if j >= 0:
             pending = len(piece) - j
         else:
-            joined = prev_end + piece[:3]
-            pending = len(piece) if b"\n\n" in joined or b"\n\r\n" in joined else pending + len(piece)
-        if pending > limit:
-            raise BodyTooLarge(limit, "a stream event")
-        prev_end = (prev_end + piece[-2:])[-2:]
-        yield piece
+            joined = self._prev_end + piece[:3]
+            pending = len(piece) if b"\n\n" in joined or b"\n\r\n" in joined else self._pending + len(piece)
+        if pending > self._limit:
+            raise BodyTooLarge(self._limit, "a stream event")
+        self._pending = pending
+        self._prev_end = (self._prev_end + piece[-2:])[-2:]
+        return piece
 
 
 # ---------------------------------------------------------------- upstream headers

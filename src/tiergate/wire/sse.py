@@ -73,24 +73,60 @@ class DataDecoder:
         return [b"\n".join(lines)] if lines else []
 
 
-async def iter_data_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
-    """The payloads of `iter_data`, one non-empty list per read: one generator step per read rather
-    than per event (an upstream read often holds dozens of events)."""
-    decoder = DataDecoder()
-    async for piece in chunks:
-        batch = decoder.feed(piece)
-        if batch:
-            yield batch
-    tail = decoder.close()
-    if tail:
-        yield tail
+class iter_data_batches:  # (lower case: it replaced a generator function of this name)
+    """The payloads of `iter_data`, one non-empty list per read: one step per read rather than per event
+    (an upstream read often holds dozens of events).
+
+    A plain async iterator, not an async generator: a relay that stops at `[DONE]` drops it unfinished, and
+    an unfinished async generator is finalised through the event loop (`call_soon_threadsafe`: an eventfd
+    write and read, and a task to run its `aclose`), per stream and per generator."""
+
+    __slots__ = ("_decoder", "_done", "_next")
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._next = chunks.__aiter__().__anext__
+        self._decoder = DataDecoder()
+        self._done = False
+
+    def __aiter__(self) -> iter_data_batches:
+        return self
+
+    async def __anext__(self) -> list[bytes]:
+        if self._done:
+            raise StopAsyncIteration
+        feed = self._decoder.feed
+        while True:
+            try:
+                piece = await self._next()
+            except StopAsyncIteration:
+                self._done = True
+                tail = self._decoder.close()
+                if tail:
+                    return tail
+                raise
+            batch = feed(piece)
+            if batch:
+                return batch
 
 
-async def iter_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Yield the payload of every `data:` field from a byte stream, joined across reads.
+class iter_data:  # (lower case: it replaced a generator function of this name)
+    """The payload of every `data:` field from a byte stream, joined across reads (a plain async iterator,
+    for the reason `iter_data_batches` gives).
 
     Multi-line data fields are joined with newlines, per the SSE specification. Comment lines
     (`: keep-alive`) and `event:`/`id:` fields are skipped."""
-    async for batch in iter_data_batches(chunks):
-        for data in batch:
-            yield data
+
+    __slots__ = ("_batches", "_pending")
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._batches = iter_data_batches(chunks)
+        self._pending: list[bytes] = []
+
+    def __aiter__(self) -> iter_data:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._pending:
+            self._pending = await self._batches.__anext__()
+            self._pending.reverse()
+        return self._pending.pop()
