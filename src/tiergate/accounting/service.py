@@ -212,6 +212,15 @@ class Accounting:
             raise
         return adm
 
+    @staticmethod
+    def settles_at_once(admission: Admission, tokens: int) -> bool:
+        """Whether `settle(admission, cost, tokens)` has nothing to wait for: no reservation to settle and no
+        TPM correction (an open gateway, the master key, a key without budget or TPM limit), or settled
+        already. It then completes without suspending. Mirrors the checks in `settle`."""
+        key = admission.key
+        return admission.settled or (admission.reservation is None
+                                     and not (key is not None and key.tpm and tokens != admission.est_tokens))
+
     async def settle(self, admission: Admission, cost_usd: float, tokens: int) -> None:
         """Release the reservation and add the real cost; correct the TPM bucket. Never raises."""
         if admission.settled:

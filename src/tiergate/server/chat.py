@@ -660,7 +660,12 @@ async def settle_surely(gw: Gateway, admission: Any, cost: float, tokens: int) -
     """Settle a stream's admission from its finaliser: a client that hangs up cancels the response task, and
     the cancellation reaches every await of the finaliser, so a settlement of several round trips (Redis,
     PostgreSQL) was cut off after the ledger row was written (the hold stayed reserved, spend was short). The
-    settlement runs as its own task, shielded: it completes even when the awaiting task is cancelled."""
+    settlement runs as its own task, shielded: it completes even when the awaiting task is cancelled. One with
+    nothing to wait for (no reservation, no TPM correction) is done in place: a task of its own would only
+    cost a loop iteration, and split the stream's last burst in two writes."""
+    if gw.accounting.settles_at_once(admission, tokens):
+        await gw.accounting.settle(admission, cost, tokens)
+        return
     task = asyncio.ensure_future(gw.accounting.settle(admission, cost, tokens))
     _SETTLING.add(task)
     task.add_done_callback(_SETTLING.discard)
