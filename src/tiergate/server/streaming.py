@@ -38,14 +38,12 @@ class _Pipe:
         self.wake = asyncio.Event()  # something to send, the end, or the client left
         self.drained = asyncio.Event()  # the sender emptied the buffer
 
-    def put(self, data: bytes) -> None:
-        self.parts.append(data)
-        self.size += len(data)
-        self.wake.set()
-
     def take(self) -> bytes:
-        parts, self.parts, self.size = self.parts, [], 0
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        parts = self.parts  # emptied in place: the pump holds on to this list
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        self.size = 0
+        return data
 
 
 class BurstStreamingResponse(StreamingResponse):
@@ -63,12 +61,15 @@ class BurstStreamingResponse(StreamingResponse):
         self.high_water = high_water
 
     async def _pump(self, pipe: _Pipe) -> None:
+        parts, wake, high_water = pipe.parts, pipe.wake, self.high_water
         try:
             async for chunk in self.body_iterator:
-                if not isinstance(chunk, bytes):
-                    chunk = bytes(chunk) if isinstance(chunk, memoryview) else chunk.encode(self.charset)
-                pipe.put(chunk)
-                if pipe.size > self.high_water:
+                if type(chunk) is not bytes:
+                    chunk = bytes(chunk) if isinstance(chunk, bytes | memoryview) else chunk.encode(self.charset)
+                parts.append(chunk)  # pipe.put, inlined: this runs once per SSE chunk
+                pipe.size += len(chunk)
+                wake.set()
+                if pipe.size > high_water:
                     pipe.drained.clear()
                     await pipe.drained.wait()
         finally:
