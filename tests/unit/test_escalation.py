@@ -65,3 +65,16 @@ def test_next_candidate_up():
     assert next_candidate_up(D(cheap, [cheap, mid, top, bad], cost_cap=0.02)).candidate == "o3@low"
     assert next_candidate_up(D(mid, [cheap, mid, top, bad], cost_cap=0.02)) is None
     assert next_candidate_up(D(cheap, [cheap, mid, top, bad], cost_cap=0.005)) is None
+
+
+def test_a_chosen_candidate_predicted_best_escalates_up_the_cost_ladder():
+    """The cheap model was predicted best (0.999) and answered invalid JSON: there was no retry at all,
+    though dearer candidates were eligible (item 7: "retries once on the next candidate up")."""
+    best_cheap, o3_low, o3_high, o1 = (A("gpt-4o-mini", 0.999, 0.0004), A("o3-mini@low", 0.98, 0.004),
+                                       A("o3-mini@high", 0.99, 0.02), A("o1@high", 0.97, 0.5))
+    ds = [best_cheap, o3_low, o3_high, o1]
+    assert next_candidate_up(D(best_cheap, ds)).candidate == "o3-mini@high"  # the best-predicted dearer one
+    assert next_candidate_up(D(best_cheap, ds, cost_cap=0.01)).candidate == "o3-mini@low"  # within the cap
+    assert next_candidate_up(D(best_cheap, ds, cost_cap=0.001)) is None
+    top = A("o1@high", 0.9995, 0.5)
+    assert next_candidate_up(D(top, [best_cheap, top])) is None  # predicted worse and cheaper: not "up"

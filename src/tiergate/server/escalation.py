@@ -67,15 +67,19 @@ def unusable_reason(request: dict[str, Any], response: dict[str, Any]) -> str | 
 
 
 def next_candidate_up(decision: Any) -> Any | None:
-    """The eligible candidate with the next higher predicted quality than the chosen one (ties broken
-    by higher estimated cost) within the request's cost cap (`decision.cost_cap`: a candidate estimated
-    above it never competed, so it is not escalated to either), or None when there is none."""
+    """The candidate an unusable answer is retried on: the eligible one with the next higher predicted
+    quality than the chosen one (ties broken by higher estimated cost); when the chosen one was already
+    predicted best, the best-predicted of those estimated dearer (the prediction was wrong for this prompt:
+    the next step up the cost ladder). Only within the request's cost cap (`decision.cost_cap`: a candidate
+    estimated above it never competed, so it is not escalated to either). None when there is none."""
     chosen = decision.chosen
     cap = decision.cost_cap
-    better = [a for a in decision.assessments
-              if a.eligible and a.candidate != chosen.candidate
-              and (cap is None or a.est_cost_usd <= cap)
-              and (a.predicted_quality, a.est_cost_usd) > (chosen.predicted_quality, chosen.est_cost_usd)]
-    if not better:
-        return None
-    return min(better, key=lambda a: (a.predicted_quality, a.est_cost_usd))
+    others = [a for a in decision.assessments
+              if a.eligible and a.candidate != chosen.candidate and (cap is None or a.est_cost_usd <= cap)]
+    better = [a for a in others if (a.predicted_quality, a.est_cost_usd) > (chosen.predicted_quality, chosen.est_cost_usd)]
+    if better:
+        return min(better, key=lambda a: (a.predicted_quality, a.est_cost_usd))
+    dearer = [a for a in others if a.est_cost_usd > chosen.est_cost_usd]
+    if dearer:
+        return max(dearer, key=lambda a: (a.predicted_quality, -a.est_cost_usd))
+    return None
