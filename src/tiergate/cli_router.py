@@ -244,6 +244,7 @@ def _route(args: argparse.Namespace) -> int:
                     "ineligible_reason": a.ineligible_reason,
                     "quality_source": a.quality_source,
                     "profile_source": a.profile_source,
+                    "cost_source": a.cost_source,
                     "chosen": a.candidate == chosen,
                 }
                 for a in decision.assessments
@@ -256,7 +257,7 @@ def _route(args: argparse.Namespace) -> int:
         rows.append([
             ("* " if a.candidate == chosen else "  ") + a.candidate,
             "n/a" if a.predicted_quality is None else f"{a.predicted_quality:.3f}",
-            _usd(a.est_cost_usd),
+            _usd(a.est_cost_usd) + (" (recorded)" if a.cost_source == "recorded" else ""),
             f"{a.prompt_tokens}+{a.est_output_tokens}+{a.est_reasoning_tokens}",
             "yes" if a.eligible else f"no ({a.ineligible_reason})",
             a.quality_source,

@@ -517,3 +517,37 @@ def test_a_fixed_protocol_plot_says_it_is_in_sample(tmp_path, monkeypatch) -> No
     assert cli_main(["router", "eval", "--outcomes", str(f), "--router", str(r), "--plot", str(tmp_path / "p.png"),
                      "--quiet"]) == 0
     assert titles and "in-sample: 40 of the prompts trained on" in titles[-1]
+
+
+def test_a_model_the_catalogue_does_not_price_is_ranked_at_its_recorded_cost(tmp_path) -> None:
+    """A router trained on a user's rows for a new model with recorded `cost_usd` ranked it after every priced
+    candidate (NaN cost), while `router eval` scored it at its recorded price level: eval promised savings the
+    served router never made (a cheaper, better new model lost to gpt-4o-mini under auto:cost)."""
+    from tiergate.routing.quality import FitConfig, QualityModel
+
+    rows = [OutcomeRow(id=f"u-{i}", source="user-file", prompt=f"Question {i}: what is {i} plus {i + 1}?", meta={},
+                       outcomes={"acme-7b": Outcome(1.0, 0.00005), "gpt-4o-mini": Outcome(0.5 + 0.5 * (i % 2), 0.0003)})
+            for i in range(40)]
+    QualityModel(config=FitConfig(steps=60, rank=4)).fit(rows).save(tmp_path / "r")
+    saved = json.loads((tmp_path / "r" / "quality.json").read_text())["recorded_cost_usd"]
+    assert saved == pytest.approx({"acme-7b": 0.00005, "gpt-4o-mini": 0.0003})
+    r = Router.load(tmp_path / "r")
+    acme, mini = r.assess("Question 99: what is 99 plus 100?", ["acme-7b", "gpt-4o-mini"])
+    assert (acme.cost_source, mini.cost_source) == ("recorded", "catalogue")
+    assert acme.est_cost_usd == pytest.approx(0.00005)
+    assert r.decide("Question 99: what is 99 plus 100?", ["acme-7b", "gpt-4o-mini"],
+                    policy="auto:cost").chosen.candidate == "acme-7b"
+    # with n choices every answer is billed
+    assert r.assess("q", ["acme-7b"], choices=3)[0].est_cost_usd == pytest.approx(0.00015)
+
+
+def test_a_client_output_limit_the_context_window_cannot_hold_rules_a_candidate_out(router: Router) -> None:
+    """125k prompt tokens + max_tokens 16,000 on gpt-4o-mini (128k window) was routed there; the upstream
+    refuses a prompt + output limit above the window."""
+    prompt = "word " * 10
+    small, large = router.assess(prompt, ["gpt-4o-mini", "o3-mini@low"], prompt_tokens=125_000,
+                                 max_output_tokens=16_000)
+    assert not small.eligible and "prompt + max_completion_tokens (141000 tokens)" in small.ineligible_reason
+    assert large.eligible  # o3-mini: a 200k window
+    ok = router.assess(prompt, ["gpt-4o-mini"], prompt_tokens=100_000, max_output_tokens=16_000)[0]
+    assert ok.eligible

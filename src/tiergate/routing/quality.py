@@ -25,6 +25,7 @@ only acts when the candidates routed between (`only`) are exactly one fitted pai
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,9 @@ class QualityModel:
         self.n_rows: dict[str, int] = {}
         self.sources: list[str] = []
         self.prompt_prints: np.ndarray | None = None  # fingerprints of the training prompts (data.prompt_fingerprints)
+        # each candidate's mean recorded `cost_usd` per training row (where its rows record one): the price
+        # level the router uses for a candidate the catalogue does not price, as `router eval` does
+        self.recorded_cost_usd: dict[str, float] = {}
         self.C: np.ndarray | None = None
         self.src_mean: np.ndarray | None = None
         # the structural features' range over the training prompts: a prompt outside it (a 70k-token
@@ -199,6 +203,7 @@ class QualityModel:
         Xs = (X - self.mean) / self.std
         self.sources = sources
         self.prompt_prints = prompt_fingerprints(r.prompt for r in rows)
+        self.recorded_cost_usd = recorded_costs(rows, keys)
         self.src_mean = (S.T @ Xs) / S.sum(axis=0)[:, None]
         resid = Xs - S @ self.src_mean
         self.within_std = resid.std(axis=0) + 1e-3
@@ -484,6 +489,7 @@ class QualityModel:
             "n_dense": self.n_dense,
             "config": self.config.__dict__,
             "features": self.extractor.names if self._extractor else None,
+            "recorded_cost_usd": self.recorded_cost_usd,
         }
         (directory / "quality.json").write_text(json.dumps(meta, indent=1) + "\n")
         for component, files in ((self.difficulty_model, ("difficulty.npz", "difficulty.json")),
@@ -527,6 +533,7 @@ class QualityModel:
                 model.prompt_prints = z["fingerprints"]
         model._keys = list(meta["candidates"])
         model.n_rows = dict(meta.get("n_rows", {}))
+        model.recorded_cost_usd = {k: float(v) for k, v in (meta.get("recorded_cost_usd") or {}).items()}
         model.difficulty_model = DifficultyModel.load(directory) if model.config.difficulty else None
         model.neighbour_model = NeighbourModel.load(directory) if model.config.neighbours else None
         if model.neighbour_model is not None:
@@ -535,6 +542,20 @@ class QualityModel:
         if model.pair_gain_model is not None:
             model.pair_gain_config = model.pair_gain_model.config
         return model
+
+
+def recorded_costs(rows: Sequence[OutcomeRow], candidates: Sequence[str]) -> dict[str, float]:
+    """Each candidate's mean recorded `cost_usd` over the rows that record one for it (candidates with
+    none are left out)."""
+    total: dict[str, float] = {}
+    count: dict[str, int] = {}
+    wanted = set(candidates)
+    for r in rows:
+        for k, o in r.outcomes.items():
+            if k in wanted and o.cost_usd is not None and math.isfinite(o.cost_usd):
+                total[k] = total.get(k, 0.0) + float(o.cost_usd)
+                count[k] = count.get(k, 0) + 1
+    return {k: total[k] / count[k] for k in sorted(total)}
 
 
 def train_default(

@@ -71,7 +71,7 @@ class Candidate:
 class Assessment:
     candidate: str
     predicted_quality: float
-    est_cost_usd: float  # NaN when the catalogue has no price for the model
+    est_cost_usd: float  # NaN when neither the catalogue nor the training rows price the model
     est_output_tokens: int
     est_reasoning_tokens: int
     prompt_tokens: int
@@ -81,6 +81,10 @@ class Assessment:
     #: For a "profile" quality: the profile entry used and where its figures come from (`profiles.yaml`'s
     #: per-domain `source` citations, or the override file's); None for "learned" and "default".
     profile_source: str | None = None
+    #: Where `est_cost_usd` comes from: "catalogue" (tokens x the model's prices), "recorded" (a model the
+    #: catalogue does not price: its mean recorded `cost_usd` in the router's training rows, per answer)
+    #: or None (no price anywhere: NaN, ranked after every priced candidate)
+    cost_source: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -523,17 +527,25 @@ class Router:
                 text, target.model, target.effort, efforts=efforts, max_output_tokens=max_output_tokens,
                 answer_tokens=answer,
             )
-            cost = float("nan")
+            cost, cost_source = float("nan"), None
             eligible, why = True, None
             if info is not None:
                 billed = est if choices == 1 else TokenEstimate(est.output_tokens * choices,
                                                                  est.reasoning_tokens * choices)
-                cost = cost_usd(prompt_tokens, billed, info.input_price, info.output_price)
+                cost, cost_source = cost_usd(prompt_tokens, billed, info.input_price, info.output_price), "catalogue"
                 need = prompt_tokens + est.output_tokens + est.reasoning_tokens
                 if prompt_tokens > info.context_window:
                     eligible, why = False, f"prompt ({prompt_tokens} tokens) exceeds context window {info.context_window}"
+                elif max_output_tokens is not None and prompt_tokens + max_output_tokens > info.context_window:
+                    # the upstream refuses a prompt + output limit above the window, whatever the answer's length
+                    eligible, why = False, (f"prompt + max_completion_tokens ({prompt_tokens + max_output_tokens} "
+                                            f"tokens) exceed context window {info.context_window}")
                 elif need > info.context_window:
                     eligible, why = False, f"prompt + expected answer ({need} tokens) exceed context window {info.context_window}"
+            elif key is not None and key in self.quality.recorded_cost_usd:
+                # not in the catalogue, but its outcome rows record what it cost: ranked at that price level
+                # (as `router eval` scores it), not after every priced candidate
+                cost, cost_source = self.quality.recorded_cost_usd[key] * choices, "recorded"
             if eligible and max_output_tokens is not None:
                 reasoning = self.tokens.reasoning_tokens(target.model, target.effort, efforts)
                 if reasoning and reasoning >= max_output_tokens:
@@ -546,7 +558,7 @@ class Router:
                         why = (f"max_completion_tokens {max_output_tokens} leaves no room for an answer after the "
                                f"~{reasoning} reasoning tokens {cand.key} is expected to use")
             out.append(Assessment(cand.key, q, cost, est.output_tokens, est.reasoning_tokens, prompt_tokens,
-                                  eligible, why, source, cited))
+                                  eligible, why, source, cited, cost_source))
         return out, blocked, cands
 
     @staticmethod
