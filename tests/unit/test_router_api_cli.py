@@ -551,3 +551,28 @@ def test_a_client_output_limit_the_context_window_cannot_hold_rules_a_candidate_
     assert large.eligible  # o3-mini: a 200k window
     ok = router.assess(prompt, ["gpt-4o-mini"], prompt_tokens=100_000, max_output_tokens=16_000)[0]
     assert ok.eligible
+
+
+def test_a_one_panel_plot_keeps_its_whole_title_inside_the_figure(tmp_path, monkeypatch) -> None:
+    """With more than two candidates (one panel, 7.5 inches) a long title was cut off at both ends."""
+    import matplotlib.figure
+
+    from tiergate.routing.plot import plot_evaluation
+
+    inside: list[bool] = []
+    real = matplotlib.figure.Figure.savefig
+
+    def check(self, *a, **k):
+        renderer = self.canvas.get_renderer()
+        box, fig_box = self._suptitle.get_window_extent(renderer), self.bbox
+        inside.append(box.x0 >= fig_box.x0 and box.x1 <= fig_box.x1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", check)
+    rows = [OutcomeRow(id=f"p-{i}", source="synthetic", prompt=f"Problem {i}: sort {i} numbers.", meta={},
+                       outcomes={c: Outcome(float((i + j) % 3 != 0)) for j, c in
+                                 enumerate(("gpt-4o-mini", "o1@low", "o1@high"))}) for i in range(40)]
+    ev = E.evaluate(rows, model_kind="mean-baseline", protocol="kfold", extra_benchmarks=False)
+    ev.summary["sources"] = ["livecodebench-o1", "livecodebench-o3o4", "routerbench-mbpp", "zeroeval-crux"]
+    plot_evaluation(ev, tmp_path / "p.png")
+    assert inside == [True]

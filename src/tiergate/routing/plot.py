@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,10 @@ def plot_evaluation(ev: Evaluation, path: str | Path, title: str | None = None) 
         (_two_model if kind == "two" else _cost_quality)(ax, ev)
     seen = (s.get("protocol_info") or {}).get("seen_prompts")
     sample = f" (in-sample: {seen} of the prompts trained on)" if seen else ""
-    fig.suptitle(title or f"{', '.join(s['sources'])}: {s['n']} prompts, protocol {s.get('protocol', '?')}{sample}")
+    text = title or f"{', '.join(s['sources'])}: {s['n']} prompts, protocol {s.get('protocol', '?')}{sample}"
+    # wrapped to the figure's width (~11 characters per inch at the default size): a one-panel figure cut a
+    # long title at both ends
+    fig.suptitle(textwrap.fill(text, width=int(11 * 7.5 * len(panels))))
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
