@@ -179,6 +179,7 @@ def test_translated_response_echoes_the_settings_the_model_ran_with(env):
     ({"extra_body": {"stream": "yes"}}, "stream"),  # was streamed
     ({"extra_body": {"store": 1}}, "store"),
     ({"include": ["bogus.value"]}, "include[0]"),  # spec IncludeEnum
+    ({"include": [["x"]]}, "include[0]"),  # was a 500 (unhashable)
 ])
 def test_responses_refuse_what_chat_refuses_on_both_paths(env, model, kw, param):
     """The native path sent out-of-range settings upstream unchecked; `instructions: 5` and a numeric text part

@@ -112,6 +112,16 @@ def test_a_deleted_native_response_is_continued_by_nobody(gw):
         with pytest.raises(openai.NotFoundError):
             client.responses.delete(r.id)
     assert not up.requests  # nothing sent upstream
+    # nor through a later turn: the upstream would resolve the chain back to the deleted one
+    first = a.responses.create(model="o3-mini", input="secret too")
+    second = a.responses.create(model="o3-mini", input="more", previous_response_id=first.id)
+    a.responses.delete(first.id)
+    up.clear()
+    for client in (a, master):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.responses.create(model="o3-mini", input="and then?", previous_response_id=second.id)
+        assert e.value.body["code"] == "previous_response_not_found" and first.id in e.value.body["message"]
+    assert not up.requests
     # an id the gateway never stored (made upstream outside it) is still the master key's to continue
     assert master.responses.create(model="o3-mini", input="x", previous_response_id="resp_made_elsewhere").output_text
 

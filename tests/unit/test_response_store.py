@@ -106,3 +106,17 @@ def test_responses_retention_setting():
             responses_retention_s({"retention_days": bad})
     with pytest.raises(ConfigError, match="responses"):
         responses_retention_s({"retention": 3})
+
+
+def test_refusals_on_the_responses_endpoint_name_its_own_output_limit():
+    """A TPM refusal said "or lower max_tokens." to a /v1/responses client (its parameter is max_output_tokens)."""
+    from tiergate.accounting import budget, ratelimit
+    from tiergate.server.responses import _in_responses_terms
+
+    errors = [ratelimit.refusal("k", None, 400, 350, ratelimit.Decision(False, {}, 31.9, "tokens")),
+              ratelimit.too_large("k", 400, 5000, "gpt-4o"),
+              budget.over_budget("k", 0.01, 9_000_000, 0, 20_000_000, "total")]
+    for e in errors:
+        _in_responses_terms(e, {"model": "gpt-4o", "input": "x"})
+        assert "max_output_tokens" in e.message and "max_tokens" not in e.message.replace("max_output_tokens", ""), \
+            e.message

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -175,10 +176,13 @@ def _check_types(req: dict[str, Any]) -> None:
         raise bad_request("Invalid type for 'include': expected an array of strings.", param="include",
                           code="invalid_type")
     for i, v in enumerate(inc):
-        if v not in INCLUDABLE:
+        if not isinstance(v, str) or v not in INCLUDABLE:
             raise bad_request(f"Invalid value for 'include[{i}]': {v!r}. Supported values are: "
                               + ", ".join(f"'{x}'" for x in sorted(INCLUDABLE)) + ".",
                               param=f"include[{i}]", code="invalid_value")
+
+
+_CHAT_LIMITS = re.compile(r"\bmax_tokens / max_completion_tokens\b|\bmax_completion_tokens\b|\bmax_tokens\b")
 
 
 def _in_responses_terms(e: GatewayError, req: Any) -> None:
@@ -187,9 +191,9 @@ def _in_responses_terms(e: GatewayError, req: Any) -> None:
     if e.param == "max_completion_tokens" and isinstance(req, dict) and "max_output_tokens" in req:
         e.param = "max_output_tokens"
         e.message = e.message.replace("max_completion_tokens", "max_output_tokens")
-    if "max_completion_tokens" in e.message:  # advice such as a budget refusal's "lower max_tokens / ..."
-        e.message = (e.message.replace("max_tokens / max_completion_tokens", "max_output_tokens")
-                     .replace("max_completion_tokens", "max_output_tokens"))
+    # advice such as a budget refusal's "lower max_tokens / max_completion_tokens" or a rate limit's "or lower
+    # max_tokens": the client has neither on this endpoint
+    e.message = _CHAT_LIMITS.sub("max_output_tokens", e.message)
 
 
 async def _answered_here(gw: Gateway, ctx: CallContext, response_id: Any) -> bool:
@@ -219,9 +223,11 @@ async def handle_responses(gw: Gateway, request: Request) -> Response:
         chat_req = req
         if isinstance(req, dict) and req.get("previous_response_id") is not None:
             prev = req["previous_response_id"]
-            if native and isinstance(prev, str) and await response_store(gw).was_deleted(prev):
-                # deleted here: no caller continues it upstream (the upstream still holds its copy)
-                raise bad_request(f"Previous response with id '{prev}' not found.",
+            gone = await response_store(gw).deleted_in_chain(prev) if native and isinstance(prev, str) else None
+            if gone is not None:
+                # it (or an earlier turn of its chain) was deleted here: no caller continues it upstream (the
+                # upstream still holds its copy), as the chain walk refuses it for a virtual key
+                raise bad_request(f"Previous response with id '{gone}' not found.",
                                   param="previous_response_id", code="previous_response_not_found")
             if native and _viewer(ctx.key) is not None:
                 # a virtual key: the upstream would resolve any id it knows, whichever key made it (they share

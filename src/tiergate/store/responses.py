@@ -11,8 +11,8 @@ than that reads as absent at once, and rows past it are deleted after a save, at
 `PURGE_EVERY_S` per process; `None` keeps them until deleted.
 
 Deletion leaves a tombstone (`path` = `deleted`, the content cleared): the id reads as absent to every
-caller, and `was_deleted` lets the native path refuse it as a `previous_response_id` even for the master
-key (the upstream, which shares one account for all keys, would otherwise continue it). Tombstones go
+caller, and `deleted_in_chain` lets the native path refuse it (or a chain through it) as a
+`previous_response_id` even for the master key (the upstream, which shares one account for all keys, would otherwise continue it). Tombstones go
 with the retention purge.
 
 Visibility: a virtual key sees only the responses it created; the master key and an open gateway
@@ -118,10 +118,21 @@ class ResponseStore:
             return await self.db.execute(sql, DELETED, response_id, DELETED) == 1
         return await self.db.execute(sql + " AND key_id = ?", DELETED, response_id, DELETED, viewer) == 1
 
-    async def was_deleted(self, response_id: str) -> bool:
-        """Whether `response_id` was stored here and deleted (by any caller)."""
-        r = await self.db.fetchone("SELECT path FROM responses WHERE id = ?", response_id)
-        return r is not None and r["path"] == DELETED
+    async def deleted_in_chain(self, response_id: str) -> str | None:
+        """The first response of the chain ending at `response_id`, following the links stored here, that was
+        deleted here (by any caller), or None. The walk stops at a response the gateway never stored (one
+        made upstream outside it, which the upstream resolves)."""
+        rid: str | None = response_id
+        for _ in range(MAX_CHAIN):
+            if rid is None:
+                return None
+            r = await self.db.fetchone("SELECT path, previous_response_id FROM responses WHERE id = ?", rid)
+            if r is None:
+                return None
+            if r["path"] == DELETED:
+                return rid
+            rid = r["previous_response_id"]
+        return None
 
     async def conversation(self, response_id: str, viewer: str | None) -> list[dict[str, Any]]:
         """The items of the chain ending at `response_id`, oldest first: each response's input items
