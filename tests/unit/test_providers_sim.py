@@ -275,3 +275,30 @@ async def test_failure_injection():
         except UpstreamError as e:
             replay.append(e.status)
     assert replay == outcomes  # failure sequence is reproducible with a seed
+
+
+async def test_structured_output_and_tool_calls_are_cut_to_the_limit_in_tokens():
+    """A JSON answer was cut by characters (its text counted more tokens than the reported usage) and tool calls
+    ignored the limit altogether (21 completion tokens under max_tokens 5)."""
+    p = sim()
+    for fmt in ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "w", "schema":
+                                                                                 WEATHER["function"]["parameters"]}}):
+        for limit in (2, 8, 10):
+            r = await p.chat({**BODY, "response_format": fmt, "max_tokens": limit, "n": 3}, T)
+            used = 0
+            for ch in r.body["choices"]:
+                text = ch["message"]["content"]
+                assert ch["finish_reason"] == "length" and count_text(text, "o200k_base") <= limit
+                used += count_text(text, "o200k_base")
+            assert r.body["usage"]["completion_tokens"] == used
+    body = {**BODY, "messages": [{"role": "user", "content": "get_weather and get_time for Paris"}],
+            "tools": [WEATHER, TIME]}
+    full = await p.chat(body, T)
+    assert full.body["choices"][0]["finish_reason"] == "tool_calls"
+    for limit in (3, 5, 12, 20):  # a full answer here is ~37 tokens (the body, limit included, seeds the text)
+        r = await p.chat({**body, "max_tokens": limit}, T)
+        ch = r.body["choices"][0]
+        assert ch["finish_reason"] == "length" and r.body["usage"]["completion_tokens"] <= limit, (limit, r.body)
+        chunks = [c async for c in p.chat_stream({**body, "max_tokens": limit, "stream": True,
+                                                  "stream_options": {"include_usage": True}}, T)]
+        assert chunks[-1]["usage"] == r.body["usage"]

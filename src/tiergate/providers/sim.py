@@ -183,9 +183,28 @@ class SimProvider(Provider):
         room = None if limit is None else limit - reasoning
         calls = _tool_calls(body, tools, rng)
         if calls:
-            visible = sum(count_text(c["function"]["name"] + c["function"]["arguments"], self.tokenizer) + 4
-                          for c in calls)
-            return _Choice(None, calls, "tool_calls", visible, reasoning)
+            def size(c: dict[str, Any]) -> int:
+                return count_text(c["function"]["name"] + c["function"]["arguments"], self.tokenizer) + 4
+
+            visible = sum(size(c) for c in calls)
+            if room is None or visible <= room:
+                return _Choice(None, calls, "tool_calls", visible, reasoning)
+            # the limit falls inside a call: the calls that fit, then the arguments cut off, as a real model's
+            kept, used = [], 0
+            for c in calls:
+                if used + size(c) <= room:
+                    kept.append(c)
+                    used += size(c)
+                    continue
+                fixed = count_text(c["function"]["name"], self.tokenizer) + 4
+                if room - used > fixed:
+                    args = _prefix_within(c["function"]["arguments"], room - used - fixed,
+                                          lambda t: count_text(t, self.tokenizer))
+                    cut = {**c, "function": {**c["function"], "arguments": args}}
+                    kept.append(cut)
+                    used += size(cut)
+                break
+            return _Choice(None if kept else "", kept or None, "length", used, reasoning)
         fmt = body.get("response_format") or {}
         ftype = fmt.get("type") if isinstance(fmt, dict) else None
         if ftype in ("json_schema", "json_object"):
@@ -194,7 +213,8 @@ class SimProvider(Provider):
             text = orjson.dumps(value).decode()
             visible = count_text(text, self.tokenizer)
             if room is not None and visible > room:  # a truncated JSON answer, as a real model gives
-                return _Choice(text[: max(1, len(text) * room // visible)], None, "length", room, reasoning)
+                text = _prefix_within(text, room, lambda t: count_text(t, self.tokenizer))
+                return _Choice(text, None, "length", count_text(text, self.tokenizer) if text else 0, reasoning)
             return _Choice(text, None, "stop", visible, reasoning)
         # the answer's length does not depend on the limit (a real model does not write more because it
         # may): a budgeted key's gateway-added limit must not make its answers dearer; the limit only cuts
@@ -252,6 +272,18 @@ def _usage(prompt_tokens: int, choices: list[_Choice]) -> dict[str, Any]:
         "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0,
                                       "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
     }
+
+
+def _prefix_within(text: str, tokens: int, count: Any) -> str:
+    """The longest prefix of `text` that counts at most `tokens` tokens (bisection on its length)."""
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(text[:mid]) <= tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo]
 
 
 def _sentences(rng: random.Random, n_words: int) -> str:
