@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sqlite3
+import threading
 import time
 
 import orjson
@@ -238,9 +240,11 @@ def build_app(config: GatewayConfig, *, gateway: Gateway | None = None) -> Starl
             install_runner(gw)
         for hook in gw.extras.get("startup_hooks", []):
             await hook(gw)
+        _tune_gc()
         try:
             yield
         finally:
+            _restore_gc()
             for hook in gw.extras.get("shutdown_hooks", []):
                 await hook(gw)
             await gw.close()
@@ -264,6 +268,39 @@ def build_app(config: GatewayConfig, *, gateway: Gateway | None = None) -> Starl
         exception_handlers={404: _not_found, 405: _method_not_allowed, 500: _server_error},
     )
     return app
+
+
+#: The cyclic garbage collector's first threshold while the app serves. A request allocates hundreds of
+#: short-lived containers (a stream: a dict or two per chunk) that reference counting frees at once; with
+#: CPython's default (700 net allocations) a young-generation pass ran every few requests and swept the
+#: in-flight requests' objects into the older generations, whose passes then walked the whole heap. Measured
+#: in-process with gc callbacks (6,400 streamed requests at c=64): 450 ms of collection (~70 us a request)
+#: with the defaults, 10 ms with this threshold and the start-up heap frozen.
+GC_YOUNG_THRESHOLD = 7000
+
+
+_gc_lock = threading.Lock()
+_gc_users: list[tuple[int, int, int]] = []  # the thresholds found by the first app now serving, one entry per app
+
+
+def _tune_gc() -> None:
+    """While serving: the objects built at start-up (config, catalogue, router, vocabularies) moved out of the
+    collector's generations (`gc.freeze`: no pass walks them again), and a higher first threshold. Undone
+    when the last app serving in the process stops (`_restore_gc`), so a process that goes on (the tests,
+    which start and stop many apps, some at the same time) is left with the collector as it found it."""
+    with _gc_lock:
+        previous = _gc_users[0] if _gc_users else gc.get_threshold()
+        _gc_users.append(previous)
+        gc.freeze()
+        gc.set_threshold(max(previous[0], GC_YOUNG_THRESHOLD), previous[1], previous[2])
+
+
+def _restore_gc() -> None:
+    with _gc_lock:
+        previous = _gc_users.pop()
+        if not _gc_users:
+            gc.unfreeze()
+            gc.set_threshold(*previous)
 
 
 _CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
