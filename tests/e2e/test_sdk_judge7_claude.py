@@ -170,6 +170,8 @@ def test_stream_cut_mid_answer_is_billed_for_the_relayed_text(clean, fault):
     assert len(text.split()) == 60
     row = _row(db, rid)
     assert row["status"] == "error" and row["output_tokens"] >= 60
+    usage = events[-1].response.usage  # what is billed (it was null: the usage chunk never came)
+    assert usage is not None and (usage.input_tokens, usage.output_tokens) == (row["input_tokens"], row["output_tokens"])
 
 
 # ---------------------------------------------------------------- 4. tools + response_format json_schema

@@ -489,8 +489,13 @@ async def _relay(gw, ctx, d, admission, info, requested, route_info, wants_usage
     except UpstreamError as e:
         status, error = "error", upstream_error_text(e)
         usage = usage or e.usage
-        yield sse.encode({"error": {"message": f"The upstream stream failed after it started: {e.message}",
-                                    "type": "api_error", "param": None, "code": "upstream_stream_cut"}})
+        if not usage_reported(usage):
+            usage = estimate_usage(d.body, answer.choices(), info)
+        event: dict[str, Any] = {"error": {"message": f"The upstream stream failed after it started: {e.message}",
+                                           "type": "api_error", "param": None, "code": "upstream_stream_cut"}}
+        if wants_usage:  # the client asked for usage: what it is billed (the usage chunk will not come)
+            event["usage"] = usage
+        yield sse.encode(event)
     finally:
         if not usage_reported(usage):  # no usage chunk (cut, abandoned, or a host that sends none): estimate
             usage = estimate_usage(d.body, answer.choices(), info)

@@ -319,6 +319,8 @@ async def _events(chunks: AsyncIterator[bytes], tr: wr.StreamTranslator, save: S
                 failed = True
                 err = obj["error"]
                 ended = True
+                if obj.get("usage"):  # what the pipeline bills for the cut answer (its usage chunk never came)
+                    tr.usage = obj["usage"]
                 async for b in _terminal(tr.fail(str(err.get("message") or "upstream error"), "server_error"), save):
                     yield b
                 break
