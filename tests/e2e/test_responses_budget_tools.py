@@ -60,3 +60,32 @@ def test_a_model_with_a_context_window_fallback_is_answered_through_the_chat_pip
             plain = client.responses.with_raw_response.create(model="gpt-4o", input="hi")
     assert with_fb.parse().output_text and with_fb.headers.get("x-tiergate-responses") != "native"
     assert plain.headers["x-tiergate-responses"] == "native"
+
+
+def test_a_budgeted_keys_added_output_limit_fits_the_context_window(tmp_path):
+    """A budgeted key's 120k-token prompt to gpt-4o-mini (128k window) was sent with the default 16,384 output
+    tokens added, which the upstream refuses (prompt + limit above the window); now the limit is what is left."""
+    from tiergate.catalog.catalog import Catalog
+
+    window = Catalog.load().get("gpt-4o-mini").context_window  # 128,000; default output limit 4,096
+    with FakeOpenAI() as up:
+        cfg = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "openai", "api_base": up.url,
+                                                                   "api_key": "env:TG_TEST_UP_KEY"}]}],
+               "storage": f"sqlite:///{tmp_path / 'tg.db'}"}
+        with running_gateway(cfg, env={"TIERGATE_MASTER_KEY": MASTER, "TG_TEST_UP_KEY": "sk-up-0123456789"}) as base:
+            admin = httpx.Client(base_url=base.removesuffix("/v1") + "/admin",
+                                 headers={"authorization": f"Bearer {MASTER}"}, timeout=10)
+            secret = admin.post("/keys", json={"name": "big", "budget_usd": 5}).json()["key"]
+            admin.close()
+            client = openai.OpenAI(base_url=base, api_key=secret, max_retries=0, timeout=60)
+            big = "word " * (window - 2_000)  # one token a word
+            up.clear()
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": big}])
+            limit = up.last.body["max_completion_tokens"]
+            assert 1_000 < limit <= 2_000, limit
+            up.clear()
+            client.responses.create(model="gpt-4o-mini", input=big)  # native path
+            assert 1_000 < up.last.body["max_output_tokens"] <= 2_000
+            up.clear()
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            assert up.last.body["max_completion_tokens"] == 4_096  # a small prompt keeps the default

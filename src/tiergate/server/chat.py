@@ -244,9 +244,18 @@ def _max_output(body: dict[str, Any]) -> int | None:
     return int(v) if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
-def default_output_limit(info: Any) -> int:
+def default_output_limit(info: Any, prompt_tokens: int | None = None) -> int:
+    """The output limit counted (and, for a budgeted key, sent) when the request sets none: the gateway's
+    default bound, within the model's maximum output and, given the prompt's size, within what its context
+    window leaves (the upstream refuses a prompt + limit above the window: a budgeted key's 120k-token
+    prompt to a 128k model was sent with 16,384 and refused)."""
     bound = DEFAULT_MAX_OUTPUT_REASONING if info.capabilities.reasoning_efforts else DEFAULT_MAX_OUTPUT
-    return min(bound, info.max_output_tokens) if info.max_output_tokens else bound
+    if info.max_output_tokens:
+        bound = min(bound, info.max_output_tokens)
+    window = getattr(info, "context_window", None)
+    if prompt_tokens is not None and window and window - prompt_tokens >= 1:
+        bound = min(bound, window - prompt_tokens)
+    return bound
 
 
 async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
@@ -296,7 +305,7 @@ async def run_chat(gw: Gateway, body: dict[str, Any], ctx: CallContext, *,
     chain = gw.dispatcher.chain(model) if budgeted else (model,)  # the models that may serve it
     max_out = _max_output(body)
     if max_out is None:
-        max_out = default_output_limit(info)
+        max_out = default_output_limit(info, prompt_tokens)
         if budgeted and any(i.input_price or i.output_price for i in map(gw.infos.get, chain) if i is not None):
             body = {**body, "max_completion_tokens": max_out}  # a budgeted key's cost stays under its reservation
     # every choice is an answer billed on the one prompt; Claude's thinking budget comes on top of the

@@ -494,7 +494,7 @@ async def _native(gw: Gateway, req: dict[str, Any], chat_body: dict[str, Any], c
     max_out = req.get("max_output_tokens")
     capped = isinstance(max_out, int) and not isinstance(max_out, bool) and max_out > 0
     if not capped:
-        max_out = default_output_limit(info)  # the same default bound as chat (docs/accounting.md)
+        max_out = default_output_limit(info, prompt_tokens)  # the same default bound as chat (docs/accounting.md)
     admission = await gw.accounting.admit(ctx.key, model, prompt_tokens, max_cost_usd(prompt_tokens, max_out, info),
                                           prompt_tokens + max_out)
     effort = (req.get("reasoning") or {}).get("effort")
