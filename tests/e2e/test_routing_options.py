@@ -237,6 +237,8 @@ def test_out_of_range_sampling_settings_are_400s(env, kw, param, code):
     ({"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
     ({"seed": 1.5}, "seed"),
     ({"seed": True}, "seed"),
+    ({"stream": "yes"}, "stream"),
+    ({"stream": True, "stream_options": "usage"}, "stream_options"),  # was accepted
 ])
 def test_fields_of_the_wrong_json_type_are_400s_naming_them(env, kw, param):
     """A list as `reasoning_effort` reached the ledger (and jammed every flush after it); `tools: true`

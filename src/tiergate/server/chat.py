@@ -163,6 +163,7 @@ _FIELD_TYPES: tuple[tuple[str, tuple[type, ...]], ...] = (
     ("function_call", (str, dict)), ("response_format", (dict,)), ("parallel_tool_calls", (bool,)),
     ("logprobs", (bool,)), ("seed", (int,)), ("user", (str,)), ("logit_bias", (dict,)), ("metadata", (dict,)),
     ("store", (bool,)), ("service_tier", (str,)), ("modalities", (list,)), ("prediction", (dict,)),
+    ("stream_options", (dict,)),
 )
 
 
