@@ -191,8 +191,8 @@ def _input_messages(inp: Any, thinking_blocks: bool = False) -> list[dict[str, A
                 else:
                     pending.extend(blocks)
         elif t == "item_reference":
-            raise _err("item_reference needs stored responses, which this gateway does not keep; pass the item "
-                       "itself", f"{path}.type")
+            raise _err("item_reference items are not resolved by this gateway; pass the item itself, or continue a "
+                       "stored response with previous_response_id", f"{path}.type")
         else:
             raise _err(f"input item type {t!r} is not supported here", f"{path}.type")
     return msgs
