@@ -280,26 +280,34 @@ GC_YOUNG_THRESHOLD = 7000
 
 
 _gc_lock = threading.Lock()
-_gc_users: list[tuple[int, int, int]] = []  # the thresholds found by the first app now serving, one entry per app
+#: per app now serving, the collector's state before the first of them tuned it: (thresholds, whether the
+#: apps own the freeze, i.e. nothing was frozen before)
+_gc_users: list[tuple[tuple[int, int, int], bool]] = []
 
 
 def _tune_gc() -> None:
     """While serving: the objects built at start-up (config, catalogue, router, vocabularies) moved out of the
     collector's generations (`gc.freeze`: no pass walks them again), and a higher first threshold. Undone
     when the last app serving in the process stops (`_restore_gc`), so a process that goes on (the tests,
-    which start and stop many apps, some at the same time) is left with the collector as it found it."""
+    which start and stop many apps, some at the same time) is left with the collector as it found it. A host
+    that froze its own heap keeps its freeze (not thawed at the end), and one that turned automatic collection
+    off (threshold 0) keeps it off."""
     with _gc_lock:
-        previous = _gc_users[0] if _gc_users else gc.get_threshold()
-        _gc_users.append(previous)
-        gc.freeze()
-        gc.set_threshold(max(previous[0], GC_YOUNG_THRESHOLD), previous[1], previous[2])
+        state = _gc_users[0] if _gc_users else (gc.get_threshold(), gc.get_freeze_count() == 0)
+        _gc_users.append(state)
+        (young, *older), own_freeze = state
+        if own_freeze:
+            gc.freeze()
+        if young:
+            gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), *older)
 
 
 def _restore_gc() -> None:
     with _gc_lock:
-        previous = _gc_users.pop()
+        previous, own_freeze = _gc_users.pop()
         if not _gc_users:
-            gc.unfreeze()
+            if own_freeze:
+                gc.unfreeze()
             gc.set_threshold(*previous)
 
 
