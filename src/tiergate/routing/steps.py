@@ -248,7 +248,8 @@ class PairGain:
     def gain_score(self, F: np.ndarray) -> np.ndarray:
         return np.asarray(F, np.float64) @ self._coef
 
-    def blended_gain(self, router_gain: np.ndarray, F: np.ndarray, router_weight: float = 0.5) -> np.ndarray:
+    def blended_gain(self, router_gain: np.ndarray, F: np.ndarray,
+                     router_weight: float = StepsConfig.router_weight) -> np.ndarray:
         """The main model's gain p_strong - p_weak after the blend (a monotone function of s)."""
         router_gain = np.asarray(router_gain, np.float64)
         if router_gain.shape == (1,) and np.ndim(router_weight) == 0:  # one prompt (serving): plain floats
