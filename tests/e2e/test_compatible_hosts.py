@@ -94,15 +94,22 @@ class OllamaStyleTools(FakeOpenAI):
         return out
 
 
-def test_a_local_hosts_tool_call_reaches_the_sdk_usable(tmp_path):
-    import json
-
-    with OllamaStyleTools() as up:
+def _ask_local_tools_host(host_class: type[FakeOpenAI], tmp_path):
+    """The SDK's answer to one "weather?" question through a gateway whose `openai_compatible` deployment is
+    `host_class` (a fake local host)."""
+    with host_class() as up:
         cfg = {"models": [{"name": "local-tools", "deployments": [
             {"provider": "openai_compatible", "api_base": up.url}]}], "storage": f"sqlite:///{tmp_path / 'tg.db'}"}
         with running_gateway(cfg) as base:
             client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=20)
-            r = client.chat.completions.create(model="local-tools", messages=[{"role": "user", "content": "weather?"}])
+            return client.chat.completions.create(model="local-tools",
+                                                  messages=[{"role": "user", "content": "weather?"}])
+
+
+def test_a_local_hosts_tool_call_reaches_the_sdk_usable(tmp_path):
+    import json
+
+    r = _ask_local_tools_host(OllamaStyleTools, tmp_path)
     call = r.choices[0].message.tool_calls[0]
     assert call.id and call.type == "function" and json.loads(call.function.arguments) == {"city": "Oslo"}
 
@@ -176,12 +183,7 @@ class ToolUseHost(OllamaStyleTools):
 
 
 def test_a_tool_use_reason_with_a_tool_call_is_tool_calls(tmp_path):
-    with ToolUseHost() as up:
-        cfg = {"models": [{"name": "local-tools", "deployments": [
-            {"provider": "openai_compatible", "api_base": up.url}]}], "storage": f"sqlite:///{tmp_path / 'tg.db'}"}
-        with running_gateway(cfg) as base:
-            client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=20)
-            r = client.chat.completions.create(model="local-tools", messages=[{"role": "user", "content": "weather?"}])
+    r = _ask_local_tools_host(ToolUseHost, tmp_path)
     assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.tool_calls
 
 

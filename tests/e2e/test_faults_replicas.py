@@ -11,18 +11,10 @@ import pytest
 
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.helpers import running_gateway
+from tests.unit.test_store_fixtures import _redis_up
 
 REDIS = "redis://127.0.0.1:6379/0"
 
-
-def _redis_up() -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.mark.redis

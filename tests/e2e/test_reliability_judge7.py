@@ -31,6 +31,7 @@ from aiohttp import web
 
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.helpers import running_gateway
+from tests.unit.test_store_fixtures import _redis_up
 
 MSGS = [{"role": "user", "content": "hi"}]
 REDIS = "redis://127.0.0.1:6379/0"
@@ -38,15 +39,6 @@ XRL = {"x-ratelimit-limit-requests": "5000", "x-ratelimit-remaining-requests": "
        "x-ratelimit-reset-requests": "8.64s", "x-ratelimit-limit-tokens": "160000",
        "x-ratelimit-remaining-tokens": "159000", "x-ratelimit-reset-tokens": "6m0s"}
 
-
-def _redis_up() -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class Fake(FakeOpenAI):
